@@ -1,0 +1,25 @@
+"""Candidates -> scored, slotted slate with exact propensities; the VW model."""
+
+from slatebandit.bandit.exploration import Exploration, epsilon_greedy, softmax, squarecb
+from slatebandit.bandit.features import SharedFeatures, action_line
+from slatebandit.bandit.model import FEATURE_SPEC_VERSION, VWScorer
+from slatebandit.bandit.slate import DIVERSE, EXPLOIT, EXPLORE, LAYOUT_CODES, Pick, build_slate, layout, slot_pmf
+
+__all__ = [
+    "DIVERSE",
+    "EXPLOIT",
+    "EXPLORE",
+    "FEATURE_SPEC_VERSION",
+    "LAYOUT_CODES",
+    "Exploration",
+    "Pick",
+    "SharedFeatures",
+    "VWScorer",
+    "action_line",
+    "build_slate",
+    "epsilon_greedy",
+    "layout",
+    "slot_pmf",
+    "softmax",
+    "squarecb",
+]

@@ -1,0 +1,49 @@
+"""The VW scoring model: one ``--cb_adf`` predict per slate scores every candidate.
+
+VW predicts a cost per action; we report ``score = -cost`` (expected reward, higher is
+better). Exploration is not VW's job here: the slate builder turns scores into exact per-slot
+pmfs (DESIGN.md, "Exploration and slots"), so the arguments must not ask VW to explore.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import vowpalwabbit
+
+from slatebandit.bandit.features import SharedFeatures, action_line
+from slatebandit.errors import ConfigError
+
+FEATURE_SPEC_VERSION = 1  # bump when features.py changes what a model sees
+
+
+class VWScorer:
+    def __init__(self, args: str, *, version: int = 0, model_bytes: bytes | None = None) -> None:
+        words = args.split()
+        if "--cb_adf" not in words or any(w.startswith("--cb_explore") for w in words):
+            raise ConfigError("VW arguments must use --cb_adf without --cb_explore*", field="vw_args")
+        self.args = args
+        self.version = version
+        options = f"{args} --quiet"
+        try:
+            if model_bytes is None:
+                self._vw = vowpalwabbit.Workspace(options)
+            else:
+                self._vw = vowpalwabbit.Workspace(options, model_data=model_bytes)
+        except Exception as exc:  # VW raises plain RuntimeErrors for bad arguments
+            raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
+        self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
+
+    def score(self, shared: SharedFeatures, keys: Sequence[int], tokens: Sequence[str]) -> np.ndarray:
+        """Expected reward of each candidate, in candidate order."""
+        if len(keys) == 0:
+            return np.zeros(0, dtype=np.float64)
+        lines = [shared.line(), *(action_line(key, tokens[key]) for key in keys)]
+        with self._lock:
+            costs = self._vw.predict(lines)
+        return 0.0 - np.asarray(costs, dtype=np.float64)  # 0.0 - x: no -0.0 in answers
+
+    def finish(self) -> None:
+        self._vw.finish()

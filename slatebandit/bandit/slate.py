@@ -1,0 +1,89 @@
+"""The slate builder: fills slots 0..k-1 in order and knows the exact probability of each pick.
+
+Slot kinds:
+    exploit  the exploration pmf (epsilon-greedy, SquareCB or softmax) over what is left
+    explore  uniform over what is left of the fresh candidates (all that is left if none are)
+    diverse  the exploit pmf over what is left outside the categories already in the slate
+             (all that is left if every category is taken)
+
+Slot j samples from its pmf over the candidates still allowed after slots 0..j-1; the logged
+propensity is that pmf's value at the pick, which is the probability the builder placed that
+item in that slot given the context and the earlier slots (DESIGN.md invariant 1). Everything
+the pmfs depend on (scores, categories, fresh flags, layout, exploration parameters) is logged,
+so replay can recompute them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from slatebandit.bandit.exploration import Exploration
+
+EXPLOIT, EXPLORE, DIVERSE = "exploit", "explore", "diverse"
+LAYOUT_CODES = {EXPLOIT: "e", EXPLORE: "x", DIVERSE: "d"}
+
+
+@dataclass(frozen=True)
+class Pick:
+    index: int  # into the candidate arrays
+    propensity: float
+    kind: str
+
+
+def layout(k: int, explore_slots: Collection[int], diverse_slots: Collection[int]) -> list[str]:
+    return [
+        EXPLORE if j in explore_slots else DIVERSE if j in diverse_slots else EXPLOIT
+        for j in range(k)
+    ]
+
+
+def slot_pmf(
+    kind: str,
+    allowed: np.ndarray,
+    scores: np.ndarray,
+    categories: np.ndarray,
+    fresh: np.ndarray,
+    used_categories: Collection[int],
+    exploration: Exploration,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates a slot may pick from and its pmf over them."""
+    pool = allowed
+    if kind == EXPLORE:
+        pool = allowed & fresh if np.any(allowed & fresh) else allowed
+        indices = np.flatnonzero(pool)
+        return indices, np.full(len(indices), 1.0 / len(indices))
+    if kind == DIVERSE:
+        novel = allowed & ~np.isin(categories, list(used_categories))
+        pool = novel if np.any(novel) else allowed
+    indices = np.flatnonzero(pool)
+    return indices, exploration.pmf(scores[indices])
+
+
+def build_slate(
+    scores: np.ndarray,
+    categories: np.ndarray,
+    fresh: np.ndarray,
+    kinds: list[str],
+    exploration: Exploration,
+    rng: np.random.Generator,
+) -> list[Pick]:
+    """Fill ``min(len(kinds), len(scores))`` slots; ``categories`` and ``fresh`` align with scores."""
+    allowed = np.ones(len(scores), dtype=bool)
+    used: set[int] = set()
+    picks = []
+    for kind in kinds[: len(scores)]:
+        indices, pmf = slot_pmf(kind, allowed, scores, categories, fresh, used, exploration)
+        choice = _sample(pmf, rng)
+        index = int(indices[choice])
+        picks.append(Pick(index, float(pmf[choice]), kind))
+        allowed[index] = False
+        used.add(int(categories[index]))
+    return picks
+
+
+def _sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
+    cdf = np.cumsum(pmf)
+    return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(pmf) - 1)

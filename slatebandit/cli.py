@@ -1,0 +1,196 @@
+"""The ``slatebandit`` command.
+
+    slatebandit serve [--demo]        run the HTTP API (uvicorn)
+    slatebandit items load FILE       upsert items from JSONL or CSV
+    slatebandit config [--markdown]   print the settings in force (or the README table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
+from slatebandit.errors import ConfigError, InvalidInput
+from slatebandit.logging import Item, count_live_items, open_engine, upsert_items
+from slatebandit.server.schemas import invalid
+
+BATCH = 5_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as exc:
+        print(f"slatebandit: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except InvalidInput as exc:
+        print(f"slatebandit: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slatebandit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    _common(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--demo", action="store_true", help="load a synthetic catalog if the catalog is empty")
+    serve.add_argument("--demo-items", type=int, default=10_000, help="size of the demo catalog")
+    serve.set_defaults(run=_serve)
+
+    items = sub.add_parser("items", help="manage the catalog").add_subparsers(required=True, metavar="ACTION")
+    load = items.add_parser("load", help="upsert items from a JSONL or CSV file")
+    _common(load)
+    load.add_argument("file", type=Path)
+    load.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file extension")
+    load.set_defaults(run=_items_load)
+
+    config = sub.add_parser("config", help="print the settings in force")
+    config.add_argument("--markdown", action="store_true", help="print the README's settings table")
+    config.set_defaults(run=_config)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default SQLite in the data dir)")
+    parser.add_argument("--data-dir", type=Path, help="directory for the database and index (default ./var)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("host", "port", "workers", "db_url", "data_dir")
+    return Settings.from_env(**{name: getattr(args, name, None) for name in names})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from slatebandit.retrieval import ItemStore
+    from slatebandit.retrieval.demo import demo_items
+    from slatebandit.server.app import index_path
+
+    settings = _settings(args)
+    if not settings.keys and settings.host not in LOOPBACK_HOSTS:
+        raise ConfigError(
+            f"refusing to bind {settings.host} without API keys: set SLATEBANDIT_API_KEYS "
+            "or bind 127.0.0.1",
+            field="host",
+        )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = open_engine(settings.database_url)
+    if args.demo:
+        with engine.connect() as conn:
+            empty = count_live_items(conn) == 0
+        if empty:
+            _write_items(engine, demo_items(args.demo_items), total=args.demo_items, desc="demo catalog")
+    # Build or refresh the index once here, so every worker starts by loading the saved file.
+    ItemStore.open(engine, index_path(settings), fresh_impressions=settings.fresh_impressions, progress=True)
+    engine.dispose()
+    os.environ.update(settings.as_env())
+    uvicorn.run(
+        "slatebandit.server.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def _items_load(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    path: Path = args.file
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file", field="file")
+    kind = args.format or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
+    # Validate the whole file first: a bad line anywhere writes nothing.
+    total = sum(1 for _ in tqdm(_read_items(path, kind), desc="validate", unit="item"))
+    engine = open_engine(settings.database_url)
+    _write_items(engine, _read_items(path, kind), total=total, desc="load")
+    engine.dispose()
+    print(f"loaded {total} items into {settings.database_url}")
+    return 0
+
+
+def _write_items(engine: Any, items: Iterator[Item], *, total: int, desc: str) -> None:
+    batch: list[Item] = []
+    with tqdm(total=total, desc=desc, unit="item") as bar:
+        for item in items:
+            batch.append(item)
+            if len(batch) == BATCH:
+                with engine.begin() as conn:
+                    upsert_items(conn, batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            with engine.begin() as conn:
+                upsert_items(conn, batch)
+            bar.update(len(batch))
+
+
+def _read_items(path: Path, kind: str) -> Iterator[Item]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        if kind == "csv":
+            rows: Iterator[tuple[int, Any]] = ((i + 2, _csv_item(r)) for i, r in enumerate(csv.DictReader(handle)))
+        else:
+            rows = ((i + 1, _json_line(line, i + 1)) for i, line in enumerate(handle) if line.strip())
+        for line, raw in rows:
+            try:
+                yield Item.model_validate(raw)
+            except ValidationError as exc:
+                error = invalid(exc)
+                raise InvalidInput(f"{path}:{line}: {error.message}", field=error.field) from None
+
+
+def _json_line(line: str, number: int) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise InvalidInput(f"line {number}: not valid JSON ({exc})", field="line") from None
+
+
+def _csv_item(row: dict[str, str]) -> dict[str, Any]:
+    """CSV columns: item_id, title, category, brand, price, available, and attr.NAME per attribute."""
+    item: dict[str, Any] = {"attributes": {}}
+    for column, value in row.items():
+        if column.startswith("attr."):
+            if value != "":
+                item["attributes"][column[5:]] = value
+        elif column == "price":
+            item["price"] = float(value) if value.strip() else None
+        elif column == "available":
+            item["available"] = value.strip().lower() not in ("0", "false", "no")
+        elif column == "attributes":
+            item["attributes"].update(json.loads(value) if value.strip() else {})
+        else:
+            item[column] = value
+    return item
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_table())
+        return 0
+    for name, value in sorted(Settings.from_env().as_env().items()):
+        print(f"{name}={'***' if name.endswith('API_KEYS') and value else value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Settings: read once, from ``SLATEBANDIT_*`` environment variables and CLI flags.
+
+Every setting is declared once in ``Settings`` with its type, default and a one-line doc in the
+field metadata; the README's configuration table is generated from the same declarations
+(``slatebandit config --markdown``), and a test keeps the two in step. A malformed value fails at
+start with the variable's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slatebandit.errors import ConfigError
+
+ENV_PREFIX = "SLATEBANDIT_"
+SCOPES = ("serve", "catalog", "analyst", "admin")
+EXPLORATION_KINDS = ("epsilon", "squarecb", "softmax")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata=_doc("address to bind"))
+    port: int = field(default=8000, metadata=_doc("port to bind"))
+    workers: int = field(default=1, metadata=_doc("uvicorn worker processes"))
+    data_dir: Path = field(
+        default=Path("var"), metadata=_doc("directory for the SQLite database and index files")
+    )
+    db_url: str = field(
+        default="",
+        metadata=_doc("SQLAlchemy URL; empty means SQLite at DATA_DIR/slatebandit.db"),
+    )
+    api_keys: str = field(
+        default="",
+        metadata=_doc(
+            "comma-separated `scope:key` (scopes serve, catalog, analyst, admin); "
+            "empty runs open, loopback only"
+        ),
+    )
+    candidates: int = field(default=200, metadata=_doc("candidates per slate (N)"))
+    default_k: int = field(default=10, metadata=_doc("slate size when the request omits k"))
+    max_k: int = field(default=50, metadata=_doc("largest k a request may ask for"))
+    exploration: str = field(
+        default="epsilon", metadata=_doc("exploit-slot pmf: epsilon, squarecb or softmax")
+    )
+    epsilon: float = field(default=0.05, metadata=_doc("epsilon-greedy exploration rate, (0, 1]"))
+    gamma: float = field(default=50.0, metadata=_doc("SquareCB learning-rate parameter, > 0"))
+    temperature: float = field(default=0.1, metadata=_doc("softmax temperature, > 0"))
+    explore_slots: tuple[int, ...] = field(
+        default=(4, 9), metadata=_doc("slots reserved for exploration (0-based, comma-separated)")
+    )
+    diverse_slots: tuple[int, ...] = field(
+        default=(2, 7), metadata=_doc("slots reserved for a category not yet in the slate")
+    )
+    fresh_impressions: int = field(
+        default=50, metadata=_doc("items shown fewer times than this count as fresh")
+    )
+    vw_args: str = field(
+        default="--cb_adf --cb_type mtr -q ui -q ci -b 20",
+        metadata=_doc("Vowpal Wabbit arguments of the scoring model"),
+    )
+    commit_batch: int = field(
+        default=512, metadata=_doc("most requests that share one group commit")
+    )
+    max_body_bytes: int = field(default=1_048_576, metadata=_doc("largest request body accepted"))
+    catalog_poll_seconds: float = field(
+        default=1.0, metadata=_doc("how often catalog changes made elsewhere are picked up")
+    )
+    seed: int | None = field(
+        default=None, metadata=_doc("seed of the slate sampler (empty: from the OS)")
+    )
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'slatebandit.db'}"
+
+    @property
+    def keys(self) -> dict[str, frozenset[str]]:
+        """API key -> scopes it grants."""
+        return parse_api_keys(self.api_keys)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Settings from ``SLATEBANDIT_*`` variables; non-None ``overrides`` (CLI flags) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if overrides.get(f.name) is not None:
+                values[f.name] = _cast(f, overrides[f.name], f"--{f.name.replace('_', '-')}")
+            elif name in environ:
+                values[f.name] = _cast(f, environ[name], name)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} {what}", field=name)
+
+        need(1 <= self.port <= 65535, "port", "must be a port number")
+        need(self.workers >= 1, "workers", "must be at least 1")
+        need(self.candidates >= 1, "candidates", "must be at least 1")
+        need(1 <= self.default_k <= self.max_k, "default_k", "must be in 1..MAX_K")
+        need(self.exploration in EXPLORATION_KINDS, "exploration", f"must be one of {EXPLORATION_KINDS}")
+        need(0 < self.epsilon <= 1, "epsilon", "must be in (0, 1]: every candidate needs p > 0")
+        need(self.gamma > 0, "gamma", "must be > 0")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(all(s >= 0 for s in self.explore_slots), "explore_slots", "must be >= 0")
+        need(all(s >= 0 for s in self.diverse_slots), "diverse_slots", "must be >= 0")
+        need(
+            not set(self.explore_slots) & set(self.diverse_slots),
+            "diverse_slots",
+            "must not share a slot with EXPLORE_SLOTS",
+        )
+        need("--cb_adf" in self.vw_args.split(), "vw_args", "must contain --cb_adf")
+        need(self.commit_batch >= 1, "commit_batch", "must be at least 1")
+        need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
+        need(self.catalog_poll_seconds > 0, "catalog_poll_seconds", "must be > 0")
+        need(
+            self.log_level in ("debug", "info", "warning", "error"),
+            "log_level",
+            "must be debug, info, warning or error",
+        )
+        self.keys  # noqa: B018 - parse now so a malformed key list fails at start
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as environment variables, for worker processes that re-read them."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+        return env
+
+
+def parse_api_keys(text: str) -> dict[str, frozenset[str]]:
+    keys: dict[str, set[str]] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        scope, sep, key = entry.partition(":")
+        if not sep or not key:
+            raise ConfigError(
+                f"{ENV_PREFIX}API_KEYS entry {entry!r} must look like scope:key", field="api_keys"
+            )
+        if scope not in SCOPES:
+            raise ConfigError(
+                f"{ENV_PREFIX}API_KEYS scope {scope!r} must be one of {SCOPES}", field="api_keys"
+            )
+        keys.setdefault(key, set()).add(scope)
+    return {key: frozenset(scopes) for key, scopes in keys.items()}
+
+
+def _cast(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if isinstance(raw, str):
+            raw = raw.strip()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "int | None":
+            return None if raw in ("", None) else int(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind == "tuple[int, ...]":
+            if isinstance(raw, tuple | list):
+                return tuple(int(v) for v in raw)
+            return tuple(int(v) for v in raw.split(",") if v.strip())
+        return str(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}", field=f.name) from exc
+
+
+def settings_table() -> str:
+    """The configuration table of the README, generated from the declarations."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(str(v) for v in default)
+        shown = "" if default in (None, "") else f"`{default}`"
+        rows.append(f"| `{ENV_PREFIX}{f.name.upper()}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows)

@@ -1,0 +1,38 @@
+"""Durable records in SQL: schema, engine setup, the group-commit writer and queries.
+
+Always import this package by its full name, ``slatebandit.logging``: a top-level ``logging``
+would shadow the standard library.
+"""
+
+from slatebandit.logging.decisions import (
+    ShownSlot,
+    impression_counts,
+    insert_decision,
+    insert_event,
+    insert_reward,
+    recent_events,
+    shown_items,
+)
+from slatebandit.logging.engine import open_engine
+from slatebandit.logging.items import Item, changes_since, count_live_items, delete_item, latest_rev, upsert_items
+from slatebandit.logging.records import DecisionPayload
+from slatebandit.logging.writer import GroupCommitWriter
+
+__all__ = [
+    "DecisionPayload",
+    "GroupCommitWriter",
+    "Item",
+    "ShownSlot",
+    "impression_counts",
+    "insert_decision",
+    "insert_event",
+    "insert_reward",
+    "recent_events",
+    "shown_items",
+    "changes_since",
+    "count_live_items",
+    "delete_item",
+    "latest_rev",
+    "open_engine",
+    "upsert_items",
+]

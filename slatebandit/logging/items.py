@@ -1,0 +1,124 @@
+"""Catalog records: validation of an item, upserts and deletes that bump revisions, change feeds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+
+from slatebandit.logging.records import pack
+from slatebandit.logging.schema import item_revisions, items
+
+Scalar = str | int | float | bool
+
+
+class Item(BaseModel):
+    """One catalog item, as PUT /v1/items and `slatebandit items load` accept it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    item_id: str = Field(min_length=1, max_length=128)
+    title: str = Field(default="", max_length=512)
+    category: str = Field(default="", max_length=128)
+    brand: str = Field(default="", max_length=128)
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    attributes: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
+    available: bool = True
+
+    def snapshot(self) -> bytes:
+        """The fields features are built from, frozen into an item revision."""
+        return pack(self.model_dump(exclude={"item_id"}))
+
+
+def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int]]:
+    """Insert or update ``batch``; returns (key, rev) per distinct item, in first-seen order."""
+    now = time.time()
+    latest = {item.item_id: item for item in batch}  # a repeated item_id: the last one wins
+    ids = list(latest)
+    keys: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        keys.update(conn.execute(select(items.c.item_id, items.c.key).where(items.c.item_id.in_(chunk))).tuples().all())
+
+    existing = [latest[i] for i in ids if i in keys]
+    fresh = [latest[i] for i in ids if i not in keys]
+    if existing:
+        conn.execute(
+            update(items).where(items.c.key == bindparam("k")),
+            [_row(item, now) | {"k": keys[item.item_id]} for item in existing],
+        )
+    if fresh:
+        rows = conn.execute(
+            insert(items).returning(items.c.item_id, items.c.key, sort_by_parameter_order=True),
+            [_row(item, now) | {"rev": 0, "created_at": now} for item in fresh],
+        )
+        keys.update(rows.tuples().all())
+    return _new_revisions(conn, [(keys[i], latest[i].snapshot()) for i in ids], now)
+
+
+def delete_item(conn: Connection, item_id: str) -> tuple[int, int] | None:
+    """Mark ``item_id`` deleted; returns (key, rev), or None if there is no such live item."""
+    key = conn.execute(
+        select(items.c.key).where(items.c.item_id == item_id, items.c.deleted.is_(False))
+    ).scalar()
+    if key is None:
+        return None
+    now = time.time()
+    conn.execute(
+        update(items).where(items.c.key == key).values(deleted=True, available=False, updated_at=now)
+    )
+    return _new_revisions(conn, [(key, pack({"deleted": True}))], now)[0]
+
+
+def _new_revisions(conn: Connection, snaps: list[tuple[int, bytes]], now: float) -> list[tuple[int, int]]:
+    revs = conn.execute(
+        insert(item_revisions).returning(item_revisions.c.rev, sort_by_parameter_order=True),
+        [{"key": key, "snapshot": snap, "created_at": now} for key, snap in snaps],
+    ).scalars().all()
+    conn.execute(
+        update(items).where(items.c.key == bindparam("k")).values(rev=bindparam("r")),
+        [{"k": key, "r": rev} for (key, _), rev in zip(snaps, revs, strict=True)],
+    )
+    return [(key, rev) for (key, _), rev in zip(snaps, revs, strict=True)]
+
+
+def _row(item: Item, now: float) -> dict[str, Any]:
+    return item.model_dump() | {"deleted": False, "updated_at": now}
+
+
+CATALOG_COLUMNS = (
+    items.c.key,
+    items.c.item_id,
+    items.c.title,
+    items.c.category,
+    items.c.brand,
+    items.c.price,
+    items.c.attributes,
+    items.c.available,
+    items.c.deleted,
+    items.c.rev,
+    items.c.created_at,
+)
+
+
+def changes_since(conn: Connection, rev: int, *, chunk: int = 20_000) -> Iterator[list[Any]]:
+    """Items whose latest revision is newer than ``rev``, oldest change first, in chunks."""
+    while True:
+        rows = conn.execute(
+            select(*CATALOG_COLUMNS).where(items.c.rev > rev).order_by(items.c.rev).limit(chunk)
+        ).all()
+        if not rows:
+            return
+        yield rows
+        rev = rows[-1].rev
+
+
+def latest_rev(conn: Connection) -> int:
+    return conn.execute(select(func.coalesce(func.max(items.c.rev), 0))).scalar_one()
+
+
+def count_live_items(conn: Connection) -> int:
+    return conn.execute(select(func.count()).where(items.c.deleted.is_(False))).scalar_one()

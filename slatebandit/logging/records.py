@@ -1,0 +1,65 @@
+"""Compact msgpack encodings of what a decision logs.
+
+A decision payload holds, for replay: the context features the scorer saw, the candidates as
+item revisions (uint32), each candidate's generator flags (one byte), the scores (float16),
+the slot layout and the exploration parameters. 200 candidates take about 1.4 KB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PAYLOAD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DecisionPayload:
+    context: dict[str, Any]  # request context and user-state features, as the scorer saw them
+    candidate_revs: np.ndarray  # uint32, one item revision per candidate, in candidate order
+    candidate_flags: np.ndarray  # uint8 bitmask of the generators that proposed each candidate
+    scores: np.ndarray  # float16 predicted reward per candidate
+    layout: str  # one letter per slot: e(xploit), x (explore), d(iverse)
+    exploration: dict[str, Any]  # {"kind": ..., "epsilon"|"gamma"|"temperature": ...}
+    chosen: np.ndarray  # uint16 candidate index shown in each slot
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            {
+                "v": PAYLOAD_VERSION,
+                "ctx": self.context,
+                "rev": self.candidate_revs.astype("<u4").tobytes(),
+                "flg": self.candidate_flags.astype("u1").tobytes(),
+                "sc": self.scores.astype("<f2").tobytes(),
+                "lay": self.layout,
+                "exp": self.exploration,
+                "ch": self.chosen.astype("<u2").tobytes(),
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> DecisionPayload:
+        raw = msgpack.unpackb(data, raw=False)
+        if raw.get("v") != PAYLOAD_VERSION:
+            raise ValueError(f"unknown decision payload version {raw.get('v')!r}")
+        return cls(
+            context=raw["ctx"],
+            candidate_revs=np.frombuffer(raw["rev"], dtype="<u4"),
+            candidate_flags=np.frombuffer(raw["flg"], dtype="u1"),
+            scores=np.frombuffer(raw["sc"], dtype="<f2"),
+            layout=raw["lay"],
+            exploration=raw["exp"],
+            chosen=np.frombuffer(raw["ch"], dtype="<u2"),
+        )
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)

@@ -1,0 +1,106 @@
+"""The SQL schema: items and their revisions, decisions and shown slots, rewards, user events.
+
+A decision keeps what replay needs to recompute any policy's propensities: the context, the
+candidates as *item revisions* (so the features the scorer saw are exact even after an item
+changes), each candidate's generator flags, and the scores, msgpack-encoded in ``payload``
+(see ``slatebandit.logging.records``). Shown slots are rows of their own so rewards can join
+them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# The current state of each item. ``key`` is the item's stable integer label in the HNSW index;
+# ``rev`` points at the latest revision and grows with every change, deletes included, so
+# "changes since rev R" is one indexed query.
+items = Table(
+    "items",
+    metadata,
+    Column("key", Integer, primary_key=True, autoincrement=True),
+    Column("item_id", String(128), nullable=False, unique=True),
+    Column("title", String(512), nullable=False, default=""),
+    Column("category", String(128), nullable=False, default=""),
+    Column("brand", String(128), nullable=False, default=""),
+    Column("price", Float, nullable=True),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("available", Boolean, nullable=False, default=True),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("rev", BigInteger, nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Append-only snapshots of the fields that features are built from.
+item_revisions = Table(
+    "item_revisions",
+    metadata,
+    Column("rev", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("key", Integer, ForeignKey("items.key"), nullable=False),
+    Column("snapshot", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("event_id", String(32), primary_key=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("user_id", String(128), nullable=False),
+    Column("policy", String(64), nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+)
+
+slots = Table(
+    "slots",
+    metadata,
+    Column("event_id", String(32), ForeignKey("decisions.event_id"), nullable=False),
+    Column("slot", Integer, nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("propensity", Float, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("source", String(8), nullable=False),
+    Column("score", Float, nullable=False),
+    PrimaryKeyConstraint("event_id", "slot"),
+)
+
+rewards = Table(
+    "rewards",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("event_id", String(32), ForeignKey("decisions.event_id"), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("event_id", "item_id", "type", name="uq_rewards_once"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", String(128), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_events_user", events.c.user_id, events.c.id)

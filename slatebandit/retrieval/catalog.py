@@ -1,0 +1,144 @@
+"""The in-memory catalog the request path reads: one numpy column per attribute, indexed by key.
+
+It mirrors the ``items`` table (the source of truth) and is updated from its change feed. Only
+what serving needs lives here: ids, category codes, availability, the current revision, the
+content tokens the scorer uses, impression counts and a time-decayed popularity.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from slatebandit.retrieval.content import item_tokens, title_words
+
+POPULARITY_HALF_LIFE = 86_400.0  # seconds; a day-old interaction counts half
+FRESH_POOL_LIMIT = 20_000  # newest rarely-shown items kept as explore candidates
+
+
+class Catalog:
+    def __init__(self, fresh_impressions: int = 50) -> None:
+        self.fresh_impressions = fresh_impressions
+        self.key_of: dict[str, int] = {}
+        self.item_ids: list[str | None] = []
+        self.tokens: list[str] = []  # space-joined content tokens per key
+        self.category_codes: dict[str, int] = {"": 0}
+        self.category_names: list[str] = [""]
+        self.category = np.zeros(0, dtype=np.int32)
+        self.available = np.zeros(0, dtype=bool)
+        self.rev = np.zeros(0, dtype=np.int64)
+        self.impressions = np.zeros(0, dtype=np.int32)
+        self.popularity = np.zeros(0, dtype=np.float64)
+        self.fresh: dict[int, None] = {}  # insertion-ordered set: newest last
+        self.popular = np.zeros(0, dtype=np.int64)  # cached ranking, see refresh_popular
+        self._pop_origin = time.time()
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.available))
+
+    def apply(self, rows: Iterable[Any]) -> tuple[list[tuple[int, list[str], list[str]]], list[int]]:
+        """Apply rows of the ``items`` change feed.
+
+        Returns what the index must do: ``(key, tokens, title words)`` to (re)embed, and keys to
+        delete. Rows older than what this catalog already holds are ignored, so replaying a feed
+        is harmless.
+        """
+        embed: list[tuple[int, list[str], list[str]]] = []
+        deleted: list[int] = []
+        for row in rows:
+            key = row.key
+            self._reserve(key + 1)
+            if self.rev[key] >= row.rev:
+                continue
+            self.rev[key] = row.rev
+            if row.deleted:
+                self.available[key] = False
+                self.fresh.pop(key, None)
+                deleted.append(key)
+                continue
+            tokens = item_tokens(row.category, row.brand, row.price, row.attributes)
+            if self.item_ids[key] is None:
+                self.item_ids[key] = row.item_id
+                self.key_of[row.item_id] = key
+                if self.impressions[key] < self.fresh_impressions:
+                    self._add_fresh(key)
+            self.tokens[key] = " ".join(tokens)
+            self.category[key] = self._category_code(row.category)
+            self.available[key] = bool(row.available)
+            if row.available:
+                embed.append((key, tokens, title_words(row.title)))
+            else:  # out of stock: out of the index too, so neighbour lists stay full
+                deleted.append(key)
+        return embed, deleted
+
+    def _category_code(self, name: str) -> int:
+        code = self.category_codes.get(name)
+        if code is None:
+            code = self.category_codes[name] = len(self.category_names)
+            self.category_names.append(name)
+        return code
+
+    def live_key(self, item_id: str) -> int | None:
+        key = self.key_of.get(item_id)
+        return key if key is not None and self.available[key] else None
+
+    def add_impressions(self, key: int, n: int = 1) -> None:
+        self.impressions[key] += n
+        if self.impressions[key] >= self.fresh_impressions:
+            self.fresh.pop(key, None)
+
+    def fresh_keys(self, limit: int) -> list[int]:
+        """The newest available items still shown fewer than ``fresh_impressions`` times."""
+        out = []
+        for key in reversed(self.fresh):
+            if self.available[key]:
+                out.append(key)
+                if len(out) == limit:
+                    break
+        return out
+
+    def bump_popularity(self, key: int, weight: float, now: float | None = None) -> None:
+        # Exponential decay without touching every item: new weight grows with time instead,
+        # and the whole column is rescaled once the growth factor gets large.
+        now = time.time() if now is None else now
+        exponent = (now - self._pop_origin) / POPULARITY_HALF_LIFE
+        if exponent > 50:
+            self.popularity *= 2.0**-exponent
+            self._pop_origin, exponent = now, 0.0
+        self.popularity[key] += weight * 2.0**exponent
+
+    def refresh_popular(self, limit: int = 1000) -> None:
+        """Recompute the cached ranking; off the request path (it scans every item)."""
+        self.popular = self.top_popular(limit)
+
+    def top_popular(self, limit: int) -> np.ndarray:
+        """Keys of the most popular available items, best first (ties: newest first)."""
+        limit = min(limit, int(np.count_nonzero(self.available)))
+        if limit == 0:
+            return np.empty(0, dtype=np.int64)
+        # A vanishing bonus per key breaks ties towards newer items, without a full sort.
+        tiebreak = np.arange(len(self.popularity)) * 1e-12
+        score = np.where(self.available, self.popularity + tiebreak, -1.0)
+        top = np.argpartition(-score, limit - 1)[:limit]
+        return top[np.argsort(-score[top])].astype(np.int64)
+
+    def _add_fresh(self, key: int) -> None:
+        self.fresh[key] = None
+        if len(self.fresh) > FRESH_POOL_LIMIT:
+            del self.fresh[next(iter(self.fresh))]
+
+    def _reserve(self, size: int) -> None:
+        if size <= len(self.item_ids):
+            return
+        size = max(size, int(len(self.item_ids) * 1.5) + 16)
+        grow = size - len(self.item_ids)
+        self.item_ids.extend([None] * grow)
+        self.tokens.extend([""] * grow)
+        for name in ("category", "available", "rev", "impressions", "popularity"):
+            old = getattr(self, name)
+            new = np.zeros(size, dtype=old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)

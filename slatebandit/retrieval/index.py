@@ -1,0 +1,132 @@
+"""The HNSW index over item vectors (hnswlib), with incremental add, update and delete.
+
+Labels are the items' integer keys. hnswlib must not run ``add_items`` concurrently with
+``knn_query`` (its README says so), so every call takes one lock; hnswlib releases the GIL while
+it works, so a bulk add in a worker thread, done in chunks, interleaves with serving queries.
+The index is saved with its catalog revision, so a restart applies only later changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+ABSENT, LIVE, DELETED = 0, 1, 2
+
+
+class ItemIndex:
+    def __init__(
+        self,
+        dim: int,
+        capacity: int = 1024,
+        *,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef: int = 128,
+        seed: int = 100,
+    ) -> None:
+        self.dim = dim
+        self.ef = ef
+        self.rev = 0  # the catalog revision this index reflects
+        self._lock = threading.Lock()
+        self._index = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(
+            max_elements=capacity, M=m, ef_construction=ef_construction, random_seed=seed
+        )
+        self._index.set_ef(ef)
+        self._state = np.zeros(capacity, dtype=np.uint8)  # per label: ABSENT, LIVE or DELETED
+        self.live = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    def contains(self, key: int) -> bool:
+        return key < len(self._state) and self._state[key] == LIVE
+
+    def upsert(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
+        """Add new keys or replace the vectors of known ones (deleted ones come back)."""
+        if len(keys) == 0:
+            return
+        keys = np.asarray(keys, dtype=np.int64)
+        with self._lock:
+            self._reserve(int(keys.max()) + 1, len(keys))
+            self._index.add_items(vectors, keys, num_threads=threads)
+            self.live += int(np.count_nonzero(self._state[keys] != LIVE))
+            self._state[keys] = LIVE
+
+    def delete(self, keys: np.ndarray) -> None:
+        with self._lock:
+            for key in np.asarray(keys, dtype=np.int64):
+                if self.contains(int(key)):
+                    self._index.mark_deleted(int(key))
+                    self._state[key] = DELETED
+                    self.live -= 1
+
+    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and inner-product similarities of the ``k`` nearest live items per row."""
+        vectors = np.atleast_2d(vectors).astype(np.float32, copy=False)
+        with self._lock:
+            k = min(k, self.live)
+            if k == 0:
+                empty = np.empty((len(vectors), 0))
+                return empty.astype(np.int64), empty.astype(np.float32)
+            self._index.set_ef(max(self.ef, k))
+            try:
+                labels, distances = self._index.knn_query(vectors, k=k, num_threads=1)
+            except RuntimeError:
+                # Many deleted elements can leave fewer than k reachable: ask for what exists.
+                labels, distances = self._index.knn_query(vectors, k=max(1, k // 2), num_threads=1)
+        return labels.astype(np.int64), 1.0 - distances
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return np.asarray(self._index.get_items(list(map(int, keys))), dtype=np.float32)
+
+    def _reserve(self, max_label: int, adding: int) -> None:
+        needed = max(max_label, self._index.get_current_count() + adding)
+        capacity = self._index.get_max_elements()
+        if needed > capacity:
+            capacity = max(needed, int(capacity * 1.5))
+            self._index.resize_index(capacity)
+        if max_label > len(self._state):
+            grown = np.zeros(max(max_label, int(len(self._state) * 1.5)), dtype=np.uint8)
+            grown[: len(self._state)] = self._state
+            self._state = grown
+
+    def save(self, path: Path) -> None:
+        """Write ``path`` (a small JSON manifest) and the data files it names.
+
+        Data files carry the revision and pid in their names and the manifest is replaced last,
+        so a reader sees either the old index or the new one, never a mix.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            stem = f"{path.stem}-{self.rev}-{os.getpid()}"
+            self._index.save_index(str(path.with_name(stem + ".bin")))
+            np.save(path.with_name(stem + ".state.npy"), self._state)
+            manifest = {"stem": stem, "rev": self.rev, "dim": self.dim, "live": self.live, "ef": self.ef}
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(manifest))
+            os.replace(tmp, path)
+        for old in path.parent.glob(f"{path.stem}-*"):
+            if not old.name.startswith(stem + ".") and time.time() - old.stat().st_mtime > 60:
+                old.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> ItemIndex:
+        manifest = json.loads(path.read_text())
+        self = cls.__new__(cls)
+        self.dim, self.ef = manifest["dim"], manifest["ef"]
+        self.rev, self.live = manifest["rev"], manifest["live"]
+        self._lock = threading.Lock()
+        self._index = hnswlib.Index(space="ip", dim=self.dim)
+        self._index.load_index(str(path.with_name(manifest["stem"] + ".bin")))
+        self._index.set_ef(self.ef)
+        self._state = np.load(path.with_name(manifest["stem"] + ".state.npy"))
+        return self

@@ -1,0 +1,107 @@
+"""ItemStore: the catalog, its embeddings and the HNSW index, kept in step with the database.
+
+The ``items`` table is the truth. At start the store reads it whole into the in-memory
+catalog and loads the saved index, re-embedding only items changed since the index was saved
+(or building the index if there is none). While serving, ``sync`` applies the change feed, so
+catalog changes made by another worker or by ``slatebandit items load`` arrive within a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine
+from tqdm import tqdm
+
+from slatebandit.logging import changes_since, count_live_items
+from slatebandit.retrieval.catalog import Catalog
+from slatebandit.retrieval.content import DIM, ContentEmbedder
+from slatebandit.retrieval.index import ItemIndex
+
+log = logging.getLogger(__name__)
+_CHUNK = 256  # items per index call while serving, so queries interleave with a bulk add
+_REREAD = 256  # revisions re-read below the watermark on every sync
+
+
+class ItemStore:
+    def __init__(self, catalog: Catalog, index: ItemIndex, index_path: Path | None = None) -> None:
+        self.catalog = catalog
+        self.index = index
+        self.index_path = index_path
+        self.embedder = ContentEmbedder(index.dim)
+        self._sync_lock = asyncio.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        engine: Engine,
+        index_path: Path | None,
+        *,
+        fresh_impressions: int = 50,
+        progress: bool = False,
+    ) -> ItemStore:
+        index = None
+        if index_path is not None and index_path.exists():
+            try:
+                index = ItemIndex.load(index_path)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                log.warning("index %s unreadable (%s); rebuilding it", index_path, exc)
+        saved_rev = index.rev if index is not None else 0
+        store = cls(Catalog(fresh_impressions), index or ItemIndex(DIM), index_path)
+        with engine.connect() as conn:
+            total = count_live_items(conn)
+            bar = tqdm(total=total, desc="catalog", unit="item", disable=not progress)
+            for rows in changes_since(conn, 0):
+                embed, deleted = store.catalog.apply(rows)
+                stale = [e for e in embed if store.catalog.rev[e[0]] > saved_rev]
+                store._index_changes(stale, deleted, chunk=8192, threads=2)
+                store.index.rev = max(store.index.rev, rows[-1].rev)
+                bar.update(len(embed))
+            bar.close()
+        if index_path is not None and store.index.rev != saved_rev:
+            store.save()
+        return store
+
+    async def sync(self, engine: Engine) -> int:
+        """Apply catalog changes newer than what this process has; returns how many."""
+        async with self._sync_lock:
+            return await asyncio.to_thread(self._sync, engine)
+
+    async def apply(self, rows: list) -> None:  # type: ignore[type-arg]
+        """Apply rows this process just committed, before answering the request."""
+        async with self._sync_lock:
+            await asyncio.to_thread(self._apply, rows)
+
+    def save(self) -> None:
+        if self.index_path is not None:
+            self.index.save(self.index_path)
+
+    def _sync(self, engine: Engine) -> int:
+        # ``index.rev`` only advances here, over the feed read in order, so it is a watermark
+        # below which everything has been applied. The feed is re-read from a little below it
+        # because PostgreSQL may commit revisions out of order; re-applying a row is a no-op.
+        applied = 0
+        with engine.connect() as conn:
+            for rows in changes_since(conn, max(0, self.index.rev - _REREAD)):
+                applied += self._apply(rows)
+                self.index.rev = max(self.index.rev, rows[-1].rev)
+        return applied
+
+    def _apply(self, rows: list) -> int:  # type: ignore[type-arg]
+        embed, deleted = self.catalog.apply(rows)
+        self._index_changes(embed, deleted)
+        return len(embed) + len(deleted)
+
+    def _index_changes(
+        self, embed: list, deleted: list[int], chunk: int = _CHUNK, threads: int = 1  # type: ignore[type-arg]
+    ) -> None:
+        for start in range(0, len(embed), chunk):
+            part = embed[start : start + chunk]
+            keys = np.fromiter((key for key, _, _ in part), dtype=np.int64, count=len(part))
+            vectors = self.embedder.embed_many([(tokens, words) for _, tokens, words in part])
+            self.index.upsert(keys, vectors, threads=threads)
+        if deleted:
+            self.index.delete(np.asarray(deleted, dtype=np.int64))

@@ -1,0 +1,129 @@
+"""The Starlette app factory and its lifespan.
+
+The lifespan owns every long-lived resource: the database engine, the item store (catalog and
+hnswlib index), the VW model, the group-commit writer and the background tasks that keep the
+catalog in step with the database. Handlers reach them as ``request.state.services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from slatebandit.bandit import Exploration, VWScorer
+from slatebandit.config import Settings
+from slatebandit.errors import MethodNotAllowed, NotFound, SlatebanditError
+from slatebandit.logging import GroupCommitWriter, open_engine
+from slatebandit.policies import VWPolicy
+from slatebandit.retrieval import ItemStore
+from slatebandit.server import routes
+from slatebandit.server.codec import error_response, respond
+from slatebandit.server.openapi import openapi_document
+from slatebandit.server.services import Services
+
+log = logging.getLogger("slatebandit.server")
+POPULAR_REFRESH_SECONDS = 2.0
+
+
+def index_path(settings: Settings) -> Path:
+    return settings.data_dir / "index" / "items.json"
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        engine = open_engine(settings.database_url)
+        store = await asyncio.to_thread(
+            ItemStore.open, engine, index_path(settings), fresh_impressions=settings.fresh_impressions
+        )
+        exploration = Exploration(
+            settings.exploration, settings.epsilon, settings.gamma, settings.temperature
+        )
+        policy = VWPolicy(
+            VWScorer(settings.vw_args), exploration, settings.explore_slots, settings.diverse_slots
+        )
+        writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
+        services = Services(settings, engine, writer, store, policy, np.random.default_rng(settings.seed))
+        await asyncio.to_thread(services.load_impressions)
+        store.catalog.refresh_popular()
+        await writer.start()
+        tasks = [
+            asyncio.create_task(_every(settings.catalog_poll_seconds, lambda: store.sync(engine))),
+            asyncio.create_task(
+                _every(POPULAR_REFRESH_SECONDS, lambda: asyncio.to_thread(store.catalog.refresh_popular))
+            ),
+        ]
+        log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())
+        try:
+            yield {"services": services}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.stop()
+            await asyncio.to_thread(store.save)
+            engine.dispose()
+
+    async def openapi(request: Request) -> Response:
+        return respond(request, openapi_document())
+
+    return Starlette(
+        routes=[
+            Route("/v1/slates", routes.create_slate, methods=["POST"]),
+            Route("/v1/rewards", routes.post_reward, methods=["POST"]),
+            Route("/v1/events", routes.post_event, methods=["POST"]),
+            Route("/v1/items", routes.put_items, methods=["PUT"]),
+            Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
+            Route("/healthz", routes.healthz, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={
+            SlatebanditError: _known_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn workers, which re-read the settings from the environment."""
+    return create_app(Settings.from_env())
+
+
+async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception:  # a failed poll must not end the loop; the next one retries
+            log.exception("background job failed")
+
+
+async def _known_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SlatebanditError)
+    return error_response(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(request, NotFound(f"no route {request.url.path}", field="path"))
+    if exc.status_code == 405:
+        return error_response(request, MethodNotAllowed(f"{request.method} is not allowed here"))
+    return error_response(request, SlatebanditError(str(exc.detail)))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, SlatebanditError("internal error"))

@@ -1,0 +1,57 @@
+"""JSON and msgpack on every route: request decoding with a size limit, response encoding."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+from starlette.requests import Request
+from starlette.responses import Response
+
+from slatebandit.errors import InvalidInput, PayloadTooLarge, SlatebanditError, UnsupportedMediaType
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
+
+
+async def read_body(request: Request, limit: int) -> Any:
+    """The decoded body; 413 past ``limit`` bytes, 415 for other types, 400 when malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    media = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    if media in _MSGPACK_TYPES:
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.UnpackException, TypeError) as exc:
+            raise InvalidInput(f"body is not valid msgpack: {exc}", field="body") from None
+    if media in (JSON, "") or media.endswith("+json"):
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    raise UnsupportedMediaType(f"content-type {media!r}: use {JSON} or {MSGPACK}", field="content-type")
+
+
+def respond(request: Request, content: Any, status: int = 200) -> Response:
+    accept = request.headers.get("accept", "")
+    if any(t in accept for t in _MSGPACK_TYPES):
+        return Response(msgpack.packb(content, use_bin_type=True), status, media_type=MSGPACK)
+    body = json.dumps(content, separators=(",", ":"), allow_nan=False)
+    return Response(body, status, media_type=JSON)
+
+
+def error_response(request: Request, error: SlatebanditError) -> Response:
+    response = respond(request, error.to_dict(), error.status)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response

@@ -1,0 +1,140 @@
+"""The OpenAPI 3.1 document served at /openapi.json, built from the request models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from slatebandit import __version__
+from slatebandit.logging import Item
+from slatebandit.server.schemas import EventRequest, RewardRequest, SlateRequest
+
+_REF = "#/components/schemas/{model}"
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"]},
+            },
+            "required": ["code", "message", "field"],
+        }
+    },
+}
+_SLATE = {
+    "type": "object",
+    "properties": {
+        "event_id": {"type": "string"},
+        "policy": {"type": "string"},
+        "model_version": {"type": "integer"},
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "item_id": {"type": "string"},
+                    "slot": {"type": "integer"},
+                    "propensity": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "kind": {"enum": ["exploit", "explore", "diverse"]},
+                    "source": {"enum": ["similar", "session", "popular", "fresh"]},
+                    "score": {"type": "number"},
+                },
+            },
+        },
+    },
+}
+
+
+def _body(ref: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": ref}, "application/msgpack": {"schema": ref}},
+    }
+
+
+def _answers(status: int, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": description}
+    if schema is not None:
+        ok["content"] = {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}}
+    error = {"content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}
+    return {
+        str(status): ok,
+        "400": {"description": "invalid input; nothing was written", **error},
+        "401": {"description": "missing or unknown API key", **error},
+        "403": {"description": "the key lacks the scope", **error},
+        "404": {"description": "unknown event or item", **error},
+        "413": {"description": "body too large", **error},
+        "415": {"description": "neither JSON nor msgpack", **error},
+    }
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def openapi_document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE}
+    for model in (SlateRequest, RewardRequest, EventRequest, Item):
+        schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
+    security = [{"bearer": []}, {"apiKey": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "slatebandit", "version": __version__},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "paths": {
+            "/v1/slates": {
+                "post": {
+                    "summary": "A slate of k items with the propensity of every slot (scope serve)",
+                    "security": security,
+                    "requestBody": _body(_ref(SlateRequest)),
+                    "responses": _answers(200, "the slate, logged durably", {"$ref": _REF.format(model="Slate")}),
+                }
+            },
+            "/v1/rewards": {
+                "post": {
+                    "summary": "A reward for an item of a decision; stored once (scope serve)",
+                    "security": security,
+                    "requestBody": _body(_ref(RewardRequest)),
+                    "responses": _answers(202, "stored durably (or already stored: duplicate=true)"),
+                }
+            },
+            "/v1/events": {
+                "post": {
+                    "summary": "A shopper's view, click, add-to-cart or purchase (scope serve)",
+                    "security": security,
+                    "requestBody": _body(_ref(EventRequest)),
+                    "responses": _answers(202, "stored durably; the user's next slate reflects it"),
+                }
+            },
+            "/v1/items": {
+                "put": {
+                    "summary": "Upsert a list of items, recommendable at once (scope catalog)",
+                    "security": security,
+                    "requestBody": _body({"type": "array", "items": _ref(Item), "maxItems": 10_000}),
+                    "responses": _answers(200, "items upserted durably and indexed"),
+                }
+            },
+            "/v1/items/{item_id}": {
+                "delete": {
+                    "summary": "Delete an item; it is never shown again (scope catalog)",
+                    "security": security,
+                    "parameters": [
+                        {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": _answers(200, "deleted durably"),
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness and catalog size", "responses": {"200": {"description": "ok"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}},
+        },
+    }

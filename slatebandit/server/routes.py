@@ -1,0 +1,212 @@
+"""HTTP handlers. Each validates first, writes through the group-commit writer, and answers
+only after the commit that holds its record (a 2xx means durable)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import partial
+
+from pydantic import ValidationError
+from sqlalchemy import Connection, select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from slatebandit.bandit import SharedFeatures
+from slatebandit.errors import InvalidInput, NotFound, PayloadTooLarge
+from slatebandit.logging import (
+    Item,
+    ShownSlot,
+    delete_item,
+    insert_decision,
+    insert_event,
+    insert_reward,
+    upsert_items,
+)
+from slatebandit.logging.items import CATALOG_COLUMNS
+from slatebandit.logging.schema import items as items_table
+from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, generate
+from slatebandit.server.auth import require
+from slatebandit.server.codec import read_body, respond
+from slatebandit.server.schemas import (
+    MAX_ITEMS_PER_REQUEST,
+    EventRequest,
+    RewardRequest,
+    SlateRequest,
+    invalid,
+    validate,
+)
+from slatebandit.server.services import Services
+
+CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
+
+
+def _services(request: Request, scope: str | None) -> Services:
+    services: Services = request.state.services
+    if scope is not None:
+        require(request, scope, services.settings.keys)
+    return services
+
+
+async def create_slate(request: Request) -> Response:
+    s = _services(request, "serve")
+    body = validate(SlateRequest, await read_body(request, s.settings.max_body_bytes))
+    assert isinstance(body, SlateRequest)
+    k = s.settings.default_k if body.k is None else body.k
+    if k > s.settings.max_k:
+        raise InvalidInput(f"k: must be at most {s.settings.max_k}", field="k")
+
+    catalog = s.store.catalog
+    user = await s.user_state(body.user_id)
+    session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
+    exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
+    candidates = generate(s.store, user, session_keys, exclude_keys, s.settings.candidates)
+    recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
+    shared = SharedFeatures.build(body.context, recent)
+    slate = s.policy.slate(s.store, shared, candidates, k, s.rng)
+
+    event_id, now = uuid.uuid4().hex, time.time()
+    keys = [int(candidates.keys[pick.index]) for pick in slate.picks]
+    shown = [
+        ShownSlot(
+            slot=j,
+            item_id=catalog.item_ids[key] or "",
+            propensity=pick.propensity,
+            kind=pick.kind,
+            source=SOURCES[candidates.sources[pick.index]],
+            score=float(slate.scores[pick.index]),
+        )
+        for j, (pick, key) in enumerate(zip(slate.picks, keys, strict=True))
+    ]
+    await s.writer.submit(
+        partial(
+            insert_decision,
+            event_id=event_id,
+            created_at=now,
+            user_id=body.user_id,
+            policy=slate.policy,
+            model_version=slate.model_version,
+            payload=slate.payload(s.store).encode(),
+            shown=shown,
+        )
+    )
+    for key in keys:
+        catalog.add_impressions(key)
+    s.remember_decision(event_id, tuple(slot.item_id for slot in shown))
+    return respond(
+        request,
+        {
+            "event_id": event_id,
+            "policy": slate.policy,
+            "model_version": slate.model_version,
+            "items": [slot.__dict__ for slot in shown],
+        },
+    )
+
+
+async def post_reward(request: Request) -> Response:
+    s = _services(request, "serve")
+    body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
+    assert isinstance(body, RewardRequest)
+    shown = await s.shown_items(body.event_id)
+    if shown is None:
+        raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
+    if body.item_id not in shown:
+        raise InvalidInput(f"item_id: {body.item_id!r} was not shown in this decision", field="item_id")
+    stored = await s.writer.submit(
+        partial(
+            insert_reward,
+            event_id=body.event_id,
+            item_id=body.item_id,
+            type=body.type,
+            reward=body.reward,
+            created_at=time.time(),
+        )
+    )
+    key = s.store.catalog.key_of.get(body.item_id)
+    if stored and key is not None and body.reward > 0:
+        s.store.catalog.bump_popularity(key, body.reward)
+    return respond(request, {**body.model_dump(), "duplicate": not stored}, 202)
+
+
+async def post_event(request: Request) -> Response:
+    s = _services(request, "serve")
+    body = validate(EventRequest, await read_body(request, s.settings.max_body_bytes))
+    assert isinstance(body, EventRequest)
+    catalog, index = s.store.catalog, s.store.index
+    key = catalog.key_of.get(body.item_id)
+    if key is None:
+        raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
+    now = time.time()
+    await s.writer.submit(
+        partial(insert_event, user_id=body.user_id, item_id=body.item_id, type=body.type, created_at=now)
+    )
+    state = s.users.get(body.user_id)
+    if state is None:
+        await s.user_state(body.user_id)  # rebuilt from the log, which now holds this event
+    else:
+        vector = index.vectors([key])[0] if index.contains(key) else None
+        state.observe(key, body.type, vector, now)
+    catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
+    return respond(request, body.model_dump(), 202)
+
+
+async def put_items(request: Request) -> Response:
+    s = _services(request, "catalog")
+    data = await read_body(request, s.settings.max_body_bytes * CATALOG_BODY_FACTOR)
+    if isinstance(data, dict) and set(data) == {"items"}:
+        data = data["items"]
+    if not isinstance(data, list) or not data:
+        raise InvalidInput("body: must be a non-empty list of items", field="body")
+    if len(data) > MAX_ITEMS_PER_REQUEST:
+        raise PayloadTooLarge(f"body: at most {MAX_ITEMS_PER_REQUEST} items per request", field="body")
+    batch = []
+    for i, raw in enumerate(data):
+        try:
+            batch.append(Item.model_validate(raw))
+        except ValidationError as exc:
+            raise invalid(exc, prefix=f"items[{i}]") from None
+
+    def unit(conn: Connection) -> list:  # type: ignore[type-arg]
+        keys = [key for key, _ in upsert_items(conn, batch)]
+        return _catalog_rows(conn, keys)
+
+    rows = await s.writer.submit(unit)
+    await s.store.apply(rows)
+    return respond(request, {"upserted": len(rows)})
+
+
+async def remove_item(request: Request) -> Response:
+    s = _services(request, "catalog")
+    item_id = request.path_params["item_id"]
+
+    def unit(conn: Connection) -> list | None:  # type: ignore[type-arg]
+        changed = delete_item(conn, item_id)
+        return None if changed is None else _catalog_rows(conn, [changed[0]])
+
+    rows = await s.writer.submit(unit)
+    if rows is None:
+        raise NotFound(f"item_id: no item {item_id!r}", field="item_id")
+    await s.store.apply(rows)
+    return respond(request, {"deleted": item_id})
+
+
+async def healthz(request: Request) -> Response:
+    s = _services(request, None)
+    return respond(
+        request,
+        {
+            "status": "ok",
+            "items": len(s.store.index),
+            "policy": s.policy.name,
+            "model_version": s.policy.scorer.version,
+        },
+    )
+
+
+def _catalog_rows(conn: Connection, keys: list[int]) -> list:  # type: ignore[type-arg]
+    rows = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        rows += conn.execute(select(*CATALOG_COLUMNS).where(items_table.c.key.in_(chunk))).all()
+    return sorted(rows, key=lambda row: row.rev)

@@ -1,0 +1,80 @@
+"""Request bodies, validated strictly at the boundary (pydantic, strict mode, unknown fields refused).
+
+Every model is also the OpenAPI schema of its route (``slatebandit.server.openapi``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slatebandit.errors import InvalidInput
+
+Scalar = str | int | float | bool
+EventType = Literal["view", "click", "add_to_cart", "purchase"]
+ItemId = Field(min_length=1, max_length=128)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SlateRequest(_Strict):
+    user_id: str = Field(min_length=1, max_length=128)
+    k: int | None = Field(default=None, ge=1, le=1000, description="slate size (default from settings)")
+    context: dict[str, Scalar] = Field(
+        default_factory=dict, max_length=32, description="device, page, ...: shared features"
+    )
+    session_items: list[str] = Field(
+        default_factory=list, max_length=50, description="items seen in this session, newest first"
+    )
+    exclude: list[str] = Field(default_factory=list, max_length=1000, description="never show these")
+
+    @field_validator("context")
+    @classmethod
+    def _short_context_keys(cls, context: dict[str, Scalar]) -> dict[str, Scalar]:
+        for name, value in context.items():
+            if not 1 <= len(name) <= 64 or name.startswith("_"):
+                raise ValueError(f"context key {name!r} must be 1-64 characters, not starting with _")
+            if isinstance(value, str) and len(value) > 128:
+                raise ValueError(f"context value of {name!r} is longer than 128 characters")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"context value of {name!r} must be a finite number")
+        return context
+
+
+class RewardRequest(_Strict):
+    event_id: str = Field(min_length=32, max_length=32, pattern="^[0-9a-f]{32}$")
+    item_id: str = ItemId
+    reward: float = Field(default=1.0, ge=-1e6, le=1e6, allow_inf_nan=False)
+    type: str = Field(default="click", min_length=1, max_length=32, pattern="^[a-z_]+$")
+
+
+class EventRequest(_Strict):
+    user_id: str = Field(min_length=1, max_length=128)
+    item_id: str = ItemId
+    type: EventType
+
+
+MAX_ITEMS_PER_REQUEST = 10_000
+
+
+def validate(model: type[BaseModel], data: object) -> BaseModel:
+    """``model`` from decoded JSON or msgpack, or InvalidInput naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def invalid(exc: ValidationError, prefix: str = "") -> InvalidInput:
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "") or None
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "is required"
+    return InvalidInput(f"{field or 'body'}: {message}", field=field)
