@@ -95,4 +95,4 @@ def recent_events(conn: Connection, user_id: str, limit: int) -> list[tuple[str,
 
 
 def impression_counts(conn: Connection) -> dict[str, int]:
-    return dict(conn.execute(select(slots.c.item_id, func.count()).group_by(slots.c.item_id)).tuples().all())
+    return dict(conn.execute(select(slots.c.item_id, func.count()).group_by(slots.c.item_id)).all())

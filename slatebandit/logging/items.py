@@ -41,7 +41,7 @@ def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int
     keys: dict[str, int] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        keys.update(conn.execute(select(items.c.item_id, items.c.key).where(items.c.item_id.in_(chunk))).tuples().all())
+        keys.update(conn.execute(select(items.c.item_id, items.c.key).where(items.c.item_id.in_(chunk))).all())
 
     existing = [latest[i] for i in ids if i in keys]
     fresh = [latest[i] for i in ids if i not in keys]
@@ -55,7 +55,7 @@ def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int
             insert(items).returning(items.c.item_id, items.c.key, sort_by_parameter_order=True),
             [_row(item, now) | {"rev": 0, "created_at": now} for item in fresh],
         )
-        keys.update(rows.tuples().all())
+        keys.update(rows.all())
     return _new_revisions(conn, [(keys[i], latest[i].snapshot()) for i in ids], now)
 
 

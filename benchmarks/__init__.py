@@ -1,0 +1,1 @@
+"""Benchmarks of the serving loop (run them with ``python -m benchmarks.NAME``)."""

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from starlette.testclient import TestClient
+
+from slatebandit.config import Settings
+from slatebandit.logging import Item, open_engine, upsert_items
+from slatebandit.retrieval.demo import demo_items
+from slatebandit.server import create_app
+
+PG_URL = os.environ.get("SLATEBANDIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values = {"data_dir": tmp_path / "var", "seed": 1234, **overrides}
+    return Settings.from_env({}, **values)
+
+
+def seed_catalog(url: str, items: list[Item]) -> None:
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        upsert_items(conn, items)
+    engine.dispose()
+
+
+@pytest.fixture
+def small_catalog() -> list[Item]:
+    return list(demo_items(600, seed=3))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, small_catalog: list[Item]) -> Settings:
+    settings = make_settings(tmp_path)
+    seed_catalog(settings.database_url, small_catalog)
+    return settings
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema per test. In CI an unreachable server fails the test, never skips it."""
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    with admin.connect() as conn:
+        conn.execute(text(f"create schema {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(text(f"drop schema {schema} cascade"))
+    admin.dispose()

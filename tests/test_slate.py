@@ -1,0 +1,117 @@
+"""The propensity invariant and the exploration pmfs."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from slatebandit.bandit import DIVERSE, EXPLOIT, EXPLORE, Exploration, build_slate, epsilon_greedy, softmax, squarecb
+
+
+@pytest.mark.parametrize(
+    "pmf",
+    [
+        lambda s: epsilon_greedy(s, 0.1),
+        lambda s: squarecb(s, 50.0),
+        lambda s: softmax(s, 0.05),
+    ],
+    ids=["epsilon", "squarecb", "softmax"],
+)
+def test_pmfs_are_distributions_with_full_support(pmf) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 200):
+        scores = rng.normal(size=n)
+        p = pmf(scores)
+        assert p.shape == (n,)
+        assert np.all(p > 0)
+        assert p.sum() == pytest.approx(1.0)
+        assert int(np.argmax(p)) == int(np.argmax(scores))
+
+
+def test_ties_go_to_retrieval_order() -> None:
+    p = epsilon_greedy(np.zeros(5), 0.1)
+    assert int(np.argmax(p)) == 0
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "squarecb", "softmax"])
+def test_logged_propensities_match_sampling_frequencies(kind: str) -> None:
+    """Invariant 1: for a fixed context, each slot's empirical frequencies, given the earlier
+    slots, match the logged propensities (chi-square, p > 0.001), over 20,000 seeded draws."""
+    n, draws = 12, 20_000
+    data = np.random.default_rng(42)
+    scores = data.normal(0, 0.05, size=n)
+    categories = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
+    fresh = np.zeros(n, dtype=bool)
+    fresh[[9, 10, 11]] = True
+    kinds = [EXPLOIT, EXPLORE, DIVERSE, EXPLOIT]
+    exploration = Exploration(kind, epsilon=0.3, gamma=20.0, temperature=0.05)
+    rng = np.random.default_rng(7)
+
+    # (slot, prefix) -> Counter of picks, and the propensity logged for each pick
+    picked: dict[tuple[int, tuple[int, ...]], Counter[int]] = defaultdict(Counter)
+    logged: dict[tuple[int, tuple[int, ...], int], float] = {}
+    for _ in range(draws):
+        slate = build_slate(scores, categories, fresh, kinds, exploration, rng)
+        prefix: tuple[int, ...] = ()
+        for j, pick in enumerate(slate):
+            assert pick.kind == kinds[j] and 0 < pick.propensity <= 1
+            key = (j, prefix, pick.index)
+            # The same item after the same prefix is always logged with the same probability.
+            assert logged.setdefault(key, pick.propensity) == pytest.approx(pick.propensity)
+            picked[(j, prefix)][pick.index] += 1
+            prefix = (*prefix, pick.index)
+
+    tested = 0
+    for (j, prefix), counts in picked.items():
+        total = sum(counts.values())
+        if total < 500:
+            continue  # too few draws of this prefix for a chi-square test
+        probs = {i: logged[(j, prefix, i)] for i in counts}
+        unseen = 1.0 - sum(probs.values())  # mass on items this prefix never drew
+        observed, expected = [], []
+        small_obs = small_exp = 0.0
+        for i, c in counts.items():
+            if probs[i] * total >= 5:
+                observed.append(c)
+                expected.append(probs[i] * total)
+            else:
+                small_obs += c
+                small_exp += probs[i] * total
+        small_exp += max(unseen, 0.0) * total
+        if small_exp >= 5:
+            observed.append(small_obs)
+            expected.append(small_exp)
+        elif expected:
+            expected[-1] += small_exp
+            observed[-1] += small_obs
+        if len(observed) < 2:
+            continue
+        _, p_value = stats.chisquare(observed, np.asarray(expected) * sum(observed) / sum(expected))
+        assert p_value > 0.001, (j, prefix, observed, expected)
+        tested += 1
+    assert tested >= 4  # every slot kind got tested at least for its most common prefix
+
+
+def test_explore_and_diverse_slots_respect_their_pools() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.0])
+    categories = np.array([0, 0, 0, 1, 2])
+    fresh = np.array([False, False, False, False, True])
+    rng = np.random.default_rng(3)
+    greedy = Exploration("epsilon", epsilon=1e-9)
+    for _ in range(200):
+        slate = build_slate(scores, categories, fresh, [EXPLOIT, DIVERSE, EXPLORE], greedy, rng)
+        first, diverse, explore = (p.index for p in slate)
+        assert first == 0
+        assert diverse in (3, 4)  # only items of a category not yet in the slate
+        if diverse == 3:
+            assert (explore, slate[2].propensity) == (4, 1.0)  # the one fresh item
+        else:  # no fresh item left: uniform over the rest
+            assert explore in (1, 2, 3) and slate[2].propensity == pytest.approx(1 / 3)
+
+
+def test_short_candidate_lists_fill_what_they_can() -> None:
+    slate = build_slate(np.zeros(2), np.zeros(2, int), np.zeros(2, bool), [EXPLOIT] * 5, Exploration(), np.random.default_rng(0))
+    assert sorted(p.index for p in slate) == [0, 1]
