@@ -1,8 +1,8 @@
 """The ``slatebandit`` command.
 
-    slatebandit serve [--demo]        run the HTTP API (uvicorn)
-    slatebandit items load FILE       upsert items from JSONL or CSV
-    slatebandit config [--markdown]   print the settings in force (or the README table)
+slatebandit serve [--demo]        run the HTTP API (uvicorn)
+slatebandit items load FILE       upsert items from JSONL or CSV
+slatebandit config [--markdown]   print the settings in force (or the README table)
 """
 
 from __future__ import annotations
@@ -50,11 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
-    serve.add_argument("--demo", action="store_true", help="load a synthetic catalog if the catalog is empty")
+    serve.add_argument(
+        "--demo", action="store_true", help="load a synthetic catalog if the catalog is empty"
+    )
     serve.add_argument("--demo-items", type=int, default=10_000, help="size of the demo catalog")
     serve.set_defaults(run=_serve)
 
-    items = sub.add_parser("items", help="manage the catalog").add_subparsers(required=True, metavar="ACTION")
+    items = sub.add_parser("items", help="manage the catalog").add_subparsers(
+        required=True, metavar="ACTION"
+    )
     load = items.add_parser("load", help="upsert items from a JSONL or CSV file")
     _common(load)
     load.add_argument("file", type=Path)
@@ -68,8 +72,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", dest="db_url", help="SQLAlchemy URL (default SQLite in the data dir)")
-    parser.add_argument("--data-dir", type=Path, help="directory for the database and index (default ./var)")
+    parser.add_argument(
+        "--db", dest="db_url", help="SQLAlchemy URL (default SQLite in the data dir)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="directory for the database and index (default ./var)"
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -91,15 +99,21 @@ def _serve(args: argparse.Namespace) -> int:
             "or bind 127.0.0.1",
             field="host",
         )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     engine = open_engine(settings.database_url)
     if args.demo:
         with engine.connect() as conn:
             empty = count_live_items(conn) == 0
         if empty:
-            _write_items(engine, demo_items(args.demo_items), total=args.demo_items, desc="demo catalog")
+            _write_items(
+                engine, demo_items(args.demo_items), total=args.demo_items, desc="demo catalog"
+            )
     # Build or refresh the index once here, so every worker starts by loading the saved file.
-    ItemStore.open(engine, index_path(settings), fresh_impressions=settings.fresh_impressions, progress=True)
+    ItemStore.open(
+        engine, index_path(settings), fresh_impressions=settings.fresh_impressions, progress=True
+    )
     engine.dispose()
     os.environ.update(settings.as_env())
     uvicorn.run(
@@ -147,9 +161,13 @@ def _write_items(engine: Any, items: Iterator[Item], *, total: int, desc: str) -
 def _read_items(path: Path, kind: str) -> Iterator[Item]:
     with path.open(newline="", encoding="utf-8") as handle:
         if kind == "csv":
-            rows: Iterator[tuple[int, Any]] = ((i + 2, _csv_item(r)) for i, r in enumerate(csv.DictReader(handle)))
+            rows: Iterator[tuple[int, Any]] = (
+                (i + 2, _csv_item(r)) for i, r in enumerate(csv.DictReader(handle))
+            )
         else:
-            rows = ((i + 1, _json_line(line, i + 1)) for i, line in enumerate(handle) if line.strip())
+            rows = (
+                (i + 1, _json_line(line, i + 1)) for i, line in enumerate(handle) if line.strip()
+            )
         for line, raw in rows:
             try:
                 yield Item.model_validate(raw)
@@ -166,7 +184,7 @@ def _json_line(line: str, number: int) -> Any:
 
 
 def _csv_item(row: dict[str, str]) -> dict[str, Any]:
-    """CSV columns: item_id, title, category, brand, price, available, and attr.NAME per attribute."""
+    """CSV columns: item_id, title, category, brand, price, available, attr.NAME per attribute."""
     item: dict[str, Any] = {"attributes": {}}
     for column, value in row.items():
         if column.startswith("attr."):

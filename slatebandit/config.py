@@ -90,9 +90,7 @@ class Settings:
         return parse_api_keys(self.api_keys)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``SLATEBANDIT_*`` variables; non-None ``overrides`` (CLI flags) win."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -115,7 +113,11 @@ class Settings:
         need(self.workers >= 1, "workers", "must be at least 1")
         need(self.candidates >= 1, "candidates", "must be at least 1")
         need(1 <= self.default_k <= self.max_k, "default_k", "must be in 1..MAX_K")
-        need(self.exploration in EXPLORATION_KINDS, "exploration", f"must be one of {EXPLORATION_KINDS}")
+        need(
+            self.exploration in EXPLORATION_KINDS,
+            "exploration",
+            f"must be one of {EXPLORATION_KINDS}",
+        )
         need(0 < self.epsilon <= 1, "epsilon", "must be in (0, 1]: every candidate needs p > 0")
         need(self.gamma > 0, "gamma", "must be > 0")
         need(self.temperature > 0, "temperature", "must be > 0")

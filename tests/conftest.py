@@ -14,7 +14,9 @@ from slatebandit.logging import Item, open_engine, upsert_items
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
 
-PG_URL = os.environ.get("SLATEBANDIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "SLATEBANDIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -49,7 +51,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema per test. In CI an unreachable server fails the test, never skips it."""
+    """A fresh PostgreSQL schema per test; in CI an unreachable server fails, never skips."""
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

@@ -27,7 +27,9 @@ def _count(settings: Settings, table) -> int:  # type: ignore[no-untyped-def]
     return n
 
 
-def test_slate_shape_and_logged_record_read_back_through_a_fresh_connection(client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_slate_shape_and_logged_record_read_back_through_a_fresh_connection(
+    client, settings
+) -> None:  # type: ignore[no-untyped-def]
     body = _slate(client, k=10, context={"device": "mobile", "page": "home"})
     assert body["policy"] == "vw" and body["model_version"] == 0
     shown = body["items"]
@@ -40,7 +42,9 @@ def test_slate_shape_and_logged_record_read_back_through_a_fresh_connection(clie
     engine = create_engine(settings.database_url)  # a new connection: the 200 meant committed
     with engine.connect() as conn:
         row = conn.execute(select(decisions).where(decisions.c.event_id == body["event_id"])).one()
-        logged = conn.execute(select(slots).where(slots.c.event_id == body["event_id"]).order_by(slots.c.slot)).all()
+        logged = conn.execute(
+            select(slots).where(slots.c.event_id == body["event_id"]).order_by(slots.c.slot)
+        ).all()
     engine.dispose()
     assert row.user_id == "alice" and row.policy == "vw"
     assert [(r.item_id, r.propensity, r.kind, r.source) for r in logged] == [
@@ -83,7 +87,9 @@ def test_events_shape_the_next_slate(client) -> None:  # type: ignore[no-untyped
     cold = _slate(client, user_id="carol", k=10)
     assert {s["source"] for s in cold["items"]} <= {"popular", "fresh"}
     clicked = "sku-0000005"
-    response = client.post("/v1/events", json={"user_id": "carol", "item_id": clicked, "type": "click"})
+    response = client.post(
+        "/v1/events", json={"user_id": "carol", "item_id": clicked, "type": "click"}
+    )
     assert response.status_code == 202
     warm = _slate(client, user_id="carol", k=10)
     sources = {s["source"] for s in warm["items"]}
@@ -97,31 +103,44 @@ def test_purchased_and_excluded_items_are_filtered(client) -> None:  # type: ign
     client.post("/v1/events", json={"user_id": "dave", "item_id": bought, "type": "purchase"})
     excluded = [s["item_id"] for s in first["items"][1:4]]
     for _ in range(20):
-        shown = {s["item_id"] for s in _slate(client, user_id="dave", k=10, exclude=excluded)["items"]}
+        shown = {
+            s["item_id"] for s in _slate(client, user_id="dave", k=10, exclude=excluded)["items"]
+        }
         assert bought not in shown and not shown & set(excluded)
 
 
 def test_new_item_appears_at_once_and_deleted_item_never_again(client) -> None:  # type: ignore[no-untyped-def]
-    new = {"item_id": "brand-new", "title": "Plush Dragon", "category": "kids/toys/plush", "brand": "Nova", "price": 19.0}
+    new = {
+        "item_id": "brand-new",
+        "title": "Plush Dragon",
+        "category": "kids/toys/plush",
+        "brand": "Nova",
+        "price": 19.0,
+    }
     assert client.put("/v1/items", json=[new]).status_code == 200
     # The very next slate can show it: it is fresh (explore slots) and a neighbour of its category.
     body = _slate(client, user_id="erin", k=10, session_items=["brand-new"])
     similar = {s["item_id"] for s in body["items"] if s["source"] in ("similar", "session")}
     assert similar  # retrieval found neighbours of the new item at once
     seen_new = any(
-        "brand-new" in {s["item_id"] for s in _slate(client, user_id=f"u{i}", k=10)["items"]} for i in range(30)
+        "brand-new" in {s["item_id"] for s in _slate(client, user_id=f"u{i}", k=10)["items"]}
+        for i in range(30)
     )
     assert seen_new
 
     assert client.delete("/v1/items/brand-new").status_code == 200
     for i in range(50):
-        assert "brand-new" not in {s["item_id"] for s in _slate(client, user_id=f"v{i}", k=10)["items"]}
+        assert "brand-new" not in {
+            s["item_id"] for s in _slate(client, user_id=f"v{i}", k=10)["items"]
+        }
     assert client.delete("/v1/items/brand-new").status_code == 404
 
     unavailable = {**new, "item_id": "sold-out", "available": False}
     client.put("/v1/items", json=[unavailable])
     for i in range(30):
-        assert "sold-out" not in {s["item_id"] for s in _slate(client, user_id=f"w{i}", k=10)["items"]}
+        assert "sold-out" not in {
+            s["item_id"] for s in _slate(client, user_id=f"w{i}", k=10)["items"]
+        }
 
 
 @pytest.mark.parametrize(
@@ -141,7 +160,9 @@ def test_new_item_appears_at_once_and_deleted_item_never_again(client) -> None: 
         ("/v1/events", {"user_id": "a", "item_id": "no-such-item", "type": "view"}, 404, "item_id"),
     ],
 )
-def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client, settings, path, body, status, field) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(
+    client, settings, path, body, status, field
+) -> None:  # type: ignore[no-untyped-def]
     before = [_count(settings, t) for t in (decisions, rewards, events)]
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
@@ -153,13 +174,23 @@ def test_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client, settings
 
 
 def test_malformed_oversized_and_wrong_type_bodies(client, settings) -> None:  # type: ignore[no-untyped-def]
-    bad_json = client.post("/v1/slates", content=b"{nope", headers={"content-type": "application/json"})
+    bad_json = client.post(
+        "/v1/slates", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert bad_json.status_code == 400 and bad_json.json()["error"]["field"] == "body"
-    bad_pack = client.post("/v1/slates", content=b"\xc1", headers={"content-type": "application/msgpack"})
+    bad_pack = client.post(
+        "/v1/slates", content=b"\xc1", headers={"content-type": "application/msgpack"}
+    )
     assert bad_pack.status_code == 400
-    huge = client.post("/v1/slates", content=b"x" * (settings.max_body_bytes + 1), headers={"content-type": "application/json"})
+    huge = client.post(
+        "/v1/slates",
+        content=b"x" * (settings.max_body_bytes + 1),
+        headers={"content-type": "application/json"},
+    )
     assert huge.status_code == 413
-    form = client.post("/v1/slates", content=b"a=b", headers={"content-type": "application/x-www-form-urlencoded"})
+    form = client.post(
+        "/v1/slates", content=b"a=b", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert form.status_code == 415
     assert client.get("/v1/nothing").status_code == 404
     assert client.get("/v1/slates").status_code == 405
@@ -176,9 +207,21 @@ def test_api_keys_and_scopes(tmp_path, small_catalog) -> None:  # type: ignore[n
     with TestClient(create_app(settings)) as client:
         body = {"user_id": "a", "k": 2}
         assert client.post("/v1/slates", json=body).status_code == 401
-        assert client.post("/v1/slates", json=body, headers={"authorization": "Bearer nope"}).status_code == 401
-        assert client.post("/v1/slates", json=body, headers={"authorization": "Bearer s3rve"}).status_code == 200
-        assert client.post("/v1/slates", json=body, headers={"x-api-key": "r00t"}).status_code == 200
+        assert (
+            client.post(
+                "/v1/slates", json=body, headers={"authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
+        assert (
+            client.post(
+                "/v1/slates", json=body, headers={"authorization": "Bearer s3rve"}
+            ).status_code
+            == 200
+        )
+        assert (
+            client.post("/v1/slates", json=body, headers={"x-api-key": "r00t"}).status_code == 200
+        )
         item = [{"item_id": "n1"}]
         assert client.put("/v1/items", json=item, headers={"x-api-key": "s3rve"}).status_code == 403
         assert client.put("/v1/items", json=item, headers={"x-api-key": "c4t"}).status_code == 200

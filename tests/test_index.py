@@ -10,7 +10,9 @@ from slatebandit.retrieval import ContentEmbedder, ItemIndex, item_tokens, title
 from slatebandit.retrieval.demo import demo_items
 
 
-def _recall(index: ItemIndex, data: np.ndarray, keys: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+def _recall(
+    index: ItemIndex, data: np.ndarray, keys: np.ndarray, queries: np.ndarray, k: int = 10
+) -> float:
     labels, _ = index.query(queries, k)
     sims = queries @ data.T
     hits = 0
@@ -49,7 +51,10 @@ def test_recall_at_10_on_catalog_embeddings() -> None:
     embedder = ContentEmbedder()
     items = list(demo_items(5_000, seed=11))
     data = embedder.embed_many(
-        [(item_tokens(i.category, i.brand, i.price, i.attributes), title_words(i.title)) for i in items]
+        [
+            (item_tokens(i.category, i.brand, i.price, i.attributes), title_words(i.title))
+            for i in items
+        ]
     )
     keys = np.arange(1, len(items) + 1)
     index = ItemIndex(data.shape[1])
@@ -60,10 +65,16 @@ def test_recall_at_10_on_catalog_embeddings() -> None:
 
 
 def test_embeddings_are_deterministic_and_group_similar_items() -> None:
-    a = ContentEmbedder().embed(item_tokens("men/shoes", "Acme", 50, {"color": "red"}), title_words("red shoe"))
-    b = ContentEmbedder().embed(item_tokens("men/shoes", "Acme", 50, {"color": "red"}), title_words("red shoe"))
+    a = ContentEmbedder().embed(
+        item_tokens("men/shoes", "Acme", 50, {"color": "red"}), title_words("red shoe")
+    )
+    b = ContentEmbedder().embed(
+        item_tokens("men/shoes", "Acme", 50, {"color": "red"}), title_words("red shoe")
+    )
     sibling = ContentEmbedder().embed(item_tokens("men/shoes", "Other", 55, {"color": "blue"}), [])
-    stranger = ContentEmbedder().embed(item_tokens("home/kitchen", "Pots", 9, {"color": "grey"}), [])
+    stranger = ContentEmbedder().embed(
+        item_tokens("home/kitchen", "Pots", 9, {"color": "grey"}), []
+    )
     np.testing.assert_array_equal(a, b)
     assert float(a @ sibling) > float(a @ stranger)
 

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from slatebandit.bandit import DIVERSE, EXPLOIT, EXPLORE, Exploration, build_slate, epsilon_greedy, softmax, squarecb
+from slatebandit.bandit import (
+    DIVERSE,
+    EXPLOIT,
+    EXPLORE,
+    Exploration,
+    build_slate,
+    epsilon_greedy,
+    softmax,
+    squarecb,
+)
 
 
 @pytest.mark.parametrize(
@@ -113,5 +122,12 @@ def test_explore_and_diverse_slots_respect_their_pools() -> None:
 
 
 def test_short_candidate_lists_fill_what_they_can() -> None:
-    slate = build_slate(np.zeros(2), np.zeros(2, int), np.zeros(2, bool), [EXPLOIT] * 5, Exploration(), np.random.default_rng(0))
+    slate = build_slate(
+        np.zeros(2),
+        np.zeros(2, int),
+        np.zeros(2, bool),
+        [EXPLOIT] * 5,
+        Exploration(),
+        np.random.default_rng(0),
+    )
     assert sorted(p.index for p in slate) == [0, 1]

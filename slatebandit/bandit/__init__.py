@@ -3,7 +3,16 @@
 from slatebandit.bandit.exploration import Exploration, epsilon_greedy, softmax, squarecb
 from slatebandit.bandit.features import SharedFeatures, action_line
 from slatebandit.bandit.model import FEATURE_SPEC_VERSION, VWScorer
-from slatebandit.bandit.slate import DIVERSE, EXPLOIT, EXPLORE, LAYOUT_CODES, Pick, build_slate, layout, slot_pmf
+from slatebandit.bandit.slate import (
+    DIVERSE,
+    EXPLOIT,
+    EXPLORE,
+    LAYOUT_CODES,
+    Pick,
+    build_slate,
+    layout,
+    slot_pmf,
+)
 
 __all__ = [
     "DIVERSE",

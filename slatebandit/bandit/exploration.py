@@ -44,7 +44,7 @@ def epsilon_greedy(scores: np.ndarray, epsilon: float) -> np.ndarray:
 
 
 def squarecb(scores: np.ndarray, gamma: float) -> np.ndarray:
-    """Foster & Rakhlin's inverse-gap weighting: p(a) = 1 / (A + gamma * gap(a)), rest on the best."""
+    """Inverse-gap weighting (Foster & Rakhlin): p(a) = 1 / (A + gamma * gap(a)), rest on best."""
     n = len(scores)
     best = int(np.argmax(scores))
     pmf = 1.0 / (n + gamma * (scores[best] - scores))

@@ -31,7 +31,10 @@ class SharedFeatures:
 
     @classmethod
     def build(
-        cls, context: Mapping[str, Scalar], recent_categories: Sequence[str] = (), at: float | None = None
+        cls,
+        context: Mapping[str, Scalar],
+        recent_categories: Sequence[str] = (),
+        at: float | None = None,
     ) -> SharedFeatures:
         hour = time.gmtime(time.time() if at is None else at).tm_hour
         return cls({"hour": hour, **context}, tuple(dict.fromkeys(recent_categories)))

@@ -23,7 +23,9 @@ class VWScorer:
     def __init__(self, args: str, *, version: int = 0, model_bytes: bytes | None = None) -> None:
         words = args.split()
         if "--cb_adf" not in words or any(w.startswith("--cb_explore") for w in words):
-            raise ConfigError("VW arguments must use --cb_adf without --cb_explore*", field="vw_args")
+            raise ConfigError(
+                "VW arguments must use --cb_adf without --cb_explore*", field="vw_args"
+            )
         self.args = args
         self.version = version
         options = f"{args} --quiet"
@@ -36,7 +38,9 @@ class VWScorer:
             raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
 
-    def score(self, shared: SharedFeatures, keys: Sequence[int], tokens: Sequence[str]) -> np.ndarray:
+    def score(
+        self, shared: SharedFeatures, keys: Sequence[int], tokens: Sequence[str]
+    ) -> np.ndarray:
         """Expected reward of each candidate, in candidate order."""
         if len(keys) == 0:
             return np.zeros(0, dtype=np.float64)

@@ -70,7 +70,7 @@ def build_slate(
     exploration: Exploration,
     rng: np.random.Generator,
 ) -> list[Pick]:
-    """Fill ``min(len(kinds), len(scores))`` slots; ``categories`` and ``fresh`` align with scores."""
+    """Fill ``min(len(kinds), len(scores))`` slots; ``categories``, ``fresh`` align with scores."""
     allowed = np.ones(len(scores), dtype=bool)
     used: set[int] = set()
     picks = []

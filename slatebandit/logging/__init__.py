@@ -14,7 +14,14 @@ from slatebandit.logging.decisions import (
     shown_items,
 )
 from slatebandit.logging.engine import open_engine
-from slatebandit.logging.items import Item, changes_since, count_live_items, delete_item, latest_rev, upsert_items
+from slatebandit.logging.items import (
+    Item,
+    changes_since,
+    count_live_items,
+    delete_item,
+    latest_rev,
+    upsert_items,
+)
 from slatebandit.logging.records import DecisionPayload
 from slatebandit.logging.writer import GroupCommitWriter
 

@@ -62,17 +62,24 @@ def insert_reward(
         dialect.insert(rewards)
         .values(event_id=event_id, item_id=item_id, type=type, reward=reward, created_at=created_at)
         .on_conflict_do_nothing(index_elements=["event_id", "item_id", "type"])
+        .returning(rewards.c.id)  # rowcount is not reliable for DO NOTHING across drivers
     )
-    return conn.execute(statement).rowcount == 1
+    return conn.execute(statement).first() is not None
 
 
-def insert_event(conn: Connection, *, user_id: str, item_id: str, type: str, created_at: float) -> None:
-    conn.execute(insert(events).values(user_id=user_id, item_id=item_id, type=type, created_at=created_at))
+def insert_event(
+    conn: Connection, *, user_id: str, item_id: str, type: str, created_at: float
+) -> None:
+    conn.execute(
+        insert(events).values(user_id=user_id, item_id=item_id, type=type, created_at=created_at)
+    )
 
 
 def shown_items(conn: Connection, event_id: str) -> list[str] | None:
     """Items shown by decision ``event_id``, or None if there is no such decision."""
-    exists = conn.execute(select(decisions.c.event_id).where(decisions.c.event_id == event_id)).first()
+    exists = conn.execute(
+        select(decisions.c.event_id).where(decisions.c.event_id == event_id)
+    ).first()
     if exists is None:
         return None
     return list(conn.execute(select(slots.c.item_id).where(slots.c.event_id == event_id)).scalars())

@@ -41,7 +41,11 @@ def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int
     keys: dict[str, int] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        keys.update(conn.execute(select(items.c.item_id, items.c.key).where(items.c.item_id.in_(chunk))).all())
+        keys.update(
+            conn.execute(
+                select(items.c.item_id, items.c.key).where(items.c.item_id.in_(chunk))
+            ).all()
+        )
 
     existing = [latest[i] for i in ids if i in keys]
     fresh = [latest[i] for i in ids if i not in keys]
@@ -68,16 +72,24 @@ def delete_item(conn: Connection, item_id: str) -> tuple[int, int] | None:
         return None
     now = time.time()
     conn.execute(
-        update(items).where(items.c.key == key).values(deleted=True, available=False, updated_at=now)
+        update(items)
+        .where(items.c.key == key)
+        .values(deleted=True, available=False, updated_at=now)
     )
     return _new_revisions(conn, [(key, pack({"deleted": True}))], now)[0]
 
 
-def _new_revisions(conn: Connection, snaps: list[tuple[int, bytes]], now: float) -> list[tuple[int, int]]:
-    revs = conn.execute(
-        insert(item_revisions).returning(item_revisions.c.rev, sort_by_parameter_order=True),
-        [{"key": key, "snapshot": snap, "created_at": now} for key, snap in snaps],
-    ).scalars().all()
+def _new_revisions(
+    conn: Connection, snaps: list[tuple[int, bytes]], now: float
+) -> list[tuple[int, int]]:
+    revs = (
+        conn.execute(
+            insert(item_revisions).returning(item_revisions.c.rev, sort_by_parameter_order=True),
+            [{"key": key, "snapshot": snap, "created_at": now} for key, snap in snaps],
+        )
+        .scalars()
+        .all()
+    )
     conn.execute(
         update(items).where(items.c.key == bindparam("k")).values(rev=bindparam("r")),
         [{"k": key, "r": rev} for (key, _), rev in zip(snaps, revs, strict=True)],

@@ -52,7 +52,9 @@ items = Table(
 item_revisions = Table(
     "item_revisions",
     metadata,
-    Column("rev", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "rev", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("key", Integer, ForeignKey("items.key"), nullable=False),
     Column("snapshot", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
@@ -85,7 +87,9 @@ slots = Table(
 rewards = Table(
     "rewards",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("event_id", String(32), ForeignKey("decisions.event_id"), nullable=False),
     Column("item_id", String(128), nullable=False),
     Column("type", String(32), nullable=False),
@@ -97,7 +101,9 @@ rewards = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("user_id", String(128), nullable=False),
     Column("item_id", String(128), nullable=False),
     Column("type", String(32), nullable=False),

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slatebandit.bandit import LAYOUT_CODES, Exploration, Pick, SharedFeatures, VWScorer, build_slate, layout
+from slatebandit.bandit import (
+    LAYOUT_CODES,
+    Exploration,
+    Pick,
+    SharedFeatures,
+    VWScorer,
+    build_slate,
+    layout,
+)
 from slatebandit.logging import DecisionPayload
 from slatebandit.retrieval import FRESH, Candidates, ItemStore
 
@@ -71,4 +79,6 @@ class VWPolicy:
             self.exploration,
             rng,
         )
-        return Slate(self.name, scorer.version, shared, candidates, scores, kinds, self.exploration, picks)
+        return Slate(
+            self.name, scorer.version, shared, candidates, scores, kinds, self.exploration, picks
+        )

@@ -1,8 +1,23 @@
 """Items -> vectors -> candidates: content embeddings, the hnswlib index, generators, user state."""
 
-from slatebandit.retrieval.candidates import FRESH, POPULAR, SESSION, SIMILAR, SOURCES, Candidates, Quotas, generate
+from slatebandit.retrieval.candidates import (
+    FRESH,
+    POPULAR,
+    SESSION,
+    SIMILAR,
+    SOURCES,
+    Candidates,
+    Quotas,
+    generate,
+)
 from slatebandit.retrieval.catalog import Catalog
-from slatebandit.retrieval.content import DIM, ContentEmbedder, item_tokens, price_bucket, title_words
+from slatebandit.retrieval.content import (
+    DIM,
+    ContentEmbedder,
+    item_tokens,
+    price_bucket,
+    title_words,
+)
 from slatebandit.retrieval.index import ItemIndex
 from slatebandit.retrieval.store import ItemStore
 from slatebandit.retrieval.user_state import EVENT_WEIGHTS, UserState, UserStates

@@ -92,7 +92,9 @@ def generate(
             cursors[g] += 1
             if key in order:
                 flags[order[key]] |= flag
-            elif key not in blocked and key < len(available) and available[key] and len(keys) < limit:
+            elif (
+                key not in blocked and key < len(available) and available[key] and len(keys) < limit
+            ):
                 order[key] = len(keys)
                 keys.append(key)
                 flags.append(flag)
@@ -109,7 +111,9 @@ def _interleave(rows: np.ndarray) -> list[int]:
     return rows.T.ravel().tolist() if rows.size else []
 
 
-def _session_vector(store: ItemStore, user: UserState | None, session_keys: Sequence[int]) -> np.ndarray | None:
+def _session_vector(
+    store: ItemStore, user: UserState | None, session_keys: Sequence[int]
+) -> np.ndarray | None:
     vector = None if user is None else user.session_vector
     if session_keys:
         request = store.index.vectors(np.asarray(session_keys)).sum(axis=0)

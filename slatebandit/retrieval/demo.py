@@ -10,7 +10,16 @@ import numpy as np
 from slatebandit.logging import Item
 
 DEPARTMENTS = {
-    "women": ["dresses", "tops", "jeans", "skirts", "shoes/heels", "shoes/sneakers", "bags", "coats"],
+    "women": [
+        "dresses",
+        "tops",
+        "jeans",
+        "skirts",
+        "shoes/heels",
+        "shoes/sneakers",
+        "bags",
+        "coats",
+    ],
     "men": ["shirts", "t-shirts", "jeans", "suits", "shoes/boots", "shoes/sneakers", "jackets"],
     "kids": ["t-shirts", "trousers", "shoes", "toys/plush", "toys/blocks"],
     "home": ["bedding", "kitchen", "lighting", "decor"],
@@ -18,7 +27,17 @@ DEPARTMENTS = {
 }
 COLORS = ["black", "white", "navy", "red", "green", "beige", "grey", "blue", "pink", "brown"]
 MATERIALS = ["cotton", "linen", "wool", "denim", "leather", "polyester", "silk", "cashmere"]
-ADJECTIVES = ["classic", "slim", "relaxed", "vintage", "essential", "premium", "soft", "bold", "light"]
+ADJECTIVES = [
+    "classic",
+    "slim",
+    "relaxed",
+    "vintage",
+    "essential",
+    "premium",
+    "soft",
+    "bold",
+    "light",
+]
 SYLLABLES = ["no", "va", "ri", "ko", "lu", "ta", "mi", "sel", "dor", "ax", "fen", "bru"]
 
 
@@ -26,7 +45,9 @@ def demo_items(n: int = 10_000, seed: int = 7) -> Iterator[Item]:
     rng = np.random.default_rng(seed)
     categories = [f"{d}/{c}" for d, cs in DEPARTMENTS.items() for c in cs]
     base_price = {c: float(rng.uniform(15, 150)) for c in categories}
-    brands = sorted({"".join(rng.choice(SYLLABLES, size=rng.integers(2, 4))).title() for _ in range(300)})
+    brands = sorted(
+        {"".join(rng.choice(SYLLABLES, size=rng.integers(2, 4))).title() for _ in range(300)}
+    )
     for i in range(n):
         category = categories[int(rng.integers(len(categories)))]
         brand = brands[int(rng.integers(len(brands)))]

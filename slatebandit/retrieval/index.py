@@ -110,7 +110,13 @@ class ItemIndex:
             stem = f"{path.stem}-{self.rev}-{os.getpid()}"
             self._index.save_index(str(path.with_name(stem + ".bin")))
             np.save(path.with_name(stem + ".state.npy"), self._state)
-            manifest = {"stem": stem, "rev": self.rev, "dim": self.dim, "live": self.live, "ef": self.ef}
+            manifest = {
+                "stem": stem,
+                "rev": self.rev,
+                "dim": self.dim,
+                "live": self.live,
+                "ef": self.ef,
+            }
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(manifest))
             os.replace(tmp, path)

@@ -96,7 +96,11 @@ class ItemStore:
         return len(embed) + len(deleted)
 
     def _index_changes(
-        self, embed: list, deleted: list[int], chunk: int = _CHUNK, threads: int = 1  # type: ignore[type-arg]
+        self,
+        embed: list,
+        deleted: list[int],
+        chunk: int = _CHUNK,
+        threads: int = 1,  # type: ignore[type-arg]
     ) -> None:
         for start in range(0, len(embed), chunk):
             part = embed[start : start + chunk]

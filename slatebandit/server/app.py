@@ -44,7 +44,10 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         engine = open_engine(settings.database_url)
         store = await asyncio.to_thread(
-            ItemStore.open, engine, index_path(settings), fresh_impressions=settings.fresh_impressions
+            ItemStore.open,
+            engine,
+            index_path(settings),
+            fresh_impressions=settings.fresh_impressions,
         )
         exploration = Exploration(
             settings.exploration, settings.epsilon, settings.gamma, settings.temperature
@@ -53,14 +56,19 @@ def create_app(settings: Settings) -> Starlette:
             VWScorer(settings.vw_args), exploration, settings.explore_slots, settings.diverse_slots
         )
         writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
-        services = Services(settings, engine, writer, store, policy, np.random.default_rng(settings.seed))
+        services = Services(
+            settings, engine, writer, store, policy, np.random.default_rng(settings.seed)
+        )
         await asyncio.to_thread(services.load_impressions)
         store.catalog.refresh_popular()
         await writer.start()
         tasks = [
             asyncio.create_task(_every(settings.catalog_poll_seconds, lambda: store.sync(engine))),
             asyncio.create_task(
-                _every(POPULAR_REFRESH_SECONDS, lambda: asyncio.to_thread(store.catalog.refresh_popular))
+                _every(
+                    POPULAR_REFRESH_SECONDS,
+                    lambda: asyncio.to_thread(store.catalog.refresh_popular),
+                )
             ),
         ]
         log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())

@@ -39,7 +39,9 @@ async def read_body(request: Request, limit: int) -> Any:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
-    raise UnsupportedMediaType(f"content-type {media!r}: use {JSON} or {MSGPACK}", field="content-type")
+    raise UnsupportedMediaType(
+        f"content-type {media!r}: use {JSON} or {MSGPACK}", field="content-type"
+    )
 
 
 def respond(request: Request, content: Any, status: int = 200) -> Response:

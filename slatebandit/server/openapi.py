@@ -59,7 +59,10 @@ def _body(ref: dict[str, Any]) -> dict[str, Any]:
 def _answers(status: int, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": description}
     if schema is not None:
-        ok["content"] = {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}}
+        ok["content"] = {
+            "application/json": {"schema": schema},
+            "application/msgpack": {"schema": schema},
+        }
     error = {"content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}
     return {
         str(status): ok,
@@ -97,7 +100,9 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A slate of k items with the propensity of every slot (scope serve)",
                     "security": security,
                     "requestBody": _body(_ref(SlateRequest)),
-                    "responses": _answers(200, "the slate, logged durably", {"$ref": _REF.format(model="Slate")}),
+                    "responses": _answers(
+                        200, "the slate, logged durably", {"$ref": _REF.format(model="Slate")}
+                    ),
                 }
             },
             "/v1/rewards": {
@@ -105,7 +110,9 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A reward for an item of a decision; stored once (scope serve)",
                     "security": security,
                     "requestBody": _body(_ref(RewardRequest)),
-                    "responses": _answers(202, "stored durably (or already stored: duplicate=true)"),
+                    "responses": _answers(
+                        202, "stored durably (or already stored: duplicate=true)"
+                    ),
                 }
             },
             "/v1/events": {
@@ -120,7 +127,9 @@ def openapi_document() -> dict[str, Any]:
                 "put": {
                     "summary": "Upsert a list of items, recommendable at once (scope catalog)",
                     "security": security,
-                    "requestBody": _body({"type": "array", "items": _ref(Item), "maxItems": 10_000}),
+                    "requestBody": _body(
+                        {"type": "array", "items": _ref(Item), "maxItems": 10_000}
+                    ),
                     "responses": _answers(200, "items upserted durably and indexed"),
                 }
             },
@@ -129,12 +138,24 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Delete an item; it is never shown again (scope catalog)",
                     "security": security,
                     "parameters": [
-                        {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                        {
+                            "name": "item_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
                     ],
                     "responses": _answers(200, "deleted durably"),
                 }
             },
-            "/healthz": {"get": {"summary": "Liveness and catalog size", "responses": {"200": {"description": "ok"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}},
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness and catalog size",
+                    "responses": {"200": {"description": "ok"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}
+            },
         },
     }

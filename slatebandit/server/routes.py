@@ -112,7 +112,9 @@ async def post_reward(request: Request) -> Response:
     if shown is None:
         raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
     if body.item_id not in shown:
-        raise InvalidInput(f"item_id: {body.item_id!r} was not shown in this decision", field="item_id")
+        raise InvalidInput(
+            f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
+        )
     stored = await s.writer.submit(
         partial(
             insert_reward,
@@ -139,7 +141,9 @@ async def post_event(request: Request) -> Response:
         raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
     now = time.time()
     await s.writer.submit(
-        partial(insert_event, user_id=body.user_id, item_id=body.item_id, type=body.type, created_at=now)
+        partial(
+            insert_event, user_id=body.user_id, item_id=body.item_id, type=body.type, created_at=now
+        )
     )
     state = s.users.get(body.user_id)
     if state is None:
@@ -159,7 +163,9 @@ async def put_items(request: Request) -> Response:
     if not isinstance(data, list) or not data:
         raise InvalidInput("body: must be a non-empty list of items", field="body")
     if len(data) > MAX_ITEMS_PER_REQUEST:
-        raise PayloadTooLarge(f"body: at most {MAX_ITEMS_PER_REQUEST} items per request", field="body")
+        raise PayloadTooLarge(
+            f"body: at most {MAX_ITEMS_PER_REQUEST} items per request", field="body"
+        )
     batch = []
     for i, raw in enumerate(data):
         try:

@@ -1,4 +1,4 @@
-"""Request bodies, validated strictly at the boundary (pydantic, strict mode, unknown fields refused).
+"""Request bodies, validated strictly at the boundary (pydantic strict mode, no unknown fields).
 
 Every model is also the OpenAPI schema of its route (``slatebandit.server.openapi``).
 """
@@ -23,21 +23,27 @@ class _Strict(BaseModel):
 
 class SlateRequest(_Strict):
     user_id: str = Field(min_length=1, max_length=128)
-    k: int | None = Field(default=None, ge=1, le=1000, description="slate size (default from settings)")
+    k: int | None = Field(
+        default=None, ge=1, le=1000, description="slate size (default from settings)"
+    )
     context: dict[str, Scalar] = Field(
         default_factory=dict, max_length=32, description="device, page, ...: shared features"
     )
     session_items: list[str] = Field(
         default_factory=list, max_length=50, description="items seen in this session, newest first"
     )
-    exclude: list[str] = Field(default_factory=list, max_length=1000, description="never show these")
+    exclude: list[str] = Field(
+        default_factory=list, max_length=1000, description="never show these"
+    )
 
     @field_validator("context")
     @classmethod
     def _short_context_keys(cls, context: dict[str, Scalar]) -> dict[str, Scalar]:
         for name, value in context.items():
             if not 1 <= len(name) <= 64 or name.startswith("_"):
-                raise ValueError(f"context key {name!r} must be 1-64 characters, not starting with _")
+                raise ValueError(
+                    f"context key {name!r} must be 1-64 characters, not starting with _"
+                )
             if isinstance(value, str) and len(value) > 128:
                 raise ValueError(f"context value of {name!r} is longer than 128 characters")
             if isinstance(value, float) and not math.isfinite(value):

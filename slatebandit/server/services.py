@@ -39,7 +39,7 @@ class Services:
             known = [(catalog.key_of[i], t, at) for i, t, at in events if i in catalog.key_of]
             with_vectors = [e for e in known if index.contains(e[0])]
             state = UserStates.rebuild(with_vectors, index.vectors)
-            for key, kind, at in known:  # purchases of items now out of the index still count
+            for key, kind, _ in known:  # purchases of items now out of the index still count
                 if kind == "purchase":
                     state.purchased.add(key)
             state = self.users.get(user_id) or self.users.put(user_id, state)

@@ -1,0 +1,97 @@
+"""Bytes per logged decision (k=10 from 200 candidates), on SQLite and optionally PostgreSQL.
+
+    python -m benchmarks.log_size [--decisions 5000] [--items 50000] [--pg URL]
+
+Serves slates in process (TestClient, so the lifespan and group commit run as in production)
+to users with some history, then divides the growth of the database by the number of decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from starlette.testclient import TestClient
+from tqdm import tqdm
+
+from slatebandit.config import Settings
+from slatebandit.logging import open_engine, upsert_items
+from slatebandit.retrieval.demo import demo_items
+from slatebandit.server import create_app
+
+
+def _sqlite_bytes(path: Path) -> int:
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    engine.dispose()
+    return path.stat().st_size
+
+
+def _pg_bytes(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        total = sum(
+            conn.execute(text(f"select pg_total_relation_size('{t}')")).scalar_one()
+            for t in ("decisions", "slots")
+        )
+    engine.dispose()
+    return total
+
+
+def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) -> dict[str, float]:
+    settings = Settings.from_env({}, data_dir=data_dir, db_url=db_url, seed=1)
+    engine = open_engine(settings.database_url)
+    items = list(demo_items(n_items))
+    with engine.begin() as conn:
+        for start in range(0, len(items), 5000):
+            upsert_items(conn, items[start : start + 5000])
+    engine.dispose()
+    sqlite_path = data_dir / "slatebandit.db"
+    size = (lambda: _sqlite_bytes(sqlite_path)) if db_url is None else (lambda: _pg_bytes(db_url))
+    rng = random.Random(0)
+    with TestClient(create_app(settings)) as client:
+        for u in range(200):  # users with history, so every generator contributes
+            for _ in range(3):
+                item = f"sku-{rng.randrange(n_items):07d}"
+                client.post(
+                    "/v1/events", json={"user_id": f"u{u}", "item_id": item, "type": "view"}
+                )
+        before = size()
+        for i in tqdm(range(n_decisions), desc="decisions"):
+            body = client.post(
+                "/v1/slates",
+                json={
+                    "user_id": f"u{i % 200}",
+                    "k": 10,
+                    "context": {"device": "mobile", "page": "home"},
+                },
+            ).json()
+            assert len(body["items"]) == 10
+        after = size()
+    return {"decisions": n_decisions, "bytes_per_decision": (after - before) / n_decisions}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--decisions", type=int, default=5000)
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument(
+        "--pg", help="also measure on this PostgreSQL URL (tables are created there)"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure(None, Path(tmp), args.items, args.decisions)
+        per = result["bytes_per_decision"]
+        print(f"SQLite: {per:.0f} bytes per decision over {args.decisions} decisions")
+    if args.pg:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure(args.pg, Path(tmp), args.items, args.decisions)
+            print(f"PostgreSQL: {result['bytes_per_decision']:.0f} bytes per decision")
+
+
+if __name__ == "__main__":
+    main()

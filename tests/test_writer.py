@@ -1,0 +1,55 @@
+"""Group commit: many requests, few commits; one bad unit does not fail its neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, insert, select
+
+from slatebandit.logging import GroupCommitWriter, open_engine
+from slatebandit.logging.schema import events
+
+
+def _event(i: int):  # type: ignore[no-untyped-def]
+    def unit(conn: Connection) -> int:
+        conn.execute(
+            insert(events).values(user_id=f"u{i}", item_id="x", type="view", created_at=0.0)
+        )
+        return i
+
+    return unit
+
+
+def _broken(conn: Connection) -> None:
+    conn.execute(insert(events).values(user_id=None, item_id="x", type="view", created_at=0.0))
+
+
+def test_concurrent_units_share_commits_and_failures_stay_local(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+
+    async def run() -> tuple[list[object], GroupCommitWriter]:
+        writer = GroupCommitWriter(engine, max_batch=64)
+        await writer.start()
+        units = [_event(i) for i in range(200)]
+        units.insert(50, _broken)
+        results = await asyncio.gather(*(writer.submit(u) for u in units), return_exceptions=True)
+        await writer.stop()
+        return results, writer
+
+    results, writer = asyncio.run(run())
+    assert isinstance(results[50], Exception)
+    assert [r for i, r in enumerate(results) if i != 50] == list(range(200))
+    assert writer.units == 200
+    assert writer.commits < 200  # requests shared transactions
+    with engine.connect() as conn:
+        assert len(conn.execute(select(events)).all()) == 200
+    engine.dispose()
+
+
+def test_submit_requires_a_running_writer(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(GroupCommitWriter(engine).submit(_event(1)))
+    engine.dispose()
