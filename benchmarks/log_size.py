@@ -13,12 +13,13 @@ import random
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from starlette.testclient import TestClient
 from tqdm import tqdm
 
 from slatebandit.config import Settings
-from slatebandit.logging import open_engine, upsert_items
+from slatebandit.logging import DecisionPayload, open_engine, upsert_items
+from slatebandit.logging.schema import decisions
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
 
@@ -72,7 +73,19 @@ def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) 
             ).json()
             assert len(body["items"]) == 10
         after = size()
-    return {"decisions": n_decisions, "bytes_per_decision": (after - before) / n_decisions}
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        payloads = conn.execute(select(decisions.c.payload)).scalars().all()
+    engine.dispose()
+    mean_candidates = sum(len(DecisionPayload.decode(p).candidate_revs) for p in payloads) / len(
+        payloads
+    )
+    return {
+        "decisions": n_decisions,
+        "bytes_per_decision": (after - before) / n_decisions,
+        "mean_candidates": mean_candidates,
+        "mean_payload_bytes": sum(map(len, payloads)) / len(payloads),
+    }
 
 
 def main() -> None:
@@ -85,12 +98,19 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(None, Path(tmp), args.items, args.decisions)
-        per = result["bytes_per_decision"]
-        print(f"SQLite: {per:.0f} bytes per decision over {args.decisions} decisions")
+        _report("SQLite", result)
     if args.pg:
         with tempfile.TemporaryDirectory() as tmp:
             result = measure(args.pg, Path(tmp), args.items, args.decisions)
-            print(f"PostgreSQL: {result['bytes_per_decision']:.0f} bytes per decision")
+            _report("PostgreSQL", result)
+
+
+def _report(name: str, result: dict[str, float]) -> None:
+    print(
+        f"{name}: {result['bytes_per_decision']:.0f} bytes per decision (tables and indexes) over "
+        f"{result['decisions']:.0f} decisions with k=10 and {result['mean_candidates']:.0f} "
+        f"candidates on average; msgpack payload {result['mean_payload_bytes']:.0f} bytes"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ def test_slate_shape_and_logged_record_read_back_through_a_fresh_connection(
     with engine.connect() as conn:
         row = conn.execute(select(decisions).where(decisions.c.event_id == body["event_id"])).one()
         logged = conn.execute(
-            select(slots).where(slots.c.event_id == body["event_id"]).order_by(slots.c.slot)
+            select(items.c.item_id, slots.c.propensity, slots.c.kind, slots.c.source)
+            .join(items, items.c.key == slots.c.item_key)
+            .where(slots.c.decision_id == row.id)
+            .order_by(slots.c.slot)
         ).all()
     engine.dispose()
     assert row.user_id == "alice" and row.policy == "vw"

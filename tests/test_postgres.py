@@ -45,9 +45,7 @@ def test_serving_loop_on_postgres(tmp_path, pg_url) -> None:  # type: ignore[no-
     engine = create_engine(pg_url)
     with engine.connect() as conn:
         row = conn.execute(select(decisions).where(decisions.c.event_id == body["event_id"])).one()
-        assert (
-            len(conn.execute(select(slots).where(slots.c.event_id == body["event_id"])).all()) == 5
-        )
+        assert len(conn.execute(select(slots).where(slots.c.decision_id == row.id)).all()) == 5
         assert len(conn.execute(select(rewards)).all()) == 1
     engine.dispose()
     assert len(DecisionPayload.decode(row.payload).chosen) == 5

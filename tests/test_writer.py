@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, insert, select
 
-from slatebandit.logging import GroupCommitWriter, open_engine
+from slatebandit.logging import GroupCommitWriter, Item, open_engine, upsert_items
 from slatebandit.logging.schema import events
 
 
 def _event(i: int):  # type: ignore[no-untyped-def]
     def unit(conn: Connection) -> int:
         conn.execute(
-            insert(events).values(user_id=f"u{i}", item_id="x", type="view", created_at=0.0)
+            insert(events).values(user_id=f"u{i}", item_key=1, type="view", created_at=0.0)
         )
         return i
 
@@ -23,11 +23,13 @@ def _event(i: int):  # type: ignore[no-untyped-def]
 
 
 def _broken(conn: Connection) -> None:
-    conn.execute(insert(events).values(user_id=None, item_id="x", type="view", created_at=0.0))
+    conn.execute(insert(events).values(user_id=None, item_key=1, type="view", created_at=0.0))
 
 
 def test_concurrent_units_share_commits_and_failures_stay_local(tmp_path: Path) -> None:
     engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.begin() as conn:
+        upsert_items(conn, [Item(item_id="x")])  # key 1, which the events refer to
 
     async def run() -> tuple[list[object], GroupCommitWriter]:
         writer = GroupCommitWriter(engine, max_batch=64)

@@ -2,6 +2,7 @@
 
 from slatebandit.bandit.exploration import Exploration, epsilon_greedy, softmax, squarecb
 from slatebandit.bandit.features import SharedFeatures, action_line
+from slatebandit.bandit.learning import slot_example
 from slatebandit.bandit.model import FEATURE_SPEC_VERSION, VWScorer
 from slatebandit.bandit.slate import (
     DIVERSE,
@@ -28,6 +29,7 @@ __all__ = [
     "build_slate",
     "epsilon_greedy",
     "layout",
+    "slot_example",
     "slot_pmf",
     "softmax",
     "squarecb",

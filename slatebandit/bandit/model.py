@@ -49,5 +49,10 @@ class VWScorer:
             costs = self._vw.predict(lines)
         return 0.0 - np.asarray(costs, dtype=np.float64)  # 0.0 - x: no -0.0 in answers
 
+    def learn(self, example: list[str]) -> None:
+        """One multi-line example, e.g. from ``slatebandit.bandit.slot_example``."""
+        with self._lock:
+            self._vw.learn(example)
+
     def finish(self) -> None:
         self._vw.finish()

@@ -5,13 +5,14 @@ would shadow the standard library.
 """
 
 from slatebandit.logging.decisions import (
+    ShownDecision,
     ShownSlot,
     impression_counts,
     insert_decision,
     insert_event,
     insert_reward,
     recent_events,
-    shown_items,
+    shown_decision,
 )
 from slatebandit.logging.engine import open_engine
 from slatebandit.logging.items import (
@@ -29,13 +30,14 @@ __all__ = [
     "DecisionPayload",
     "GroupCommitWriter",
     "Item",
+    "ShownDecision",
     "ShownSlot",
     "impression_counts",
     "insert_decision",
     "insert_event",
     "insert_reward",
     "recent_events",
-    "shown_items",
+    "shown_decision",
     "changes_since",
     "count_live_items",
     "delete_item",

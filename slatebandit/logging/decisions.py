@@ -1,13 +1,14 @@
 """Writes and reads of decisions, shown slots, rewards and user events.
 
 Writers are plain functions of a connection so the group-commit writer can run many of them in
-one transaction, and the CLI can call them directly.
+one transaction, and the CLI can call them directly. Items are referenced by key, decisions by
+their integer id; the API's ``event_id`` and ``item_id`` are translated at the edges.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,11 +19,19 @@ from slatebandit.logging.schema import decisions, events, rewards, slots
 @dataclass(frozen=True)
 class ShownSlot:
     slot: int
-    item_id: str
+    item_key: int
     propensity: float
     kind: str
     source: str
     score: float
+
+
+@dataclass(frozen=True)
+class ShownDecision:
+    """What a reward needs to know about the decision it rewards."""
+
+    decision_id: int
+    item_keys: tuple[int, ...]
 
 
 def insert_decision(
@@ -35,9 +44,10 @@ def insert_decision(
     model_version: int,
     payload: bytes,
     shown: Sequence[ShownSlot],
-) -> None:
-    conn.execute(
-        insert(decisions).values(
+) -> ShownDecision:
+    decision_id = conn.execute(
+        insert(decisions)
+        .values(
             event_id=event_id,
             created_at=created_at,
             user_id=user_id,
@@ -45,61 +55,72 @@ def insert_decision(
             model_version=model_version,
             payload=payload,
         )
-    )
+        .returning(decisions.c.id)
+    ).scalar_one()
     if shown:
-        conn.execute(
-            insert(slots),
-            [{"event_id": event_id, **s.__dict__} for s in shown],
-        )
+        conn.execute(insert(slots), [{"decision_id": decision_id, **asdict(s)} for s in shown])
+    return ShownDecision(decision_id, tuple(s.item_key for s in shown))
 
 
 def insert_reward(
-    conn: Connection, *, event_id: str, item_id: str, type: str, reward: float, created_at: float
+    conn: Connection,
+    *,
+    decision_id: int,
+    item_key: int,
+    type: str,
+    reward: float,
+    created_at: float,
 ) -> bool:
-    """Store a reward once per (event, item, type); returns False if it was already stored."""
+    """Store a reward once per (decision, item, type); returns False if it was already stored."""
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     statement = (
         dialect.insert(rewards)
-        .values(event_id=event_id, item_id=item_id, type=type, reward=reward, created_at=created_at)
-        .on_conflict_do_nothing(index_elements=["event_id", "item_id", "type"])
+        .values(
+            decision_id=decision_id,
+            item_key=item_key,
+            type=type,
+            reward=reward,
+            created_at=created_at,
+        )
+        .on_conflict_do_nothing(index_elements=["decision_id", "item_key", "type"])
         .returning(rewards.c.id)  # rowcount is not reliable for DO NOTHING across drivers
     )
     return conn.execute(statement).first() is not None
 
 
 def insert_event(
-    conn: Connection, *, user_id: str, item_id: str, type: str, created_at: float
+    conn: Connection, *, user_id: str, item_key: int, type: str, created_at: float
 ) -> None:
     conn.execute(
-        insert(events).values(user_id=user_id, item_id=item_id, type=type, created_at=created_at)
+        insert(events).values(user_id=user_id, item_key=item_key, type=type, created_at=created_at)
     )
 
 
-def shown_items(conn: Connection, event_id: str) -> list[str] | None:
-    """Items shown by decision ``event_id``, or None if there is no such decision."""
-    exists = conn.execute(
-        select(decisions.c.event_id).where(decisions.c.event_id == event_id)
-    ).first()
-    if exists is None:
+def shown_decision(conn: Connection, event_id: str) -> ShownDecision | None:
+    """The decision ``event_id`` and the items it showed, or None if there is none."""
+    decision_id = conn.execute(
+        select(decisions.c.id).where(decisions.c.event_id == event_id)
+    ).scalar()
+    if decision_id is None:
         return None
-    return list(conn.execute(select(slots.c.item_id).where(slots.c.event_id == event_id)).scalars())
+    keys = conn.execute(
+        select(slots.c.item_key).where(slots.c.decision_id == decision_id).order_by(slots.c.slot)
+    ).scalars()
+    return ShownDecision(decision_id, tuple(keys))
 
 
-def recent_events(conn: Connection, user_id: str, limit: int) -> list[tuple[str, str, float]]:
-    """The user's last ``limit`` events plus every purchase, oldest first."""
-    latest = (
-        select(events.c.id, events.c.item_id, events.c.type, events.c.created_at)
-        .where(events.c.user_id == user_id)
-        .order_by(events.c.id.desc())
-        .limit(limit)
-    )
-    rows = {row.id: row for row in conn.execute(latest)}
-    purchases = select(events.c.id, events.c.item_id, events.c.type, events.c.created_at).where(
-        events.c.user_id == user_id, events.c.type == "purchase"
-    )
+def recent_events(conn: Connection, user_id: str, limit: int) -> list[tuple[int, str, float]]:
+    """``(item_key, type, time)`` of the user's last ``limit`` events and every purchase,
+    oldest first."""
+    columns = (events.c.id, events.c.item_key, events.c.type, events.c.created_at)
+    latest = select(*columns).where(events.c.user_id == user_id).order_by(events.c.id.desc())
+    rows = {row.id: row for row in conn.execute(latest.limit(limit))}
+    purchases = select(*columns).where(events.c.user_id == user_id, events.c.type == "purchase")
     rows.update({row.id: row for row in conn.execute(purchases)})
-    return [(r.item_id, r.type, r.created_at) for _, r in sorted(rows.items())]
+    return [(r.item_key, r.type, r.created_at) for _, r in sorted(rows.items())]
 
 
-def impression_counts(conn: Connection) -> dict[str, int]:
-    return dict(conn.execute(select(slots.c.item_id, func.count()).group_by(slots.c.item_id)).all())
+def impression_counts(conn: Connection) -> dict[int, int]:
+    """Times each item has been shown, by key."""
+    query = select(slots.c.item_key, func.count()).group_by(slots.c.item_key)
+    return dict(conn.execute(query).all())

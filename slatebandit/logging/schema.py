@@ -4,7 +4,7 @@ A decision keeps what replay needs to recompute any policy's propensities: the c
 candidates as *item revisions* (so the features the scorer saw are exact even after an item
 changes), each candidate's generator flags, and the scores, msgpack-encoded in ``payload``
 (see ``slatebandit.logging.records``). Shown slots are rows of their own so rewards can join
-them.
+them. Items are referenced by their integer ``key`` everywhere but in ``items`` itself.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     UniqueConstraint,
 )
 
 metadata = MetaData()
+# BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
+_BigId = BigInteger().with_variant(Integer, "sqlite")
 
 # The current state of each item. ``key`` is the item's stable integer label in the HNSW index;
 # ``rev`` points at the latest revision and grows with every change, deletes included, so
@@ -52,18 +55,20 @@ items = Table(
 item_revisions = Table(
     "item_revisions",
     metadata,
-    Column(
-        "rev", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    Column("rev", _BigId, primary_key=True, autoincrement=True),
     Column("key", Integer, ForeignKey("items.key"), nullable=False),
     Column("snapshot", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
+# Decisions are referenced by an integer id inside the database: the 32-character event id the
+# API speaks is stored once, here, not in every slot and reward row (it keeps a decision with
+# k=10 under the 4 KB budget on PostgreSQL).
 decisions = Table(
     "decisions",
     metadata,
-    Column("event_id", String(32), primary_key=True),
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("event_id", String(32), nullable=False, unique=True),
     Column("created_at", Float, nullable=False, index=True),
     Column("user_id", String(128), nullable=False),
     Column("policy", String(64), nullable=False),
@@ -74,38 +79,34 @@ decisions = Table(
 slots = Table(
     "slots",
     metadata,
-    Column("event_id", String(32), ForeignKey("decisions.event_id"), nullable=False),
-    Column("slot", Integer, nullable=False),
-    Column("item_id", String(128), nullable=False),
+    Column("decision_id", _BigId, ForeignKey("decisions.id"), nullable=False),
+    Column("slot", SmallInteger, nullable=False),
+    Column("item_key", Integer, ForeignKey("items.key"), nullable=False),
     Column("propensity", Float, nullable=False),
     Column("kind", String(8), nullable=False),
     Column("source", String(8), nullable=False),
     Column("score", Float, nullable=False),
-    PrimaryKeyConstraint("event_id", "slot"),
+    PrimaryKeyConstraint("decision_id", "slot"),
 )
 
 rewards = Table(
     "rewards",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("event_id", String(32), ForeignKey("decisions.event_id"), nullable=False),
-    Column("item_id", String(128), nullable=False),
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("decision_id", _BigId, ForeignKey("decisions.id"), nullable=False),
+    Column("item_key", Integer, ForeignKey("items.key"), nullable=False),
     Column("type", String(32), nullable=False),
     Column("reward", Float, nullable=False),
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("event_id", "item_id", "type", name="uq_rewards_once"),
+    UniqueConstraint("decision_id", "item_key", "type", name="uq_rewards_once"),
 )
 
 events = Table(
     "events",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("user_id", String(128), nullable=False),
-    Column("item_id", String(128), nullable=False),
+    Column("item_key", Integer, ForeignKey("items.key"), nullable=False),
     Column("type", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
 )

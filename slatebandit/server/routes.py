@@ -70,7 +70,7 @@ async def create_slate(request: Request) -> Response:
     shown = [
         ShownSlot(
             slot=j,
-            item_id=catalog.item_ids[key] or "",
+            item_key=key,
             propensity=pick.propensity,
             kind=pick.kind,
             source=SOURCES[candidates.sources[pick.index]],
@@ -78,7 +78,7 @@ async def create_slate(request: Request) -> Response:
         )
         for j, (pick, key) in enumerate(zip(slate.picks, keys, strict=True))
     ]
-    await s.writer.submit(
+    decision = await s.writer.submit(
         partial(
             insert_decision,
             event_id=event_id,
@@ -92,14 +92,25 @@ async def create_slate(request: Request) -> Response:
     )
     for key in keys:
         catalog.add_impressions(key)
-    s.remember_decision(event_id, tuple(slot.item_id for slot in shown))
+    s.remember_decision(event_id, decision)
+    items = [
+        {
+            "item_id": catalog.item_ids[slot.item_key],
+            "slot": slot.slot,
+            "propensity": slot.propensity,
+            "kind": slot.kind,
+            "source": slot.source,
+            "score": slot.score,
+        }
+        for slot in shown
+    ]
     return respond(
         request,
         {
             "event_id": event_id,
             "policy": slate.policy,
             "model_version": slate.model_version,
-            "items": [slot.__dict__ for slot in shown],
+            "items": items,
         },
     )
 
@@ -108,25 +119,25 @@ async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
     assert isinstance(body, RewardRequest)
-    shown = await s.shown_items(body.event_id)
-    if shown is None:
+    decision = await s.shown_decision(body.event_id)
+    if decision is None:
         raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
-    if body.item_id not in shown:
+    key = s.store.catalog.key_of.get(body.item_id)
+    if key is None or key not in decision.item_keys:
         raise InvalidInput(
             f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
         )
     stored = await s.writer.submit(
         partial(
             insert_reward,
-            event_id=body.event_id,
-            item_id=body.item_id,
+            decision_id=decision.decision_id,
+            item_key=key,
             type=body.type,
             reward=body.reward,
             created_at=time.time(),
         )
     )
-    key = s.store.catalog.key_of.get(body.item_id)
-    if stored and key is not None and body.reward > 0:
+    if stored and body.reward > 0:
         s.store.catalog.bump_popularity(key, body.reward)
     return respond(request, {**body.model_dump(), "duplicate": not stored}, 202)
 
@@ -141,9 +152,7 @@ async def post_event(request: Request) -> Response:
         raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
     now = time.time()
     await s.writer.submit(
-        partial(
-            insert_event, user_id=body.user_id, item_id=body.item_id, type=body.type, created_at=now
-        )
+        partial(insert_event, user_id=body.user_id, item_key=key, type=body.type, created_at=now)
     )
     state = s.users.get(body.user_id)
     if state is None:

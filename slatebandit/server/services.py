@@ -11,7 +11,13 @@ import numpy as np
 from sqlalchemy import Engine
 
 from slatebandit.config import Settings
-from slatebandit.logging import GroupCommitWriter, impression_counts, recent_events, shown_items
+from slatebandit.logging import (
+    GroupCommitWriter,
+    ShownDecision,
+    impression_counts,
+    recent_events,
+    shown_decision,
+)
 from slatebandit.policies import VWPolicy
 from slatebandit.retrieval import ItemStore, UserState, UserStates
 
@@ -29,51 +35,46 @@ class Services:
     policy: VWPolicy
     rng: np.random.Generator
     users: UserStates = field(default_factory=UserStates)
-    decisions: OrderedDict[str, tuple[str, ...]] = field(default_factory=OrderedDict)
+    decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
 
     async def user_state(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
         if state is None:
             events = await asyncio.to_thread(self._read_events, user_id)
-            catalog, index = self.store.catalog, self.store.index
-            known = [(catalog.key_of[i], t, at) for i, t, at in events if i in catalog.key_of]
-            with_vectors = [e for e in known if index.contains(e[0])]
-            state = UserStates.rebuild(with_vectors, index.vectors)
-            for key, kind, _ in known:  # purchases of items now out of the index still count
+            index = self.store.index
+            state = UserStates.rebuild([e for e in events if index.contains(e[0])], index.vectors)
+            for key, kind, _ in events:  # purchases of items now out of the index still count
                 if kind == "purchase":
                     state.purchased.add(key)
             state = self.users.get(user_id) or self.users.put(user_id, state)
         return state
 
-    def _read_events(self, user_id: str) -> list[tuple[str, str, float]]:
+    def _read_events(self, user_id: str) -> list[tuple[int, str, float]]:
         with self.engine.connect() as conn:
             return recent_events(conn, user_id, USER_HISTORY)
 
-    def remember_decision(self, event_id: str, item_ids: tuple[str, ...]) -> None:
-        self.decisions[event_id] = item_ids
+    def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
+        self.decisions[event_id] = decision
         while len(self.decisions) > RECENT_DECISIONS:
             self.decisions.popitem(last=False)
 
-    async def shown_items(self, event_id: str) -> tuple[str, ...] | None:
-        """Items a decision showed; read from the database if another process made it."""
-        cached = self.decisions.get(event_id)
-        if cached is not None:
-            return cached
-        shown = await asyncio.to_thread(self._read_shown, event_id)
-        if shown is not None:
-            self.remember_decision(event_id, shown)
-        return shown
+    async def shown_decision(self, event_id: str) -> ShownDecision | None:
+        """The decision behind ``event_id``; read from the database if another process made it."""
+        decision = self.decisions.get(event_id)
+        if decision is None:
+            decision = await asyncio.to_thread(self._read_decision, event_id)
+            if decision is not None:
+                self.remember_decision(event_id, decision)
+        return decision
 
-    def _read_shown(self, event_id: str) -> tuple[str, ...] | None:
+    def _read_decision(self, event_id: str) -> ShownDecision | None:
         with self.engine.connect() as conn:
-            shown = shown_items(conn, event_id)
-        return None if shown is None else tuple(shown)
+            return shown_decision(conn, event_id)
 
     def load_impressions(self) -> None:
-        catalog = self.store.catalog
         with self.engine.connect() as conn:
             counts = impression_counts(conn)
-        for item_id, n in counts.items():
-            key = catalog.key_of.get(item_id)
-            if key is not None:
+        catalog = self.store.catalog
+        for key, n in counts.items():
+            if key < len(catalog.impressions):
                 catalog.add_impressions(key, n)
