@@ -1,4 +1,4 @@
-"""The VW scorer with real Vowpal Wabbit: scores in candidate order, position kept out of item scores."""
+"""The VW scorer with real Vowpal Wabbit: scores in candidate order, position kept out."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ARGS = "--cb_adf --cb_type mtr -q ui -q ci -b 18"
 
 def test_untrained_model_ties_and_scores_in_candidate_order() -> None:
     scorer = VWScorer(ARGS)
-    tokens = ["", "c=a p=1", "c=b p=2", "c=a p=3"]
+    tokens = ["k0", "k1 c=a p=1", "k2 c=b p=2", "k3 c=a p=3"]
     shared = SharedFeatures.build({"device": "mobile"}, at=0)
     assert scorer.score(shared, [3, 1, 2], tokens).tolist() == [0.0, 0.0, 0.0]
     assert scorer.score(shared, [], tokens).shape == (0,)
@@ -27,7 +27,7 @@ def test_position_bias_does_not_leak_into_item_scores() -> None:
     n_items, k = 8, 4
     quality = np.linspace(0.05, 0.4, n_items)  # item 7 is best
     slot_boost = np.array([0.4, 0.2, 0.1, 0.0])
-    tokens = [f"c=cat{i % 3} p={i % 4}" for i in range(n_items)]
+    tokens = [f"k{i} c=cat{i % 3} p={i % 4}" for i in range(n_items)]
     scorer = VWScorer(ARGS)
     shared = SharedFeatures.build({"device": "web"}, at=0)
     for _ in range(6000):
@@ -36,11 +36,26 @@ def test_position_bias_does_not_leak_into_item_scores() -> None:
             slate = np.sort(slate)
         for slot, item in enumerate(slate):
             clicked = rng.random() < min(1.0, quality[item] + slot_boost[slot])
-            lines = slot_example(shared, slot, int(item), tokens[item], float(clicked), 0.5)
+            lines = slot_example(shared, slot, tokens[item], float(clicked), 0.5)
             scorer.learn(lines)
     scores = scorer.score(shared, list(range(n_items)), tokens)
     assert int(np.argmax(scores)) == n_items - 1
     assert np.corrcoef(scores, quality)[0, 1] > 0.9
+
+
+def test_fast_predict_path_agrees_with_pyvw() -> None:
+    rng = np.random.default_rng(2)
+    scorer = VWScorer(ARGS)
+    tokens = [f"k{i} c=c{i % 5} b=b{i % 7} p={i % 4}" for i in range(60)]
+    shared = SharedFeatures.build({"device": "app"}, ["c1"], at=0)
+    for _ in range(500):
+        item = int(rng.integers(60))
+        scorer.learn(slot_example(shared, 0, tokens[item], float(item % 3 == 0), 0.3))
+    keys = rng.permutation(60)[:40].tolist()
+    lines = [shared.line(), *(f"|i {tokens[key]}" for key in keys)]
+    expected = -np.asarray(scorer._vw.predict(lines))
+    np.testing.assert_allclose(scorer.score(shared, keys, tokens), expected)
+    assert len(set(np.round(expected, 6))) > 5  # a trained model, not all ties
 
 
 @pytest.mark.parametrize("args", ["--cb 4", "--cb_explore_adf --cb_adf", "--cb_adf --no_such_flag"])
@@ -51,4 +66,4 @@ def test_bad_vw_arguments_fail_at_start(args: str) -> None:
 
 def test_slot_example_rejects_zero_propensity() -> None:
     with pytest.raises(ValueError, match="propensity"):
-        slot_example(SharedFeatures({}), 0, 1, "c=a", 1.0, 0.0)
+        slot_example(SharedFeatures({}), 0, "k1 c=a", 1.0, 0.0)

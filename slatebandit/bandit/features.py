@@ -56,5 +56,9 @@ def _token(value: Scalar) -> str:
     return f"b{int(value)}"  # numbers as bins: hour 13 and hour 14 are different contexts
 
 
-def action_line(key: int, tokens: str) -> str:
-    return f"|i k{key} {tokens}"
+ACTION_SEPARATOR = "\n|i "  # joins the shared line and item features into one example
+
+
+def action_line(features: str) -> str:
+    """An action line from an item's features (``Catalog.features``)."""
+    return "|i " + features

@@ -13,8 +13,8 @@ from slatebandit.bandit.features import SharedFeatures, action_line
 
 
 def slot_example(
-    shared: SharedFeatures, slot: int, key: int, tokens: str, reward: float, propensity: float
+    shared: SharedFeatures, slot: int, features: str, reward: float, propensity: float
 ) -> list[str]:
     if not 0 < propensity <= 1:
         raise ValueError(f"propensity must be in (0, 1], got {propensity}")
-    return [shared.line(slot), f"0:{-reward:g}:{propensity:g} {action_line(key, tokens)}"]
+    return [shared.line(slot), f"0:{-reward:g}:{propensity:g} {action_line(features)}"]

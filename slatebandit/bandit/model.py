@@ -11,9 +11,10 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+import pylibvw  # VW's C++ binding, installed by the vowpalwabbit wheel
 import vowpalwabbit
 
-from slatebandit.bandit.features import SharedFeatures, action_line
+from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures
 from slatebandit.errors import ConfigError
 
 FEATURE_SPEC_VERSION = 1  # bump when features.py changes what a model sees
@@ -39,15 +40,27 @@ class VWScorer:
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
 
     def score(
-        self, shared: SharedFeatures, keys: Sequence[int], tokens: Sequence[str]
+        self, shared: SharedFeatures, keys: np.ndarray | Sequence[int], features: Sequence[str]
     ) -> np.ndarray:
         """Expected reward of each candidate, in candidate order."""
         if len(keys) == 0:
             return np.zeros(0, dtype=np.float64)
-        lines = [shared.line(), *(action_line(key, tokens[key]) for key in keys)]
+        keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
+        text = ACTION_SEPARATOR.join([shared.line(), *[features[key] for key in keys]])
         with self._lock:
-            costs = self._vw.predict(lines)
+            costs = self._predict(text)
         return 0.0 - np.asarray(costs, dtype=np.float64)  # 0.0 - x: no -0.0 in answers
+
+    def _predict(self, text: str) -> list[float]:
+        # pyvw's predict() wraps each of the ~200 parsed lines in a Python Example object,
+        # which costs 4x the prediction itself (0.8 ms vs 0.19 ms for 200 actions). We call
+        # the binding pyvw itself calls, on the raw examples; a test checks both agree.
+        examples = pylibvw.vw._parse(self._vw, text)
+        try:
+            pylibvw.vw.predict_multi(self._vw, examples)
+            return examples[0].get_action_scores()
+        finally:
+            pylibvw.vw._finish_example_multi_ex(self._vw, examples)
 
     def learn(self, example: list[str]) -> None:
         """One multi-line example, e.g. from ``slatebandit.bandit.slot_example``."""

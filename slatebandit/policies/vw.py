@@ -69,7 +69,7 @@ class VWPolicy:
     ) -> Slate:
         catalog = store.catalog
         scorer = self.scorer  # one read: a model swapped in mid-request cannot mix versions
-        scores = scorer.score(shared, candidates.keys, catalog.tokens)
+        scores = scorer.score(shared, candidates.keys, catalog.features)
         kinds = layout(k, self.explore_slots, self.diverse_slots)
         picks = build_slate(
             scores,

@@ -66,49 +66,50 @@ def generate(
     if user is not None:
         blocked |= user.purchased
 
-    lists: list[tuple[int, Sequence[int]]] = []
+    proposals: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(SOURCES)
     if recent:
         seeds = store.index.vectors(np.asarray(recent))
         labels, _ = store.index.query(seeds, quotas.similar_per_item + 1)
-        lists.append((SIMILAR, _interleave(labels)))
+        proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = _session_vector(store, user, session_keys)
     if session is not None:
-        labels, _ = store.index.query(session, quotas.session)
-        lists.append((SESSION, labels[0].tolist()))
-    lists.append((POPULAR, catalog.popular[: quotas.popular].tolist()))
-    lists.append((FRESH, catalog.fresh_keys(quotas.fresh)))
+        proposals[SOURCES.index("session")] = store.index.query(session, quotas.session)[0][0]
+    proposals[SOURCES.index("popular")] = catalog.popular[: quotas.popular]
+    proposals[SOURCES.index("fresh")] = np.asarray(catalog.fresh_keys(quotas.fresh), dtype=np.int64)
+    return merge(proposals, catalog.available, blocked, limit)
 
-    order: dict[int, int] = {}  # key -> index into out lists
-    keys: list[int] = []
-    flags: list[int] = []
-    sources: list[int] = []
-    available = catalog.available
-    cursors = [0] * len(lists)
-    while len(keys) < limit and any(c < len(ls) for c, (_, ls) in zip(cursors, lists, strict=True)):
-        for g, (flag, proposed) in enumerate(lists):
-            if cursors[g] >= len(proposed):
-                continue
-            key = int(proposed[cursors[g]])
-            cursors[g] += 1
-            if key in order:
-                flags[order[key]] |= flag
-            elif (
-                key not in blocked and key < len(available) and available[key] and len(keys) < limit
-            ):
-                order[key] = len(keys)
-                keys.append(key)
-                flags.append(flag)
-                sources.append(flag.bit_length() - 1)
-    return Candidates(
-        keys=np.asarray(keys, dtype=np.int64),
-        flags=np.asarray(flags, dtype=np.uint8),
-        sources=np.asarray(sources, dtype=np.uint8),
+
+def merge(
+    proposals: Sequence[np.ndarray], available: np.ndarray, blocked: Collection[int], limit: int
+) -> Candidates:
+    """Round-robin merge of per-generator lists (index = generator, in priority order).
+
+    The i-th proposal of every generator comes before the (i+1)-th of any; a key keeps the
+    first generator that proposed it as its source and all that did as flags; blocked and
+    unavailable keys are dropped; at most ``limit`` are kept.
+    """
+    keys = np.concatenate(proposals).astype(np.int64, copy=False)
+    if len(keys) == 0:
+        return Candidates(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8))
+    generator = np.concatenate(
+        [np.full(len(p), g, dtype=np.uint8) for g, p in enumerate(proposals)]
     )
+    rank = np.concatenate([np.arange(len(p)) for p in proposals])
+    order = np.lexsort((generator, rank))
+    keys, generator = keys[order], generator[order]
 
-
-def _interleave(rows: np.ndarray) -> list[int]:
-    """Row-wise neighbour lists merged column by column: every seed's best neighbours first."""
-    return rows.T.ravel().tolist() if rows.size else []
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    flags = np.zeros(len(unique), dtype=np.uint8)
+    np.bitwise_or.at(flags, inverse, (1 << generator).astype(np.uint8))
+    keep = (unique < len(available)) & available[np.minimum(unique, len(available) - 1)]
+    if blocked:
+        keep &= ~np.isin(unique, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))
+    firsts = np.sort(first[keep])[:limit]  # positions in merged order of the kept keys
+    return Candidates(
+        keys=keys[firsts],
+        flags=flags[inverse[firsts]],
+        sources=generator[firsts],
+    )
 
 
 def _session_vector(

@@ -2,7 +2,7 @@
 
 It mirrors the ``items`` table (the source of truth) and is updated from its change feed. Only
 what serving needs lives here: ids, category codes, availability, the current revision, the
-content tokens the scorer uses, impression counts and a time-decayed popularity.
+features the scorer reads, impression counts and a time-decayed popularity.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class Catalog:
         self.fresh_impressions = fresh_impressions
         self.key_of: dict[str, int] = {}
         self.item_ids: list[str | None] = []
-        self.tokens: list[str] = []  # space-joined content tokens per key
+        # The scorer's item features per key: an id token, then the content tokens, e.g.
+        # "k42 c=men c=men/shoes b=acme p=6 a=color=red".
+        self.features: list[str] = []
         self.category_codes: dict[str, int] = {"": 0}
         self.category_names: list[str] = [""]
         self.category = np.zeros(0, dtype=np.int32)
@@ -67,7 +69,7 @@ class Catalog:
                 self.key_of[row.item_id] = key
                 if self.impressions[key] < self.fresh_impressions:
                     self._add_fresh(key)
-            self.tokens[key] = " ".join(tokens)
+            self.features[key] = " ".join([f"k{key}", *tokens])
             self.category[key] = self._category_code(row.category)
             self.available[key] = bool(row.available)
             if row.available:
@@ -138,7 +140,7 @@ class Catalog:
         size = max(size, int(len(self.item_ids) * 1.5) + 16)
         grow = size - len(self.item_ids)
         self.item_ids.extend([None] * grow)
-        self.tokens.extend([""] * grow)
+        self.features.extend([""] * grow)
         for name in ("category", "available", "rev", "impressions", "popularity"):
             old = getattr(self, name)
             new = np.zeros(size, dtype=old.dtype)

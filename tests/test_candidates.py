@@ -1,0 +1,51 @@
+"""Merging generator lists; the in-memory catalog's fresh pool and popularity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slatebandit.retrieval import FRESH, POPULAR, SIMILAR, SOURCES, Catalog
+from slatebandit.retrieval.candidates import merge
+
+
+def _a(*keys: int) -> np.ndarray:
+    return np.asarray(keys, dtype=np.int64)
+
+
+def test_merge_is_round_robin_dedupes_filters_and_caps() -> None:
+    available = np.ones(20, dtype=bool)
+    available[13] = False
+    proposals = [_a(1, 2, 3), _a(), _a(2, 13, 4, 5), _a(6, 1)]  # similar, session, popular, fresh
+    got = merge(proposals, available, blocked={5}, limit=10)
+    assert got.keys.tolist() == [1, 2, 6, 4, 3]  # rank 0 of each, then rank 1 of each, ...
+    assert [SOURCES[s] for s in got.sources] == [
+        "similar",
+        "similar",
+        "fresh",
+        "popular",
+        "similar",
+    ]
+    assert got.flags[0] == SIMILAR | FRESH  # 1 came from similar and fresh
+    assert got.flags[1] == SIMILAR | POPULAR
+    assert merge(proposals, available, blocked=set(), limit=3).keys.tolist() == [1, 2, 6]
+    assert len(merge([_a()] * 4, available, blocked=set(), limit=5)) == 0
+
+
+def test_fresh_pool_takes_newest_and_drops_items_once_shown_enough() -> None:
+    catalog = Catalog(fresh_impressions=2)
+
+    class Row:
+        def __init__(self, key: int) -> None:
+            self.key, self.rev, self.item_id, self.deleted = key, key, f"i{key}", False
+            self.category, self.brand, self.price, self.attributes = "a/b", "x", 10.0, {}
+            self.title, self.available = "t", True
+
+    catalog.apply([Row(k) for k in range(1, 6)])
+    assert catalog.fresh_keys(3) == [5, 4, 3]
+    catalog.add_impressions(5, 2)
+    assert catalog.fresh_keys(3) == [4, 3, 2]
+    catalog.bump_popularity(2, 1.0)
+    catalog.bump_popularity(3, 3.0)
+    catalog.refresh_popular()
+    assert catalog.popular[:3].tolist() == [3, 2, 5]  # then ties by newest
+    assert catalog.features[3].split()[:2] == ["k3", "c=a"]
