@@ -17,14 +17,10 @@ def test_merge_is_round_robin_dedupes_filters_and_caps() -> None:
     available[13] = False
     proposals = [_a(1, 2, 3), _a(), _a(2, 13, 4, 5), _a(6, 1)]  # similar, session, popular, fresh
     got = merge(proposals, available, blocked={5}, limit=10)
-    assert got.keys.tolist() == [1, 2, 6, 4, 3]  # rank 0 of each, then rank 1 of each, ...
-    assert [SOURCES[s] for s in got.sources] == [
-        "similar",
-        "similar",
-        "fresh",
-        "popular",
-        "similar",
-    ]
+    # rank 0 of every list (1, 2, 6), then rank 1 (all seen or unavailable), then rank 2 (3, 4)
+    assert got.keys.tolist() == [1, 2, 6, 3, 4]
+    sources = [SOURCES[s] for s in got.sources]
+    assert sources == ["similar", "popular", "fresh", "similar", "popular"]
     assert got.flags[0] == SIMILAR | FRESH  # 1 came from similar and fresh
     assert got.flags[1] == SIMILAR | POPULAR
     assert merge(proposals, available, blocked=set(), limit=3).keys.tolist() == [1, 2, 6]
