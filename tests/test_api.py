@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from starlette.testclient import TestClient
 
+from slatebandit.bandit import FEATURE_SPEC_VERSION
 from slatebandit.config import Settings
 from slatebandit.logging import DecisionPayload
 from slatebandit.logging.schema import decisions, events, items, rewards, slots
@@ -57,6 +58,7 @@ def test_slate_shape_and_logged_record_read_back_through_a_fresh_connection(
     assert payload.context["c"]["device"] == "mobile"
     assert len(payload.candidate_revs) == len(payload.scores) == len(payload.candidate_flags) <= 200
     assert len(payload.chosen) == 10 and payload.layout == "eedexeedex"
+    assert payload.feature_spec == FEATURE_SPEC_VERSION
 
 
 def test_msgpack_in_and_out(client) -> None:  # type: ignore[no-untyped-def]

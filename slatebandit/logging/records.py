@@ -25,6 +25,7 @@ class DecisionPayload:
     layout: str  # one letter per slot: e(xploit), x (explore), d(iverse)
     exploration: dict[str, Any]  # {"kind": ..., "epsilon"|"gamma"|"temperature": ...}
     chosen: np.ndarray  # uint16 candidate index shown in each slot
+    feature_spec: int  # how features were built from the revisions (bandit.FEATURE_SPEC_VERSION)
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -36,6 +37,7 @@ class DecisionPayload:
                 "sc": self.scores.astype("<f2").tobytes(),
                 "lay": self.layout,
                 "exp": self.exploration,
+                "fs": self.feature_spec,
                 "ch": self.chosen.astype("<u2").tobytes(),
             },
             use_bin_type=True,
@@ -53,6 +55,7 @@ class DecisionPayload:
             scores=np.frombuffer(raw["sc"], dtype="<f2"),
             layout=raw["lay"],
             exploration=raw["exp"],
+            feature_spec=raw["fs"],
             chosen=np.frombuffer(raw["ch"], dtype="<u2"),
         )
 

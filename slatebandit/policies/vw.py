@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slatebandit.bandit import (
+    FEATURE_SPEC_VERSION,
     LAYOUT_CODES,
     Exploration,
     Pick,
@@ -41,6 +42,7 @@ class Slate:
             layout="".join(LAYOUT_CODES[kind] for kind in self.kinds[: len(self.picks)]),
             exploration=self.exploration.to_log(),
             chosen=np.asarray([pick.index for pick in self.picks], dtype=np.uint16),
+            feature_spec=FEATURE_SPEC_VERSION,
         )
 
 
