@@ -61,6 +61,10 @@ class Settings:
     diverse_slots: tuple[int, ...] = field(
         default=(2, 7), metadata=_doc("slots reserved for a category not yet in the slate")
     )
+    hnsw_ef: int = field(
+        default=64,
+        metadata=_doc("HNSW search breadth; higher is slower and closer to exact"),
+    )
     fresh_impressions: int = field(
         default=50, metadata=_doc("items shown fewer times than this count as fresh")
     )
@@ -112,6 +116,7 @@ class Settings:
         need(1 <= self.port <= 65535, "port", "must be a port number")
         need(self.workers >= 1, "workers", "must be at least 1")
         need(self.candidates >= 1, "candidates", "must be at least 1")
+        need(self.hnsw_ef >= 1, "hnsw_ef", "must be at least 1")
         need(1 <= self.default_k <= self.max_k, "default_k", "must be in 1..MAX_K")
         need(
             self.exploration in EXPLORATION_KINDS,

@@ -28,7 +28,7 @@ class ItemIndex:
         *,
         m: int = 16,
         ef_construction: int = 200,
-        ef: int = 256,
+        ef: int = 64,
         seed: int = 100,
     ) -> None:
         self.dim = dim

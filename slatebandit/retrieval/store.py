@@ -41,6 +41,7 @@ class ItemStore:
         index_path: Path | None,
         *,
         fresh_impressions: int = 50,
+        ef: int | None = None,
         progress: bool = False,
     ) -> ItemStore:
         index = None
@@ -51,6 +52,8 @@ class ItemStore:
                 log.warning("index %s unreadable (%s); rebuilding it", index_path, exc)
         saved_rev = index.rev if index is not None else 0
         store = cls(Catalog(fresh_impressions), index or ItemIndex(DIM), index_path)
+        if ef is not None:
+            store.index.ef = ef
         with engine.connect() as conn:
             total = count_live_items(conn)
             bar = tqdm(total=total, desc="catalog", unit="item", disable=not progress)

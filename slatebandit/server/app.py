@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> Starlette:
             engine,
             index_path(settings),
             fresh_impressions=settings.fresh_impressions,
+            ef=settings.hnsw_ef,
         )
         exploration = Exploration(
             settings.exploration, settings.epsilon, settings.gamma, settings.temperature
