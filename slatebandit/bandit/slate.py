@@ -44,20 +44,24 @@ def slot_pmf(
     kind: str,
     allowed: np.ndarray,
     scores: np.ndarray,
-    categories: np.ndarray,
     fresh: np.ndarray,
-    used_categories: Collection[int],
+    novel: np.ndarray,
     exploration: Exploration,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates a slot may pick from and its pmf over them."""
+    """The candidates a slot may pick from and its pmf over them.
+
+    ``allowed``: not shown in an earlier slot; ``fresh``: proposed by the fresh generator;
+    ``novel``: of a category not yet in the slate (all boolean masks over the candidates).
+    """
     pool = allowed
     if kind == EXPLORE:
-        pool = allowed & fresh if np.any(allowed & fresh) else allowed
-        indices = np.flatnonzero(pool)
+        pool = allowed & fresh
+        indices = np.flatnonzero(pool if pool.any() else allowed)
         return indices, np.full(len(indices), 1.0 / len(indices))
     if kind == DIVERSE:
-        novel = allowed & ~np.isin(categories, list(used_categories))
-        pool = novel if np.any(novel) else allowed
+        pool = allowed & novel
+        if not pool.any():
+            pool = allowed
     indices = np.flatnonzero(pool)
     return indices, exploration.pmf(scores[indices])
 
@@ -72,15 +76,15 @@ def build_slate(
 ) -> list[Pick]:
     """Fill ``min(len(kinds), len(scores))`` slots; ``categories``, ``fresh`` align with scores."""
     allowed = np.ones(len(scores), dtype=bool)
-    used: set[int] = set()
+    novel = np.ones(len(scores), dtype=bool)
     picks = []
     for kind in kinds[: len(scores)]:
-        indices, pmf = slot_pmf(kind, allowed, scores, categories, fresh, used, exploration)
+        indices, pmf = slot_pmf(kind, allowed, scores, fresh, novel, exploration)
         choice = _sample(pmf, rng)
         index = int(indices[choice])
         picks.append(Pick(index, float(pmf[choice]), kind))
         allowed[index] = False
-        used.add(int(categories[index]))
+        novel &= categories != categories[index]
     return picks
 
 
