@@ -98,7 +98,7 @@ def test_events_shape_the_next_slate(client) -> None:  # type: ignore[no-untyped
     assert response.status_code == 202
     warm = _slate(client, user_id="carol", k=10)
     sources = {s["source"] for s in warm["items"]}
-    assert sources & {"similar", "session"}
+    assert "similar" in sources  # with one click, session neighbours are the same items
     assert clicked not in {s["item_id"] for s in warm["items"]}  # the item itself is not re-shown
 
 

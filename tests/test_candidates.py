@@ -15,15 +15,21 @@ def _a(*keys: int) -> np.ndarray:
 def test_merge_is_round_robin_dedupes_filters_and_caps() -> None:
     available = np.ones(20, dtype=bool)
     available[13] = False
-    proposals = [_a(1, 2, 3), _a(), _a(2, 13, 4, 5), _a(6, 1)]  # similar, session, popular, fresh
-    got = merge(proposals, available, blocked={5}, limit=10)
-    # rank 0 of every list (1, 2, 6), then rank 1 (all seen or unavailable), then rank 2 (3, 4)
-    assert got.keys.tolist() == [1, 2, 6, 3, 4]
+    proposals = [
+        _a(9, 1, 2, 3),
+        _a(),
+        _a(2, 13, 4, 5),
+        _a(6, 1),
+    ]  # similar, session, popular, fresh
+    got = merge(proposals, available, blocked={5, 9}, limit=10)
+    # Dropped proposals (9 blocked, 13 unavailable) cost their generator nothing: rank 0 is
+    # 1, 2, 6; rank 1 is 2 (seen), 4, 1 (seen); rank 2 is 3.
+    assert got.keys.tolist() == [1, 2, 6, 4, 3]
     sources = [SOURCES[s] for s in got.sources]
-    assert sources == ["similar", "popular", "fresh", "similar", "popular"]
+    assert sources == ["similar", "popular", "fresh", "popular", "similar"]
     assert got.flags[0] == SIMILAR | FRESH  # 1 came from similar and fresh
     assert got.flags[1] == SIMILAR | POPULAR
-    assert merge(proposals, available, blocked=set(), limit=3).keys.tolist() == [1, 2, 6]
+    assert merge(proposals, available, blocked=set(), limit=3).keys.tolist() == [9, 2, 6]
     assert len(merge([_a()] * 4, available, blocked=set(), limit=5)) == 0
 
 

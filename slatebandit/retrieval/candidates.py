@@ -69,7 +69,7 @@ def generate(
     proposals: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(SOURCES)
     if recent:
         seeds = store.index.vectors(np.asarray(recent))
-        labels, _ = store.index.query(seeds, quotas.similar_per_item + 1)
+        labels, _ = store.index.query(seeds, quotas.similar_per_item + 1)  # +1: the seed itself
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = _session_vector(store, user, session_keys)
     if session is not None:
@@ -84,32 +84,35 @@ def merge(
 ) -> Candidates:
     """Round-robin merge of per-generator lists (index = generator, in priority order).
 
-    The i-th proposal of every generator comes before the (i+1)-th of any; a key keeps the
-    first generator that proposed it as its source and all that did as flags; blocked and
-    unavailable keys are dropped; at most ``limit`` are kept.
+    Each list is first cleared of unavailable, blocked and repeated keys, so a dropped
+    proposal costs its generator nothing. Then the i-th proposal of every generator comes
+    before the (i+1)-th of any; a key keeps the first generator that proposed it as its source
+    and all that did as flags; at most ``limit`` are kept.
     """
-    keys = np.concatenate(proposals).astype(np.int64, copy=False)
+    blocked_keys = np.fromiter(blocked, dtype=np.int64, count=len(blocked))
+    usable = [_usable(np.asarray(p, dtype=np.int64), available, blocked_keys) for p in proposals]
+    keys = np.concatenate(usable)
     if len(keys) == 0:
         return Candidates(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8))
-    generator = np.concatenate(
-        [np.full(len(p), g, dtype=np.uint8) for g, p in enumerate(proposals)]
-    )
-    rank = np.concatenate([np.arange(len(p)) for p in proposals])
+    generator = np.concatenate([np.full(len(p), g, dtype=np.uint8) for g, p in enumerate(usable)])
+    rank = np.concatenate([np.arange(len(p)) for p in usable])
     order = np.lexsort((generator, rank))
     keys, generator = keys[order], generator[order]
 
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    flags = np.zeros(len(unique), dtype=np.uint8)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    flags = np.zeros(len(first), dtype=np.uint8)
     np.bitwise_or.at(flags, inverse, (1 << generator).astype(np.uint8))
-    keep = (unique < len(available)) & available[np.minimum(unique, len(available) - 1)]
-    if blocked:
-        keep &= ~np.isin(unique, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))
-    firsts = np.sort(first[keep])[:limit]  # positions in merged order of the kept keys
-    return Candidates(
-        keys=keys[firsts],
-        flags=flags[inverse[firsts]],
-        sources=generator[firsts],
-    )
+    firsts = np.sort(first)[:limit]  # positions, in merged order, of each key's first proposal
+    return Candidates(keys=keys[firsts], flags=flags[inverse[firsts]], sources=generator[firsts])
+
+
+def _usable(keys: np.ndarray, available: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+    keys = keys[(keys >= 0) & (keys < len(available))]
+    keys = keys[available[keys]]
+    if len(blocked):
+        keys = keys[~np.isin(keys, blocked)]
+    _, first = np.unique(keys, return_index=True)
+    return keys[np.sort(first)]
 
 
 def _session_vector(

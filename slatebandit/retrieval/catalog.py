@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from slatebandit.retrieval.content import item_tokens, title_words
+from slatebandit.retrieval.content import item_tokens
 
 POPULARITY_HALF_LIFE = 86_400.0  # seconds; a day-old interaction counts half
 FRESH_POOL_LIMIT = 20_000  # newest rarely-shown items kept as explore candidates
@@ -43,14 +43,14 @@ class Catalog:
 
     def apply(
         self, rows: Iterable[Any]
-    ) -> tuple[list[tuple[int, list[str], list[str]]], list[int]]:
+    ) -> tuple[list[tuple[int, list[str], str]], list[int]]:
         """Apply rows of the ``items`` change feed.
 
-        Returns what the index must do: ``(key, tokens, title words)`` to (re)embed, and keys to
+        Returns what the index must do: ``(key, tokens, title)`` to (re)embed, and keys to
         delete. Rows older than what this catalog already holds are ignored, so replaying a feed
         is harmless.
         """
-        embed: list[tuple[int, list[str], list[str]]] = []
+        embed: list[tuple[int, list[str], str]] = []
         deleted: list[int] = []
         for row in rows:
             key = row.key
@@ -73,7 +73,7 @@ class Catalog:
             self.category[key] = self._category_code(row.category)
             self.available[key] = bool(row.available)
             if row.available:
-                embed.append((key, tokens, title_words(row.title)))
+                embed.append((key, tokens, row.title))
             else:  # out of stock: out of the index too, so neighbour lists stay full
                 deleted.append(key)
         return embed, deleted

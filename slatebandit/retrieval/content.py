@@ -9,6 +9,7 @@ Items that share a category, brand or price band therefore sit close together.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -30,6 +31,7 @@ def price_bucket(price: float | None) -> int:
     return 1 + int(math.log2(1.0 + price))
 
 
+@functools.lru_cache(maxsize=65_536)  # catalog values repeat: categories, brands, colours
 def clean(token: str) -> str:
     return _UNSAFE.sub("_", token.strip().lower())[:64]
 

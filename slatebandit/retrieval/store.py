@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from slatebandit.logging import changes_since, count_live_items
 from slatebandit.retrieval.catalog import Catalog
-from slatebandit.retrieval.content import DIM, ContentEmbedder
+from slatebandit.retrieval.content import DIM, ContentEmbedder, title_words
 from slatebandit.retrieval.index import ItemIndex
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class ItemStore:
             for rows in changes_since(conn, 0):
                 embed, deleted = store.catalog.apply(rows)
                 stale = [e for e in embed if store.catalog.rev[e[0]] > saved_rev]
-                store._index_changes(stale, deleted, chunk=8192, threads=2)
+                store._index_changes(stale, deleted, chunk=8192, threads=os.cpu_count() or 1)
                 store.index.rev = max(store.index.rev, rows[-1].rev)
                 bar.update(len(embed))
             bar.close()
@@ -108,7 +109,9 @@ class ItemStore:
         for start in range(0, len(embed), chunk):
             part = embed[start : start + chunk]
             keys = np.fromiter((key for key, _, _ in part), dtype=np.int64, count=len(part))
-            vectors = self.embedder.embed_many([(tokens, words) for _, tokens, words in part])
+            vectors = self.embedder.embed_many(
+                [(tokens, title_words(title)) for _, tokens, title in part]
+            )
             self.index.upsert(keys, vectors, threads=threads)
         if deleted:
             self.index.delete(np.asarray(deleted, dtype=np.int64))

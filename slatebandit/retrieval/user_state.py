@@ -17,7 +17,7 @@ SESSION_HALF_LIFE = 1800.0  # seconds: half an hour ago counts half as much
 RECENT_ITEMS = 20
 
 
-@dataclass
+@dataclass(slots=True)  # up to 100k cached states: keep them small for the GC
 class UserState:
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_ITEMS))
     purchased: set[int] = field(default_factory=set)
