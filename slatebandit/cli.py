@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
@@ -110,10 +111,18 @@ def _serve(args: argparse.Namespace) -> int:
             _write_items(
                 engine, demo_items(args.demo_items), total=args.demo_items, desc="demo catalog"
             )
-    # Build or refresh the index once here, so every worker starts by loading the saved file.
-    ItemStore.open(
-        engine, index_path(settings), fresh_impressions=settings.fresh_impressions, progress=True
-    )
+    if not ItemStore.index_is_current(engine, index_path(settings)):
+        # Build the index once, before the workers start, so that each of them loads the saved
+        # file instead of all building it. A child process does it so that its memory goes
+        # back to the system rather than staying in this supervisor.
+        builder = multiprocessing.get_context("spawn").Process(
+            target=_build_index, args=(settings,), name="slatebandit-index"
+        )
+        builder.start()
+        builder.join()
+        if builder.exitcode != 0:
+            print("slatebandit: building the index failed", file=sys.stderr)
+            return 1
     engine.dispose()
     os.environ.update(settings.as_env())
     uvicorn.run(
@@ -125,6 +134,15 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
     )
     return 0
+
+
+def _build_index(settings: Settings) -> None:
+    from slatebandit.retrieval import ItemStore
+    from slatebandit.server.app import index_path
+
+    engine = open_engine(settings.database_url)
+    ItemStore.open(engine, index_path(settings), progress=True)
+    engine.dispose()
 
 
 def _items_load(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Group commit: many requests, few commits; one bad unit does not fail its neighbours."""
+"""Group commit (many requests, few commits, failures stay local) and the schema-version guard."""
 
 from __future__ import annotations
 
@@ -55,3 +55,19 @@ def test_submit_requires_a_running_writer(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(GroupCommitWriter(engine).submit(_event(1)))
     engine.dispose()
+
+
+def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from slatebandit.errors import ConfigError
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_engine(url).dispose()
+    open_engine(url).dispose()  # the same version opens again
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("update schema_info set value = 999"))
+    engine.dispose()
+    with pytest.raises(ConfigError, match="schema version 999"):
+        open_engine(url)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select
 from sqlalchemy.engine import make_url
 
-from slatebandit.logging.schema import metadata
+from slatebandit.errors import ConfigError
+from slatebandit.logging.schema import SCHEMA_VERSION, metadata, schema_info
 
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
@@ -25,8 +26,30 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
     if create:
-        metadata.create_all(engine)
+        _check_schema(engine)
     return engine
+
+
+def _check_schema(engine: Engine) -> None:
+    """Create the tables in an empty database; refuse one made by another schema version."""
+    existing = set(inspect(engine).get_table_names())
+    with engine.begin() as conn:
+        if not existing & set(metadata.tables):
+            metadata.create_all(conn)
+            conn.execute(insert(schema_info).values(name="version", value=SCHEMA_VERSION))
+            return
+        found = None
+        if "schema_info" in existing:
+            found = conn.execute(
+                select(schema_info.c.value).where(schema_info.c.name == "version")
+            ).scalar()
+    if found != SCHEMA_VERSION:
+        raise ConfigError(
+            f"database {engine.url.render_as_string()} has schema version {found or 'unknown'}, "
+            f"this slatebandit needs {SCHEMA_VERSION}: use a new database or data directory",
+            field="db_url",
+        )
+    metadata.create_all(engine)  # tables added within this version
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+SCHEMA_VERSION = 1  # bump on any change to the tables below; open_engine refuses a mismatch
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -111,3 +112,10 @@ events = Table(
     Column("created_at", Float, nullable=False),
 )
 Index("ix_events_user", events.c.user_id, events.c.id)
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Integer, nullable=False),
+)

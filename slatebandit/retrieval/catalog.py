@@ -41,9 +41,7 @@ class Catalog:
     def __len__(self) -> int:
         return int(np.count_nonzero(self.available))
 
-    def apply(
-        self, rows: Iterable[Any]
-    ) -> tuple[list[tuple[int, list[str], str]], list[int]]:
+    def apply(self, rows: Iterable[Any]) -> tuple[list[tuple[int, list[str], str]], list[int]]:
         """Apply rows of the ``items`` change feed.
 
         Returns what the index must do: ``(key, tokens, title)`` to (re)embed, and keys to

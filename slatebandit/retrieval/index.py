@@ -124,6 +124,11 @@ class ItemIndex:
             if not old.name.startswith(stem + ".") and time.time() - old.stat().st_mtime > 60:
                 old.unlink(missing_ok=True)
 
+    @staticmethod
+    def saved_rev(path: Path) -> int:
+        """The catalog revision of the index saved at ``path``, without loading it."""
+        return int(json.loads(path.read_text())["rev"])
+
     @classmethod
     def load(cls, path: Path) -> ItemIndex:
         manifest = json.loads(path.read_text())

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import Engine
 from tqdm import tqdm
 
-from slatebandit.logging import changes_since, count_live_items
+from slatebandit.logging import changes_since, count_live_items, latest_rev
 from slatebandit.retrieval.catalog import Catalog
 from slatebandit.retrieval.content import DIM, ContentEmbedder, title_words
 from slatebandit.retrieval.index import ItemIndex
@@ -52,11 +52,14 @@ class ItemStore:
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
                 log.warning("index %s unreadable (%s); rebuilding it", index_path, exc)
         saved_rev = index.rev if index is not None else 0
-        store = cls(Catalog(fresh_impressions), index or ItemIndex(DIM), index_path)
-        if ef is not None:
-            store.index.ef = ef
         with engine.connect() as conn:
             total = count_live_items(conn)
+            # A new index is sized for the catalog at once: growing it 1.5x at a time from a
+            # small start costs copies and peaks at about twice the final memory.
+            index = index or ItemIndex(DIM, capacity=total + 1024)
+            store = cls(Catalog(fresh_impressions), index, index_path)
+            if ef is not None:
+                index.ef = ef
             bar = tqdm(total=total, desc="catalog", unit="item", disable=not progress)
             for rows in changes_since(conn, 0):
                 embed, deleted = store.catalog.apply(rows)
@@ -68,6 +71,16 @@ class ItemStore:
         if index_path is not None and store.index.rev != saved_rev:
             store.save()
         return store
+
+    @staticmethod
+    def index_is_current(engine: Engine, index_path: Path) -> bool:
+        """Whether the saved index already reflects every catalog change."""
+        try:
+            saved = ItemIndex.saved_rev(index_path)
+        except (OSError, ValueError, KeyError):
+            return False
+        with engine.connect() as conn:
+            return saved == latest_rev(conn)
 
     async def sync(self, engine: Engine) -> int:
         """Apply catalog changes newer than what this process has; returns how many."""
