@@ -22,6 +22,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy slatebandit
 
 bench: venv
 	$(BIN)/python -m benchmarks.serve --items 100000

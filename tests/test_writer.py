@@ -71,3 +71,31 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None
     engine.dispose()
     with pytest.raises(ConfigError, match="schema version 999"):
         open_engine(url)
+
+
+def test_decision_records_are_written_together_and_each_gets_its_own_id(tmp_path: Path) -> None:
+    from slatebandit.logging import DecisionRecord, ShownSlot
+    from slatebandit.logging.schema import slots
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.begin() as conn:
+        upsert_items(conn, [Item(item_id=f"i{i}") for i in range(3)])
+
+    def record(i: int) -> DecisionRecord:
+        shown = tuple(ShownSlot(j, j + 1, 0.5, "exploit", "popular", 0.0) for j in range(3))
+        return DecisionRecord(f"{i:032x}", 0.0, f"u{i}", "vw", 0, b"p", shown)
+
+    async def run() -> list[object]:
+        writer = GroupCommitWriter(engine)
+        await writer.start()
+        results = await asyncio.gather(*(writer.submit(record(i)) for i in range(40)))
+        await writer.stop()
+        assert writer.commits < 40
+        return list(results)
+
+    results = asyncio.run(run())
+    assert len({r.decision_id for r in results}) == 40  # type: ignore[attr-defined]
+    assert all(r.item_keys == (1, 2, 3) for r in results)  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        assert len(conn.execute(select(slots)).all()) == 120
+    engine.dispose()

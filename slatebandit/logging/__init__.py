@@ -5,10 +5,10 @@ would shadow the standard library.
 """
 
 from slatebandit.logging.decisions import (
+    DecisionRecord,
     ShownDecision,
     ShownSlot,
     impression_counts,
-    insert_decision,
     insert_event,
     insert_reward,
     recent_events,
@@ -28,12 +28,12 @@ from slatebandit.logging.writer import GroupCommitWriter
 
 __all__ = [
     "DecisionPayload",
+    "DecisionRecord",
     "GroupCommitWriter",
     "Item",
     "ShownDecision",
     "ShownSlot",
     "impression_counts",
-    "insert_decision",
     "insert_event",
     "insert_reward",
     "recent_events",

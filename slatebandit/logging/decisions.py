@@ -34,32 +34,54 @@ class ShownDecision:
     item_keys: tuple[int, ...]
 
 
-def insert_decision(
-    conn: Connection,
-    *,
-    event_id: str,
-    created_at: float,
-    user_id: str,
-    policy: str,
-    model_version: int,
-    payload: bytes,
-    shown: Sequence[ShownSlot],
-) -> ShownDecision:
-    decision_id = conn.execute(
-        insert(decisions)
-        .values(
-            event_id=event_id,
-            created_at=created_at,
-            user_id=user_id,
-            policy=policy,
-            model_version=model_version,
-            payload=payload,
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision and its shown slots, as the group-commit writer stores it."""
+
+    event_id: str
+    created_at: float
+    user_id: str
+    policy: str
+    model_version: int
+    payload: bytes
+    shown: tuple[ShownSlot, ...]
+
+    @staticmethod
+    def write_many(conn: Connection, records: Sequence[DecisionRecord]) -> list[ShownDecision]:
+        """Insert many decisions in two statements (decisions, then all their slots).
+
+        The writer batches records this way because per-record statements cost ~0.3 ms of
+        interpreter time each, taken from the thread that serves requests.
+        """
+        ids = (
+            conn.execute(
+                insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "event_id": r.event_id,
+                        "created_at": r.created_at,
+                        "user_id": r.user_id,
+                        "policy": r.policy,
+                        "model_version": r.model_version,
+                        "payload": r.payload,
+                    }
+                    for r in records
+                ],
+            )
+            .scalars()
+            .all()
         )
-        .returning(decisions.c.id)
-    ).scalar_one()
-    if shown:
-        conn.execute(insert(slots), [{"decision_id": decision_id, **asdict(s)} for s in shown])
-    return ShownDecision(decision_id, tuple(s.item_key for s in shown))
+        rows = [
+            {"decision_id": decision_id, **asdict(slot)}
+            for decision_id, record in zip(ids, records, strict=True)
+            for slot in record.shown
+        ]
+        if rows:
+            conn.execute(insert(slots), rows)
+        return [
+            ShownDecision(decision_id, tuple(s.item_key for s in record.shown))
+            for decision_id, record in zip(ids, records, strict=True)
+        ]
 
 
 def insert_reward(

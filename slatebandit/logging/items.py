@@ -116,7 +116,7 @@ CATALOG_COLUMNS = (
 )
 
 
-def changes_since(conn: Connection, rev: int, *, chunk: int = 20_000) -> Iterator[list[Any]]:
+def changes_since(conn: Connection, rev: int, *, chunk: int = 20_000) -> Iterator[Sequence[Any]]:
     """Items whose latest revision is newer than ``rev``, oldest change first, in chunks."""
     while True:
         rows = conn.execute(

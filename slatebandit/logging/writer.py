@@ -1,9 +1,11 @@
 """Group commit: concurrent requests share one transaction, and each resumes after the commit.
 
-A *unit* is a function ``unit(connection) -> result`` holding one request's writes. The writer
-runs the units that are waiting in one transaction on its own thread, commits once, then
-resolves every caller. If the shared transaction fails, each unit is retried alone, so one bad
-request cannot fail its neighbours. This is what makes "a 2xx means durable" affordable: one
+A *unit* is a function ``unit(connection) -> result`` holding one request's writes, or a
+record whose class has ``write_many(connection, records) -> results`` (records of one class in
+a batch are then written together, in a few statements). The writer runs the units that are
+waiting in one transaction on its own thread, commits once, then resolves every caller. If the
+shared transaction fails, each unit is retried alone, so one bad request cannot fail its
+neighbours. This is what makes "a 2xx means durable" affordable: one
 fsync serves the whole batch.
 """
 
@@ -13,12 +15,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 Unit = Callable[[Connection], Any]
 _STOP = object()
 
@@ -44,10 +45,11 @@ class GroupCommitWriter:
             self._task = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, unit: Callable[[Connection], T]) -> T:
+    async def submit(self, unit: Any) -> Any:
+        """Queue ``unit`` and return its result once the transaction holding it committed."""
         if self._task is None:
             raise RuntimeError("the writer is not running")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((unit, future))
         return await future
 
@@ -79,7 +81,7 @@ class GroupCommitWriter:
     def _commit(self, units: list[Unit]) -> list[tuple[bool, Any]]:
         try:
             with self.engine.begin() as connection:
-                results = [unit(connection) for unit in units]
+                results = _write(connection, units)
         except Exception as exc:  # noqa: BLE001 - handed to the caller that owns the unit
             if len(units) == 1:
                 return [(False, exc)]
@@ -88,3 +90,18 @@ class GroupCommitWriter:
         self.commits += 1
         self.units += len(units)
         return [(True, result) for result in results]
+
+
+def _write(connection: Connection, units: list[Unit]) -> list[Any]:
+    results: list[Any] = [None] * len(units)
+    batches: dict[type, list[int]] = {}
+    for i, unit in enumerate(units):
+        if hasattr(type(unit), "write_many"):
+            batches.setdefault(type(unit), []).append(i)
+        else:
+            results[i] = unit(connection)
+    for kind, positions in batches.items():
+        written = kind.write_many(connection, [units[i] for i in positions])  # type: ignore[attr-defined]
+        for i, result in zip(positions, written, strict=True):
+            results[i] = result
+    return results

@@ -84,7 +84,7 @@ class ItemIndex:
                 labels, distances = self._index.knn_query(vectors, k=max(1, k // 2), num_threads=1)
         return labels.astype(np.int64), 1.0 - distances
 
-    def vectors(self, keys: np.ndarray) -> np.ndarray:
+    def vectors(self, keys: np.ndarray | list[int]) -> np.ndarray:
         with self._lock:
             return np.asarray(self._index.get_items(list(map(int, keys))), dtype=np.float32)
 

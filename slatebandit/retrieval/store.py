@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -87,7 +89,7 @@ class ItemStore:
         async with self._sync_lock:
             return await asyncio.to_thread(self._sync, engine)
 
-    async def apply(self, rows: list) -> None:  # type: ignore[type-arg]
+    async def apply(self, rows: Sequence[Any]) -> None:
         """Apply rows this process just committed, before answering the request."""
         async with self._sync_lock:
             await asyncio.to_thread(self._apply, rows)
@@ -107,7 +109,7 @@ class ItemStore:
                 self.index.rev = max(self.index.rev, rows[-1].rev)
         return applied
 
-    def _apply(self, rows: list) -> int:  # type: ignore[type-arg]
+    def _apply(self, rows: Sequence[Any]) -> int:
         embed, deleted = self.catalog.apply(rows)
         self._index_changes(embed, deleted)
         return len(embed) + len(deleted)

@@ -66,7 +66,7 @@ class UserStates:
     @staticmethod
     def rebuild(
         events: Iterable[tuple[int, str, float]],
-        vectors: Callable[[list[int]], np.ndarray],
+        vectors: Callable[[np.ndarray | list[int]], np.ndarray],
     ) -> UserState:
         """A state from ``(key, type, time)`` events, oldest first."""
         events = list(events)

@@ -83,7 +83,7 @@ def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE}
     for model in (SlateRequest, RewardRequest, EventRequest, Item):
         schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
-    security = [{"bearer": []}, {"apiKey": []}]
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     return {
         "openapi": "3.1.0",
         "info": {"title": "slatebandit", "version": __version__},

@@ -15,10 +15,10 @@ from starlette.responses import Response
 from slatebandit.bandit import SharedFeatures
 from slatebandit.errors import InvalidInput, NotFound, PayloadTooLarge
 from slatebandit.logging import (
+    DecisionRecord,
     Item,
     ShownSlot,
     delete_item,
-    insert_decision,
     insert_event,
     insert_reward,
     upsert_items,
@@ -79,15 +79,14 @@ async def create_slate(request: Request) -> Response:
         for j, (pick, key) in enumerate(zip(slate.picks, keys, strict=True))
     ]
     decision = await s.writer.submit(
-        partial(
-            insert_decision,
+        DecisionRecord(
             event_id=event_id,
             created_at=now,
             user_id=body.user_id,
             policy=slate.policy,
             model_version=slate.model_version,
             payload=slate.payload(s.store).encode(),
-            shown=shown,
+            shown=tuple(shown),
         )
     )
     for key in keys:
@@ -220,7 +219,7 @@ async def healthz(request: Request) -> Response:
 
 
 def _catalog_rows(conn: Connection, keys: list[int]) -> list:  # type: ignore[type-arg]
-    rows = []
+    rows: list = []  # type: ignore[type-arg]
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         rows += conn.execute(select(*CATALOG_COLUMNS).where(items_table.c.key.in_(chunk))).all()
