@@ -12,9 +12,12 @@ fsync serves the whole batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -33,6 +36,7 @@ class GroupCommitWriter:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="slatebandit-writer")
         self._task: asyncio.Task[None] | None = None
+        self._lock_path = _sqlite_lock_path(engine)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
@@ -80,7 +84,7 @@ class GroupCommitWriter:
 
     def _commit(self, units: list[Unit]) -> list[tuple[bool, Any]]:
         try:
-            with self.engine.begin() as connection:
+            with _exclusive(self._lock_path), self.engine.begin() as connection:
                 results = _write(connection, units)
         except Exception as exc:  # noqa: BLE001 - handed to the caller that owns the unit
             if len(units) == 1:
@@ -90,6 +94,32 @@ class GroupCommitWriter:
         self.commits += 1
         self.units += len(units)
         return [(True, result) for result in results]
+
+
+def _sqlite_lock_path(engine: Engine) -> Path | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database + ".writelock")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path | None) -> Iterator[None]:
+    """Queue SQLite writers of several processes on a file lock.
+
+    SQLite's own busy handler polls with sleeps of up to 100 ms, which with two workers put
+    400 ms into the p99 at 8 concurrent requests; a waiter on flock wakes as soon as it is
+    released. Other writers (``items load``) still meet SQLite's busy timeout, as before.
+    """
+    if path is None:
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write(connection: Connection, units: list[Unit]) -> list[Any]:
