@@ -51,7 +51,6 @@ def _services(request: Request, scope: str | None) -> Services:
 async def create_slate(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(SlateRequest, await read_body(request, s.settings.max_body_bytes))
-    assert isinstance(body, SlateRequest)
     k = s.settings.default_k if body.k is None else body.k
     if k > s.settings.max_k:
         raise InvalidInput(f"k: must be at most {s.settings.max_k}", field="k")
@@ -117,7 +116,6 @@ async def create_slate(request: Request) -> Response:
 async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
-    assert isinstance(body, RewardRequest)
     decision = await s.shown_decision(body.event_id)
     if decision is None:
         raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
@@ -144,7 +142,6 @@ async def post_reward(request: Request) -> Response:
 async def post_event(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(EventRequest, await read_body(request, s.settings.max_body_bytes))
-    assert isinstance(body, EventRequest)
     catalog, index = s.store.catalog, s.store.index
     key = catalog.key_of.get(body.item_id)
     if key is None:

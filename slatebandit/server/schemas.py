@@ -6,7 +6,7 @@ Every model is also the OpenAPI schema of its route (``slatebandit.server.openap
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -65,9 +65,10 @@ class EventRequest(_Strict):
 
 
 MAX_ITEMS_PER_REQUEST = 10_000
+M = TypeVar("M", bound=BaseModel)
 
 
-def validate(model: type[BaseModel], data: object) -> BaseModel:
+def validate(model: type[M], data: object) -> M:
     """``model`` from decoded JSON or msgpack, or InvalidInput naming the first bad field."""
     try:
         return model.model_validate(data)
