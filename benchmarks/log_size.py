@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from tqdm import tqdm
 
 from slatebandit.config import Settings
-from slatebandit.logging import DecisionPayload, open_engine, upsert_items
+from slatebandit.logging import DecisionPayload, load_items, open_engine
 from slatebandit.logging.schema import decisions
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
@@ -46,10 +46,7 @@ def _pg_bytes(url: str) -> int:
 def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) -> dict[str, float]:
     settings = Settings.from_env({}, data_dir=data_dir, db_url=db_url, seed=1)
     engine = open_engine(settings.database_url)
-    items = list(demo_items(n_items))
-    with engine.begin() as conn:
-        for start in range(0, len(items), 5000):
-            upsert_items(conn, items[start : start + 5000])
+    load_items(engine, demo_items(n_items), total=n_items)
     engine.dispose()
     sqlite_path = data_dir / "slatebandit.db"
     size = (lambda: _sqlite_bytes(sqlite_path)) if db_url is None else (lambda: _pg_bytes(db_url))

@@ -52,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-BATCH = 5_000  # items per transaction, as `slatebandit items load` writes them
+from slatebandit.logging.items import LOAD_BATCH as BATCH  # as `items load` writes
+
 CONTEXTS = [
     {"device": "mobile", "page": "home"},
     {"device": "desktop", "page": "home"},
@@ -246,25 +247,11 @@ class Workload:
 
 
 def write_catalog(engine: Any, n: int) -> float:
-    from tqdm import tqdm
-
-    from slatebandit.logging import upsert_items
+    from slatebandit.logging import load_items
     from slatebandit.retrieval.demo import demo_items
 
     start = _now()
-    batch = []
-    with tqdm(total=n, desc="catalog write", unit="item", mininterval=2.0) as bar:
-        for item in demo_items(n):
-            batch.append(item)
-            if len(batch) == BATCH:
-                with engine.begin() as conn:
-                    upsert_items(conn, batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            with engine.begin() as conn:
-                upsert_items(conn, batch)
-            bar.update(len(batch))
+    load_items(engine, demo_items(n), total=n, desc="catalog write")
     return _now() - start
 
 

@@ -23,10 +23,8 @@ from tqdm import tqdm
 
 from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
 from slatebandit.errors import ConfigError, InvalidInput
-from slatebandit.logging import Item, count_live_items, open_engine, upsert_items
+from slatebandit.logging import Item, count_live_items, load_items, open_engine
 from slatebandit.server.schemas import invalid
-
-BATCH = 5_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,9 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
         with engine.connect() as conn:
             empty = count_live_items(conn) == 0
         if empty:
-            _write_items(
-                engine, demo_items(args.demo_items), total=args.demo_items, desc="demo catalog"
-            )
+            load_items(engine, demo_items(args.demo_items), total=args.demo_items, desc="demo")
     if not ItemStore.index_is_current(engine, index_path(settings)):
         # Build the index once, before the workers start, so that each of them loads the saved
         # file instead of all building it. A child process does it so that its memory goes
@@ -154,26 +150,10 @@ def _items_load(args: argparse.Namespace) -> int:
     # Validate the whole file first: a bad line anywhere writes nothing.
     total = sum(1 for _ in tqdm(_read_items(path, kind), desc="validate", unit="item"))
     engine = open_engine(settings.database_url)
-    _write_items(engine, _read_items(path, kind), total=total, desc="load")
+    load_items(engine, _read_items(path, kind), total=total, desc="load")
     engine.dispose()
     print(f"loaded {total} items into {settings.database_url}")
     return 0
-
-
-def _write_items(engine: Any, items: Iterator[Item], *, total: int, desc: str) -> None:
-    batch: list[Item] = []
-    with tqdm(total=total, desc=desc, unit="item") as bar:
-        for item in items:
-            batch.append(item)
-            if len(batch) == BATCH:
-                with engine.begin() as conn:
-                    upsert_items(conn, batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            with engine.begin() as conn:
-                upsert_items(conn, batch)
-            bar.update(len(batch))
 
 
 def _read_items(path: Path, kind: str) -> Iterator[Item]:

@@ -21,6 +21,7 @@ from slatebandit.logging.items import (
     count_live_items,
     delete_item,
     latest_rev,
+    load_items,
     upsert_items,
 )
 from slatebandit.logging.records import DecisionPayload
@@ -42,6 +43,7 @@ __all__ = [
     "count_live_items",
     "delete_item",
     "latest_rev",
+    "load_items",
     "open_engine",
     "upsert_items",
 ]

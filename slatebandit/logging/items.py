@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from tqdm import tqdm
 
 from slatebandit.logging.records import pack
 from slatebandit.logging.schema import item_revisions, items
 
 Scalar = str | int | float | bool
+LOAD_BATCH = 5_000  # items per transaction when loading a catalog
 
 
 class Item(BaseModel):
@@ -61,6 +64,21 @@ def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int
         )
         keys.update(rows.all())
     return _new_revisions(conn, [(keys[i], latest[i].snapshot()) for i in ids], now)
+
+
+def load_items(
+    engine: Engine, stream: Iterable[Item], *, total: int | None = None, desc: str = "items"
+) -> int:
+    """Upsert a stream of items, one transaction per ``LOAD_BATCH``, with a progress bar."""
+    loaded = 0
+    stream = iter(stream)
+    with tqdm(total=total, desc=desc, unit="item", mininterval=1.0) as bar:
+        while batch := list(itertools.islice(stream, LOAD_BATCH)):
+            with engine.begin() as conn:
+                upsert_items(conn, batch)
+            loaded += len(batch)
+            bar.update(len(batch))
+    return loaded
 
 
 def delete_item(conn: Connection, item_id: str) -> tuple[int, int] | None:
