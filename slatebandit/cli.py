@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", type=Path)
     load.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file extension")
     load.set_defaults(run=_items_load)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    for name, help_text in (
+        ("list", "list the model versions"),
+        ("show", "show one version"),
+        ("promote", "make a version the champion (serving picks it up within a poll)"),
+        ("rollback", "make the previous champion the champion again"),
+    ):
+        action = models.add_parser(name, help=help_text)
+        _common(action)
+        if name in ("show", "promote"):
+            action.add_argument("version", type=int)
+        action.set_defaults(run=_models, action=name)
 
     config = sub.add_parser("config", help="print the settings in force")
     config.add_argument("--markdown", action="store_true", help="print the README's settings table")
@@ -129,6 +145,41 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
     )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from slatebandit.logging import models
+
+    engine = open_engine(_settings(args).database_url)
+    with engine.begin() as conn:
+        current = models.champion(conn)
+        if args.action == "list":
+            print("version  parent  examples  learned_through  created  champion")
+            for v in models.list_versions(conn):
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created_at))
+                mark = "*" if v.version == current else ""
+                print(
+                    f"{v.version:>7}  {v.parent or '-':>6}  {v.examples:>8}  "
+                    f"{v.learned_through:>15}  {created}  {mark}"
+                )
+            return 0
+        if args.action == "rollback":
+            target = models.previous_champion(conn)
+            if target is None:
+                raise InvalidInput("no earlier champion to roll back to", field="version")
+            models.promote(conn, target, reason=f"rollback from {current}")
+            print(f"champion is now version {target} (was {current})")
+            return 0
+        info = models.get_version(conn, args.version)
+        if info is None:
+            raise InvalidInput(f"no model version {args.version}", field="version")
+        if args.action == "show":
+            print(json.dumps({**info.to_dict(), "champion": info.version == current}, indent=2))
+        else:
+            models.promote(conn, info.version, reason="promoted by an operator (CLI)")
+            print(f"champion is now version {info.version} (was {current})")
+    engine.dispose()
     return 0
 
 

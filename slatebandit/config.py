@@ -79,6 +79,9 @@ class Settings:
     catalog_poll_seconds: float = field(
         default=1.0, metadata=_doc("how often catalog changes made elsewhere are picked up")
     )
+    model_poll_seconds: float = field(
+        default=2.0, metadata=_doc("how often serving checks the registry for a new champion")
+    )
     seed: int | None = field(
         default=None, metadata=_doc("seed of the slate sampler (empty: from the OS)")
     )
@@ -137,6 +140,7 @@ class Settings:
         need(self.commit_batch >= 1, "commit_batch", "must be at least 1")
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         need(self.catalog_poll_seconds > 0, "catalog_poll_seconds", "must be > 0")
+        need(self.model_poll_seconds > 0, "model_poll_seconds", "must be > 0")
         need(
             self.log_level in ("debug", "info", "warning", "error"),
             "log_level",

@@ -67,3 +67,16 @@ def test_bad_vw_arguments_fail_at_start(args: str) -> None:
 def test_slot_example_rejects_zero_propensity() -> None:
     with pytest.raises(ValueError, match="propensity"):
         slot_example(SharedFeatures({}), 0, "k1 c=a", 1.0, 0.0)
+
+
+def test_a_saved_model_scores_the_same_after_loading() -> None:
+    scorer = VWScorer(ARGS)
+    tokens = [f"k{i} c=c{i % 3}" for i in range(10)]
+    shared = SharedFeatures.build({"device": "app"}, at=0)
+    for i in range(300):
+        scorer.learn(slot_example(shared, i % 4, tokens[i % 10], float(i % 10 < 3), 0.5))
+    loaded = VWScorer(ARGS, version=7, model_bytes=scorer.to_bytes())
+    assert loaded.version == 7
+    np.testing.assert_allclose(
+        loaded.score(shared, range(10), tokens), scorer.score(shared, range(10), tokens)
+    )

@@ -7,8 +7,12 @@ pmfs (DESIGN.md, "Exploration and slots"), so the arguments must not ask VW to e
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pylibvw  # VW's C++ binding, installed by the vowpalwabbit wheel
@@ -29,15 +33,21 @@ class VWScorer:
             )
         self.args = args
         self.version = version
-        options = f"{args} --quiet"
         try:
             if model_bytes is None:
-                self._vw = vowpalwabbit.Workspace(options)
-            else:
-                self._vw = vowpalwabbit.Workspace(options, model_data=model_bytes)
+                self._vw = vowpalwabbit.Workspace(f"{args} --quiet")
+            else:  # a saved model carries its own options; VW reads models from files only
+                with _scratch_file(model_bytes) as path:
+                    self._vw = vowpalwabbit.Workspace(f"-i {path} --quiet")
         except Exception as exc:  # VW raises plain RuntimeErrors for bad arguments
             raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
+
+    def to_bytes(self) -> bytes:
+        """The model as VW saves it, for the registry."""
+        with self._lock, _scratch_file(b"") as path:
+            self._vw.save(str(path))
+            return path.read_bytes()
 
     def score(
         self, shared: SharedFeatures, keys: np.ndarray | Sequence[int], features: Sequence[str]
@@ -69,3 +79,14 @@ class VWScorer:
 
     def finish(self) -> None:
         self._vw.finish()
+
+
+@contextlib.contextmanager
+def _scratch_file(data: bytes) -> Iterator[Path]:
+    handle, name = tempfile.mkstemp(prefix="slatebandit-vw-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        yield Path(name)
+    finally:
+        os.unlink(name)

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 1  # bump on any change to the tables below; open_engine refuses a mismatch
+SCHEMA_VERSION = 2  # bump on any change to the tables below; open_engine refuses a mismatch
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -112,6 +112,32 @@ events = Table(
     Column("created_at", Float, nullable=False),
 )
 Index("ix_events_user", events.c.user_id, events.c.id)
+
+# The model registry. A version is a checkpoint of the learner: its VW arguments and bytes, and
+# the decision id up to which it has learned every shown slot (``learned_through``). Writing
+# the bytes and that watermark in one row is what makes learning exactly-once across crashes.
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("parent", Integer, ForeignKey("model_versions.version"), nullable=True),
+    Column("vw_args", String(1024), nullable=False),
+    Column("feature_spec", Integer, nullable=False),
+    Column("examples", BigInteger, nullable=False),  # learned by this lineage in total
+    Column("learned_through", _BigId, nullable=False),  # last decision id learned
+    Column("created_at", Float, nullable=False),
+    Column("model", LargeBinary, nullable=False),
+)
+
+# Which version serves: the latest row wins. Rollback promotes the one before again.
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", Integer, ForeignKey("model_versions.version"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("reason", String(256), nullable=False),
+)
 
 schema_info = Table(
     "schema_info",

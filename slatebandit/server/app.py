@@ -25,7 +25,7 @@ from slatebandit.bandit import Exploration, VWScorer
 from slatebandit.config import Settings
 from slatebandit.errors import MethodNotAllowed, NotFound, SlatebanditError
 from slatebandit.logging import GroupCommitWriter, open_engine
-from slatebandit.policies import VWPolicy
+from slatebandit.policies import VWPolicy, follow_champion
 from slatebandit.retrieval import ItemStore
 from slatebandit.server import routes
 from slatebandit.server.codec import error_response, respond
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> Starlette:
         policy = VWPolicy(
             VWScorer(settings.vw_args), exploration, settings.explore_slots, settings.diverse_slots
         )
+        await follow_champion(engine, policy)  # a restart serves the promoted version
         writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
         services = Services(
             settings, engine, writer, store, policy, np.random.default_rng(settings.seed)
@@ -75,6 +76,9 @@ def create_app(settings: Settings) -> Starlette:
                     POPULAR_REFRESH_SECONDS,
                     lambda: asyncio.to_thread(store.catalog.refresh_popular),
                 )
+            ),
+            asyncio.create_task(
+                _every(settings.model_poll_seconds, lambda: follow_champion(engine, policy))
             ),
         ]
         log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())
@@ -98,6 +102,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/events", routes.post_event, methods=["POST"]),
             Route("/v1/items", routes.put_items, methods=["PUT"]),
             Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
+            Route("/v1/models", routes.list_models, methods=["GET"]),
+            Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],

@@ -148,6 +148,28 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _answers(200, "deleted durably"),
                 }
             },
+            "/v1/models": {
+                "get": {
+                    "summary": "Model versions, champion and the version served (scope admin)",
+                    "security": security,
+                    "responses": _answers(200, "the registry"),
+                }
+            },
+            "/v1/models/{version}/promote": {
+                "post": {
+                    "summary": "Make a version the champion (scope admin)",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "version",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": _answers(200, "promoted durably; this worker serves it at once"),
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness and catalog size",

@@ -3,9 +3,12 @@ only after the commit that holds its record (a 2xx means durable)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
@@ -24,7 +27,9 @@ from slatebandit.logging import (
     upsert_items,
 )
 from slatebandit.logging.items import CATALOG_COLUMNS
+from slatebandit.logging.models import champion, get_version, list_versions, promote
 from slatebandit.logging.schema import items as items_table
+from slatebandit.policies import follow_champion
 from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, generate
 from slatebandit.server.auth import require
 from slatebandit.server.codec import read_body, respond
@@ -38,6 +43,7 @@ from slatebandit.server.schemas import (
 )
 from slatebandit.server.services import Services
 
+T = TypeVar("T")
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
 
 
@@ -200,6 +206,40 @@ async def remove_item(request: Request) -> Response:
         raise NotFound(f"item_id: no item {item_id!r}", field="item_id")
     await s.store.apply(rows)
     return respond(request, {"deleted": item_id})
+
+
+async def list_models(request: Request) -> Response:
+    s = _services(request, "admin")
+
+    def read(conn: Connection) -> dict[str, object]:
+        return {
+            "champion": champion(conn),
+            "versions": [v.to_dict() for v in list_versions(conn)],
+        }
+
+    body = await asyncio.to_thread(_read, s, read)
+    return respond(request, {**body, "serving": s.policy.scorer.version})
+
+
+async def promote_model(request: Request) -> Response:
+    s = _services(request, "admin")
+    version = request.path_params["version"]
+
+    def unit(conn: Connection) -> bool:
+        if get_version(conn, version) is None:
+            return False
+        promote(conn, version, reason="promoted by an operator (HTTP)")
+        return True
+
+    if not await s.writer.submit(unit):
+        raise NotFound(f"version: no model version {version}", field="version")
+    await follow_champion(s.engine, s.policy)  # this worker at once; the others within a poll
+    return respond(request, {"champion": version, "serving": s.policy.scorer.version})
+
+
+def _read(s: Services, query: Callable[[Connection], T]) -> T:
+    with s.engine.connect() as conn:
+        return query(conn)
 
 
 async def healthz(request: Request) -> Response:

@@ -1,0 +1,103 @@
+"""The model registry: checkpointed VW versions and the promotions that choose which serves."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select
+
+from slatebandit.logging.schema import model_versions, promotions
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: int
+    parent: int | None
+    vw_args: str
+    feature_spec: int
+    examples: int
+    learned_through: int
+    created_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+_COLUMNS = (
+    model_versions.c.version,
+    model_versions.c.parent,
+    model_versions.c.vw_args,
+    model_versions.c.feature_spec,
+    model_versions.c.examples,
+    model_versions.c.learned_through,
+    model_versions.c.created_at,
+)
+
+
+def save_version(
+    conn: Connection,
+    *,
+    parent: int | None,
+    vw_args: str,
+    feature_spec: int,
+    examples: int,
+    learned_through: int,
+    model: bytes,
+) -> int:
+    return conn.execute(
+        insert(model_versions)
+        .values(
+            parent=parent,
+            vw_args=vw_args,
+            feature_spec=feature_spec,
+            examples=examples,
+            learned_through=learned_through,
+            created_at=time.time(),
+            model=model,
+        )
+        .returning(model_versions.c.version)
+    ).scalar_one()
+
+
+def list_versions(conn: Connection) -> list[ModelVersion]:
+    rows = conn.execute(select(*_COLUMNS).order_by(model_versions.c.version)).all()
+    return [ModelVersion(*row) for row in rows]
+
+
+def get_version(conn: Connection, version: int) -> ModelVersion | None:
+    row = conn.execute(select(*_COLUMNS).where(model_versions.c.version == version)).first()
+    return None if row is None else ModelVersion(*row)
+
+
+def latest_version(conn: Connection) -> ModelVersion | None:
+    row = conn.execute(select(*_COLUMNS).order_by(model_versions.c.version.desc()).limit(1)).first()
+    return None if row is None else ModelVersion(*row)
+
+
+def model_bytes(conn: Connection, version: int) -> bytes:
+    return conn.execute(
+        select(model_versions.c.model).where(model_versions.c.version == version)
+    ).scalar_one()
+
+
+def champion(conn: Connection) -> int | None:
+    """The version that serves, or None while no version was ever promoted."""
+    return conn.execute(
+        select(promotions.c.version).order_by(promotions.c.id.desc()).limit(1)
+    ).scalar()
+
+
+def promote(conn: Connection, version: int, reason: str) -> None:
+    conn.execute(insert(promotions).values(version=version, created_at=time.time(), reason=reason))
+
+
+def previous_champion(conn: Connection) -> int | None:
+    """The champion before the current one (what a rollback returns to)."""
+    current = champion(conn)
+    return conn.execute(
+        select(promotions.c.version)
+        .where(promotions.c.version != current)
+        .order_by(promotions.c.id.desc())
+        .limit(1)
+    ).scalar()

@@ -1,0 +1,41 @@
+"""Serving follows the registry: the promoted version is loaded beside serving, then swapped in.
+
+Loading reads the model bytes and builds a VW workspace on a worker thread; the swap is one
+attribute assignment, so a request in flight keeps the scorer it started with (it reads
+``policy.scorer`` once) and no request waits for a load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import Engine
+
+from slatebandit.bandit import VWScorer
+from slatebandit.logging.models import champion, get_version, model_bytes
+from slatebandit.policies.vw import VWPolicy
+
+log = logging.getLogger(__name__)
+
+
+def load_champion(engine: Engine, serving: int) -> VWScorer | None:
+    """The champion's scorer if it is not the version ``serving``, else None."""
+    with engine.connect() as conn:
+        version = champion(conn)
+        if version is None or version == serving:
+            return None
+        info = get_version(conn, version)
+        data = model_bytes(conn, version)
+    assert info is not None
+    return VWScorer(info.vw_args, version=version, model_bytes=data)
+
+
+async def follow_champion(engine: Engine, policy: VWPolicy) -> bool:
+    """Swap the champion into ``policy`` if it changed; True if it did."""
+    scorer = await asyncio.to_thread(load_champion, engine, policy.scorer.version)
+    if scorer is None:
+        return False
+    previous, policy.scorer = policy.scorer, scorer
+    log.info("serving model version %d (was %d)", scorer.version, previous.version)
+    return True

@@ -1,0 +1,103 @@
+"""The model registry: versions, promotion over HTTP and CLI, rollback, the serving swap."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.testclient import TestClient
+
+from slatebandit.bandit import (
+    FEATURE_SPEC_VERSION,
+    Exploration,
+    SharedFeatures,
+    VWScorer,
+    slot_example,
+)
+from slatebandit.cli import main
+from slatebandit.logging import open_engine
+from slatebandit.logging.models import champion, save_version
+from slatebandit.policies import VWPolicy, follow_champion
+from slatebandit.server import create_app
+from tests.conftest import make_settings, seed_catalog
+
+ARGS = "--cb_adf --cb_type mtr -q ui -q ci -b 18"
+
+
+def _trained_version(url: str, parent: int | None = None, reward: float = 1.0) -> int:
+    scorer = VWScorer(ARGS)
+    shared = SharedFeatures.build({"device": "web"}, at=0)
+    for i in range(50):
+        scorer.learn(slot_example(shared, 0, f"k{i % 7 + 1} c=x{i % 3}", reward, 0.5))
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        version = save_version(
+            conn,
+            parent=parent,
+            vw_args=ARGS,
+            feature_spec=FEATURE_SPEC_VERSION,
+            examples=50,
+            learned_through=0,
+            model=scorer.to_bytes(),
+        )
+    engine.dispose()
+    return version
+
+
+def test_promote_over_http_swaps_the_serving_model_and_decisions_log_it(
+    tmp_path, small_catalog
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, api_keys="admin:root,serve:s")
+    seed_catalog(settings.database_url, small_catalog[:100])
+    first = _trained_version(settings.database_url)
+    second = _trained_version(settings.database_url, parent=first, reward=-1.0)
+    admin, serve = {"x-api-key": "root"}, {"x-api-key": "s"}
+    with TestClient(create_app(settings)) as client:
+        slate = client.post("/v1/slates", json={"user_id": "a"}, headers=serve).json()
+        assert slate["model_version"] == 0  # nothing promoted yet: the untrained model
+
+        assert client.get("/v1/models", headers=serve).status_code == 403
+        listed = client.get("/v1/models", headers=admin).json()
+        assert [v["version"] for v in listed["versions"]] == [first, second]
+        assert listed["champion"] is None and listed["serving"] == 0
+
+        promoted = client.post(f"/v1/models/{second}/promote", headers=admin)
+        assert promoted.status_code == 200 and promoted.json()["serving"] == second
+        slate = client.post("/v1/slates", json={"user_id": "a"}, headers=serve).json()
+        assert slate["model_version"] == second
+        assert {s["score"] for s in slate["items"]} != {0.0}  # a trained model scores
+
+        missing = client.post("/v1/models/999/promote", headers=admin)
+        assert missing.status_code == 404 and missing.json()["error"]["field"] == "version"
+
+    # A restart serves the champion from the start.
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").json()["model_version"] == second
+
+
+def test_cli_promote_rollback_and_the_serving_swap(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    first = _trained_version(url)
+    second = _trained_version(url, parent=first)
+    assert main(["models", "promote", str(first), "--db", url]) == 0
+    assert main(["models", "promote", str(second), "--db", url]) == 0
+    assert main(["models", "list", "--db", url]) == 0
+    assert main(["models", "show", str(second), "--db", url]) == 0
+    assert '"champion": true' in capsys.readouterr().out
+    assert main(["models", "promote", "42", "--db", url]) == 2
+
+    engine = open_engine(url)
+    policy = VWPolicy(VWScorer(ARGS), Exploration())
+    assert asyncio.run(follow_champion(engine, policy)) is True
+    assert policy.scorer.version == second
+    assert asyncio.run(follow_champion(engine, policy)) is False  # nothing new: no reload
+
+    assert main(["models", "rollback", "--db", url]) == 0
+    with engine.connect() as conn:
+        assert champion(conn) == first
+    assert asyncio.run(follow_champion(engine, policy)) is True
+    assert policy.scorer.version == first
+    engine.dispose()
+
+
+def test_rollback_without_history_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert main(["models", "rollback", "--db", f"sqlite:///{tmp_path / 'e.db'}"]) == 2
