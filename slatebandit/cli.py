@@ -13,6 +13,7 @@ import json
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
 from slatebandit.errors import ConfigError, InvalidInput
 from slatebandit.logging import Item, count_live_items, load_items, open_engine
 from slatebandit.server.schemas import invalid
+
+LEASE_RENEW_SECONDS = 5.0  # the learner works this long between lease renewals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", type=Path)
     load.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file extension")
     load.set_defaults(run=_items_load)
+
+    learn = sub.add_parser("learn", help="run the learner (one at a time, by database lease)")
+    _common(learn)
+    learn.add_argument("--once", action="store_true", help="learn what is due, checkpoint, exit")
+    learn.set_defaults(run=_learn)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         required=True, metavar="ACTION"
@@ -146,6 +154,36 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
     )
     return 0
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from slatebandit.policies.learner import Learner
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(message)s")
+    engine = open_engine(settings.database_url)
+    learner = Learner(engine, settings, holder=f"learn-{socket.gethostname()}-{os.getpid()}")
+    learner.on_checkpoint = lambda version: print(
+        f"checkpoint {version} through decision {learner.position}", flush=True
+    )
+    try:
+        while True:
+            if learner.hold_lease():
+                taken = learner.run_due(budget=LEASE_RENEW_SECONDS)
+                if args.once and taken == 0:
+                    learner.checkpoint()
+                    return 0
+                if taken:
+                    continue
+            elif args.once:
+                print("slatebandit: another learner holds the lease", file=sys.stderr)
+                return 1
+            time.sleep(1.0)  # nothing due yet: poll the log again
+    except KeyboardInterrupt:
+        learner.checkpoint()
+        return 0
+    finally:
+        engine.dispose()
 
 
 def _models(args: argparse.Namespace) -> int:

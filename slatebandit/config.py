@@ -79,6 +79,33 @@ class Settings:
     catalog_poll_seconds: float = field(
         default=1.0, metadata=_doc("how often catalog changes made elsewhere are picked up")
     )
+    learner: str = field(
+        default="embedded",
+        metadata=_doc("embedded: `serve` learns beside serving; off: run `slatebandit learn`"),
+    )
+    reward_wait: float = field(
+        default=600.0, metadata=_doc("seconds a decision waits for rewards before it is learned")
+    )
+    reward_table: str = field(
+        default="click:1,add_to_cart:1,purchase:1",
+        metadata=_doc("reward of each event type when a reward omits its value (`type:value`)"),
+    )
+    reward_aggregation: str = field(
+        default="sum", metadata=_doc("rewards of one slot: sum, or the earliest only")
+    )
+    default_reward: float = field(
+        default=0.0, metadata=_doc("reward of a shown slot that got none")
+    )
+    learn_batch: int = field(default=500, metadata=_doc("decisions the learner reads at a time"))
+    checkpoint_every: int = field(
+        default=10_000, metadata=_doc("learned examples between model checkpoints")
+    )
+    checkpoint_seconds: float = field(
+        default=60.0, metadata=_doc("seconds between checkpoints while there is anything new")
+    )
+    auto_promote: bool = field(
+        default=True, metadata=_doc("promote every checkpoint to champion at once")
+    )
     model_poll_seconds: float = field(
         default=2.0, metadata=_doc("how often serving checks the registry for a new champion")
     )
@@ -90,6 +117,23 @@ class Settings:
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'slatebandit.db'}"
+
+    @property
+    def rewards(self) -> dict[str, float]:
+        """Event type -> reward, from ``reward_table``."""
+        table = {}
+        for entry in filter(None, (e.strip() for e in self.reward_table.split(","))):
+            name, sep, value = entry.partition(":")
+            try:
+                table[name.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not name.strip():
+                raise ConfigError(
+                    f"{ENV_PREFIX}REWARD_TABLE entry {entry!r} must look like type:number",
+                    field="reward_table",
+                )
+        return table
 
     @property
     def keys(self) -> dict[str, frozenset[str]]:
@@ -141,6 +185,17 @@ class Settings:
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         need(self.catalog_poll_seconds > 0, "catalog_poll_seconds", "must be > 0")
         need(self.model_poll_seconds > 0, "model_poll_seconds", "must be > 0")
+        need(self.learner in ("embedded", "off"), "learner", "must be embedded or off")
+        need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
+        need(
+            self.reward_aggregation in ("sum", "earliest"),
+            "reward_aggregation",
+            "must be sum or earliest",
+        )
+        need(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
+        need(self.learn_batch >= 1, "learn_batch", "must be at least 1")
+        need(self.checkpoint_seconds > 0, "checkpoint_seconds", "must be > 0")
+        self.rewards  # noqa: B018 - parse now so a malformed table fails at start
         need(
             self.log_level in ("debug", "info", "warning", "error"),
             "log_level",
@@ -182,6 +237,14 @@ def _cast(f: dataclasses.Field[Any], raw: Any, name: str) -> Any:
     try:
         if isinstance(raw, str):
             raw = raw.strip()
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
         if kind == "int":
             return int(raw)
         if kind == "float":

@@ -248,3 +248,19 @@ def test_openapi_describes_every_route(client) -> None:  # type: ignore[no-untyp
         ("/openapi.json", "get"),
     }
     assert "SlateRequest" in doc["components"]["schemas"]
+
+
+def test_reward_value_comes_from_the_table_when_omitted(tmp_path, small_catalog) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_settings, seed_catalog
+
+    settings = make_settings(tmp_path, reward_table="click:1,purchase:5")
+    seed_catalog(settings.database_url, small_catalog[:50])
+    with TestClient(create_app(settings)) as client:
+        body = _slate(client, k=2)
+        shown = {"event_id": body["event_id"], "item_id": body["items"][0]["item_id"]}
+        bought = client.post("/v1/rewards", json={**shown, "type": "purchase"})
+        assert bought.status_code == 202 and bought.json()["reward"] == 5.0
+        explicit = client.post("/v1/rewards", json={**shown, "type": "click", "reward": 0.5})
+        assert explicit.json()["reward"] == 0.5
+        unknown = client.post("/v1/rewards", json={**shown, "type": "wishlist"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "type"

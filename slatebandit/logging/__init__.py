@@ -4,6 +4,7 @@ Always import this package by its full name, ``slatebandit.logging``: a top-leve
 would shadow the standard library.
 """
 
+from slatebandit.logging import models
 from slatebandit.logging.decisions import (
     DecisionRecord,
     ShownDecision,
@@ -44,6 +45,7 @@ __all__ = [
     "delete_item",
     "latest_rev",
     "load_items",
+    "models",
     "open_engine",
     "upsert_items",
 ]

@@ -139,6 +139,15 @@ promotions = Table(
     Column("reason", String(256), nullable=False),
 )
 
+# At most one learner at a time, across processes: a lease that its holder renews.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 schema_info = Table(
     "schema_info",
     metadata,

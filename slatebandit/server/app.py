@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,6 +29,7 @@ from slatebandit.config import Settings
 from slatebandit.errors import MethodNotAllowed, NotFound, SlatebanditError
 from slatebandit.logging import GroupCommitWriter, open_engine
 from slatebandit.policies import VWPolicy, follow_champion
+from slatebandit.policies.learner import Learner
 from slatebandit.retrieval import ItemStore
 from slatebandit.server import routes
 from slatebandit.server.codec import error_response, respond
@@ -34,6 +38,8 @@ from slatebandit.server.services import Services
 
 log = logging.getLogger("slatebandit.server")
 POPULAR_REFRESH_SECONDS = 2.0
+LEARN_SECONDS = 1.0  # the embedded learner looks for due decisions this often...
+LEARN_BUDGET = 0.5  # ...and works at most this long each time, on its own thread
 
 
 def index_path(settings: Settings) -> Path:
@@ -81,6 +87,9 @@ def create_app(settings: Settings) -> Starlette:
                 _every(settings.model_poll_seconds, lambda: follow_champion(engine, policy))
             ),
         ]
+        learning = EmbeddedLearner(engine, settings)
+        if settings.learner == "embedded":
+            tasks.append(asyncio.create_task(_every(LEARN_SECONDS, learning.tick)))
         log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())
         try:
             yield {"services": services}
@@ -88,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(learning.stop)
             await writer.stop()
             await asyncio.to_thread(store.save)
             engine.dispose()
@@ -114,6 +124,28 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+
+
+class EmbeddedLearner:
+    """The learner inside ``serve``: a thread that works in short turns while it holds the lease."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine, self.settings = engine, settings
+        self.learner: Learner | None = None
+        self.holder = f"serve-{socket.gethostname()}-{os.getpid()}"
+
+    async def tick(self) -> None:
+        await asyncio.to_thread(self._turn)
+
+    def _turn(self) -> None:
+        if self.learner is None:
+            self.learner = Learner(self.engine, self.settings, self.holder)
+        if self.learner.hold_lease():
+            self.learner.run_due(budget=LEARN_BUDGET)
+
+    def stop(self) -> None:
+        if self.learner is not None and self.learner.hold_lease():
+            self.learner.checkpoint()
 
 
 def app_from_env() -> Starlette:

@@ -27,6 +27,7 @@ from slatebandit.logging import (
     upsert_items,
 )
 from slatebandit.logging.items import CATALOG_COLUMNS
+from slatebandit.logging.learning import late_rewards
 from slatebandit.logging.models import champion, get_version, list_versions, promote
 from slatebandit.logging.schema import items as items_table
 from slatebandit.policies import follow_champion
@@ -122,6 +123,12 @@ async def create_slate(request: Request) -> Response:
 async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
+    reward = s.settings.rewards.get(body.type) if body.reward is None else body.reward
+    if reward is None:
+        raise InvalidInput(
+            f"type: no reward given and {body.type!r} is not in SLATEBANDIT_REWARD_TABLE",
+            field="type",
+        )
     decision = await s.shown_decision(body.event_id)
     if decision is None:
         raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
@@ -136,13 +143,14 @@ async def post_reward(request: Request) -> Response:
             decision_id=decision.decision_id,
             item_key=key,
             type=body.type,
-            reward=body.reward,
+            reward=reward,
             created_at=time.time(),
         )
     )
-    if stored and body.reward > 0:
-        s.store.catalog.bump_popularity(key, body.reward)
-    return respond(request, {**body.model_dump(), "duplicate": not stored}, 202)
+    if stored and reward > 0:
+        s.store.catalog.bump_popularity(key, reward)
+    answer = {**body.model_dump(), "reward": reward, "duplicate": not stored}
+    return respond(request, answer, 202)
 
 
 async def post_event(request: Request) -> Response:
@@ -214,6 +222,7 @@ async def list_models(request: Request) -> Response:
     def read(conn: Connection) -> dict[str, object]:
         return {
             "champion": champion(conn),
+            "late_rewards": late_rewards(conn),
             "versions": [v.to_dict() for v in list_versions(conn)],
         }
 

@@ -54,7 +54,9 @@ class SlateRequest(_Strict):
 class RewardRequest(_Strict):
     event_id: str = Field(min_length=32, max_length=32, pattern="^[0-9a-f]{32}$")
     item_id: str = ItemId
-    reward: float = Field(default=1.0, ge=-1e6, le=1e6, allow_inf_nan=False)
+    reward: float | None = Field(
+        default=None, ge=-1e6, le=1e6, allow_inf_nan=False, description="default: by type"
+    )
     type: str = Field(default="click", min_length=1, max_length=32, pattern="^[a-z_]+$")
 
 

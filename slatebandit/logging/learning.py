@@ -1,0 +1,112 @@
+"""What the learner reads and writes: due decisions with their slots and rewards, item
+revisions, the learner lease, and late rewards."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from slatebandit.logging.records import DecisionPayload, unpack
+from slatebandit.logging.schema import (
+    decisions,
+    item_revisions,
+    leases,
+    model_versions,
+    rewards,
+    slots,
+)
+
+
+@dataclass(frozen=True)
+class DueDecision:
+    decision_id: int
+    payload: DecisionPayload
+    slots: list[tuple[int, int, float]]  # (slot, item_key, propensity)
+    rewards: dict[int, list[float]]  # item_key -> rewards in arrival order
+
+
+def due_decisions(conn: Connection, after: int, until: float, limit: int) -> list[DueDecision]:
+    """Decisions with id > ``after`` made at or before ``until``, oldest first."""
+    rows = conn.execute(
+        select(decisions.c.id, decisions.c.payload)
+        .where(decisions.c.id > after, decisions.c.created_at <= until)
+        .order_by(decisions.c.id)
+        .limit(limit)
+    ).all()
+    if not rows:
+        return []
+    ids = [row.id for row in rows]
+    shown: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+    for row in conn.execute(
+        select(slots.c.decision_id, slots.c.slot, slots.c.item_key, slots.c.propensity)
+        .where(slots.c.decision_id.in_(ids))
+        .order_by(slots.c.decision_id, slots.c.slot)
+    ):
+        shown[row.decision_id].append((row.slot, row.item_key, row.propensity))
+    got: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for reward in conn.execute(
+        select(rewards.c.decision_id, rewards.c.item_key, rewards.c.reward)
+        .where(rewards.c.decision_id.in_(ids))
+        .order_by(rewards.c.id)
+    ):
+        got[reward.decision_id][reward.item_key].append(reward.reward)
+    return [
+        DueDecision(row.id, DecisionPayload.decode(row.payload), shown[row.id], got[row.id])
+        for row in rows
+    ]
+
+
+def revision_snapshots(conn: Connection, revs: Sequence[int]) -> dict[int, tuple[int, dict]]:  # type: ignore[type-arg]
+    """rev -> (item key, snapshot fields) for the given item revisions."""
+    out = {}
+    for start in range(0, len(revs), 500):
+        chunk = list(revs[start : start + 500])
+        for row in conn.execute(
+            select(item_revisions.c.rev, item_revisions.c.key, item_revisions.c.snapshot).where(
+                item_revisions.c.rev.in_(chunk)
+            )
+        ):
+            out[row.rev] = (row.key, unpack(row.snapshot))
+    return out
+
+
+def take_lease(conn: Connection, name: str, holder: str, now: float, ttl: float) -> bool:
+    """Take or renew lease ``name`` for ``holder``; False while someone else holds it."""
+    taken = conn.execute(
+        update(leases)
+        .where(leases.c.name == name, or_(leases.c.holder == holder, leases.c.expires_at < now))
+        .values(holder=holder, expires_at=now + ttl)
+    ).rowcount
+    if taken:
+        return True
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(leases).values(name=name, holder=holder, expires_at=now + ttl))
+    except IntegrityError:
+        return False  # held by another, and not expired
+    return True
+
+
+def release_lease(conn: Connection, name: str, holder: str) -> None:
+    conn.execute(
+        update(leases)
+        .where(leases.c.name == name, leases.c.holder == holder)
+        .values(expires_at=0.0)
+    )
+
+
+def late_rewards(conn: Connection) -> int:
+    """Rewards stored after a checkpoint had already learned their decision."""
+    learned_before = exists().where(
+        and_(
+            model_versions.c.learned_through >= rewards.c.decision_id,
+            model_versions.c.created_at < rewards.c.created_at,
+        )
+    )
+    return conn.execute(
+        select(func.count()).select_from(rewards).where(learned_before)
+    ).scalar_one()

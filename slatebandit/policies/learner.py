@@ -1,0 +1,138 @@
+"""The learner: joins rewards to shown slots and teaches VW, exactly once per slot.
+
+Once a decision is older than the reward wait, each of its shown slots becomes one example:
+the shared features the scorer saw plus the slot, the shown item's features as of the logged
+revision, cost = -reward (the table's aggregate, or the default reward) and probability = the
+logged propensity.
+
+Exactly once: the learner's progress (the last decision id learned) is stored only inside a
+checkpoint, in the same row as the model bytes that contain those examples. A crash loses the
+examples learned since the last checkpoint *and* the progress past it, so a restart learns
+them again into the checkpointed model: none is skipped, none counted twice. A lease in the
+database lets one learner run at a time across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
+from slatebandit.config import Settings
+from slatebandit.logging import models
+from slatebandit.logging.learning import DueDecision, due_decisions, revision_snapshots, take_lease
+from slatebandit.retrieval import item_tokens
+
+log = logging.getLogger(__name__)
+LEASE = "learner"
+LEASE_SECONDS = 30.0
+# PostgreSQL may commit a lower decision id a moment after a higher one, so the learner stays
+# this many seconds behind; SQLite commits one writer at a time, in id order.
+COMMIT_LAG = 2.0
+
+
+class Learner:
+    def __init__(self, engine: Engine, settings: Settings, holder: str) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.holder = holder
+        with engine.connect() as conn:
+            latest = models.latest_version(conn)
+            data = None if latest is None else models.model_bytes(conn, latest.version)
+        if latest is None:
+            self.scorer = VWScorer(settings.vw_args)
+            self.parent, self.examples, self.learned_through = None, 0, 0
+        else:  # continue the lineage from the newest checkpoint
+            self.scorer = VWScorer(latest.vw_args, version=latest.version, model_bytes=data)
+            self.parent, self.examples = latest.version, latest.examples
+            self.learned_through = latest.learned_through
+        self.position = self.learned_through  # decisions learned in memory
+        self.pending = 0  # examples learned since the last checkpoint
+        self.last_checkpoint = time.monotonic()
+        self.on_checkpoint: Callable[[int], None] | None = None
+
+    def hold_lease(self) -> bool:
+        with self.engine.begin() as conn:
+            return take_lease(conn, LEASE, self.holder, time.time(), LEASE_SECONDS)
+
+    def step(self, now: float | None = None) -> int:
+        """Learn one batch of due decisions; returns how many decisions it took."""
+        now = time.time() if now is None else now
+        lag = 0.0 if self.engine.dialect.name == "sqlite" else COMMIT_LAG
+        until = now - max(self.settings.reward_wait, lag)
+        with self.engine.connect() as conn:
+            due = due_decisions(conn, self.position, until, self.settings.learn_batch)
+            revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
+            snapshots = revision_snapshots(conn, revs)
+        if due:
+            self.pending += sum(self._learn(decision, snapshots) for decision in due)
+            self.position = due[-1].decision_id
+        if self.pending >= self.settings.checkpoint_every or (
+            self.pending
+            and time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_seconds
+        ):
+            self.checkpoint()
+        return len(due)
+
+    def _learn(self, decision: DueDecision, snapshots: dict[int, tuple[int, dict]]) -> int:  # type: ignore[type-arg]
+        payload = decision.payload
+        context = payload.context
+        shared = SharedFeatures(dict(context["c"]), tuple(context["u"]))
+        for slot, item_key, propensity in decision.slots:
+            rev = int(payload.candidate_revs[payload.chosen[slot]])
+            key, fields = snapshots[rev]
+            tokens = item_tokens(
+                fields["category"], fields["brand"], fields["price"], fields["attributes"]
+            )
+            features = " ".join([f"k{key}", *tokens])
+            reward = self._reward(decision.rewards.get(item_key, []))
+            self.scorer.learn(slot_example(shared, slot, features, reward, propensity))
+        return len(decision.slots)
+
+    def _reward(self, got: list[float]) -> float:
+        if not got:
+            return self.settings.default_reward
+        return sum(got) if self.settings.reward_aggregation == "sum" else got[0]
+
+    def checkpoint(self) -> int | None:
+        """Store the model with its progress (one row, one transaction); promote it if asked."""
+        if self.pending == 0:
+            return None
+        data = self.scorer.to_bytes()
+        with self.engine.begin() as conn:
+            version = models.save_version(
+                conn,
+                parent=self.parent,
+                vw_args=self.scorer.args,
+                feature_spec=FEATURE_SPEC_VERSION,
+                examples=self.examples + self.pending,
+                learned_through=self.position,
+                model=data,
+            )
+            if self.settings.auto_promote:
+                models.promote(conn, version, reason="checkpoint, auto-promoted")
+        self.parent, self.examples = version, self.examples + self.pending
+        self.learned_through, self.pending = self.position, 0
+        self.last_checkpoint = time.monotonic()
+        log.info(
+            "checkpoint: version %d, %d examples through decision %d",
+            version,
+            self.examples,
+            self.position,
+        )
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(version)
+        return version
+
+    def run_due(self, now: float | None = None, budget: float = float("inf")) -> int:
+        """Learn every due decision (or for ``budget`` seconds); returns how many."""
+        started, total = time.monotonic(), 0
+        while time.monotonic() - started < budget:
+            taken = self.step(now)
+            total += taken
+            if taken == 0:
+                break
+        return total
