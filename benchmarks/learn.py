@@ -51,6 +51,7 @@ def write_log(engine, n_decisions: int, rng: np.random.Generator) -> None:  # ty
                 },
                 candidate_revs=revs[pick].astype(np.uint32),
                 candidate_flags=np.ones(200, dtype=np.uint8),
+                candidate_dynamic=np.zeros(200, dtype=np.uint8),
                 scores=np.zeros(200, dtype=np.float16),
                 layout="eedexeedex",
                 exploration={"kind": "epsilon", "param": 0.05},

@@ -40,7 +40,7 @@ def test_fresh_pool_takes_newest_and_drops_items_once_shown_enough() -> None:
         def __init__(self, key: int) -> None:
             self.key, self.rev, self.item_id, self.deleted = key, key, f"i{key}", False
             self.category, self.brand, self.price, self.attributes = "a/b", "x", 10.0, {}
-            self.title, self.available = "t", True
+            self.title, self.available, self.created_at = "t", True, 0.0
 
     catalog.apply([Row(k) for k in range(1, 6)])
     assert catalog.fresh_keys(3) == [5, 4, 3]
@@ -51,3 +51,23 @@ def test_fresh_pool_takes_newest_and_drops_items_once_shown_enough() -> None:
     catalog.refresh_popular()
     assert catalog.popular[:3].tolist() == [3, 2, 5]  # then ties by newest
     assert catalog.features[3].split()[:2] == ["k3", "c=a"]
+
+
+def test_dynamic_codes_pack_popularity_and_age_bands() -> None:
+    catalog = Catalog()
+
+    class Row:
+        def __init__(self, key: int, created_at: float) -> None:
+            self.key, self.rev, self.item_id, self.deleted = key, key, f"i{key}", False
+            self.category, self.brand, self.price, self.attributes = "a", "x", 1.0, {}
+            self.title, self.available, self.created_at = "t", True, created_at
+
+    now = catalog._pop_origin
+    catalog.apply([Row(1, now), Row(2, now - 7 * 86_400)])
+    for _ in range(7):
+        catalog.bump_popularity(2, 1.0, now=now)
+    codes = catalog.dynamic_codes(np.array([1, 2]), now=now).tolist()
+    assert [code >> 4 for code in codes] == [0, 3]  # untouched; log2(1 + 7)
+    assert [code & 15 for code in codes] == [0, 3]  # new; log2(1 + 7 days)
+    later = catalog.dynamic_codes(np.array([2]), now=now + 86_400).tolist()[0]
+    assert later >> 4 == 2  # a day later the 7 interactions count half: log2(1 + 3.5)

@@ -12,10 +12,12 @@ import time
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
+from slatebandit.bandit import SharedFeatures, dynamic_tokens
 from slatebandit.logging import models, open_engine
-from slatebandit.logging.learning import late_rewards
+from slatebandit.logging.learning import due_decisions, late_rewards, revision_snapshots
 from slatebandit.logging.schema import decisions, slots
-from slatebandit.policies.learner import Learner
+from slatebandit.policies.learner import Learner, slot_features
+from slatebandit.retrieval import ItemStore
 from slatebandit.server import create_app
 from tests.conftest import make_settings, seed_catalog
 
@@ -142,3 +144,74 @@ def test_learning_moves_scores_towards_rewarded_items(tmp_path, small_catalog) -
     other = [v for k, v in scores.items() if k not in liked]
     assert body["model_version"] >= 1
     assert good and other and min(good) > max(other)
+
+
+def test_the_learner_sees_each_shown_item_as_the_scorer_did(tmp_path, small_catalog) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, learner="off")
+    seed_catalog(settings.database_url, small_catalog[:100])
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/events", json={"user_id": "a", "item_id": "sku-0000004", "type": "click"})
+        body = client.post("/v1/slates", json={"user_id": "a", "k": 6}).json()
+        # Two shown items change after the decision: the log must still give the old features.
+        by_id = {item.item_id: item for item in small_catalog}
+        for shown in body["items"][:2]:
+            changed = {**by_id[shown["item_id"]].model_dump(), "brand": "Renamed", "price": 999.0}
+            assert client.put("/v1/items", json=[changed]).status_code == 200
+    engine = open_engine(settings.database_url)
+    store = ItemStore.open(engine, None)
+    with engine.connect() as conn:
+        due = due_decisions(conn, 0, time.time() + LATER, 10)
+        revs = [int(r) for r in due[0].payload.candidate_revs]
+        snapshots = revision_snapshots(conn, revs)
+    engine.dispose()
+    payload = due[0].payload
+    branches = []
+    for slot, key, _ in due[0].slots:
+        features = slot_features(payload, slot, snapshots)
+        candidate = int(payload.chosen[slot])
+        assert features.startswith(f"k{key} ") and features.endswith(
+            dynamic_tokens(int(payload.candidate_dynamic[candidate]))
+        )
+        unchanged = int(payload.candidate_revs[candidate]) == store.catalog.rev[key]
+        branches.append(unchanged)
+        # Unchanged items read as today; changed ones as the logged revision, not as today.
+        assert features.startswith(store.catalog.features[key] + " ") == unchanged
+    assert branches == [False, False, True, True, True, True]
+
+
+def test_a_trained_model_ranks_never_rewarded_items_by_what_they_share(
+    tmp_path, small_catalog
+) -> None:  # type: ignore[no-untyped-def]
+    """Rewards go to one category only; afterwards that category's items that were never
+    rewarded (most never shown) outscore the rest: the model learned the category, not ids."""
+    settings = make_settings(tmp_path, learner="off", reward_wait=0, epsilon=0.6)
+    seed_catalog(settings.database_url, small_catalog)
+    liked = "women/dresses"
+    rewarded = set()
+    with TestClient(create_app(settings)) as client:
+        for i in range(200):
+            body = client.post("/v1/slates", json={"user_id": f"u{i}", "k": 8}).json()
+            for item in body["items"]:
+                category = next(x.category for x in small_catalog if x.item_id == item["item_id"])
+                if category == liked:
+                    rewarded.add(item["item_id"])
+                    reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
+                    client.post("/v1/rewards", json=reward)
+    engine = open_engine(settings.database_url)
+    learner = Learner(engine, settings, holder="test")
+    learner.run_due(now=time.time() + LATER)
+    store = ItemStore.open(engine, None)
+    engine.dispose()
+    catalog = store.catalog
+    unseen = [x.item_id for x in small_catalog if x.item_id not in rewarded]
+    keys = [catalog.key_of[i] for i in unseen]
+    actions = [f"{catalog.features[k]} {dynamic_tokens(0)}" for k in keys]
+    scores = learner.scorer.score(SharedFeatures.build({}, at=0), actions)
+    same = [s for i, s in zip(unseen, scores, strict=True) if _category(small_catalog, i) == liked]
+    other = [s for i, s in zip(unseen, scores, strict=True) if _category(small_catalog, i) != liked]
+    assert rewarded and same and other
+    assert sum(same) / len(same) > sum(other) / len(other) + 0.1
+
+
+def _category(catalog, item_id: str) -> str:  # type: ignore[no-untyped-def]
+    return next(x.category for x in catalog if x.item_id == item_id)

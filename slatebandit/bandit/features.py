@@ -5,7 +5,8 @@ Namespaces (VW keys interactions on the first letter):
     c  shared: request context (device, page, hour, ...)
     p  shared: slot position, learning only; never interacted, so item scores stay free of
        position bias while one predict per slate scores every slot
-    i  action: the item's id and content tokens (category path, brand, price band, attributes)
+    i  action: the item's id and content tokens (category path, brand, price band, attributes),
+       and its popularity and age bands at decision time (logged per candidate)
 
 With ``-q ui -q ci`` the model learns which kinds of item suit which users and contexts, so an
 item that was never rewarded is still scored by what it shares with items that were.
@@ -57,6 +58,11 @@ def _token(value: Scalar) -> str:
 
 
 ACTION_SEPARATOR = "\n|i "  # joins the shared line and item features into one example
+
+
+def dynamic_tokens(code: int) -> str:
+    """Popularity and age bands from their packed byte (``Catalog.dynamic_codes``)."""
+    return f"pop={code >> 4} age={code & 15}"
 
 
 def action_line(features: str) -> str:

@@ -21,7 +21,7 @@ import vowpalwabbit
 from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures
 from slatebandit.errors import ConfigError
 
-FEATURE_SPEC_VERSION = 1  # bump when features.py changes what a model sees
+FEATURE_SPEC_VERSION = 2  # bump when features.py changes what a model sees
 
 
 class VWScorer:
@@ -49,14 +49,11 @@ class VWScorer:
             self._vw.save(str(path))
             return path.read_bytes()
 
-    def score(
-        self, shared: SharedFeatures, keys: np.ndarray | Sequence[int], features: Sequence[str]
-    ) -> np.ndarray:
-        """Expected reward of each candidate, in candidate order."""
-        if len(keys) == 0:
+    def score(self, shared: SharedFeatures, actions: Sequence[str]) -> np.ndarray:
+        """Expected reward of each candidate; ``actions`` holds their features, in order."""
+        if len(actions) == 0:
             return np.zeros(0, dtype=np.float64)
-        keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
-        text = ACTION_SEPARATOR.join([shared.line(), *[features[key] for key in keys]])
+        text = ACTION_SEPARATOR.join([shared.line(), *actions])
         with self._lock:
             costs = self._predict(text)
         return 0.0 - np.asarray(costs, dtype=np.float64)  # 0.0 - x: no -0.0 in answers

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class DecisionPayload:
     context: dict[str, Any]  # request context and user-state features, as the scorer saw them
     candidate_revs: np.ndarray  # uint32, one item revision per candidate, in candidate order
     candidate_flags: np.ndarray  # uint8 bitmask of the generators that proposed each candidate
+    candidate_dynamic: np.ndarray  # uint8 popularity and age bands (pop << 4 | age)
     scores: np.ndarray  # float16 predicted reward per candidate
     layout: str  # one letter per slot: e(xploit), x (explore), d(iverse)
     exploration: dict[str, Any]  # {"kind": ..., "epsilon"|"gamma"|"temperature": ...}
@@ -34,6 +35,7 @@ class DecisionPayload:
                 "ctx": self.context,
                 "rev": self.candidate_revs.astype("<u4").tobytes(),
                 "flg": self.candidate_flags.astype("u1").tobytes(),
+                "dyn": self.candidate_dynamic.astype("u1").tobytes(),
                 "sc": self.scores.astype("<f2").tobytes(),
                 "lay": self.layout,
                 "exp": self.exploration,
@@ -52,6 +54,7 @@ class DecisionPayload:
             context=raw["ctx"],
             candidate_revs=np.frombuffer(raw["rev"], dtype="<u4"),
             candidate_flags=np.frombuffer(raw["flg"], dtype="u1"),
+            candidate_dynamic=np.frombuffer(raw["dyn"], dtype="u1"),
             scores=np.frombuffer(raw["sc"], dtype="<f2"),
             layout=raw["lay"],
             exploration=raw["exp"],

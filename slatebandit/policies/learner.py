@@ -20,9 +20,15 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
-from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
+from slatebandit.bandit import (
+    FEATURE_SPEC_VERSION,
+    SharedFeatures,
+    VWScorer,
+    dynamic_tokens,
+    slot_example,
+)
 from slatebandit.config import Settings
-from slatebandit.logging import models
+from slatebandit.logging import DecisionPayload, models
 from slatebandit.logging.learning import DueDecision, due_decisions, revision_snapshots, take_lease
 from slatebandit.retrieval import item_tokens
 
@@ -32,6 +38,20 @@ LEASE_SECONDS = 30.0
 # PostgreSQL may commit a lower decision id a moment after a higher one, so the learner stays
 # this many seconds behind; SQLite commits one writer at a time, in id order.
 COMMIT_LAG = 2.0
+
+
+def slot_features(
+    payload: DecisionPayload,
+    slot: int,
+    snapshots: dict[int, tuple[int, dict]],  # type: ignore[type-arg]
+) -> str:
+    """The shown item's features in ``slot`` exactly as the scorer saw them: the content tokens
+    of the logged revision, then the logged popularity and age bands."""
+    candidate = int(payload.chosen[slot])
+    key, fields = snapshots[int(payload.candidate_revs[candidate])]
+    tokens = item_tokens(fields["category"], fields["brand"], fields["price"], fields["attributes"])
+    dynamic = dynamic_tokens(int(payload.candidate_dynamic[candidate]))
+    return " ".join([f"k{key}", *tokens, dynamic])
 
 
 class Learner:
@@ -82,12 +102,7 @@ class Learner:
         context = payload.context
         shared = SharedFeatures(dict(context["c"]), tuple(context["u"]))
         for slot, item_key, propensity in decision.slots:
-            rev = int(payload.candidate_revs[payload.chosen[slot]])
-            key, fields = snapshots[rev]
-            tokens = item_tokens(
-                fields["category"], fields["brand"], fields["price"], fields["attributes"]
-            )
-            features = " ".join([f"k{key}", *tokens])
+            features = slot_features(payload, slot, snapshots)
             reward = self._reward(decision.rewards.get(item_key, []))
             self.scorer.learn(slot_example(shared, slot, features, reward, propensity))
         return len(decision.slots)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from slatebandit.bandit import (
     SharedFeatures,
     VWScorer,
     build_slate,
+    dynamic_tokens,
     layout,
 )
 from slatebandit.logging import DecisionPayload
@@ -27,17 +29,20 @@ class Slate:
     model_version: int
     shared: SharedFeatures
     candidates: Candidates
+    revs: np.ndarray  # item revision of each candidate, read with its features
+    dynamic: np.ndarray  # popularity and age bands the scorer saw (Catalog.dynamic_codes)
     scores: np.ndarray
     kinds: list[str]
     exploration: Exploration
     picks: list[Pick]
 
-    def payload(self, store: ItemStore) -> DecisionPayload:
+    def payload(self) -> DecisionPayload:
         """What the decision log keeps so replay can recompute every slot's pmf."""
         return DecisionPayload(
             context=self.shared.to_log(),
-            candidate_revs=store.catalog.rev[self.candidates.keys].astype(np.uint32),
+            candidate_revs=self.revs.astype(np.uint32),
             candidate_flags=self.candidates.flags,
+            candidate_dynamic=self.dynamic,
             scores=self.scores.astype(np.float16),
             layout="".join(LAYOUT_CODES[kind] for kind in self.kinds[: len(self.picks)]),
             exploration=self.exploration.to_log(),
@@ -71,7 +76,14 @@ class VWPolicy:
     ) -> Slate:
         catalog = store.catalog
         scorer = self.scorer  # one read: a model swapped in mid-request cannot mix versions
-        scores = scorer.score(shared, candidates.keys, catalog.features)
+        keys = candidates.keys.tolist()
+        revs = catalog.rev[candidates.keys]
+        dynamic = catalog.dynamic_codes(candidates.keys, time.time())
+        actions = [
+            f"{catalog.features[key]} {dynamic_tokens(code)}"
+            for key, code in zip(keys, dynamic.tolist(), strict=True)
+        ]
+        scores = scorer.score(shared, actions)
         kinds = layout(k, self.explore_slots, self.diverse_slots)
         picks = build_slate(
             scores,
@@ -82,5 +94,14 @@ class VWPolicy:
             rng,
         )
         return Slate(
-            self.name, scorer.version, shared, candidates, scores, kinds, self.exploration, picks
+            self.name,
+            scorer.version,
+            shared,
+            candidates,
+            revs,
+            dynamic,
+            scores,
+            kinds,
+            self.exploration,
+            picks,
         )

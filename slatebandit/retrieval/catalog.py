@@ -34,6 +34,7 @@ class Catalog:
         self.rev = np.zeros(0, dtype=np.int64)
         self.impressions = np.zeros(0, dtype=np.int32)
         self.popularity = np.zeros(0, dtype=np.float64)
+        self.created = np.zeros(0, dtype=np.float64)  # when each item entered the catalog
         self.fresh: dict[int, None] = {}  # insertion-ordered set: newest last
         self.popular = np.zeros(0, dtype=np.int64)  # cached ranking, see refresh_popular
         self._pop_origin = time.time()
@@ -64,6 +65,7 @@ class Catalog:
             tokens = item_tokens(row.category, row.brand, row.price, row.attributes)
             if self.item_ids[key] is None:
                 self.item_ids[key] = row.item_id
+                self.created[key] = row.created_at
                 self.key_of[row.item_id] = key
                 if self.impressions[key] < self.fresh_impressions:
                     self._add_fresh(key)
@@ -112,6 +114,19 @@ class Catalog:
             self._pop_origin, exponent = now, 0.0
         self.popularity[key] += weight * 2.0**exponent
 
+    def dynamic_codes(self, keys: np.ndarray, now: float) -> np.ndarray:
+        """Popularity and age bands of ``keys`` at ``now``, packed as ``pop << 4 | age``.
+
+        Popularity band: log2(1 + decayed interactions); age band: log2(1 + days in the
+        catalog); both capped at 15. The scorer sees them as features and the decision log
+        keeps the byte, so the learner and replay see exactly what the scorer saw.
+        """
+        decayed = self.popularity[keys] * np.exp2(-(now - self._pop_origin) / POPULARITY_HALF_LIFE)
+        days = np.maximum(now - self.created[keys], 0.0) / 86_400.0
+        pop = np.minimum(np.log2(1.0 + decayed), 15).astype(np.uint8)
+        age = np.minimum(np.log2(1.0 + days), 15).astype(np.uint8)
+        return (pop << 4) | age
+
     def refresh_popular(self, limit: int = 1000) -> None:
         """Recompute the cached ranking; off the request path (it scans every item)."""
         self.popular = self.top_popular(limit)
@@ -139,7 +154,7 @@ class Catalog:
         grow = size - len(self.item_ids)
         self.item_ids.extend([None] * grow)
         self.features.extend([""] * grow)
-        for name in ("category", "available", "rev", "impressions", "popularity"):
+        for name in ("category", "available", "rev", "impressions", "popularity", "created"):
             old = getattr(self, name)
             new = np.zeros(size, dtype=old.dtype)
             new[: len(old)] = old

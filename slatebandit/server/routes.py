@@ -91,7 +91,7 @@ async def create_slate(request: Request) -> Response:
             user_id=body.user_id,
             policy=slate.policy,
             model_version=slate.model_version,
-            payload=slate.payload(s.store).encode(),
+            payload=slate.payload().encode(),
             shown=tuple(shown),
         )
     )
