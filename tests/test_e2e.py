@@ -24,9 +24,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+def _start(data_dir: Path, port: int, *extra: str, **settings: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
     env["SLATEBANDIT_SEED"] = "5"
+    env.update({f"SLATEBANDIT_{name.upper()}": value for name, value in settings.items()})
     command = [
         sys.executable,
         "-m",
@@ -135,3 +136,37 @@ def test_refuses_to_bind_beyond_loopback_without_keys(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "SLATEBANDIT_API_KEYS" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_embedded_learner_checkpoints_and_serving_swaps_the_model_in(tmp_path: Path) -> None:
+    port = _free_port()
+    server = _start(
+        tmp_path / "var",
+        port,
+        "--demo",
+        "--demo-items",
+        "500",
+        reward_wait="0",
+        checkpoint_seconds="0.5",
+        model_poll_seconds="0.5",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(server, base)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for i in range(30):
+                body = client.post("/v1/slates", json={"user_id": f"u{i}", "k": 5}).json()
+                shown = {"event_id": body["event_id"], "item_id": body["items"][0]["item_id"]}
+                assert client.post("/v1/rewards", json=shown).status_code == 202
+            # Learning runs beside serving: within a few seconds a checkpoint is promoted and
+            # swapped in, and new decisions log the version that scored them.
+            deadline = time.monotonic() + 30
+            while client.get("/healthz").json()["model_version"] == 0:
+                assert time.monotonic() < deadline, "no model version was swapped in"
+                time.sleep(0.2)  # a background task of another process: nothing to await
+            body = client.post("/v1/slates", json={"user_id": "late", "k": 5}).json()
+            assert body["model_version"] >= 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
