@@ -2,6 +2,9 @@
 
 slatebandit serve [--demo]        run the HTTP API (uvicorn)
 slatebandit items load FILE       upsert items from JSONL or CSV
+slatebandit learn [--once]        run the learner as its own process
+slatebandit simulate --url URL    a storefront with a hidden click model
+slatebandit models ...            list, show, promote, rollback model versions
 slatebandit config [--markdown]   print the settings in force (or the README table)
 """
 
@@ -72,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     _common(learn)
     learn.add_argument("--once", action="store_true", help="learn what is due, checkpoint, exit")
     learn.set_defaults(run=_learn)
+
+    simulate = sub.add_parser("simulate", help="a storefront with a hidden click model")
+    simulate.add_argument("--url", default="http://127.0.0.1:8000", help="the server to drive")
+    simulate.add_argument("--users", type=int, default=500)
+    simulate.add_argument("--items", type=int, default=400, help="catalog the storefront uploads")
+    simulate.add_argument("--requests", type=int, default=5000, help="slates to ask for")
+    simulate.add_argument("--window", type=int, default=500, help="slates per CTR window")
+    simulate.add_argument("--k", type=int, default=5)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--policy", choices=("vw", "random", "popular"), default="vw")
+    simulate.add_argument("--api-key", help="sent as X-API-Key")
+    simulate.add_argument("--out", type=Path, default=Path("."), help="where the CSV and PNG go")
+    simulate.set_defaults(run=_simulate)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         required=True, metavar="ACTION"
@@ -153,6 +169,30 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
     )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import httpx2 as httpx
+
+    from slatebandit.simulate import Simulation, Storefront, plot, windows_of
+
+    storefront = Storefront.generate(args.items, args.users, seed=args.seed)
+    headers = {"x-api-key": args.api_key} if args.api_key else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"simulate-{args.policy}-seed{args.seed}"
+    with httpx.Client(base_url=args.url, timeout=30) as client:
+        sim = Simulation(client, storefront, args.policy, args.k, args.seed, headers)
+        if args.policy == "vw":
+            sim.upload_catalog()
+        with tqdm(total=args.requests, desc=f"simulate {args.policy}", unit="slate") as bar:
+            for size in windows_of(args.requests, args.window):
+                window = sim.run_window(size)
+                bar.update(size)
+                bar.write(f"window {window.index}: CTR {window.ctr:.4f} ({window.clicks} clicks)")
+    sim.write_csv(stem.with_suffix(".csv"))
+    plot({args.policy: sim.windows}, stem.with_suffix(".png"))
+    print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.png')}")
     return 0
 
 

@@ -106,6 +106,9 @@ class Settings:
     auto_promote: bool = field(
         default=True, metadata=_doc("promote every checkpoint to champion at once")
     )
+    popular_refresh_seconds: float = field(
+        default=2.0, metadata=_doc("how often the popular-items ranking is recomputed")
+    )
     model_poll_seconds: float = field(
         default=2.0, metadata=_doc("how often serving checks the registry for a new champion")
     )
@@ -185,6 +188,7 @@ class Settings:
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         need(self.catalog_poll_seconds > 0, "catalog_poll_seconds", "must be > 0")
         need(self.model_poll_seconds > 0, "model_poll_seconds", "must be > 0")
+        need(self.popular_refresh_seconds > 0, "popular_refresh_seconds", "must be > 0")
         need(self.learner in ("embedded", "off"), "learner", "must be embedded or off")
         need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
         need(

@@ -123,7 +123,8 @@ class Catalog:
         """
         decayed = self.popularity[keys] * np.exp2(-(now - self._pop_origin) / POPULARITY_HALF_LIFE)
         days = np.maximum(now - self.created[keys], 0.0) / 86_400.0
-        pop = np.minimum(np.log2(1.0 + decayed), 15).astype(np.uint8)
+        # Rounded first, so a count does not slip under a band edge by seconds of decay.
+        pop = np.minimum(np.log2(1.0 + np.round(decayed, 1)), 15).astype(np.uint8)
         age = np.minimum(np.log2(1.0 + days), 15).astype(np.uint8)
         return (pop << 4) | age
 

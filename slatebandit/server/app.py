@@ -37,7 +37,6 @@ from slatebandit.server.openapi import openapi_document
 from slatebandit.server.services import Services
 
 log = logging.getLogger("slatebandit.server")
-POPULAR_REFRESH_SECONDS = 2.0
 LEARN_SECONDS = 1.0  # the embedded learner looks for due decisions this often...
 LEARN_BUDGET = 0.5  # ...and works at most this long each time, on its own thread
 
@@ -79,7 +78,7 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(_every(settings.catalog_poll_seconds, lambda: store.sync(engine))),
             asyncio.create_task(
                 _every(
-                    POPULAR_REFRESH_SECONDS,
+                    settings.popular_refresh_seconds,
                     lambda: asyncio.to_thread(store.catalog.refresh_popular),
                 )
             ),
