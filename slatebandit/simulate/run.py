@@ -1,10 +1,10 @@
 """Drive a slatebandit server as a storefront would, and measure click-through per window.
 
 Speaks only HTTP (any httpx-compatible client): uploads the storefront's catalog, asks for a
-slate per visit, rolls the hidden click model, and posts clicks as rewards and as shopper
-events. ``random`` and ``popular`` are baselines computed here, on the same traffic and click
-model, without asking the server: random shows k random items; popular shows the k items
-clicked most so far.
+slate per visit, rolls the hidden click model, and posts each click as a reward and the product
+view it leads to as a shopper event. ``random`` and ``popular`` are baselines computed here, on
+the same traffic and click model, without asking the server: random shows k random items;
+popular shows the k items clicked most so far.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class Simulation:
             if event_id is not None:
                 reward = {"event_id": event_id, "item_id": item_id, "type": "click"}
                 self._ok(self.client.post("/v1/rewards", json=reward, headers=self.headers))
-                event = {"user_id": f"shopper-{user}", "item_id": item_id, "type": "click"}
+                # The click opens the product page: the shopper's view is an event.
+                event = {"user_id": f"shopper-{user}", "item_id": item_id, "type": "view"}
                 self._ok(self.client.post("/v1/events", json=event, headers=self.headers))
 
     def _slate(self, user: int, context: dict[str, Any]) -> tuple[list[str], str | None]:
