@@ -54,6 +54,12 @@ def slot_features(
     return " ".join([f"k{key}", *tokens, dynamic])
 
 
+def hold_lease(engine: Engine, holder: str) -> bool:
+    """Take or renew the learner lease for ``holder``; False while another learner holds it."""
+    with engine.begin() as conn:
+        return take_lease(conn, LEASE, holder, time.time(), LEASE_SECONDS)
+
+
 class Learner:
     def __init__(self, engine: Engine, settings: Settings, holder: str) -> None:
         self.engine = engine
@@ -75,8 +81,7 @@ class Learner:
         self.on_checkpoint: Callable[[int], None] | None = None
 
     def hold_lease(self) -> bool:
-        with self.engine.begin() as conn:
-            return take_lease(conn, LEASE, self.holder, time.time(), LEASE_SECONDS)
+        return hold_lease(self.engine, self.holder)
 
     def step(self, now: float | None = None) -> int:
         """Learn one batch of due decisions; returns how many decisions it took."""

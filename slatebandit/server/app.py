@@ -29,7 +29,7 @@ from slatebandit.config import Settings
 from slatebandit.errors import MethodNotAllowed, NotFound, SlatebanditError
 from slatebandit.logging import GroupCommitWriter, open_engine
 from slatebandit.policies import VWPolicy, follow_champion
-from slatebandit.policies.learner import Learner
+from slatebandit.policies.learner import Learner, hold_lease
 from slatebandit.retrieval import ItemStore
 from slatebandit.server import routes
 from slatebandit.server.codec import error_response, respond
@@ -137,13 +137,14 @@ class EmbeddedLearner:
         await asyncio.to_thread(self._turn)
 
     def _turn(self) -> None:
+        if not hold_lease(self.engine, self.holder):
+            return  # another process learns; don't even load a model
         if self.learner is None:
             self.learner = Learner(self.engine, self.settings, self.holder)
-        if self.learner.hold_lease():
-            self.learner.run_due(budget=LEARN_BUDGET)
+        self.learner.run_due(budget=LEARN_BUDGET)
 
     def stop(self) -> None:
-        if self.learner is not None and self.learner.hold_lease():
+        if self.learner is not None and hold_lease(self.engine, self.holder):
             self.learner.checkpoint()
 
 
