@@ -215,3 +215,37 @@ def test_a_trained_model_ranks_never_rewarded_items_by_what_they_share(
 
 def _category(catalog, item_id: str) -> str:  # type: ignore[no-untyped-def]
     return next(x.category for x in catalog if x.item_id == item_id)
+
+
+def test_due_decisions_stop_at_the_first_not_due_id_instead_of_skipping_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two workers' clocks: decision 1 reads later than decision 2. Taking 2 while 1 is not
+    due would move the learner's progress past 1 for good."""
+    import numpy as np
+
+    from slatebandit.logging import DecisionPayload, DecisionRecord, Item, upsert_items
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    payload = DecisionPayload(
+        context={"c": {}, "u": []},
+        candidate_revs=np.array([1], dtype=np.uint32),
+        candidate_flags=np.zeros(1, dtype=np.uint8),
+        candidate_dynamic=np.zeros(1, dtype=np.uint8),
+        scores=np.zeros(1, dtype=np.float16),
+        layout="",
+        exploration={"kind": "epsilon", "param": 0.1},
+        chosen=np.zeros(0, dtype=np.uint16),
+        feature_spec=2,
+    ).encode()
+    with engine.begin() as conn:
+        upsert_items(conn, [Item(item_id="x")])
+        DecisionRecord.write_many(
+            conn,
+            [
+                DecisionRecord("a" * 32, 100.0, "u", "vw", 0, payload, ()),
+                DecisionRecord("b" * 32, 50.0, "u", "vw", 0, payload, ()),
+            ],
+        )
+    with engine.connect() as conn:
+        assert due_decisions(conn, 0, until=75.0, limit=10) == []
+        assert [d.decision_id for d in due_decisions(conn, 0, until=100.0, limit=10)] == [1, 2]
+    engine.dispose()

@@ -30,16 +30,29 @@ class DueDecision:
 
 
 def due_decisions(conn: Connection, after: int, until: float, limit: int) -> list[DueDecision]:
-    """Decisions with id > ``after`` made at or before ``until``, oldest first."""
-    rows = conn.execute(
-        select(decisions.c.id, decisions.c.payload)
-        .where(decisions.c.id > after, decisions.c.created_at <= until)
+    """The decisions after id ``after``, in id order, up to the first one made after ``until``.
+
+    The learner's progress is an id, so it must take decisions as an unbroken run of ids: a
+    decision whose clock reads a little later than the next id's must not be passed over.
+    """
+    heads = conn.execute(
+        select(decisions.c.id, decisions.c.created_at)
+        .where(decisions.c.id > after)
         .order_by(decisions.c.id)
         .limit(limit)
     ).all()
-    if not rows:
+    ids = []
+    for head in heads:
+        if head.created_at > until:
+            break
+        ids.append(head.id)
+    if not ids:
         return []
-    ids = [row.id for row in rows]
+    rows = conn.execute(
+        select(decisions.c.id, decisions.c.payload)
+        .where(decisions.c.id.in_(ids))
+        .order_by(decisions.c.id)
+    ).all()
     shown: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
     for row in conn.execute(
         select(slots.c.decision_id, slots.c.slot, slots.c.item_key, slots.c.propensity)
