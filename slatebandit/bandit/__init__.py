@@ -1,7 +1,12 @@
 """Candidates -> scored, slotted slate with exact propensities; the VW model."""
 
 from slatebandit.bandit.exploration import Exploration, epsilon_greedy, softmax, squarecb
-from slatebandit.bandit.features import SharedFeatures, action_line, dynamic_tokens
+from slatebandit.bandit.features import (
+    SharedFeatures,
+    action_features,
+    action_line,
+    dynamic_tokens,
+)
 from slatebandit.bandit.learning import slot_example
 from slatebandit.bandit.model import FEATURE_SPEC_VERSION, VWScorer
 from slatebandit.bandit.slate import (
@@ -25,6 +30,7 @@ __all__ = [
     "Pick",
     "SharedFeatures",
     "VWScorer",
+    "action_features",
     "action_line",
     "build_slate",
     "dynamic_tokens",

@@ -65,6 +65,11 @@ def dynamic_tokens(code: int) -> str:
     return f"pop={code >> 4} age={code & 15}"
 
 
+def action_features(static: str, code: int) -> str:
+    """All of a candidate's features: its static ones (``Catalog.features``) and its bands."""
+    return f"{static} {dynamic_tokens(code)}"
+
+
 def action_line(features: str) -> str:
     """An action line from an item's features (``Catalog.features``)."""
     return "|i " + features

@@ -24,13 +24,13 @@ from slatebandit.bandit import (
     FEATURE_SPEC_VERSION,
     SharedFeatures,
     VWScorer,
-    dynamic_tokens,
+    action_features,
     slot_example,
 )
 from slatebandit.config import Settings
 from slatebandit.logging import DecisionPayload, models
 from slatebandit.logging.learning import DueDecision, due_decisions, revision_snapshots, take_lease
-from slatebandit.retrieval import item_tokens
+from slatebandit.retrieval import item_tokens, scorer_features
 
 log = logging.getLogger(__name__)
 LEASE = "learner"
@@ -50,8 +50,7 @@ def slot_features(
     candidate = int(payload.chosen[slot])
     key, fields = snapshots[int(payload.candidate_revs[candidate])]
     tokens = item_tokens(fields["category"], fields["brand"], fields["price"], fields["attributes"])
-    dynamic = dynamic_tokens(int(payload.candidate_dynamic[candidate]))
-    return " ".join([f"k{key}", *tokens, dynamic])
+    return action_features(scorer_features(key, tokens), int(payload.candidate_dynamic[candidate]))
 
 
 def hold_lease(engine: Engine, holder: str) -> bool:
@@ -70,12 +69,12 @@ class Learner:
             data = None if latest is None else models.model_bytes(conn, latest.version)
         if latest is None:
             self.scorer = VWScorer(settings.vw_args)
-            self.parent, self.examples, self.learned_through = None, 0, 0
+            self.parent, self.examples, self.position = None, 0, 0
         else:  # continue the lineage from the newest checkpoint
             self.scorer = VWScorer(latest.vw_args, version=latest.version, model_bytes=data)
             self.parent, self.examples = latest.version, latest.examples
-            self.learned_through = latest.learned_through
-        self.position = self.learned_through  # decisions learned in memory
+            self.position = latest.learned_through
+        # ``position``: the last decision learned in memory; saved only with a checkpoint.
         self.pending = 0  # examples learned since the last checkpoint
         self.last_checkpoint = time.monotonic()
         self.on_checkpoint: Callable[[int], None] | None = None
@@ -135,7 +134,7 @@ class Learner:
             if self.settings.auto_promote:
                 models.promote(conn, version, reason="checkpoint, auto-promoted")
         self.parent, self.examples = version, self.examples + self.pending
-        self.learned_through, self.pending = self.position, 0
+        self.pending = 0
         self.last_checkpoint = time.monotonic()
         log.info(
             "checkpoint: version %d, %d examples through decision %d",

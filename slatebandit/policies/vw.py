@@ -15,8 +15,8 @@ from slatebandit.bandit import (
     Pick,
     SharedFeatures,
     VWScorer,
+    action_features,
     build_slate,
-    dynamic_tokens,
     layout,
 )
 from slatebandit.logging import DecisionPayload
@@ -80,7 +80,7 @@ class VWPolicy:
         revs = catalog.rev[candidates.keys]
         dynamic = catalog.dynamic_codes(candidates.keys, time.time())
         actions = [
-            f"{catalog.features[key]} {dynamic_tokens(code)}"
+            action_features(catalog.features[key], code)
             for key, code in zip(keys, dynamic.tolist(), strict=True)
         ]
         scores = scorer.score(shared, actions)

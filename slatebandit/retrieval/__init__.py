@@ -16,6 +16,7 @@ from slatebandit.retrieval.content import (
     ContentEmbedder,
     item_tokens,
     price_bucket,
+    scorer_features,
     title_words,
 )
 from slatebandit.retrieval.index import ItemIndex
@@ -41,5 +42,6 @@ __all__ = [
     "generate",
     "item_tokens",
     "price_bucket",
+    "scorer_features",
     "title_words",
 ]

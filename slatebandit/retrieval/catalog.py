@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from slatebandit.retrieval.content import item_tokens
+from slatebandit.retrieval.content import item_tokens, scorer_features
 
 POPULARITY_HALF_LIFE = 86_400.0  # seconds; a day-old interaction counts half
 FRESH_POOL_LIMIT = 20_000  # newest rarely-shown items kept as explore candidates
@@ -69,7 +69,7 @@ class Catalog:
                 self.key_of[row.item_id] = key
                 if self.impressions[key] < self.fresh_impressions:
                     self._add_fresh(key)
-            self.features[key] = " ".join([f"k{key}", *tokens])
+            self.features[key] = scorer_features(key, tokens)
             self.category[key] = self._category_code(row.category)
             self.available[key] = bool(row.available)
             if row.available:

@@ -53,6 +53,11 @@ def item_tokens(
     return tokens
 
 
+def scorer_features(key: int, tokens: Sequence[str]) -> str:
+    """An item's static features for the scorer: its id token, then its content tokens."""
+    return " ".join([f"k{key}", *tokens])
+
+
 def title_words(title: str) -> list[str]:
     return ["w=" + w for w in dict.fromkeys(_WORD.findall(title.lower()))]
 

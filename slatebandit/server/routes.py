@@ -3,12 +3,9 @@ only after the commit that holds its record (a 2xx means durable)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
@@ -44,7 +41,6 @@ from slatebandit.server.schemas import (
 )
 from slatebandit.server.services import Services
 
-T = TypeVar("T")
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
 
 
@@ -226,7 +222,7 @@ async def list_models(request: Request) -> Response:
             "versions": [v.to_dict() for v in list_versions(conn)],
         }
 
-    body = await asyncio.to_thread(_read, s, read)
+    body = await s.read(read)
     return respond(request, {**body, "serving": s.policy.scorer.version})
 
 
@@ -244,11 +240,6 @@ async def promote_model(request: Request) -> Response:
         raise NotFound(f"version: no model version {version}", field="version")
     await follow_champion(s.engine, s.policy)  # this worker at once; the others within a poll
     return respond(request, {"champion": version, "serving": s.policy.scorer.version})
-
-
-def _read(s: Services, query: Callable[[Connection], T]) -> T:
-    with s.engine.connect() as conn:
-        return query(conn)
 
 
 async def healthz(request: Request) -> Response:

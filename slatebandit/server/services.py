@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from slatebandit.config import Settings
 from slatebandit.logging import (
@@ -22,6 +24,7 @@ from slatebandit.policies import VWPolicy
 from slatebandit.retrieval import ItemStore, UserState, UserStates
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 RECENT_DECISIONS = 200_000  # event ids whose shown items are kept for reward validation
 USER_HISTORY = 50  # events read to rebuild a user's state
 
@@ -40,7 +43,7 @@ class Services:
     async def user_state(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
         if state is None:
-            events = await asyncio.to_thread(self._read_events, user_id)
+            events = await self.read(lambda conn: recent_events(conn, user_id, USER_HISTORY))
             index = self.store.index
             state = UserStates.rebuild([e for e in events if index.contains(e[0])], index.vectors)
             for key, kind, _ in events:  # purchases of items now out of the index still count
@@ -48,10 +51,6 @@ class Services:
                     state.purchased.add(key)
             state = self.users.get(user_id) or self.users.put(user_id, state)
         return state
-
-    def _read_events(self, user_id: str) -> list[tuple[int, str, float]]:
-        with self.engine.connect() as conn:
-            return recent_events(conn, user_id, USER_HISTORY)
 
     def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
         self.decisions[event_id] = decision
@@ -62,14 +61,19 @@ class Services:
         """The decision behind ``event_id``; read from the database if another process made it."""
         decision = self.decisions.get(event_id)
         if decision is None:
-            decision = await asyncio.to_thread(self._read_decision, event_id)
+            decision = await self.read(lambda conn: shown_decision(conn, event_id))
             if decision is not None:
                 self.remember_decision(event_id, decision)
         return decision
 
-    def _read_decision(self, event_id: str) -> ShownDecision | None:
-        with self.engine.connect() as conn:
-            return shown_decision(conn, event_id)
+    async def read(self, query: Callable[[Connection], T]) -> T:
+        """Run a read-only ``query`` on a worker thread, off the event loop."""
+
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return query(conn)
+
+        return await asyncio.to_thread(run)
 
     def load_impressions(self) -> None:
         with self.engine.connect() as conn:
