@@ -18,6 +18,8 @@ from slatebandit.bandit.slate import (
     build_slate,
     layout,
     slot_pmf,
+    slot_pmfs,
+    slot_pools,
 )
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "layout",
     "slot_example",
     "slot_pmf",
+    "slot_pmfs",
+    "slot_pools",
     "softmax",
     "squarecb",
 ]

@@ -66,6 +66,44 @@ def slot_pmf(
     return indices, exploration.pmf(scores[indices])
 
 
+def slot_pools(
+    kinds: np.ndarray, allowed: np.ndarray, fresh: np.ndarray, novel: np.ndarray
+) -> np.ndarray:
+    """Row-wise, the candidates each slot may pick from.
+
+    ``kinds``: one layout letter per row (``LAYOUT_CODES``); ``allowed``: not shown in an
+    earlier slot; ``fresh``: proposed by the fresh generator; ``novel``: of a category not yet
+    in the slate (boolean masks, one row per slot).
+    """
+    kinds = kinds[:, None]
+    narrowed = allowed & np.where(kinds == "x", fresh, np.where(kinds == "d", novel, True))
+    empty = ~narrowed.any(axis=1)
+    narrowed[empty] = allowed[empty]
+    return narrowed
+
+
+def slot_pmfs(
+    kinds: np.ndarray,
+    allowed: np.ndarray,
+    scores: np.ndarray,
+    fresh: np.ndarray,
+    novel: np.ndarray,
+    exploration: Exploration,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise pools (``slot_pools``) and each slot's pmf over its pool (zero elsewhere).
+
+    The row-wise form of ``slot_pmf`` (which serving uses, one slot at a time): replay
+    recomputes many logged slots at once. A test keeps the two equal.
+    """
+    pools = slot_pools(kinds, allowed, fresh, novel)
+    pmf = exploration.pmf_rows(scores, pools)
+    explore = kinds == "x"
+    if explore.any():
+        uniform = pools[explore].astype(np.float64)
+        pmf[explore] = uniform / uniform.sum(axis=1, keepdims=True)
+    return pools, pmf
+
+
 def build_slate(
     scores: np.ndarray,
     categories: np.ndarray,

@@ -73,6 +73,14 @@ def due_decisions(conn: Connection, after: int, until: float, limit: int) -> lis
     ]
 
 
+def slot_reward(got: Sequence[float], aggregation: str, default: float) -> float:
+    """A shown slot's reward from the rewards stored for it, in arrival order: their sum or the
+    earliest (``SLATEBANDIT_REWARD_AGGREGATION``), or ``default`` when none came."""
+    if not got:
+        return default
+    return float(sum(got)) if aggregation == "sum" else float(got[0])
+
+
 def revision_snapshots(conn: Connection, revs: Sequence[int]) -> dict[int, tuple[int, dict]]:  # type: ignore[type-arg]
     """rev -> (item key, snapshot fields) for the given item revisions."""
     out = {}

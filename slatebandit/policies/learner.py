@@ -29,7 +29,13 @@ from slatebandit.bandit import (
 )
 from slatebandit.config import Settings
 from slatebandit.logging import DecisionPayload, models
-from slatebandit.logging.learning import DueDecision, due_decisions, revision_snapshots, take_lease
+from slatebandit.logging.learning import (
+    DueDecision,
+    due_decisions,
+    revision_snapshots,
+    slot_reward,
+    take_lease,
+)
 from slatebandit.retrieval import item_tokens, scorer_features
 
 log = logging.getLogger(__name__)
@@ -107,14 +113,13 @@ class Learner:
         shared = SharedFeatures(dict(context["c"]), tuple(context["u"]))
         for slot, item_key, propensity in decision.slots:
             features = slot_features(payload, slot, snapshots)
-            reward = self._reward(decision.rewards.get(item_key, []))
+            reward = slot_reward(
+                decision.rewards.get(item_key, []),
+                self.settings.reward_aggregation,
+                self.settings.default_reward,
+            )
             self.scorer.learn(slot_example(shared, slot, features, reward, propensity))
         return len(decision.slots)
-
-    def _reward(self, got: list[float]) -> float:
-        if not got:
-            return self.settings.default_reward
-        return sum(got) if self.settings.reward_aggregation == "sum" else got[0]
 
     def checkpoint(self) -> int | None:
         """Store the model with its progress (one row, one transaction); promote it if asked."""

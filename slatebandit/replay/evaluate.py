@@ -1,0 +1,273 @@
+"""Replay: logged decisions in, each target policy's estimated value with intervals out.
+
+Three streaming passes over the window, chunk by chunk, in bounded memory:
+
+1. (only for ``vw:"ARGS"`` targets) train them on the first ``train_fraction`` of the window's
+   decisions; every target is then evaluated on the rest only, so all are compared on the
+   same held-out decisions;
+2. fit the cross-fitted reward model (``RewardModel``) on the evaluated decisions;
+3. recompute every target's slot probabilities and feed the estimators.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import Engine
+
+from slatebandit.bandit import Exploration
+from slatebandit.config import Settings
+from slatebandit.errors import InvalidInput
+from slatebandit.replay.bootstrap import Bootstrap
+from slatebandit.replay.estimators import (
+    DEFAULT_ESTIMATORS,
+    Estimate,
+    Estimator,
+    make_estimator,
+)
+from slatebandit.replay.log import Chunk, Revisions, Window, extent, nth_decision, read_chunks
+from slatebandit.replay.reward_model import RewardModel
+from slatebandit.replay.targets import Target, parse_target
+
+Progress = Callable[[str, int, int], None]  # (phase, decisions done, decisions in the phase)
+SUPPORT_WARNING = 0.01  # mean target mass outside the logger's support
+ESS_WARNING = 0.01  # effective sample size as a share of slots
+NOTE = (
+    "Replay re-weighs the candidates that were logged: a policy that would have retrieved "
+    "other candidates (a retrieval change) cannot be evaluated offline."
+)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    policies: tuple[str, ...]
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    since: float | None = None
+    until: float | None = None  # default: now minus the reward wait (rewards still coming)
+    bootstrap: int = 1000
+    seed: int = 0
+    clip: float = 100.0
+    train_fraction: float = 0.5
+
+    def validate(self) -> None:
+        if not self.policies:
+            raise InvalidInput("at least one policy is required", field="policy")
+        if not self.estimators:
+            raise InvalidInput("at least one estimator is required", field="estimators")
+        for name in self.estimators:
+            try:
+                make_estimator(name, clip=self.clip)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="estimators") from None
+        if not 0 <= self.bootstrap <= 100_000:
+            raise InvalidInput("bootstrap must be in [0, 100000]", field="bootstrap")
+        if not self.clip > 0:
+            raise InvalidInput("clip must be > 0", field="clip")
+        if not 0 < self.train_fraction < 1:
+            raise InvalidInput("train_fraction must be in (0, 1)", field="train_fraction")
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise InvalidInput("since must be before until", field="since")
+
+
+@dataclass
+class Report:
+    n_decisions: int
+    n_slots: int
+    policies: list[tuple[str, list[Estimate]]]
+    warnings: list[str]
+    window: dict[str, float | int | None] = field(default_factory=dict)
+    bootstrap: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "n_decisions": self.n_decisions,
+            "n_slots": self.n_slots,
+            "policies": [
+                {"policy": spec, "estimates": [e.as_dict() for e in estimates]}
+                for spec, estimates in self.policies
+            ],
+            "warnings": list(self.warnings),
+            "window": dict(self.window),
+            "bootstrap": self.bootstrap,
+            "seed": self.seed,
+            "note": NOTE,
+        }
+
+
+def replay(
+    engine: Engine,
+    settings: Settings,
+    options: ReplayOptions,
+    progress: Progress | None = None,
+) -> Report:
+    options.validate()
+    until = options.until if options.until is not None else time.time() - settings.reward_wait
+    since = options.since if options.since is not None else float("-inf")
+    window = Window(since, until)
+    targets = [parse_target(spec, engine) for spec in options.policies]
+    try:
+        return _replay(engine, settings, options, window, targets, progress or _quiet)
+    finally:
+        for target in targets:
+            target.close()
+
+
+def _quiet(phase: str, done: int, total: int) -> None:
+    pass
+
+
+def _replay(
+    engine: Engine,
+    settings: Settings,
+    options: ReplayOptions,
+    window: Window,
+    targets: Sequence[Target],
+    progress: Progress,
+) -> Report:
+    def chunks(window: Window) -> Iterator[tuple[Chunk, Revisions]]:
+        return read_chunks(
+            engine,
+            window,
+            aggregation=settings.reward_aggregation,
+            default_reward=settings.default_reward,
+        )
+
+    with engine.connect() as conn:
+        whole = extent(conn, window)
+        train_through = None
+        if any(t.trains for t in targets) and whole.decisions >= 2:
+            first_evaluated = nth_decision(
+                conn, window, int(whole.decisions * options.train_fraction)
+            )
+            assert first_evaluated is not None
+            train_through = first_evaluated - 1
+    warnings: list[str] = []
+    if train_through is not None:
+        trained = Window(window.since, window.until, window.after, train_through)
+        done = 0
+        for chunk, revisions in chunks(trained):
+            for target in targets:
+                if target.trains:
+                    target.learn(chunk, revisions)
+            done += len(chunk.decision_ids)
+            progress("train", done, whole.decisions)
+        window = Window(window.since, window.until, train_through)
+        warnings.append(
+            f"vw:ARGS policies trained on the first {options.train_fraction:.0%} of the window; "
+            "every policy is evaluated on the decisions after it"
+        )
+    with engine.connect() as conn:
+        evaluated = extent(conn, window)
+
+    model = RewardModel()
+    if evaluated.decisions and any(make_estimator(n).uses_model for n in options.estimators):
+        done = 0
+        for chunk, _ in chunks(window):
+            model.add(chunk.slot_decisions, chunk.slot, chunk.item, chunk.reward)
+            done += len(chunk.decision_ids)
+            progress("reward model", done, evaluated.decisions)
+
+    bootstrap = Bootstrap(options.bootstrap, options.seed) if options.bootstrap else None
+    estimators = {
+        t.spec: [make_estimator(n, bootstrap, options.clip) for n in options.estimators]
+        for t in targets
+    }
+    outside = dict.fromkeys(estimators, 0.0)
+    fallback = Exploration(
+        settings.exploration, settings.epsilon, settings.gamma, settings.temperature
+    )
+    slots = done = 0
+    unknown_logger = 0
+    for chunk, revisions in chunks(window):
+        _evaluate_chunk(chunk, revisions, targets, estimators, outside, model, fallback)
+        slots += len(chunk.slot)
+        unknown_logger += sum(e is None for e in chunk.explorations)
+        done += len(chunk.decision_ids)
+        progress("replay", done, evaluated.decisions)
+
+    results = [(spec, [e.get() for e in ests]) for spec, ests in estimators.items()]
+    warnings += _warnings(results, outside, slots, evaluated.decisions, unknown_logger, fallback)
+    return Report(
+        n_decisions=evaluated.decisions,
+        n_slots=slots,
+        policies=results,
+        warnings=warnings,
+        window={
+            "since": None if not np.isfinite(window.since) else window.since,
+            "until": None if not np.isfinite(window.until) else window.until,
+            "first_decision_at": evaluated.first_at,
+            "last_decision_at": evaluated.last_at,
+            "trained_through_decision": train_through,
+        },
+        bootstrap=options.bootstrap,
+        seed=options.seed,
+    )
+
+
+def _evaluate_chunk(
+    chunk: Chunk,
+    revisions: Revisions,
+    targets: Sequence[Target],
+    estimators: dict[str, list[Estimator]],
+    outside: dict[str, float],
+    model: RewardModel,
+    fallback: Exploration,
+) -> None:
+    ids = chunk.slot_decisions
+    mu = model.item_values(chunk.decision_ids, chunk.keys)  # (D, C)
+    q_logged = mu[chunk.row, chunk.chosen]
+    depth = np.bincount(chunk.row, minlength=len(chunk.decision_ids))[chunk.row]
+    tail = model.continuation(ids, chunk.slot, depth)
+    for target in targets:
+        probs = target.probabilities(chunk, revisions, mu, fallback)
+        q_target = probs.expected
+        outside[target.spec] += float(probs.outside.sum())
+        for estimator in estimators[target.spec]:
+            cascade = estimator.name == "cascade-dr"
+            estimator.add(
+                chunk.p_log,
+                chunk.reward,
+                probs.p_target,
+                decision=ids,
+                q_logged=q_logged + tail if cascade else q_logged,
+                q_target=q_target + tail if cascade else q_target,
+            )
+
+
+def _warnings(
+    results: list[tuple[str, list[Estimate]]],
+    outside: dict[str, float],
+    slots: int,
+    decisions: int,
+    unknown_logger: int,
+    fallback: Exploration,
+) -> list[str]:
+    if decisions == 0:
+        return ["no decisions in the window: nothing to evaluate"]
+    out = []
+    if unknown_logger:
+        out.append(
+            f"{unknown_logger} decisions were logged by a policy slatebandit cannot recompute "
+            f"(imported logs): scoring targets use the configured exploration "
+            f"({fallback.kind}) and assume the logger could show every candidate"
+        )
+    for spec, estimates in results:
+        mass = outside[spec] / slots if slots else 0.0
+        if mass > SUPPORT_WARNING:
+            out.append(
+                f"{spec}: {mass:.1%} of its probability falls on candidates the logger could "
+                "not show in that slot (poor support); weighted estimates miss that part"
+            )
+        weighted = [e for e in estimates if e.estimator != "dm"]
+        if weighted:
+            worst = min(weighted, key=lambda e: e.ess)
+            if worst.ess < max(ESS_WARNING * slots, 30):
+                out.append(
+                    f"{spec}: effective sample size {worst.ess:.0f} of {slots} slots "
+                    f"({worst.estimator}); its intervals are unreliable"
+                )
+    return out

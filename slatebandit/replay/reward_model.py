@@ -1,0 +1,112 @@
+"""The reward model behind DM and DR: each item's mean reward, cross-fitted.
+
+q(a) = mu_a, the item's mean reward over its logged slots, shrunk toward the global mean
+(``PRIOR`` pseudo-impressions). It is deliberately simple: one streaming pass fits it, one
+lookup predicts for every candidate of every slot, and DR stays unbiased whatever its quality
+(a better model only narrows the interval). It has no slot effect: multiplying item means by
+slot means double-counts, because the best items are the ones shown at the top (measured: DM
+of the logging policy 0.82 against its true 0.68 on a test log). The cascade estimators' tail,
+the reward expected below a slot, does use the mean reward of each slot.
+
+Cross-fitting: decisions fall into ``FOLDS`` folds by a hash of their id; the model that
+predicts for a decision was fitted on the other folds only, so DR's correction term never
+sees a model trained on its own reward (Chernozhukov et al. 2018).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slatebandit.replay.bootstrap import _splitmix64
+
+FOLDS = 2
+PRIOR = 2.0  # pseudo-impressions at the global mean, for items and slots seen rarely
+
+
+def fold_of(decision_ids: np.ndarray) -> np.ndarray:
+    return (_splitmix64(np.asarray(decision_ids, dtype=np.uint64)) % np.uint64(FOLDS)).astype(
+        np.int64
+    )
+
+
+class RewardModel:
+    def __init__(self) -> None:
+        self.item_sum = np.zeros((FOLDS, 0))
+        self.item_count = np.zeros((FOLDS, 0))
+        self.slot_sum = np.zeros((FOLDS, 0))
+        self.slot_count = np.zeros((FOLDS, 0))
+        self._tables: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def add(
+        self, decision_ids: np.ndarray, slot: np.ndarray, item: np.ndarray, reward: np.ndarray
+    ) -> None:
+        """Logged slots: one decision id, slot, item key and reward per slot."""
+        fold = fold_of(decision_ids)
+        self.item_sum, self.item_count = self._grow(self.item_sum, self.item_count, item.max() + 1)
+        self.slot_sum, self.slot_count = self._grow(self.slot_sum, self.slot_count, slot.max() + 1)
+        np.add.at(self.item_sum, (fold, item), reward)
+        np.add.at(self.item_count, (fold, item), 1.0)
+        np.add.at(self.slot_sum, (fold, slot), reward)
+        np.add.at(self.slot_count, (fold, slot), 1.0)
+        self._tables = None
+
+    @staticmethod
+    def _grow(total: np.ndarray, count: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if size <= total.shape[1]:
+            return total, count
+        pad = ((0, 0), (0, int(size) - total.shape[1]))
+        return np.pad(total, pad), np.pad(count, pad)
+
+    def tables(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(mu per item key, mean reward per slot), fitted without ``fold``."""
+        if self._tables is None:
+            self._tables = [self._fit(f) for f in range(FOLDS)]
+        return self._tables[fold]
+
+    def _fit(self, held_out: int) -> tuple[np.ndarray, np.ndarray]:
+        train = np.arange(FOLDS) != held_out
+        item_sum, item_count = self.item_sum[train].sum(0), self.item_count[train].sum(0)
+        slot_sum, slot_count = self.slot_sum[train].sum(0), self.slot_count[train].sum(0)
+        total = slot_count.sum()
+        mean = slot_sum.sum() / total if total else 0.0
+        mu = (item_sum + PRIOR * mean) / (item_count + PRIOR)
+        slot_mean = (slot_sum + PRIOR * mean) / (slot_count + PRIOR)
+        return mu, slot_mean
+
+    def item_values(self, decision_ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """mu of each decision's ``keys`` (one row per decision); unseen items get the mean."""
+        fold = fold_of(decision_ids)
+        out = np.zeros(keys.shape)
+        for f in range(FOLDS):
+            at = fold == f
+            out[at] = _lookup(self.tables(f)[0], keys[at], self._global_mean(f))
+        return out
+
+    def _global_mean(self, held_out: int) -> float:
+        train = np.arange(FOLDS) != held_out
+        total = self.slot_count[train].sum()
+        return float(self.slot_sum[train].sum() / total) if total else 0.0
+
+    def continuation(
+        self, decision_ids: np.ndarray, slot: np.ndarray, depth: np.ndarray
+    ) -> np.ndarray:
+        """Expected reward of the slots below ``slot`` in a slate of ``depth`` slots: the
+        training folds' mean reward of each, summed (cascade-DR's Q-function tail)."""
+        fold = fold_of(decision_ids)
+        out = np.zeros(len(slot))
+        for f in range(FOLDS):
+            at = fold == f
+            _, slot_mean = self.tables(f)
+            width = int(depth.max(initial=0)) + 1
+            means = np.full(width, self._global_mean(f))
+            means[: min(width, len(slot_mean))] = slot_mean[:width]
+            cumulative = np.r_[0.0, np.cumsum(means)]
+            out[at] = cumulative[depth[at]] - cumulative[slot[at] + 1]
+        return out
+
+
+def _lookup(table: np.ndarray, index: np.ndarray, default: float) -> np.ndarray:
+    out = np.full(index.shape, default, dtype=np.float64)
+    known = (index >= 0) & (index < len(table))
+    out[known] = table[index[known]]
+    return out

@@ -1,0 +1,216 @@
+"""The policies replay can evaluate, and the probability each gives every logged slot.
+
+A target's probability for a logged slot is conditional: the probability that it puts the
+logged item in that slot, over the logged candidates, given the logged items of the earlier
+slots. Targets that score candidates (``popular``, ``vw@V``, ``vw:"ARGS"``) turn their scores
+into slot pmfs with the serving slate builder and the decision's own layout and exploration
+(``bandit.slot_pmfs``), so "what would model V have earned" means "served exactly the same way,
+with V's scores". Decisions whose logger we cannot recompute (imported logs) use the configured
+exploration instead.
+
+SPECs:
+    random       uniform over the candidates still allowed, in every slot
+    popular      the slate builder over the logged popularity bands (ties: retrieval order)
+    logged       the logging policy itself (weights are 1: a sanity check)
+    vw@V         model version V from the registry
+    vw:"ARGS"    a new VW model with ARGS, trained on the earlier part of the window
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine
+
+from slatebandit.bandit import (
+    Exploration,
+    VWScorer,
+    action_features,
+    slot_example,
+    slot_pmfs,
+    slot_pools,
+)
+from slatebandit.errors import ConfigError, InvalidInput, NotFound
+from slatebandit.logging import models
+from slatebandit.replay.log import Chunk, Revisions
+
+
+@dataclass(frozen=True)
+class SlotProbabilities:
+    p_target: np.ndarray  # (S,) the target's probability of the logged item
+    expected: np.ndarray  # (S,) the target pmf's mean of ``item_value`` over the candidates
+    outside: np.ndarray  # (S,) target mass on candidates the logger could not show there
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """Logged slots at one position, with what the slate builder knew when it filled them."""
+
+    at: np.ndarray  # indices into the chunk's per-slot arrays
+    rows: np.ndarray  # their decisions
+    kinds: np.ndarray  # layout letters
+    allowed: np.ndarray  # (n, C) not shown in an earlier slot
+    novel: np.ndarray  # (n, C) of a category not yet in the slate
+    fresh: np.ndarray  # (n, C)
+    logger_pool: np.ndarray  # (n, C) where the logger's pmf was positive
+
+
+def walk_slots(chunk: Chunk) -> Iterator[SlotState]:
+    """Slot positions 0, 1, ... of every decision in the chunk, replaying the logged picks."""
+    allowed = chunk.valid.copy()
+    novel = chunk.valid.copy()
+    for position in range(int(chunk.slot.max(initial=-1)) + 1):
+        at = np.flatnonzero(chunk.slot == position)
+        rows = chunk.row[at]
+        kinds = chunk.layout[rows, position]
+        state = SlotState(
+            at,
+            rows,
+            kinds,
+            allowed[rows],
+            novel[rows],
+            chunk.fresh[rows],
+            slot_pools(kinds, allowed[rows], chunk.fresh[rows], novel[rows]),
+        )
+        yield state
+        chosen = chunk.chosen[at]
+        allowed[rows, chosen] = False
+        novel[rows] &= chunk.category[rows] != chunk.category[rows, chosen][:, None]
+
+
+class Target:
+    spec: str = ""
+    trains = False  # learns on the earlier part of the window before it is evaluated
+
+    def probabilities(
+        self,
+        chunk: Chunk,
+        revisions: Revisions,
+        item_value: np.ndarray,
+        fallback: Exploration,
+    ) -> SlotProbabilities:
+        p_target = np.zeros(len(chunk.slot))
+        expected = np.zeros(len(chunk.slot))
+        outside = np.zeros(len(chunk.slot))
+        scores = self.scores(chunk, revisions)
+        for state in walk_slots(chunk):
+            pmf = self.pmf(chunk, state, scores, fallback)
+            p_target[state.at] = pmf[np.arange(len(state.at)), chunk.chosen[state.at]]
+            expected[state.at] = (pmf * item_value[state.rows]).sum(axis=1)
+            outside[state.at] = np.where(state.logger_pool, 0.0, pmf).sum(axis=1)
+        return SlotProbabilities(np.minimum(p_target, 1.0), expected, outside)
+
+    def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        return np.zeros(chunk.valid.shape)
+
+    def pmf(
+        self, chunk: Chunk, state: SlotState, scores: np.ndarray, fallback: Exploration
+    ) -> np.ndarray:
+        """The slate builder's pmfs for these slots, with each decision's logged exploration."""
+        pmf = np.zeros(state.allowed.shape)
+        explorations = [chunk.explorations[r] or fallback for r in state.rows.tolist()]
+        for exploration in set(explorations):
+            group = np.array([e == exploration for e in explorations])
+            _, pmf[group] = slot_pmfs(
+                state.kinds[group],
+                state.allowed[group],
+                scores[state.rows[group]],
+                state.fresh[group],
+                state.novel[group],
+                exploration,
+            )
+        return pmf
+
+    def learn(self, chunk: Chunk, revisions: Revisions) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the target holds (a VW workspace)."""
+
+
+class Random(Target):
+    spec = "random"
+
+    def pmf(self, chunk, state, scores, fallback):  # type: ignore[no-untyped-def]
+        return state.allowed / state.allowed.sum(axis=1, keepdims=True)
+
+
+class Popular(Target):
+    spec = "popular"
+
+    def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        return (chunk.dynamic >> 4).astype(np.float64)
+
+
+class Logged(Target):
+    spec = "logged"
+
+    def probabilities(self, chunk, revisions, item_value, fallback):  # type: ignore[no-untyped-def]
+        return SlotProbabilities(
+            chunk.p_log.copy(), item_value[chunk.row, chunk.chosen], np.zeros(len(chunk.slot))
+        )
+
+
+class VW(Target):
+    def __init__(self, spec: str, scorer: VWScorer, trains: bool) -> None:
+        self.spec = spec
+        self.scorer = scorer
+        self.trains = trains
+
+    def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        out = np.zeros(chunk.valid.shape)
+        for row, shared in enumerate(chunk.contexts):
+            actions = chunk.actions(revisions, row)
+            out[row, : len(actions)] = self.scorer.score(shared, actions)
+        return out
+
+    def learn(self, chunk: Chunk, revisions: Revisions) -> None:
+        """Each logged slot as the learner would teach it (``bandit.slot_example``)."""
+        for i in range(len(chunk.slot)):
+            row, column = int(chunk.row[i]), int(chunk.chosen[i])
+            features = action_features(
+                revisions.features(int(chunk.revs[row, column])), int(chunk.dynamic[row, column])
+            )
+            self.scorer.learn(
+                slot_example(
+                    chunk.contexts[row],
+                    int(chunk.slot[i]),
+                    features,
+                    float(chunk.reward[i]),
+                    float(chunk.p_log[i]),
+                )
+            )
+
+    def close(self) -> None:
+        self.scorer.finish()
+
+
+def parse_target(spec: str, engine: Engine) -> Target:
+    """A target from its SPEC (see the module docstring); a bad SPEC names itself."""
+    spec = spec.strip()
+    simple: dict[str, type[Target]] = {"random": Random, "popular": Popular, "logged": Logged}
+    if spec in simple:
+        return simple[spec]()
+    if spec.startswith("vw@"):
+        try:
+            version = int(spec[3:])
+        except ValueError:
+            raise InvalidInput(f"policy {spec!r}: expected vw@VERSION", field="policy") from None
+        with engine.connect() as conn:
+            info = models.get_version(conn, version)
+            if info is None:
+                raise NotFound(f"policy {spec!r}: no model version {version}", field="policy")
+            data = models.model_bytes(conn, version)
+        return VW(spec, VWScorer(info.vw_args, version=version, model_bytes=data), trains=False)
+    if spec.startswith("vw:"):
+        args = spec[3:].strip().strip("\"'")
+        try:
+            return VW(f"vw:{args}", VWScorer(args), trains=True)
+        except ConfigError as exc:
+            raise InvalidInput(f"policy {spec!r}: {exc.message}", field="policy") from None
+    raise InvalidInput(
+        f'policy {spec!r}: expected random, popular, logged, vw@VERSION or vw:"VW ARGS"',
+        field="policy",
+    )
