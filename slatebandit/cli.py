@@ -4,6 +4,8 @@ slatebandit serve [--demo]        run the HTTP API (uvicorn)
 slatebandit items load FILE       upsert items from JSONL or CSV
 slatebandit learn [--once]        run the learner as its own process
 slatebandit simulate --url URL    a storefront with a hidden click model
+slatebandit replay --policy SPEC  what policies would have earned, from the decision log
+slatebandit import obd DIR        load an Open Bandit Dataset campaign into the decision log
 slatebandit models ...            list, show, promote, rollback model versions
 slatebandit config [--markdown]   print the settings in force (or the README table)
 """
@@ -27,7 +29,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
-from slatebandit.errors import ConfigError, InvalidInput
+from slatebandit.errors import ConfigError, InvalidInput, SlatebanditError
 from slatebandit.logging import Item, count_live_items, load_items, open_engine
 from slatebandit.server.schemas import invalid
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"slatebandit: configuration error: {exc.message}", file=sys.stderr)
         return 2
-    except InvalidInput as exc:
+    except SlatebanditError as exc:  # bad input, unknown model version, ...
         print(f"slatebandit: {exc.message}", file=sys.stderr)
         return 2
 
@@ -89,6 +91,45 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", type=Path, default=Path("."), help="where the CSV and PNG go")
     simulate.set_defaults(run=_simulate)
 
+    replay = sub.add_parser(
+        "replay", help="estimate what policies would have earned, from the decision log"
+    )
+    _common(replay)
+    replay.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help='random | popular | logged | vw@VERSION | vw:"VW ARGS" (repeat to compare)',
+    )
+    replay.add_argument("--since", help="first decision time (ISO 8601, epoch seconds or 7d)")
+    replay.add_argument("--until", help="end of the window (default: now minus the reward wait)")
+    replay.add_argument(
+        "--estimators",
+        default="ips,snips,dm,dr,cascade-ips,cascade-dr",
+        help="comma-separated; also clipped-ips, clipped-dr, ... (weights capped at --clip)",
+    )
+    replay.add_argument("--bootstrap", type=int, default=1000, help="replicates (0: Gaussian)")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--clip", type=float, default=100.0, help="weight cap of clipped-*")
+    replay.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help='share of the window that vw:"ARGS" policies train on',
+    )
+    replay.add_argument("--format", choices=("table", "json", "html"), default="table")
+    replay.add_argument("--out", type=Path, help="write the report here (default: stdout)")
+    replay.set_defaults(run=_replay)
+
+    importer = sub.add_parser("import", help="import logged bandit data").add_subparsers(
+        required=True, metavar="SOURCE"
+    )
+    obd = importer.add_parser("obd", help="one campaign of the Open Bandit Dataset")
+    _common(obd)
+    obd.add_argument("dir", type=Path, help="the campaign's log CSV and item_context.csv")
+    obd.set_defaults(run=_import_obd)
+
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -122,6 +163,65 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("host", "port", "workers", "db_url", "data_dir")
     return Settings.from_env(**{name: getattr(args, name, None) for name in names})
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from slatebandit.replay import ReplayOptions, replay
+    from slatebandit.replay.evaluate import parse_time
+    from slatebandit.replay.report import to_html, to_json, to_table
+
+    settings = _settings(args)
+    options = ReplayOptions(
+        policies=tuple(args.policy),
+        estimators=tuple(e.strip() for e in args.estimators.split(",") if e.strip()),
+        since=None if args.since is None else parse_time(args.since, "since"),
+        until=None if args.until is None else parse_time(args.until, "until"),
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        clip=args.clip,
+        train_fraction=args.train_fraction,
+    )
+    options.validate()
+    engine = open_engine(settings.database_url)
+    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+
+    def progress(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit="decision", mininterval=0.5)
+        bar.update(done - bar.n)
+
+    try:
+        report = replay(engine, settings, options, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+        engine.dispose()
+    text = {"table": to_table, "json": to_json, "html": to_html}[args.format](report)
+    if args.out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _import_obd(args: argparse.Namespace) -> int:
+    from slatebandit.replay.obd import import_obd
+
+    settings = _settings(args)
+    if not args.dir.is_dir():
+        raise InvalidInput(f"{args.dir}: no such directory", field="dir")
+    engine = open_engine(settings.database_url)
+    try:
+        done = import_obd(engine, args.dir)
+    finally:
+        engine.dispose()
+    print(
+        f"imported {done.campaign}: {done.items} items, {done.decisions} decisions, "
+        f"{done.clicks} clicks into {settings.database_url}"
+    )
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

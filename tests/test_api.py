@@ -244,6 +244,8 @@ def test_openapi_describes_every_route(client) -> None:  # type: ignore[no-untyp
         ("/v1/items/{item_id}", "delete"),
         ("/v1/models", "get"),
         ("/v1/models/{version}/promote", "post"),
+        ("/v1/evaluations", "post"),
+        ("/v1/evaluations/{evaluation_id}", "get"),
         ("/healthz", "get"),
         ("/openapi.json", "get"),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -159,3 +160,40 @@ def test_bad_specs_and_options_are_refused_with_the_field(logged) -> None:  # ty
         _run(settings, policies=("random",), estimators=("ipw",))
     with pytest.raises(InvalidInput, match="VW rejected"):
         _run(settings, policies=("vw:--cb_adf --nonsense",))
+
+
+def test_evaluations_over_http_match_the_library_and_check_input(logged) -> None:  # type: ignore[no-untyped-def]
+    settings, _ = logged
+    keyed = Settings.from_env({}, **{**settings.__dict__, "api_keys": "analyst:a-key,serve:s-key"})
+    analyst = {"X-API-Key": "a-key"}
+    body = {"policies": ["random", "logged"], "bootstrap": 200, "seed": 5, "until": 4e9}
+    with TestClient(create_app(keyed)) as client:
+        assert client.post("/v1/evaluations", json=body).status_code == 401
+        assert (
+            client.post("/v1/evaluations", json=body, headers={"X-API-Key": "s-key"}).status_code
+            == 403
+        )
+        for bad, status, field in [
+            ({**body, "policies": ["greedy"]}, 400, "policy"),
+            ({**body, "policies": []}, 400, "policies"),
+            ({**body, "policies": ["vw@99"]}, 404, "policy"),
+            ({**body, "estimators": ["ipw"]}, 400, "estimators"),
+            ({**body, "since": "last tuesday"}, 400, "since"),
+            ({**body, "bootstrap": -1}, 400, "bootstrap"),
+            ({**body, "clip": 0}, 400, "clip"),
+        ]:
+            answer = client.post("/v1/evaluations", json=bad, headers=analyst)
+            assert answer.status_code == status, (bad, answer.json())
+            assert answer.json()["error"]["field"] == field
+        started = client.post("/v1/evaluations", json=body, headers=analyst)
+        assert started.status_code == 202
+        location = started.headers["location"]
+        client.portal.call(client.app_state["services"].evaluations.wait)  # type: ignore[union-attr]
+        done = client.get(location, headers=analyst).json()
+        missing = client.get("/v1/evaluations/nope", headers=analyst)
+    assert missing.status_code == 404
+    assert done["status"] == "done", done
+    assert done["progress"]["phase"] == "finished"
+    expected = _run(settings, policies=("random", "logged"), bootstrap=200, seed=5)
+    assert done["result"] == json.loads(json.dumps(expected))
+    assert set(done["result"]) >= {"n_decisions", "n_slots", "policies", "warnings"}

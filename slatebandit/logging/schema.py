@@ -148,6 +148,23 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
 )
 
+# Replay runs requested over HTTP: the request, progress while it runs (``updated_at`` is the
+# heartbeat of the worker running it), then the report or the error.
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("phase", String(32), nullable=False, default=""),
+    Column("done", BigInteger, nullable=False, default=0),
+    Column("total", BigInteger, nullable=False, default=0),
+    Column("request", JSON, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", String(2048), nullable=True),
+)
+
 schema_info = Table(
     "schema_info",
     metadata,

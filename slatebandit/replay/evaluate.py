@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import Engine
@@ -39,6 +40,37 @@ NOTE = (
     "Replay re-weighs the candidates that were logged: a policy that would have retrieved "
     "other candidates (a retrieval change) cannot be evaluated offline."
 )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str | float | int, field: str, now: float | None = None) -> float:
+    """Seconds since the epoch from a number, an ISO 8601 date or time (UTC unless it says
+    otherwise), or an age such as ``90m``, ``12h`` or ``7d`` (that long before now)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    value = str(text).strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    if len(value) > 1 and value[-1] in _UNITS:
+        try:
+            age = float(value[:-1]) * _UNITS[value[-1]]
+        except ValueError:
+            age = None
+        if age is not None:
+            return (time.time() if now is None else now) - age
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"{field}: {value!r} is not a time (use 2026-11-01, 2026-11-01T12:00, 1798000000 "
+            "or an age such as 7d)",
+            field=field,
+        ) from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True)
@@ -190,7 +222,10 @@ def _replay(
         progress("replay", done, evaluated.decisions)
 
     results = [(spec, [e.get() for e in ests]) for spec, ests in estimators.items()]
-    warnings += _warnings(results, outside, slots, evaluated.decisions, unknown_logger, fallback)
+    scoring = any(t.uses_exploration for t in targets)
+    warnings += _warnings(results, outside, slots, evaluated.decisions)
+    if unknown_logger:
+        warnings.insert(0, _unknown_logger(unknown_logger, fallback if scoring else None))
     return Report(
         n_decisions=evaluated.decisions,
         n_slots=slots,
@@ -238,23 +273,26 @@ def _evaluate_chunk(
             )
 
 
+def _unknown_logger(decisions: int, fallback: Exploration | None) -> str:
+    text = (
+        f"{decisions} decisions come from a logger slatebandit cannot recompute (imported "
+        "logs): its support is assumed to cover every candidate"
+    )
+    if fallback is not None:
+        param = fallback.to_log()["param"]
+        text += f"; popular and vw targets explore with {fallback.kind} {param} (the settings)"
+    return text
+
+
 def _warnings(
     results: list[tuple[str, list[Estimate]]],
     outside: dict[str, float],
     slots: int,
     decisions: int,
-    unknown_logger: int,
-    fallback: Exploration,
 ) -> list[str]:
     if decisions == 0:
         return ["no decisions in the window: nothing to evaluate"]
     out = []
-    if unknown_logger:
-        out.append(
-            f"{unknown_logger} decisions were logged by a policy slatebandit cannot recompute "
-            f"(imported logs): scoring targets use the configured exploration "
-            f"({fallback.kind}) and assume the logger could show every candidate"
-        )
     for spec, estimates in results:
         mass = outside[spec] / slots if slots else 0.0
         if mass > SUPPORT_WARNING:

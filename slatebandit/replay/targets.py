@@ -83,6 +83,7 @@ def walk_slots(chunk: Chunk) -> Iterator[SlotState]:
 class Target:
     spec: str = ""
     trains = False  # learns on the earlier part of the window before it is evaluated
+    uses_exploration = True  # turns scores into slot pmfs with an exploration
 
     def probabilities(
         self,
@@ -132,6 +133,7 @@ class Target:
 
 class Random(Target):
     spec = "random"
+    uses_exploration = False
 
     def pmf(self, chunk, state, scores, fallback):  # type: ignore[no-untyped-def]
         return state.allowed / state.allowed.sum(axis=1, keepdims=True)
@@ -146,6 +148,7 @@ class Popular(Target):
 
 class Logged(Target):
     spec = "logged"
+    uses_exploration = False
 
     def probabilities(self, chunk, revisions, item_value, fallback):  # type: ignore[no-untyped-def]
         return SlotProbabilities(

@@ -33,6 +33,7 @@ from slatebandit.policies.learner import Learner, hold_lease
 from slatebandit.retrieval import ItemStore
 from slatebandit.server import routes
 from slatebandit.server.codec import error_response, respond
+from slatebandit.server.evaluations import Evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
 from slatebandit.server.services import Services
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
         services = Services(
             settings, engine, writer, store, policy, np.random.default_rng(settings.seed)
         )
+        services.evaluations = Evaluations(engine, settings)
         await asyncio.to_thread(services.load_impressions)
         store.catalog.refresh_popular()
         await writer.start()
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await services.evaluations.stop()
             await asyncio.to_thread(learning.stop)
             await writer.stop()
             await asyncio.to_thread(store.save)
@@ -113,6 +116,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
+            Route("/v1/evaluations", post_evaluation, methods=["POST"]),
+            Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],

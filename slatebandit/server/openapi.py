@@ -8,7 +8,12 @@ from pydantic import BaseModel
 
 from slatebandit import __version__
 from slatebandit.logging import Item
-from slatebandit.server.schemas import EventRequest, RewardRequest, SlateRequest
+from slatebandit.server.schemas import (
+    EvaluationRequest,
+    EventRequest,
+    RewardRequest,
+    SlateRequest,
+)
 
 _REF = "#/components/schemas/{model}"
 _ERROR = {
@@ -81,7 +86,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE}
-    for model in (SlateRequest, RewardRequest, EventRequest, Item):
+    for model in (SlateRequest, RewardRequest, EventRequest, EvaluationRequest, Item):
         schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     return {
@@ -168,6 +173,30 @@ def openapi_document() -> dict[str, Any]:
                         }
                     ],
                     "responses": _answers(200, "promoted durably; this worker serves it at once"),
+                }
+            },
+            "/v1/evaluations": {
+                "post": {
+                    "summary": "Start an off-policy replay of the log (scope analyst)",
+                    "security": security,
+                    "requestBody": _body(_ref(EvaluationRequest)),
+                    "responses": _answers(202, "started; poll the location"),
+                }
+            },
+            "/v1/evaluations/{evaluation_id}": {
+                "get": {
+                    "summary": "An evaluation: status, progress, and the report when done "
+                    "(scope analyst)",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "evaluation_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": _answers(200, "the evaluation"),
                 }
             },
             "/healthz": {

@@ -29,7 +29,6 @@ from slatebandit.logging.models import champion, get_version, list_versions, pro
 from slatebandit.logging.schema import items as items_table
 from slatebandit.policies import follow_champion
 from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, generate
-from slatebandit.server.auth import require
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
@@ -39,16 +38,12 @@ from slatebandit.server.schemas import (
     invalid,
     validate,
 )
-from slatebandit.server.services import Services
+from slatebandit.server.services import for_request
 
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
 
 
-def _services(request: Request, scope: str | None) -> Services:
-    services: Services = request.state.services
-    if scope is not None:
-        require(request, scope, services.settings.keys)
-    return services
+_services = for_request
 
 
 async def create_slate(request: Request) -> Response:

@@ -70,6 +70,21 @@ MAX_ITEMS_PER_REQUEST = 10_000
 M = TypeVar("M", bound=BaseModel)
 
 
+class EvaluationRequest(_Strict):
+    policies: list[str] = Field(
+        min_length=1, max_length=10, description="random | popular | logged | vw@V | vw:ARGS"
+    )
+    estimators: list[str] | None = Field(
+        default=None, max_length=20, description="default ips, snips, dm, dr, cascade-ips/dr"
+    )
+    since: str | float | None = Field(default=None, description="ISO 8601, epoch or age (7d)")
+    until: str | float | None = Field(default=None, description="default: now - reward wait")
+    bootstrap: int = Field(default=1000, ge=0, le=100_000)
+    seed: int = 0
+    clip: float = Field(default=100.0, gt=0, allow_inf_nan=False)
+    train_fraction: float = Field(default=0.5, gt=0, lt=1)
+
+
 def validate(model: type[M], data: object) -> M:
     """``model`` from decoded JSON or msgpack, or InvalidInput naming the first bad field."""
     try:

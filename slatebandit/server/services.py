@@ -7,7 +7,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -22,6 +22,12 @@ from slatebandit.logging import (
 )
 from slatebandit.policies import VWPolicy
 from slatebandit.retrieval import ItemStore, UserState, UserStates
+from slatebandit.server.auth import require
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from slatebandit.server.evaluations import Evaluations
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +45,7 @@ class Services:
     rng: np.random.Generator
     users: UserStates = field(default_factory=UserStates)
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
+    evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
 
     async def user_state(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
@@ -82,3 +89,11 @@ class Services:
         for key, n in counts.items():
             if key < len(catalog.impressions):
                 catalog.add_impressions(key, n)
+
+
+def for_request(request: Request, scope: str | None) -> Services:
+    """The app's services, once the request's key is checked for ``scope`` (None: open)."""
+    services: Services = request.state.services
+    if scope is not None:
+        require(request, scope, services.settings.keys)
+    return services
