@@ -103,3 +103,15 @@ def test_a_bad_row_writes_nothing_and_a_second_import_is_refused(
     assert "already imported" in capsys.readouterr().err
     assert main(["import", "obd", str(tmp_path), "--db", bts]) == 2
     assert "no item_context.csv" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+def test_replay_on_postgresql_gives_the_same_report_as_on_sqlite(
+    tmp_path: Path, pg_url: str
+) -> None:
+    sqlite_url = _import(tmp_path, "bts")
+    assert main(["import", "obd", str(DATA / "bts"), "--db", pg_url]) == 0
+    extra = ("--bootstrap", "200", "--until", "2020-01-01")
+    on_sqlite = _replay(sqlite_url, tmp_path / "a.json", "random", "popular", extra=extra)
+    on_pg = _replay(pg_url, tmp_path / "b.json", "random", "popular", extra=extra)
+    assert on_pg == on_sqlite

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
@@ -197,3 +198,37 @@ def test_evaluations_over_http_match_the_library_and_check_input(logged) -> None
     expected = _run(settings, policies=("random", "logged"), bootstrap=200, seed=5)
     assert done["result"] == json.loads(json.dumps(expected))
     assert set(done["result"]) >= {"n_decisions", "n_slots", "policies", "warnings"}
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "earliest"])
+def test_replay_reads_each_slots_reward_as_the_learner_does(
+    tmp_path: Path, aggregation: str
+) -> None:
+    """Several rewards on one slot (click, then purchase), none on others: replay's vectorised
+    reader and the learner's ``slot_reward`` agree under both aggregations."""
+    from slatebandit.logging.learning import due_decisions, slot_reward
+    from slatebandit.replay.log import Window, read_shown
+
+    settings = make_settings(tmp_path, learner="off", reward_wait=0)
+    seed_catalog(settings.database_url, list(demo_items(100, seed=7)))
+    with TestClient(create_app(settings)) as client:
+        for i in range(40):
+            body = client.post("/v1/slates", json={"user_id": f"u{i}", "k": 4}).json()
+            for n, item in enumerate(body["items"][: i % 3]):
+                for kind, value in (("click", 1.0), ("purchase", 5.0 + n)):
+                    reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
+                    client.post("/v1/rewards", json={**reward, "type": kind, "reward": value})
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        due = due_decisions(conn, 0, 4e9, 1000)
+    expected = [
+        slot_reward(d.rewards.get(item, []), aggregation, -0.5)
+        for d in due
+        for _, item, _ in d.slots
+    ]
+    shown = list(
+        read_shown(engine, Window(), aggregation=aggregation, default_reward=-0.5, chunk=7)
+    )
+    engine.dispose()
+    assert np.concatenate([s.reward for s in shown]).tolist() == expected
+    assert sum(s.decisions for s in shown) == 40

@@ -35,7 +35,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 class Bootstrap:
     """Poisson(1) resampling weights for ``replicates`` bootstrap replicates.
 
-    ``weights(ids)`` is a (len(ids), replicates) float32 matrix; the last one computed is kept,
+    ``weights(ids)`` is a (len(ids), replicates) float matrix; the last one computed is kept,
     because every estimator of every policy asks for the same chunk of decisions in turn.
     """
 
@@ -52,13 +52,13 @@ class Bootstrap:
         tag = ids.tobytes()
         if self._last is not None and self._last[0] == tag:
             return self._last[1]
-        counts = np.zeros((len(ids), self.replicates), dtype=np.float32)
+        counts = np.zeros((len(ids), self.replicates))
         if self.replicates:
             with np.errstate(over="ignore"):
                 stream = _splitmix64(ids.astype(np.uint64) ^ self._key)[:, None]
                 replicate = np.arange(self.replicates, dtype=np.uint64)[None, :]
                 bits = _splitmix64(stream * np.uint64(0x100000001B3) + replicate)
             uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
-            counts = np.searchsorted(_CDF, uniform, side="right").astype(np.float32)
+            counts = np.searchsorted(_CDF, uniform, side="right").astype(np.float64)
         self._last = (tag, counts)
         return counts

@@ -29,7 +29,15 @@ from slatebandit.replay.estimators import (
     Estimator,
     make_estimator,
 )
-from slatebandit.replay.log import Chunk, Revisions, Window, extent, nth_decision, read_chunks
+from slatebandit.replay.log import (
+    Chunk,
+    Revisions,
+    Window,
+    extent,
+    nth_decision,
+    read_chunks,
+    read_shown,
+)
 from slatebandit.replay.reward_model import RewardModel
 from slatebandit.replay.targets import Target, parse_target
 
@@ -160,13 +168,10 @@ def _replay(
     targets: Sequence[Target],
     progress: Progress,
 ) -> Report:
+    rule = {"aggregation": settings.reward_aggregation, "default_reward": settings.default_reward}
+
     def chunks(window: Window) -> Iterator[tuple[Chunk, Revisions]]:
-        return read_chunks(
-            engine,
-            window,
-            aggregation=settings.reward_aggregation,
-            default_reward=settings.default_reward,
-        )
+        return read_chunks(engine, window, **rule)  # type: ignore[arg-type]
 
     with engine.connect() as conn:
         whole = extent(conn, window)
@@ -198,9 +203,9 @@ def _replay(
     model = RewardModel()
     if evaluated.decisions and any(make_estimator(n).uses_model for n in options.estimators):
         done = 0
-        for chunk, _ in chunks(window):
-            model.add(chunk.slot_decisions, chunk.slot, chunk.item, chunk.reward)
-            done += len(chunk.decision_ids)
+        for shown in read_shown(engine, window, **rule):  # type: ignore[arg-type]
+            model.add(shown.decision, shown.slot, shown.item, shown.reward)
+            done += shown.decisions
             progress("reward model", done, evaluated.decisions)
 
     bootstrap = Bootstrap(options.bootstrap, options.seed) if options.bootstrap else None
@@ -217,7 +222,9 @@ def _replay(
     for chunk, revisions in chunks(window):
         _evaluate_chunk(chunk, revisions, targets, estimators, outside, model, fallback)
         slots += len(chunk.slot)
-        unknown_logger += sum(e is None for e in chunk.explorations)
+        unknown_logger += sum(
+            chunk.explorations[code] is None for code in chunk.exploration.tolist()
+        )
         done += len(chunk.decision_ids)
         progress("replay", done, evaluated.decisions)
 

@@ -111,16 +111,16 @@ class Target:
     ) -> np.ndarray:
         """The slate builder's pmfs for these slots, with each decision's logged exploration."""
         pmf = np.zeros(state.allowed.shape)
-        explorations = [chunk.explorations[r] or fallback for r in state.rows.tolist()]
-        for exploration in set(explorations):
-            group = np.array([e == exploration for e in explorations])
+        codes = chunk.exploration[state.rows]
+        for code in np.unique(codes):
+            group = codes == code
             _, pmf[group] = slot_pmfs(
                 state.kinds[group],
                 state.allowed[group],
                 scores[state.rows[group]],
                 state.fresh[group],
                 state.novel[group],
-                exploration,
+                chunk.explorations[code] or fallback,
             )
         return pmf
 
@@ -164,9 +164,9 @@ class VW(Target):
 
     def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
         out = np.zeros(chunk.valid.shape)
-        for row, shared in enumerate(chunk.contexts):
+        for row in range(len(chunk.decision_ids)):
             actions = chunk.actions(revisions, row)
-            out[row, : len(actions)] = self.scorer.score(shared, actions)
+            out[row, : len(actions)] = self.scorer.score(chunk.shared(row), actions)
         return out
 
     def learn(self, chunk: Chunk, revisions: Revisions) -> None:
@@ -178,7 +178,7 @@ class VW(Target):
             )
             self.scorer.learn(
                 slot_example(
-                    chunk.contexts[row],
+                    chunk.shared(row),
                     int(chunk.slot[i]),
                     features,
                     float(chunk.reward[i]),
