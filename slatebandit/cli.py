@@ -167,21 +167,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _replay(args: argparse.Namespace) -> int:
     from slatebandit.replay import ReplayOptions, replay
-    from slatebandit.replay.evaluate import parse_time
     from slatebandit.replay.report import to_html, to_json, to_table
 
     settings = _settings(args)
-    options = ReplayOptions(
-        policies=tuple(args.policy),
-        estimators=tuple(e.strip() for e in args.estimators.split(",") if e.strip()),
-        since=None if args.since is None else parse_time(args.since, "since"),
-        until=None if args.until is None else parse_time(args.until, "until"),
+    options = ReplayOptions.parse(
+        args.policy,
+        [e.strip() for e in args.estimators.split(",") if e.strip()],
+        args.since,
+        args.until,
         bootstrap=args.bootstrap,
         seed=args.seed,
         clip=args.clip,
         train_fraction=args.train_fraction,
     )
-    options.validate()
     engine = open_engine(settings.database_url)
     bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
 

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
 from slatebandit.replay.bootstrap import Bootstrap
-
-Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,9 @@ class Estimate:
     max_weight: float
     slots: int
     se: float  # standard error from the delta method
-    interval: str  # "bootstrap" or "gaussian"
+    interval: str  # what ci_low and ci_high are: "bootstrap" (percentile) or "gaussian"
+    gaussian_low: float  # the closed-form interval, value -/+ z * se, always given
+    gaussian_high: float
 
     def as_dict(self) -> dict[str, float | str | None]:
         def number(x: float) -> float | None:
@@ -62,6 +63,8 @@ class Estimate:
             "max_weight": number(self.max_weight),
             "se": number(self.se),
             "interval": self.interval,
+            "gaussian_low": number(self.gaussian_low),
+            "gaussian_high": number(self.gaussian_high),
         }
 
 
@@ -164,20 +167,18 @@ class Estimator:
             # delta method for a ratio of sums: residuals num - value * den
             residual = max(s_nn - 2 * value * s_nd + value**2 * s_dd, 0.0)
             se = float(np.sqrt(residual * self.decisions / (self.decisions - 1)) / s_den)
+        z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+        gaussian = (value - z * se, value + z * se)
+        low, high, interval = gaussian[0], gaussian[1], "gaussian"
         if len(self.replicates):
             num, den = self.replicates[:, 0], self.replicates[:, 1]
             with np.errstate(invalid="ignore", divide="ignore"):
                 values = np.where(den > 0, num / den, np.nan)
-            tail = (1 - level) / 2
+            low = high = float("nan")
             if np.isfinite(values).any():
+                tail = (1 - level) / 2
                 low, high = np.nanquantile(values, [tail, 1 - tail])
-            else:
-                low = high = float("nan")
             interval = "bootstrap"
-        else:
-            z = Z95 if level == 0.95 else _normal_quantile(1 - (1 - level) / 2)
-            low, high = value - z * se, value + z * se
-            interval = "gaussian"
         ess = self.weight_sum**2 / self.weight_squares if self.weight_squares > 0 else 0.0
         return Estimate(
             self.label,
@@ -189,6 +190,8 @@ class Estimator:
             self.slots,
             se,
             interval,
+            float(gaussian[0]),
+            float(gaussian[1]),
         )
 
     def __add__(self, other: Estimator) -> Estimator:
@@ -298,9 +301,3 @@ def make_estimator(
 def _check(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ValueError(f"`{field}` {message}")
-
-
-def _normal_quantile(p: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(p)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -91,6 +92,28 @@ class ReplayOptions:
     seed: int = 0
     clip: float = 100.0
     train_fraction: float = 0.5
+
+    @classmethod
+    def parse(
+        cls,
+        policies: Sequence[str],
+        estimators: Sequence[str] | None = None,
+        since: str | float | None = None,
+        until: str | float | None = None,
+        **numbers: Any,
+    ) -> ReplayOptions:
+        """Options from what a caller typed (CLI flags, a JSON body), validated: times may be
+        ISO 8601, epoch seconds or ages (``parse_time``); ``numbers``: bootstrap, seed, clip,
+        train_fraction."""
+        options = cls(
+            policies=tuple(policies),
+            estimators=tuple(estimators or DEFAULT_ESTIMATORS),
+            since=None if since is None else parse_time(since, "since"),
+            until=None if until is None else parse_time(until, "until"),
+            **numbers,
+        )
+        options.validate()
+        return options
 
     def validate(self) -> None:
         if not self.policies:

@@ -35,6 +35,7 @@ def _rows(report: Report) -> list[list[str]]:
                     e["estimator"],
                     _number(e["value"]),
                     f"[{_number(e['ci_low'])}, {_number(e['ci_high'])}]",
+                    f"[{_number(e['gaussian_low'])}, {_number(e['gaussian_high'])}]",
                     _number(e["ess"], 0),
                     _number(e["max_weight"], 1),
                 ]
@@ -42,7 +43,7 @@ def _rows(report: Report) -> list[list[str]]:
     return rows
 
 
-HEADER = ["policy", "estimator", "value", "95% interval", "ESS", "max weight"]
+HEADER = ["policy", "estimator", "value", "95% interval", "Gaussian 95%", "ESS", "max weight"]
 
 
 def _summary(report: Report) -> str:

@@ -27,8 +27,7 @@ from slatebandit.logging.evaluations import (
     finish_evaluation,
     get_evaluation,
 )
-from slatebandit.replay import DEFAULT_ESTIMATORS, ReplayOptions, parse_target, replay
-from slatebandit.replay.evaluate import parse_time
+from slatebandit.replay import ReplayOptions, parse_target, replay
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import EvaluationRequest, validate
 from slatebandit.server.services import for_request
@@ -90,19 +89,6 @@ class Evaluations:
             finish_evaluation(conn, evaluation_id, result=result, error=error)
 
 
-def _options(body: EvaluationRequest) -> ReplayOptions:
-    return ReplayOptions(
-        policies=tuple(body.policies),
-        estimators=tuple(body.estimators or DEFAULT_ESTIMATORS),
-        since=None if body.since is None else parse_time(body.since, "since"),
-        until=None if body.until is None else parse_time(body.until, "until"),
-        bootstrap=body.bootstrap,
-        seed=body.seed,
-        clip=body.clip,
-        train_fraction=body.train_fraction,
-    )
-
-
 def _check_targets(engine: Engine, specs: tuple[str, ...]) -> None:
     """Resolve every SPEC now, so a bad one is a 4xx and not a failed evaluation."""
     for spec in specs:
@@ -112,8 +98,7 @@ def _check_targets(engine: Engine, specs: tuple[str, ...]) -> None:
 async def post_evaluation(request: Request) -> Response:
     s = for_request(request, "analyst")
     body = validate(EvaluationRequest, await read_body(request, s.settings.max_body_bytes))
-    options = _options(body)
-    options.validate()
+    options = ReplayOptions.parse(**body.model_dump())
     await asyncio.to_thread(_check_targets, s.engine, options.policies)
     evaluation_id = uuid.uuid4().hex
     unit = partial(create_evaluation, evaluation_id=evaluation_id, request=body.model_dump())
