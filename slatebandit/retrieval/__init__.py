@@ -19,12 +19,16 @@ from slatebandit.retrieval.content import (
     scorer_features,
     title_words,
 )
+from slatebandit.retrieval.filters import Allowed, FilterMasks, Filters
 from slatebandit.retrieval.index import ItemIndex
 from slatebandit.retrieval.store import ItemStore
 from slatebandit.retrieval.user_state import EVENT_WEIGHTS, UserState, UserStates
 
 __all__ = [
     "DIM",
+    "Allowed",
+    "FilterMasks",
+    "Filters",
     "EVENT_WEIGHTS",
     "FRESH",
     "POPULAR",

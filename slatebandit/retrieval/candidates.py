@@ -8,7 +8,9 @@ Generators, in merge priority:
 
 Lists are merged round-robin so every generator is represented near the top; a candidate keeps
 the first generator that proposed it as its ``source`` and the set of all that did as ``flags``.
-Excluded, unavailable and purchased items never get in.
+Excluded, unavailable and purchased items never get in, nor items outside the request's
+``Filters``: with a filter, every generator proposes from the allowed items only
+(``filters.Allowed``), so the slate is as full as the allowed items permit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slatebandit.retrieval.filters import Allowed
 from slatebandit.retrieval.store import ItemStore
 from slatebandit.retrieval.user_state import UserState
 
@@ -56,8 +59,10 @@ def generate(
     exclude_keys: Collection[int],
     limit: int,
     quotas: Quotas = Quotas(),
+    allowed: Allowed | None = None,
 ) -> Candidates:
     catalog = store.catalog
+    index = store.index
     session_keys = [key for key in session_keys if store.index.contains(key)]
     touched = [*session_keys, *(user.recent_keys(quotas.similar_items) if user else [])]
     recent = [key for key in dict.fromkeys(touched) if store.index.contains(key)]
@@ -67,16 +72,28 @@ def generate(
         blocked |= user.purchased
 
     proposals: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(SOURCES)
+
+    def neighbours(queries: np.ndarray, k: int) -> np.ndarray:
+        if allowed is None:
+            return index.query(queries, k)[0]
+        return allowed.neighbours(index, queries, k)
+
     if recent:
-        seeds = store.index.vectors(np.asarray(recent))
-        labels, _ = store.index.query(seeds, quotas.similar_per_item + 1)  # +1: the seed itself
+        seeds = index.vectors(np.asarray(recent))
+        labels = neighbours(seeds, quotas.similar_per_item + 1)  # +1: the seed itself
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = _session_vector(store, user, session_keys)
     if session is not None:
-        proposals[SOURCES.index("session")] = store.index.query(session, quotas.session)[0][0]
-    proposals[SOURCES.index("popular")] = catalog.popular[: quotas.popular]
-    proposals[SOURCES.index("fresh")] = np.asarray(catalog.fresh_keys(quotas.fresh), dtype=np.int64)
-    return merge(proposals, catalog.available, blocked, limit)
+        proposals[SOURCES.index("session")] = neighbours(session, quotas.session)[0]
+    if allowed is None:
+        proposals[SOURCES.index("popular")] = catalog.popular[: quotas.popular]
+        fresh = catalog.fresh_keys(quotas.fresh)
+    else:
+        proposals[SOURCES.index("popular")] = allowed.popular(catalog, quotas.popular)
+        fresh = catalog.fresh_keys(quotas.fresh, allowed.mask)
+    proposals[SOURCES.index("fresh")] = np.asarray(fresh, dtype=np.int64)
+    usable = catalog.available if allowed is None else allowed.mask
+    return merge(proposals, usable, blocked, limit)
 
 
 def merge(

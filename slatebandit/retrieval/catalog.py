@@ -1,8 +1,8 @@
 """The in-memory catalog the request path reads: one numpy column per attribute, indexed by key.
 
 It mirrors the ``items`` table (the source of truth) and is updated from its change feed. Only
-what serving needs lives here: ids, category codes, availability, the current revision, the
-features the scorer reads, impression counts and a time-decayed popularity.
+what serving needs lives here: ids, category and brand codes, prices, availability, the current
+revision, the features the scorer reads, impression counts and a time-decayed popularity.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ class Catalog:
         self.category_codes: dict[str, int] = {"": 0}
         self.category_names: list[str] = [""]
         self.category = np.zeros(0, dtype=np.int32)
+        self.brand_codes: dict[str, int] = {"": 0}
+        self.brand_names: list[str] = [""]
+        self.brand = np.zeros(0, dtype=np.int32)
+        self.price = np.zeros(0, dtype=np.float32)  # NaN: no price
+        self.version = 0  # counts applied changes: what was computed from the catalog is stale
         self.available = np.zeros(0, dtype=bool)
         self.rev = np.zeros(0, dtype=np.int64)
         self.impressions = np.zeros(0, dtype=np.int32)
@@ -51,6 +56,7 @@ class Catalog:
         """
         embed: list[tuple[int, list[str], str]] = []
         deleted: list[int] = []
+        self.version += 1
         for row in rows:
             key = row.key
             self._reserve(key + 1)
@@ -70,20 +76,15 @@ class Catalog:
                 if self.impressions[key] < self.fresh_impressions:
                     self._add_fresh(key)
             self.features[key] = scorer_features(key, tokens)
-            self.category[key] = self._category_code(row.category)
+            self.category[key] = _code(self.category_codes, self.category_names, row.category)
+            self.brand[key] = _code(self.brand_codes, self.brand_names, row.brand)
+            self.price[key] = np.nan if row.price is None else row.price
             self.available[key] = bool(row.available)
             if row.available:
                 embed.append((key, tokens, row.title))
             else:  # out of stock: out of the index too, so neighbour lists stay full
                 deleted.append(key)
         return embed, deleted
-
-    def _category_code(self, name: str) -> int:
-        code = self.category_codes.get(name)
-        if code is None:
-            code = self.category_codes[name] = len(self.category_names)
-            self.category_names.append(name)
-        return code
 
     def live_key(self, item_id: str) -> int | None:
         key = self.key_of.get(item_id)
@@ -94,11 +95,13 @@ class Catalog:
         if self.impressions[key] >= self.fresh_impressions:
             self.fresh.pop(key, None)
 
-    def fresh_keys(self, limit: int) -> list[int]:
-        """The newest available items still shown fewer than ``fresh_impressions`` times."""
+    def fresh_keys(self, limit: int, allowed: np.ndarray | None = None) -> list[int]:
+        """The newest available items still shown fewer than ``fresh_impressions`` times
+        (and in ``allowed``, a mask over keys, if given)."""
+        usable = self.available if allowed is None else allowed
         out = []
         for key in reversed(self.fresh):
-            if self.available[key]:
+            if key < len(usable) and usable[key]:
                 out.append(key)
                 if len(out) == limit:
                     break
@@ -155,8 +158,17 @@ class Catalog:
         grow = size - len(self.item_ids)
         self.item_ids.extend([None] * grow)
         self.features.extend([""] * grow)
-        for name in ("category", "available", "rev", "impressions", "popularity", "created"):
+        columns = ("category", "brand", "price", "available", "rev", "impressions", "popularity")
+        for name in (*columns, "created"):
             old = getattr(self, name)
             new = np.zeros(size, dtype=old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
+
+
+def _code(codes: dict[str, int], names: list[str], name: str) -> int:
+    code = codes.get(name)
+    if code is None:
+        code = codes[name] = len(names)
+        names.append(name)
+    return code

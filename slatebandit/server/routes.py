@@ -57,7 +57,11 @@ async def create_slate(request: Request) -> Response:
     user = await s.user_state(body.user_id)
     session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
     exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
-    candidates = generate(s.store, user, session_keys, exclude_keys, s.settings.candidates)
+    filters = None if body.filters is None else body.filters.to_filters()
+    allowed = await s.allowed(filters) if filters else None
+    candidates = generate(
+        s.store, user, session_keys, exclude_keys, s.settings.candidates, allowed=allowed
+    )
     recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
     shared = SharedFeatures.build(body.context, recent)
     slate = s.policy.slate(s.store, shared, candidates, k, s.rng)

@@ -8,9 +8,17 @@ from __future__ import annotations
 import math
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slatebandit.errors import InvalidInput
+from slatebandit.retrieval import Filters
 
 Scalar = str | int | float | bool
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
@@ -19,6 +27,34 @@ ItemId = Field(min_length=1, max_length=128)
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SlateFilters(_Strict):
+    category: list[str] = Field(
+        default_factory=list, max_length=50, description="category path prefixes, any of"
+    )
+    brand: list[str] = Field(default_factory=list, max_length=50, description="any of")
+    price_min: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    price_max: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    attributes: dict[str, Scalar] = Field(
+        default_factory=dict, max_length=16, description="exact attribute values, all of"
+    )
+
+    @model_validator(mode="after")
+    def _price_range(self) -> SlateFilters:
+        low, high = self.price_min, self.price_max
+        if low is not None and high is not None and low > high:
+            raise ValueError("price_min must not exceed price_max")
+        return self
+
+    def to_filters(self) -> Filters:
+        return Filters(
+            categories=tuple(self.category),
+            brands=tuple(self.brand),
+            price_min=self.price_min,
+            price_max=self.price_max,
+            attributes=tuple(sorted((k, str(v)) for k, v in self.attributes.items())),
+        )
 
 
 class SlateRequest(_Strict):
@@ -34,6 +70,9 @@ class SlateRequest(_Strict):
     )
     exclude: list[str] = Field(
         default_factory=list, max_length=1000, description="never show these"
+    )
+    filters: SlateFilters | None = Field(
+        default=None, description="only items in these categories, brands, price range"
     )
 
     @field_validator("context")

@@ -21,7 +21,7 @@ from slatebandit.logging import (
     shown_decision,
 )
 from slatebandit.policies import VWPolicy
-from slatebandit.retrieval import ItemStore, UserState, UserStates
+from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import require
 
 if TYPE_CHECKING:
@@ -46,6 +46,16 @@ class Services:
     users: UserStates = field(default_factory=UserStates)
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
     evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
+    filter_masks: FilterMasks = field(default_factory=FilterMasks)
+
+    async def allowed(self, filters: Filters) -> Allowed:
+        """The items a request's filters allow; built on a worker thread when not cached (an
+        attribute filter reads every item's features)."""
+        catalog, index = self.store.catalog, self.store.index
+        found = self.filter_masks.cached(filters, catalog)
+        if found is None:
+            found = await asyncio.to_thread(self.filter_masks.allowed, filters, catalog, index)
+        return found
 
     async def user_state(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
