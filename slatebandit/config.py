@@ -96,6 +96,13 @@ class Settings:
     default_reward: float = field(
         default=0.0, metadata=_doc("reward of a shown slot that got none")
     )
+    exclude_events: str = field(
+        default="purchase",
+        metadata=_doc(
+            "keep items out of a user's slates after these events (`type` for ever, "
+            "`type:30d` for a window in s, m, h or d)"
+        ),
+    )
     learn_batch: int = field(default=500, metadata=_doc("decisions the learner reads at a time"))
     checkpoint_every: int = field(
         default=10_000, metadata=_doc("learned examples between model checkpoints")
@@ -137,6 +144,30 @@ class Settings:
                     field="reward_table",
                 )
         return table
+
+    @property
+    def exclusions(self) -> dict[str, float | None]:
+        """Event type -> seconds an item stays out of the user's slates (None: for ever)."""
+        units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+        rules: dict[str, float | None] = {}
+        for entry in filter(None, (e.strip() for e in self.exclude_events.split(","))):
+            kind, sep, window = entry.partition(":")
+            window = window.strip()
+            seconds: float | None = None
+            ok = kind.strip() in ("view", "click", "add_to_cart", "purchase")
+            if ok and sep:
+                try:
+                    seconds = float(window[:-1]) * units[window[-1]]
+                except (ValueError, KeyError, IndexError):
+                    ok = False
+            if not ok:
+                raise ConfigError(
+                    f"{ENV_PREFIX}EXCLUDE_EVENTS entry {entry!r} must look like purchase or "
+                    "purchase:30d (types view, click, add_to_cart, purchase)",
+                    field="exclude_events",
+                )
+            rules[kind.strip()] = seconds
+        return rules
 
     @property
     def keys(self) -> dict[str, frozenset[str]]:
@@ -200,6 +231,7 @@ class Settings:
         need(self.learn_batch >= 1, "learn_batch", "must be at least 1")
         need(self.checkpoint_seconds > 0, "checkpoint_seconds", "must be > 0")
         self.rewards  # noqa: B018 - parse now so a malformed table fails at start
+        self.exclusions  # noqa: B018
         need(
             self.log_level in ("debug", "info", "warning", "error"),
             "log_level",

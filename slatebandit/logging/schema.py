@@ -113,6 +113,17 @@ events = Table(
 )
 Index("ix_events_user", events.c.user_id, events.c.id)
 
+# Each user's online state (recent items, acted-on items, counters, session vector), msgpack
+# (``retrieval.UserState``), updated in the transaction of every event.
+user_states = Table(
+    "user_states",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 # The model registry. A version is a checkpoint of the learner: its VW arguments and bytes, and
 # the decision id up to which it has learned every shown slot (``learned_through``). Writing
 # the bytes and that watermark in one row is what makes learning exactly-once across crashes.

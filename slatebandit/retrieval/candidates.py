@@ -60,16 +60,17 @@ def generate(
     limit: int,
     quotas: Quotas = Quotas(),
     allowed: Allowed | None = None,
+    excluded: Collection[int] = (),
 ) -> Candidates:
+    """Candidates for one request; ``excluded``: what the user's state keeps out (items acted
+    on under the exclusion rules, ``UserState.excluded``)."""
     catalog = store.catalog
     index = store.index
     session_keys = [key for key in session_keys if store.index.contains(key)]
     touched = [*session_keys, *(user.recent_keys(quotas.similar_items) if user else [])]
     recent = [key for key in dict.fromkeys(touched) if store.index.contains(key)]
     recent = recent[: quotas.similar_items]
-    blocked = set(exclude_keys) | set(recent)
-    if user is not None:
-        blocked |= user.purchased
+    blocked = set(exclude_keys) | set(recent) | set(excluded)
 
     proposals: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(SOURCES)
 

@@ -1,79 +1,135 @@
-"""Online user state: recent items, purchases and a time-decayed session vector.
+"""Online user state: recent items, what the user acted on, category and brand counters, a
+time-decayed session vector and the last time they were seen.
 
-Each event updates the state before its 202 is sent, so the very next slate reflects it. The
-state lives in a bounded in-process cache and is rebuilt from the ``events`` table on a miss.
+Each event updates the state in the same transaction that stores the event, before its 202 is
+sent (``logging.users.update_user_state``), so the very next slate reflects it on any worker:
+a slate reads the user's row (one primary-key lookup) and decodes it only when its version
+differs from the copy this worker cached.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgpack
 import numpy as np
 
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
 SESSION_HALF_LIFE = 1800.0  # seconds: half an hour ago counts half as much
 RECENT_ITEMS = 20
+ACTED_ITEMS = 200  # per event type: the items a user acted on, for exclusion rules
+COUNTERS = 30  # categories and brands counted per user (the smallest counts are dropped)
+STATE_VERSION = 1
 
 
 @dataclass(slots=True)  # up to 100k cached states: keep them small for the GC
 class UserState:
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_ITEMS))
-    purchased: set[int] = field(default_factory=set)
+    recent: list[tuple[int, float]] = field(default_factory=list)  # (key, time), newest last
+    acted: dict[str, dict[int, float]] = field(default_factory=dict)  # type -> key -> last time
+    categories: dict[str, float] = field(default_factory=dict)  # weighted event counts
+    brands: dict[str, float] = field(default_factory=dict)
     session_vector: np.ndarray | None = None
-    updated_at: float = 0.0
+    updated_at: float = 0.0  # last seen
 
-    def observe(self, key: int, kind: str, vector: np.ndarray | None, at: float) -> None:
-        if key in self.recent:
-            self.recent.remove(key)
-        self.recent.append(key)
-        if kind == "purchase":
-            self.purchased.add(key)
+    def observe(
+        self,
+        key: int,
+        kind: str,
+        vector: np.ndarray | None,
+        at: float,
+        category: str = "",
+        brand: str = "",
+    ) -> None:
+        self.recent = [(k, t) for k, t in self.recent if k != key][-(RECENT_ITEMS - 1) :]
+        self.recent.append((key, at))
+        acted = self.acted.setdefault(kind, {})
+        acted.pop(key, None)
+        acted[key] = at
+        while len(acted) > ACTED_ITEMS:
+            del acted[next(iter(acted))]
+        weight = EVENT_WEIGHTS.get(kind, 1.0)
+        for counters, name in ((self.categories, category), (self.brands, brand)):
+            if name:
+                counters[name] = counters.get(name, 0.0) + weight
+                if len(counters) > COUNTERS:
+                    del counters[min(counters, key=counters.__getitem__)]
         if vector is not None:
-            weight = EVENT_WEIGHTS.get(kind, 1.0)
             if self.session_vector is None:
-                self.session_vector = weight * vector
+                self.session_vector = (weight * vector).astype(np.float32)
             else:
                 decay = 0.5 ** (max(0.0, at - self.updated_at) / SESSION_HALF_LIFE)
-                self.session_vector = decay * self.session_vector + weight * vector
+                self.session_vector = (decay * self.session_vector + weight * vector).astype(
+                    np.float32
+                )
         self.updated_at = max(self.updated_at, at)
 
     def recent_keys(self, n: int) -> list[int]:
-        return list(self.recent)[-n:][::-1]  # most recent first
+        return [key for key, _ in self.recent[-n:]][::-1]  # most recent first
+
+    def excluded(self, rules: Mapping[str, float | None], now: float) -> set[int]:
+        """Items to keep out of slates: acted on with a type in ``rules`` (type -> window in
+        seconds, None for ever) within that window."""
+        out: set[int] = set()
+        for kind, window in rules.items():
+            for key, at in self.acted.get(kind, {}).items():
+                if window is None or now - at <= window:
+                    out.add(key)
+        return out
+
+    def top(self, counters: str, n: int) -> list[str]:
+        values: dict[str, float] = getattr(self, counters)
+        return sorted(values, key=lambda name: (-values[name], name))[:n]
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(
+            {
+                "v": STATE_VERSION,
+                "r": self.recent,
+                "a": {kind: list(acted.items()) for kind, acted in self.acted.items()},
+                "c": self.categories,
+                "b": self.brands,
+                "s": None if self.session_vector is None else self.session_vector.tobytes(),
+                "t": self.updated_at,
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UserState:
+        raw: dict[str, Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if raw.get("v") != STATE_VERSION:
+            return cls()  # a state this version cannot read starts over
+        vector = raw["s"]
+        return cls(
+            recent=[(int(k), float(t)) for k, t in raw["r"]],
+            acted={kind: {int(k): float(t) for k, t in pairs} for kind, pairs in raw["a"].items()},
+            categories=dict(raw["c"]),
+            brands=dict(raw["b"]),
+            session_vector=None if vector is None else np.frombuffer(vector, dtype=np.float32),
+            updated_at=float(raw["t"]),
+        )
 
 
 class UserStates:
-    """A bounded LRU of user states; ``load`` rebuilds a state that is not cached."""
+    """A bounded LRU of decoded states, each with the row version it was decoded from."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._states: OrderedDict[str, UserState] = OrderedDict()
+        self._states: OrderedDict[str, tuple[int, UserState]] = OrderedDict()
 
-    def get(self, user_id: str) -> UserState | None:
-        state = self._states.get(user_id)
-        if state is not None:
-            self._states.move_to_end(user_id)
-        return state
+    def get(self, user_id: str, version: int) -> UserState | None:
+        found = self._states.get(user_id)
+        if found is None or found[0] != version:
+            return None
+        self._states.move_to_end(user_id)
+        return found[1]
 
-    def put(self, user_id: str, state: UserState) -> UserState:
-        self._states[user_id] = state
+    def put(self, user_id: str, version: int, state: UserState) -> UserState:
+        self._states[user_id] = (version, state)
         self._states.move_to_end(user_id)
         while len(self._states) > self.capacity:
             self._states.popitem(last=False)
-        return state
-
-    @staticmethod
-    def rebuild(
-        events: Iterable[tuple[int, str, float]],
-        vectors: Callable[[np.ndarray | list[int]], np.ndarray],
-    ) -> UserState:
-        """A state from ``(key, type, time)`` events, oldest first."""
-        events = list(events)
-        state = UserState()
-        if not events:
-            return state
-        matrix = vectors([key for key, _, _ in events])
-        for (key, kind, at), vector in zip(events, matrix, strict=True):
-            state.observe(key, kind, vector, at)
         return state

@@ -27,8 +27,9 @@ from slatebandit.logging.items import CATALOG_COLUMNS
 from slatebandit.logging.learning import late_rewards
 from slatebandit.logging.models import champion, get_version, list_versions, promote
 from slatebandit.logging.schema import items as items_table
+from slatebandit.logging.users import update_user_state
 from slatebandit.policies import follow_champion
-from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, generate
+from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, UserState, generate
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
@@ -60,7 +61,13 @@ async def create_slate(request: Request) -> Response:
     filters = None if body.filters is None else body.filters.to_filters()
     allowed = await s.allowed(filters) if filters else None
     candidates = generate(
-        s.store, user, session_keys, exclude_keys, s.settings.candidates, allowed=allowed
+        s.store,
+        user,
+        session_keys,
+        exclude_keys,
+        s.settings.candidates,
+        allowed=allowed,
+        excluded=user.excluded(s.settings.exclusions, time.time()),
     )
     recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
     shared = SharedFeatures.build(body.context, recent)
@@ -156,15 +163,21 @@ async def post_event(request: Request) -> Response:
     if key is None:
         raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
     now = time.time()
-    await s.writer.submit(
-        partial(insert_event, user_id=body.user_id, item_key=key, type=body.type, created_at=now)
-    )
-    state = s.users.get(body.user_id)
-    if state is None:
-        await s.user_state(body.user_id)  # rebuilt from the log, which now holds this event
-    else:
-        vector = index.vectors([key])[0] if index.contains(key) else None
-        state.observe(key, body.type, vector, now)
+    vector = index.vectors([key])[0] if index.contains(key) else None
+    category = catalog.category_names[catalog.category[key]]
+    brand = catalog.brand_names[catalog.brand[key]]
+
+    def observed(old: bytes | None) -> bytes:
+        state = UserState() if old is None else UserState.from_bytes(old)
+        state.observe(key, body.type, vector, now, category, brand)
+        return state.to_bytes()
+
+    def unit(conn: Connection) -> tuple[int, bytes]:
+        insert_event(conn, user_id=body.user_id, item_key=key, type=body.type, created_at=now)
+        return update_user_state(conn, body.user_id, observed)
+
+    version, data = await s.writer.submit(unit)
+    s.users.put(body.user_id, version, UserState.from_bytes(data))
     catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
     return respond(request, body.model_dump(), 202)
 

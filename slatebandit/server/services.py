@@ -17,9 +17,9 @@ from slatebandit.logging import (
     GroupCommitWriter,
     ShownDecision,
     impression_counts,
-    recent_events,
     shown_decision,
 )
+from slatebandit.logging.users import read_user_state
 from slatebandit.policies import VWPolicy
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import require
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RECENT_DECISIONS = 200_000  # event ids whose shown items are kept for reward validation
-USER_HISTORY = 50  # events read to rebuild a user's state
 
 
 @dataclass
@@ -58,16 +57,14 @@ class Services:
         return found
 
     async def user_state(self, user_id: str) -> UserState:
-        state = self.users.get(user_id)
-        if state is None:
-            events = await self.read(lambda conn: recent_events(conn, user_id, USER_HISTORY))
-            index = self.store.index
-            state = UserStates.rebuild([e for e in events if index.contains(e[0])], index.vectors)
-            for key, kind, _ in events:  # purchases of items now out of the index still count
-                if kind == "purchase":
-                    state.purchased.add(key)
-            state = self.users.get(user_id) or self.users.put(user_id, state)
-        return state
+        """The user's state as committed, whichever worker wrote it (one row read)."""
+        found = await self.read(lambda conn: read_user_state(conn, user_id))
+        if found is None:
+            return UserState()
+        version, data = found
+        return self.users.get(user_id, version) or self.users.put(
+            user_id, version, UserState.from_bytes(data)
+        )
 
     def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
         self.decisions[event_id] = decision

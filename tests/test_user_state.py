@@ -1,0 +1,135 @@
+"""Online user state in SQL: every event updates it before its 202, any worker sees it next."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from slatebandit.config import Settings
+from slatebandit.retrieval import UserState
+from slatebandit.retrieval.demo import demo_items
+from slatebandit.retrieval.user_state import ACTED_ITEMS, COUNTERS, RECENT_ITEMS
+from slatebandit.server import create_app
+from tests.conftest import make_settings, seed_catalog
+
+
+def _state(client: TestClient, user: str) -> UserState:
+    services = client.app_state["services"]
+    return client.portal.call(services.user_state, user)  # type: ignore[no-any-return]
+
+
+def test_state_round_trips_and_stays_bounded() -> None:
+    state = UserState()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        vector = rng.standard_normal(8).astype(np.float32)
+        state.observe(i, "click", vector, 1000.0 + i, f"cat{i % 40}", f"brand{i % 50}")
+    assert len(state.recent) == RECENT_ITEMS
+    assert state.recent_keys(3) == [299, 298, 297]
+    assert len(state.acted["click"]) == ACTED_ITEMS
+    assert len(state.categories) <= COUNTERS and len(state.brands) <= COUNTERS
+    again = UserState.from_bytes(state.to_bytes())
+    assert again.recent == state.recent and again.acted == state.acted
+    assert again.categories == state.categories and again.brands == state.brands
+    assert np.array_equal(again.session_vector, state.session_vector)
+    assert again.updated_at == state.updated_at == 1299.0
+
+
+def test_exclusion_rules_follow_their_windows() -> None:
+    state = UserState()
+    state.observe(1, "purchase", None, 1000.0)
+    state.observe(2, "add_to_cart", None, 1000.0)
+    state.observe(3, "click", None, 1000.0)
+    rules = {"purchase": None, "add_to_cart": 3600.0}
+    assert state.excluded(rules, now=1000.0 + 60) == {1, 2}
+    assert state.excluded(rules, now=1000.0 + 7200) == {1}
+    assert state.excluded({}, now=1000.0) == set()
+    parsed = Settings.from_env({}, exclude_events="purchase, add_to_cart:1h,view:30m").exclusions
+    assert parsed == {"purchase": None, "add_to_cart": 3600.0, "view": 1800.0}
+
+
+@pytest.mark.parametrize("bad", ["buy", "purchase:30x", "purchase:d", ":1h"])
+def test_a_malformed_exclusion_rule_fails_at_start(bad: str) -> None:
+    from slatebandit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="EXCLUDE_EVENTS"):
+        Settings.from_env({}, exclude_events=bad).validate()
+
+
+def _two_workers(settings: Settings):  # type: ignore[no-untyped-def]
+    """Two apps on one database: two workers as far as state goes (each has its own cache)."""
+    return TestClient(create_app(settings)), TestClient(create_app(settings))
+
+
+def _cross_worker(settings: Settings) -> None:
+    items = list(demo_items(300, seed=4))
+    seed_catalog(settings.database_url, items)
+    first, second = _two_workers(settings)
+    with first, second:
+        assert _state(second, "ann").recent == []  # B caches the empty state
+        clicked = items[7]
+        event = {"user_id": "ann", "item_id": clicked.item_id, "type": "click"}
+        assert first.post("/v1/events", json=event).status_code == 202
+        on_b = _state(second, "ann")
+        assert on_b.recent_keys(1) == [_key(second, clicked.item_id)]
+        assert on_b.categories == {clicked.category: 2.0}
+        assert on_b.session_vector is not None
+        slate = second.post("/v1/slates", json={"user_id": "ann", "k": 10}).json()["items"]
+        assert {"similar", "session"} & {item["source"] for item in slate}
+        assert clicked.item_id not in {item["item_id"] for item in slate}  # just seen
+
+        bought = slate[0]["item_id"]
+        purchase = {"user_id": "ann", "item_id": bought, "type": "purchase"}
+        assert second.post("/v1/events", json=purchase).status_code == 202
+        for _ in range(5):  # never again, on either worker
+            for client in (first, second):
+                again = client.post("/v1/slates", json={"user_id": "ann", "k": 10}).json()
+                assert bought not in {item["item_id"] for item in again["items"]}
+
+
+def _key(client: TestClient, item_id: str) -> int:
+    return int(client.app_state["services"].store.catalog.key_of[item_id])
+
+
+def test_an_event_on_one_worker_shapes_the_next_slate_on_another(tmp_path: Path) -> None:
+    _cross_worker(make_settings(tmp_path, learner="off"))
+
+
+@pytest.mark.postgres
+def test_an_event_on_one_worker_shapes_the_next_slate_on_another_postgres(
+    tmp_path: Path, pg_url: str
+) -> None:
+    _cross_worker(make_settings(tmp_path, learner="off", db_url=pg_url))
+
+
+def _no_lost_update(settings: Settings) -> None:
+    items = list(demo_items(100, seed=5))
+    seed_catalog(settings.database_url, items)
+    first, second = _two_workers(settings)
+    with first, second:
+
+        def post(i: int) -> int:
+            client = (first, second)[i % 2]
+            event = {"user_id": "bob", "item_id": items[i % 50].item_id, "type": "view"}
+            return client.post("/v1/events", json=event).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(post, range(120))) == {202}
+        state = _state(first, "bob")
+    assert sum(state.categories.values()) == pytest.approx(120.0)  # every view counted once
+    assert len(state.acted["view"]) == 50
+
+
+def test_concurrent_events_on_two_workers_lose_no_update(tmp_path: Path) -> None:
+    _no_lost_update(make_settings(tmp_path, learner="off"))
+
+
+@pytest.mark.postgres
+def test_concurrent_events_on_two_workers_lose_no_update_postgres(
+    tmp_path: Path, pg_url: str
+) -> None:
+    _no_lost_update(make_settings(tmp_path, learner="off", db_url=pg_url))
