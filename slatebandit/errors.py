@@ -10,6 +10,7 @@
     ├── NotAcceptable           406 not_acceptable
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
+    ├── TooManyRequests         429 too_many_requests
     └── Unavailable             503 unavailable
 
 The server turns any of them into ``{"error": {"code", "message", "field"}}`` with the status
@@ -74,6 +75,11 @@ class PayloadTooLarge(SlatebanditError):
 class UnsupportedMediaType(SlatebanditError):
     status = 415
     code = "unsupported_media_type"
+
+
+class TooManyRequests(SlatebanditError):
+    status = 429
+    code = "too_many_requests"
 
 
 class Unavailable(SlatebanditError):

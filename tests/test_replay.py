@@ -232,3 +232,48 @@ def test_replay_reads_each_slots_reward_as_the_learner_does(
     engine.dispose()
     assert np.concatenate([s.reward for s in shown]).tolist() == expected
     assert sum(s.decisions for s in shown) == 40
+
+
+def test_empty_slates_and_bad_times_do_not_break_replay(tmp_path: Path) -> None:
+    """A filter that matches nothing logs a decision with no slot; replay (DM and DR too)
+    still runs. Non-finite times are refused, on the CLI's path and the API's."""
+    from slatebandit.errors import InvalidInput
+    from slatebandit.replay.evaluate import parse_time
+
+    settings = make_settings(tmp_path, learner="off", reward_wait=0)
+    seed_catalog(settings.database_url, list(demo_items(50, seed=8)))
+    with TestClient(create_app(settings)) as client:
+        for i in range(5):
+            body = {"user_id": f"u{i}", "k": 3, "filters": {"brand": ["no such brand"]}}
+            assert client.post("/v1/slates", json=body).json()["items"] == []
+        client.post("/v1/slates", json={"user_id": "x", "k": 3})
+        bad = {"policies": ["random"], "since": "nan"}
+        answer = client.post("/v1/evaluations", json=bad)
+        assert answer.status_code == 400 and answer.json()["error"]["field"] == "since"
+    report = _run(settings, policies=("random",), estimators=("dm", "dr", "ips"))
+    assert report["n_decisions"] == 6 and report["n_slots"] == 3
+    for bad_time in ("nan", "inf", float("nan"), "-Infinity"):
+        with pytest.raises(InvalidInput, match="finite"):
+            parse_time(bad_time, "until")
+
+
+def test_evaluations_beyond_the_queue_are_refused_with_429(logged) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from slatebandit.errors import TooManyRequests
+    from slatebandit.server.evaluations import QUEUED, RUNNING, Evaluations
+
+    settings, _ = logged
+    engine = open_engine(settings.database_url)
+    evaluations = Evaluations(engine, settings)
+    loop = asyncio.new_event_loop()
+    try:
+        evaluations.tasks = {loop.create_future() for _ in range(RUNNING + QUEUED - 1)}
+        evaluations.check_room()  # one more fits
+        evaluations.tasks.add(loop.create_future())
+        with pytest.raises(TooManyRequests):
+            evaluations.check_room()
+    finally:
+        loop.close()
+        evaluations.pool.shutdown()
+        engine.dispose()

@@ -32,11 +32,16 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+BLOCK = 256  # replicates generated and multiplied at a time: bounds the temporaries
+
+
 class Bootstrap:
     """Poisson(1) resampling weights for ``replicates`` bootstrap replicates.
 
-    ``weights(ids)`` is a (len(ids), replicates) float matrix; the last one computed is kept,
-    because every estimator of every policy asks for the same chunk of decisions in turn.
+    ``weights(ids)`` is a (len(ids), replicates) uint8 matrix of counts (never above
+    ``_MAX_COUNT``); the last one computed is kept, because every estimator of every policy asks
+    for the same chunk of decisions in turn. ``totals`` multiplies it into per-replicate sums a
+    block of replicates at a time, so memory stays at one byte per (decision, replicate).
     """
 
     def __init__(self, replicates: int = 1000, seed: int = 0) -> None:
@@ -52,13 +57,23 @@ class Bootstrap:
         tag = ids.tobytes()
         if self._last is not None and self._last[0] == tag:
             return self._last[1]
-        counts = np.zeros((len(ids), self.replicates))
-        if self.replicates:
-            with np.errstate(over="ignore"):
-                stream = _splitmix64(ids.astype(np.uint64) ^ self._key)[:, None]
-                replicate = np.arange(self.replicates, dtype=np.uint64)[None, :]
+        counts = np.zeros((len(ids), self.replicates), dtype=np.uint8)
+        with np.errstate(over="ignore"):
+            stream = _splitmix64(ids.astype(np.uint64) ^ self._key)[:, None]
+            for start in range(0, self.replicates, BLOCK):
+                stop = min(start + BLOCK, self.replicates)
+                replicate = np.arange(start, stop, dtype=np.uint64)[None, :]
                 bits = _splitmix64(stream * np.uint64(0x100000001B3) + replicate)
-            uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
-            counts = np.searchsorted(_CDF, uniform, side="right").astype(np.float64)
+                uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
+                counts[:, start:stop] = np.searchsorted(_CDF, uniform, side="right")
         self._last = (tag, counts)
         return counts
+
+    def totals(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Per replicate, the count-weighted sums of ``values`` (one row per decision)."""
+        counts = self.weights(ids)
+        out = np.empty((self.replicates, values.shape[1]))
+        for start in range(0, self.replicates, BLOCK):
+            block = counts[:, start : start + BLOCK].astype(np.float64)
+            out[start : start + BLOCK] = block.T @ values
+        return out

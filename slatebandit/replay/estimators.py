@@ -14,10 +14,18 @@ w = p_target / p_log (optionally clipped at ``clip``):
 
 ``q_logged`` is the reward model's prediction for the shown item and ``q_target`` its expected
 prediction under the target's pmf for the slot (for cascade-dr: the Q-function, this slot's
-reward plus what is expected below it). The per-slot estimators are unbiased when a slot's
-reward depends on its own item and the context; the cascade ones also when a click depends on
-the items above it (the cascade model), at the price of larger weights. Values are rewards per
-shown slot; formulas as in the Open Bandit Pipeline documentation (Saito et al. 2021).
+reward plus what is expected below it).
+
+They estimate different things. The cascade estimators weigh a slot by the product over the
+slots down to it, so they estimate what the target's own slates would earn: unbiased under the
+cascade model (a slot's reward may depend on the items above it), and so also when it does not,
+at the price of larger weights. The per-slot estimators weigh a slot by its own conditional
+weight only, so slot j is credited with what the target would earn there *below the items the
+logger chose*: the target's value exactly in slot 0, a blend of logger and target further down.
+Their variance is far smaller, and they rank policies well when the target would rarely fill the
+slots above differently; for the absolute value of a slate policy, trust the cascade ones.
+Values are rewards per shown slot; formulas as in the Open Bandit Pipeline documentation
+(Saito et al. 2021) and Kiyohara et al. (2022).
 
 Each estimate is a ratio of sums over decisions, so it streams: ``add`` takes any number of
 whole decisions (a decision's slots together, in slot order), ``a + b`` merges two partial
@@ -142,8 +150,9 @@ class Estimator:
         self.max_weight = max(self.max_weight, float(used.max()))
         if len(self.replicates):
             assert self.bootstrap is not None
-            counts = self.bootstrap.weights(decision[starts])
-            self.replicates += counts.T @ np.column_stack([num_d, den_d])
+            self.replicates += self.bootstrap.totals(
+                decision[starts], np.column_stack([num_d, den_d])
+            )
 
     def _clip(self, weight: np.ndarray) -> np.ndarray:
         return weight if self.clip is None else np.minimum(weight, self.clip)

@@ -11,6 +11,7 @@ Three streaming passes over the window, chunk by chunk, in bounded memory:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,13 +58,19 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_time(text: str | float | int, field: str, now: float | None = None) -> float:
     """Seconds since the epoch from a number, an ISO 8601 date or time (UTC unless it says
     otherwise), or an age such as ``90m``, ``12h`` or ``7d`` (that long before now)."""
+    number: float | None = None
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
+        number = float(text)
+    else:
+        try:
+            number = float(str(text).strip())
+        except ValueError:
+            pass
+    if number is not None:
+        if not math.isfinite(number):
+            raise InvalidInput(f"{field}: must be a finite time, got {text!r}", field=field)
+        return number
     value = str(text).strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
     if len(value) > 1 and value[-1] in _UNITS:
         try:
             age = float(value[:-1]) * _UNITS[value[-1]]
@@ -125,8 +132,8 @@ class ReplayOptions:
                 make_estimator(name, clip=self.clip)
             except ValueError as exc:
                 raise InvalidInput(str(exc), field="estimators") from None
-        if not 0 <= self.bootstrap <= 100_000:
-            raise InvalidInput("bootstrap must be in [0, 100000]", field="bootstrap")
+        if not 0 <= self.bootstrap <= 10_000:
+            raise InvalidInput("bootstrap must be in [0, 10000]", field="bootstrap")
         if not self.clip > 0:
             raise InvalidInput("clip must be > 0", field="clip")
         if not 0 < self.train_fraction < 1:
@@ -199,7 +206,13 @@ def _replay(
     with engine.connect() as conn:
         whole = extent(conn, window)
         train_through = None
-        if any(t.trains for t in targets) and whole.decisions >= 2:
+        if any(t.trains for t in targets) and whole.decisions < 2:
+            raise InvalidInput(
+                'vw:"ARGS" policies need at least 2 decisions in the window: one to train on, '
+                "one to evaluate",
+                field="policy",
+            )
+        if any(t.trains for t in targets):
             first_evaluated = nth_decision(
                 conn, window, int(whole.decisions * options.train_fraction)
             )
@@ -222,6 +235,9 @@ def _replay(
         )
     with engine.connect() as conn:
         evaluated = extent(conn, window)
+    # Pin the window to the decisions counted now: every pass reads exactly these, even if
+    # more commit meanwhile (an ``until`` in the future).
+    window = Window(window.since, window.until, window.after, evaluated.last_id or window.after)
 
     model = RewardModel()
     if evaluated.decisions and any(make_estimator(n).uses_model for n in options.estimators):

@@ -257,9 +257,13 @@ def _shown(conn: Connection, ids: np.ndarray, aggregation: str, default_reward: 
     reward = np.full(len(decision), float(default_reward))
     if got:
         # A slot is (decision, item): one key per slot; find each reward's slot by search.
-        slot_keys = (decision << 32) | item
+        # Relative ids keep the key far from overflow whatever the ids (a run spans < 2^31).
+        radix = int(max(item.max(initial=0), max(r[1] for r in got))) + 1
+        slot_keys = (decision - lo) * radix + item
         order = np.argsort(slot_keys)
-        reward_keys = np.array([(r[0] << 32) | r[1] for r in got], dtype=np.int64)
+        reward_keys = (np.array([r[0] for r in got], dtype=np.int64) - lo) * radix + np.array(
+            [r[1] for r in got], dtype=np.int64
+        )
         at = np.searchsorted(slot_keys[order], reward_keys).clip(max=max(len(order) - 1, 0))
         found = slot_keys[order][at] == reward_keys if len(order) else np.zeros(0, dtype=bool)
         index = order[at][found]

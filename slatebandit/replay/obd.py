@@ -67,7 +67,8 @@ def find_log(directory: Path) -> Path:
 
 def import_obd(engine: Engine, directory: Path, *, progress: bool = True) -> Imported:
     log = find_log(directory)
-    campaign = f"{directory.parent.name}/{directory.name}".strip("/")
+    resolved = directory.resolve()  # "bts" and "data/obd/bts" are one campaign
+    campaign = f"{resolved.parent.name}/{resolved.name}".strip("/")
     items = _items(directory / ITEM_CONTEXT)
     known = {int(item.item_id.removeprefix("obd-")) for item in items}
     # Validate the whole log first: a bad row anywhere writes nothing.

@@ -42,6 +42,8 @@ class RewardModel:
         self, decision_ids: np.ndarray, slot: np.ndarray, item: np.ndarray, reward: np.ndarray
     ) -> None:
         """Logged slots: one decision id, slot, item key and reward per slot."""
+        if len(item) == 0:
+            return
         fold = fold_of(decision_ids)
         self.item_sum, self.item_count = self._grow(self.item_sum, self.item_count, item.max() + 1)
         self.slot_sum, self.slot_count = self._grow(self.slot_sum, self.slot_count, slot.max() + 1)

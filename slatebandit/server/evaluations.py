@@ -1,9 +1,11 @@
 """``POST /v1/evaluations`` and ``GET /v1/evaluations/{id}``: replay for analysts over HTTP.
 
-An evaluation runs on a thread of the worker that accepted it, beside serving (a replay is
-numpy and SQL reads; VW scoring releases the GIL in C++), and writes its progress to the
-``evaluations`` table about once a second, so any worker can answer a GET. If that worker dies,
-the row stops moving and GET reports it failed after ``STALE_SECONDS``.
+An evaluation runs in the worker that accepted it, on a thread pool of its own with one
+thread (``RUNNING``), so replays queue behind each other instead of taking the default pool
+that serving's reads run on; past ``QUEUED`` waiting evaluations a new one gets a 429. It
+writes its progress to the ``evaluations`` table about once a second, so any worker can answer
+a GET. If that worker dies, the row stops moving and GET reports it failed after
+``STALE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from sqlalchemy import Engine
@@ -20,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from slatebandit.config import Settings
-from slatebandit.errors import NotFound, SlatebanditError
+from slatebandit.errors import NotFound, SlatebanditError, TooManyRequests
 from slatebandit.logging.evaluations import (
     advance_evaluation,
     create_evaluation,
@@ -34,6 +37,8 @@ from slatebandit.server.services import for_request
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 1.0
+RUNNING = 1  # replays at a time per worker: the rest of the CPU stays with serving
+QUEUED = 4  # replays waiting per worker before new ones are refused (429)
 
 
 class _Stopped(Exception):
@@ -47,10 +52,19 @@ class Evaluations:
         self.engine = engine
         self.settings = settings
         self.stopping = threading.Event()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Future[None]] = set()
+        self.pool = ThreadPoolExecutor(RUNNING, thread_name_prefix="replay")
+
+    def check_room(self) -> None:
+        if len(self.tasks) >= RUNNING + QUEUED:
+            raise TooManyRequests(
+                f"{len(self.tasks)} evaluations are running or queued on this worker; "
+                "try again when one has finished"
+            )
 
     def start(self, evaluation_id: str, options: ReplayOptions) -> None:
-        task = asyncio.create_task(asyncio.to_thread(self._run, evaluation_id, options))
+        loop = asyncio.get_running_loop()
+        task = loop.run_in_executor(self.pool, self._run, evaluation_id, options)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -62,6 +76,7 @@ class Evaluations:
         """Ask running replays to stop at their next chunk, and wait for them."""
         self.stopping.set()
         await self.wait()
+        self.pool.shutdown()
 
     def _run(self, evaluation_id: str, options: ReplayOptions) -> None:
         last = 0.0
@@ -99,11 +114,12 @@ async def post_evaluation(request: Request) -> Response:
     s = for_request(request, "analyst")
     body = validate(EvaluationRequest, await read_body(request, s.settings.max_body_bytes))
     options = ReplayOptions.parse(**body.model_dump())
+    assert s.evaluations is not None
+    s.evaluations.check_room()
     await asyncio.to_thread(_check_targets, s.engine, options.policies)
     evaluation_id = uuid.uuid4().hex
     unit = partial(create_evaluation, evaluation_id=evaluation_id, request=body.model_dump())
     await s.writer.submit(lambda conn: unit(conn))
-    assert s.evaluations is not None
     s.evaluations.start(evaluation_id, options)
     location = f"/v1/evaluations/{evaluation_id}"
     response = respond(

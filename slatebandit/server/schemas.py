@@ -118,7 +118,7 @@ class EvaluationRequest(_Strict):
     )
     since: str | float | None = Field(default=None, description="ISO 8601, epoch or age (7d)")
     until: str | float | None = Field(default=None, description="default: now - reward wait")
-    bootstrap: int = Field(default=1000, ge=0, le=100_000)
+    bootstrap: int = Field(default=1000, ge=0, le=10_000)
     seed: int = 0
     clip: float = Field(default=100.0, gt=0, allow_inf_nan=False)
     train_fraction: float = Field(default=0.5, gt=0, lt=1)
