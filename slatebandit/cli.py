@@ -6,6 +6,7 @@ slatebandit learn [--once]        run the learner as its own process
 slatebandit simulate --url URL    a storefront with a hidden click model
 slatebandit replay --policy SPEC  what policies would have earned, from the decision log
 slatebandit import obd DIR        load an Open Bandit Dataset campaign into the decision log
+slatebandit train-embeddings      learn collaborative item vectors from the interaction log
 slatebandit models ...            list, show, promote, rollback model versions
 slatebandit config [--markdown]   print the settings in force (or the README table)
 """
@@ -130,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     obd.add_argument("dir", type=Path, help="the campaign's log CSV and item_context.csv")
     obd.set_defaults(run=_import_obd)
 
+    embeddings = sub.add_parser(
+        "train-embeddings", help="learn collaborative item vectors from the interaction log"
+    )
+    _common(embeddings)
+    embeddings.add_argument("--method", choices=("svd", "als"), help="default: the setting")
+    embeddings.set_defaults(run=_train_embeddings)
+
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -201,6 +209,31 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         args.out.write_text(text, encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _train_embeddings(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from slatebandit.retrieval.embedding_job import train_embeddings
+
+    settings = _settings(args)
+    if args.method:
+        settings = dataclasses.replace(settings, embedding_method=args.method)
+    engine = open_engine(settings.database_url)
+    try:
+        with tqdm(desc="interactions", unit="event", mininterval=0.5) as bar:
+            trained = train_embeddings(engine, settings, bar.update)
+    finally:
+        engine.dispose()
+    if trained is None:
+        print("no weighted interactions in the log: nothing to learn from", file=sys.stderr)
+        return 1
+    print(
+        f"embeddings version {trained.version}: {trained.items} items from "
+        f"{trained.interactions} interactions in {trained.seconds:.1f} s "
+        f"({settings.embedding_method}); serving processes swap it in within a poll"
+    )
     return 0
 
 

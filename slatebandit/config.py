@@ -103,6 +103,17 @@ class Settings:
             "`type:30d` for a window in s, m, h or d)"
         ),
     )
+    embedding_interval: float = field(
+        default=3600.0,
+        metadata=_doc("seconds between collaborative-embedding trainings inside serve (0: off)"),
+    )
+    embedding_method: str = field(
+        default="svd", metadata=_doc("collaborative embeddings: svd (co-occurrence) or als")
+    )
+    embedding_weights: str = field(
+        default="view:0.25,click:1,add_to_cart:2,purchase:4",
+        metadata=_doc("weight of each event type in the embedding job (`type:weight`)"),
+    )
     learn_batch: int = field(default=500, metadata=_doc("decisions the learner reads at a time"))
     checkpoint_every: int = field(
         default=10_000, metadata=_doc("learned examples between model checkpoints")
@@ -144,6 +155,25 @@ class Settings:
                     field="reward_table",
                 )
         return table
+
+    @property
+    def interaction_weights(self) -> dict[str, float]:
+        """Event type -> weight in the embedding job, from ``embedding_weights``."""
+        weights = {}
+        for entry in filter(None, (e.strip() for e in self.embedding_weights.split(","))):
+            kind, _, value = entry.partition(":")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = -1.0
+            if kind.strip() not in ("view", "click", "add_to_cart", "purchase") or weight < 0:
+                raise ConfigError(
+                    f"{ENV_PREFIX}EMBEDDING_WEIGHTS entry {entry!r} must look like click:1 "
+                    "(types view, click, add_to_cart, purchase; weights >= 0)",
+                    field="embedding_weights",
+                )
+            weights[kind.strip()] = weight
+        return weights
 
     @property
     def exclusions(self) -> dict[str, float | None]:
@@ -232,6 +262,9 @@ class Settings:
         need(self.checkpoint_seconds > 0, "checkpoint_seconds", "must be > 0")
         self.rewards  # noqa: B018 - parse now so a malformed table fails at start
         self.exclusions  # noqa: B018
+        self.interaction_weights  # noqa: B018
+        need(self.embedding_interval >= 0, "embedding_interval", "must be >= 0 (0: off)")
+        need(self.embedding_method in ("svd", "als"), "embedding_method", "must be svd or als")
         need(
             self.log_level in ("debug", "info", "warning", "error"),
             "log_level",

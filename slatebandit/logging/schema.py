@@ -159,6 +159,29 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
 )
 
+# Collaborative item vectors (``retrieval.collab``): one row per training run, and each item's
+# vector and interaction count in that run. Serving blends them with content vectors.
+embedding_versions = Table(
+    "embedding_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", Float, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("interactions", BigInteger, nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("seconds", Float, nullable=False),
+)
+
+item_factors = Table(
+    "item_factors",
+    metadata,
+    Column("version", Integer, ForeignKey("embedding_versions.version"), nullable=False),
+    Column("key", Integer, nullable=False),
+    Column("count", Float, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("version", "key"),
+)
+
 # Replay runs requested over HTTP: the request, progress while it runs (``updated_at`` is the
 # heartbeat of the worker running it), then the report or the error.
 evaluations = Table(

@@ -137,6 +137,8 @@ def _session_vector(
     store: ItemStore, user: UserState | None, session_keys: Sequence[int]
 ) -> np.ndarray | None:
     vector = None if user is None else user.session_vector
+    if vector is not None and vector.shape != (store.index.dim,):
+        vector = None  # built in another embedding space (an older version's index)
     if session_keys:
         request = store.index.vectors(np.asarray(session_keys)).sum(axis=0)
         vector = request if vector is None else vector + request

@@ -34,6 +34,7 @@ class ItemIndex:
         self.dim = dim
         self.ef = ef
         self.rev = 0  # the catalog revision this index reflects
+        self.factors_version = 0  # the collaborative vectors blended in (retrieval.collab)
         self._lock = threading.Lock()
         self._index = hnswlib.Index(space="ip", dim=dim)
         self._index.init_index(
@@ -86,7 +87,8 @@ class ItemIndex:
 
     def vectors(self, keys: np.ndarray | list[int]) -> np.ndarray:
         with self._lock:
-            return np.asarray(self._index.get_items(list(map(int, keys))), dtype=np.float32)
+            found = self._index.get_items(list(map(int, keys)), return_type="numpy")
+        return np.asarray(found, dtype=np.float32).reshape(-1, self.dim)
 
     def _reserve(self, max_label: int, adding: int) -> None:
         needed = max(max_label, self._index.get_current_count() + adding)
@@ -116,6 +118,7 @@ class ItemIndex:
                 "dim": self.dim,
                 "live": self.live,
                 "ef": self.ef,
+                "factors_version": self.factors_version,
             }
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(manifest))
@@ -135,6 +138,7 @@ class ItemIndex:
         self = cls.__new__(cls)
         self.dim, self.ef = manifest["dim"], manifest["ef"]
         self.rev, self.live = manifest["rev"], manifest["live"]
+        self.factors_version = manifest.get("factors_version", 0)
         self._lock = threading.Lock()
         self._index = hnswlib.Index(space="ip", dim=self.dim)
         self._index.load_index(str(path.with_name(manifest["stem"] + ".bin")))

@@ -4,6 +4,11 @@ The ``items`` table is the truth. At start the store reads it whole into the in-
 catalog and loads the saved index, re-embedding only items changed since the index was saved
 (or building the index if there is none). While serving, ``sync`` applies the change feed, so
 catalog changes made by another worker or by ``slatebandit items load`` arrive within a poll.
+
+Index vectors blend content and collaborative vectors (``retrieval.collab``). When a new set of
+collaborative vectors arrives, ``build_with`` builds a whole new index beside the serving one
+(on a worker thread, one core) and ``swap_in`` replays the catalog changes made meanwhile onto it
+and swaps it in with one assignment: queries never wait for the build (DESIGN.md invariant 6).
 """
 
 from __future__ import annotations
@@ -21,21 +26,33 @@ from tqdm import tqdm
 
 from slatebandit.logging import changes_since, count_live_items, latest_rev
 from slatebandit.retrieval.catalog import Catalog
+from slatebandit.retrieval.collab import INDEX_DIM, ItemFactors, blend, content_of
 from slatebandit.retrieval.content import DIM, ContentEmbedder, title_words
 from slatebandit.retrieval.index import ItemIndex
 
 log = logging.getLogger(__name__)
 _CHUNK = 256  # items per index call while serving, so queries interleave with a bulk add
 _REREAD = 256  # revisions re-read below the watermark on every sync
+# Items per step of a rebuild beside serving: reading vectors out of the serving index holds
+# its lock (about 12 us an item), so steps stay short enough not to stall queries.
+_BUILD_CHUNK = 256
 
 
 class ItemStore:
-    def __init__(self, catalog: Catalog, index: ItemIndex, index_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: ItemIndex,
+        index_path: Path | None = None,
+        factors: ItemFactors | None = None,
+    ) -> None:
         self.catalog = catalog
         self.index = index
         self.index_path = index_path
-        self.embedder = ContentEmbedder(index.dim)
+        self.factors = factors or ItemFactors.empty()
+        self.embedder = ContentEmbedder(DIM)
         self._sync_lock = asyncio.Lock()
+        self._touched: set[int] | None = None  # keys changed while a rebuild runs
 
     @classmethod
     def open(
@@ -46,20 +63,27 @@ class ItemStore:
         fresh_impressions: int = 50,
         ef: int | None = None,
         progress: bool = False,
+        factors: ItemFactors | None = None,
     ) -> ItemStore:
+        factors = factors or ItemFactors.empty()
         index = None
         if index_path is not None and index_path.exists():
             try:
                 index = ItemIndex.load(index_path)
+                if index.dim != INDEX_DIM or index.factors_version != factors.version:
+                    raise ValueError("built with other dimensions or collaborative vectors")
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                log.warning("index %s unreadable (%s); rebuilding it", index_path, exc)
+                log.warning("index %s not usable (%s); rebuilding it", index_path, exc)
+                index = None
         saved_rev = index.rev if index is not None else 0
         with engine.connect() as conn:
             total = count_live_items(conn)
             # A new index is sized for the catalog at once: growing it 1.5x at a time from a
             # small start costs copies and peaks at about twice the final memory.
-            index = index or ItemIndex(DIM, capacity=total + 1024)
-            store = cls(Catalog(fresh_impressions), index, index_path)
+            if index is None:
+                index = ItemIndex(INDEX_DIM, capacity=total + 1024)
+                index.factors_version = factors.version
+            store = cls(Catalog(fresh_impressions), index, index_path, factors)
             if ef is not None:
                 index.ef = ef
             bar = tqdm(total=total, desc="catalog", unit="item", disable=not progress)
@@ -124,9 +148,58 @@ class ItemStore:
         for start in range(0, len(embed), chunk):
             part = embed[start : start + chunk]
             keys = np.fromiter((key for key, _, _ in part), dtype=np.int64, count=len(part))
-            vectors = self.embedder.embed_many(
+            content = self.embedder.embed_many(
                 [(tokens, title_words(title)) for _, tokens, title in part]
             )
-            self.index.upsert(keys, vectors, threads=threads)
+            collab, counts = self.factors.lookup(keys)
+            self.index.upsert(keys, blend(content, collab, counts), threads=threads)
         if deleted:
             self.index.delete(np.asarray(deleted, dtype=np.int64))
+        if self._touched is not None:
+            self._touched.update(key for key, _, _ in embed)
+            self._touched.update(deleted)
+
+    def build_with(self, factors: ItemFactors) -> ItemIndex:
+        """A new index holding every live item with ``factors`` blended in, built beside the
+        serving one; call on a worker thread, then ``swap_in``."""
+        old, old_factors = self.index, self.factors
+        self._touched = set()
+        keys = np.flatnonzero(self.catalog.available).astype(np.int64)
+        keys = keys[[old.contains(int(k)) for k in keys]] if len(keys) else keys
+        new = ItemIndex(INDEX_DIM, capacity=len(keys) + 1024, ef=old.ef)
+        new.factors_version = factors.version
+        for start in range(0, len(keys), _BUILD_CHUNK):
+            part = keys[start : start + _BUILD_CHUNK]
+            self._move(part, old, old_factors, new, factors)
+        new.rev = old.rev
+        return new
+
+    async def swap_in(self, new: ItemIndex, factors: ItemFactors) -> None:
+        """Bring ``new`` up to date with the changes made while it was built, then serve it."""
+        async with self._sync_lock:  # no catalog change lands between the catch-up and the swap
+            await asyncio.to_thread(self._catch_up, new, factors)
+            self.index, self.factors = new, factors  # one assignment each: queries see either
+            self._touched = None
+
+    def _catch_up(self, new: ItemIndex, factors: ItemFactors) -> None:
+        touched = np.array(sorted(self._touched or ()), dtype=np.int64)
+        live = np.array([self.index.contains(int(k)) for k in touched], dtype=bool)
+        self._move(touched[live], self.index, self.factors, new, factors)
+        gone = [int(k) for k in touched[~live] if new.contains(int(k))]
+        if gone:
+            new.delete(np.asarray(gone, dtype=np.int64))
+        new.rev = self.index.rev
+
+    @staticmethod
+    def _move(
+        keys: np.ndarray,
+        old: ItemIndex,
+        old_factors: ItemFactors,
+        new: ItemIndex,
+        factors: ItemFactors,
+    ) -> None:
+        if len(keys) == 0:
+            return
+        content = content_of(old.vectors(keys), old_factors.lookup(keys)[1])
+        collab, counts = factors.lookup(keys)
+        new.upsert(keys, blend(content, collab, counts), threads=1)

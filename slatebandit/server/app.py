@@ -31,6 +31,7 @@ from slatebandit.logging import GroupCommitWriter, open_engine
 from slatebandit.policies import VWPolicy, follow_champion
 from slatebandit.policies.learner import Learner, hold_lease
 from slatebandit.retrieval import ItemStore
+from slatebandit.retrieval.embedding_job import follow_factors, latest_factors, train_if_leased
 from slatebandit.server import routes
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import Evaluations, post_evaluation, read_evaluation
@@ -50,12 +51,14 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         engine = open_engine(settings.database_url)
+        factors = await asyncio.to_thread(latest_factors, engine)
         store = await asyncio.to_thread(
             ItemStore.open,
             engine,
             index_path(settings),
             fresh_impressions=settings.fresh_impressions,
             ef=settings.hnsw_ef,
+            factors=factors,
         )
         exploration = Exploration(
             settings.exploration, settings.epsilon, settings.gamma, settings.temperature
@@ -88,6 +91,21 @@ def create_app(settings: Settings) -> Starlette:
                 _every(settings.model_poll_seconds, lambda: follow_champion(engine, policy))
             ),
         ]
+        tasks.append(
+            asyncio.create_task(
+                _every(settings.model_poll_seconds, lambda: follow_factors(engine, store))
+            )
+        )
+        if settings.embedding_interval > 0:
+            holder = f"serve-{socket.gethostname()}-{os.getpid()}"
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        settings.embedding_interval,
+                        lambda: asyncio.to_thread(train_if_leased, engine, settings, holder),
+                    )
+                )
+            )
         learning = EmbeddedLearner(engine, settings)
         if settings.learner == "embedded":
             tasks.append(asyncio.create_task(_every(LEARN_SECONDS, learning.tick)))
