@@ -14,6 +14,7 @@ from slatebandit.cli import main
 from slatebandit.logging import open_engine
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.collab import (
+    BLEND_INTERACTIONS,
     COLLAB_DIM,
     INDEX_DIM,
     ItemFactors,
@@ -61,7 +62,7 @@ def test_blend_keeps_the_content_part_and_new_items_are_pure_content() -> None:
     content /= np.linalg.norm(content, axis=1, keepdims=True)
     collab = rng.standard_normal((5, COLLAB_DIM)).astype(np.float32)
     collab /= np.linalg.norm(collab, axis=1, keepdims=True)
-    counts = np.array([0.0, 1.0, 20.0, 200.0, 5000.0])
+    counts = np.array([0.0, 1.0, BLEND_INTERACTIONS, 200.0, 5000.0])
     mixed = blend(content, collab, counts)
     assert np.allclose(np.linalg.norm(mixed, axis=1), 1.0, atol=1e-5)
     assert (
@@ -87,7 +88,7 @@ def test_a_rebuild_blends_new_vectors_and_replays_changes_made_meanwhile(tmp_pat
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((50, COLLAB_DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    factors = ItemFactors(7, keys[:50].copy(), vectors, np.full(50, 20.0))
+    factors = ItemFactors(7, keys[:50].copy(), vectors, np.full(50, BLEND_INTERACTIONS))
 
     new = store.build_with(factors)
     # Catalog changes land on the serving index while the new one is being built.

@@ -1,7 +1,8 @@
 """Vowpal Wabbit examples in text format, built from the context and the candidates.
 
 Namespaces (VW keys interactions on the first letter):
-    u  shared: what we know of the user (recent categories)
+    u  shared: what we know of the user: the categories of their recent items (``rc=``) and
+       their profile from the online state, top categories (``tc=``) and brands (``tb=``)
     c  shared: request context (device, page, hour, ...)
     p  shared: slot position, learning only; never interacted, so item scores stay free of
        position bias while one predict per slate scores every slot
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from slatebandit.retrieval.content import clean
 
@@ -29,6 +31,7 @@ class SharedFeatures:
 
     context: dict[str, Scalar]  # request context plus the hour of day
     user: tuple[str, ...] = ()  # categories of the user's recent items, most recent first
+    profile: tuple[str, ...] = ()  # tokens such as "tc=men/shoes", "tb=acme"
 
     @classmethod
     def build(
@@ -36,19 +39,28 @@ class SharedFeatures:
         context: Mapping[str, Scalar],
         recent_categories: Sequence[str] = (),
         at: float | None = None,
+        profile: Sequence[str] = (),
     ) -> SharedFeatures:
         hour = time.gmtime(time.time() if at is None else at).tm_hour
-        return cls({"hour": hour, **context}, tuple(dict.fromkeys(recent_categories)))
+        recent = tuple(dict.fromkeys(recent_categories))
+        return cls({"hour": hour, **context}, recent, tuple(profile))
+
+    @classmethod
+    def from_log(cls, logged: Mapping[str, Any]) -> SharedFeatures:
+        """The features a decision logged (``to_log``), for the learner and replay."""
+        return cls(dict(logged["c"]), tuple(logged["u"]), tuple(logged.get("p", ())))
 
     def line(self, slot: int | None = None) -> str:
         """``shared |u ... |c ...``: every value becomes an indicator token (numbers binned)."""
-        user = " ".join("rc=" + clean(c) for c in self.user if c)
+        user = " ".join(
+            [*("rc=" + clean(c) for c in self.user if c), *(clean(t) for t in self.profile)]
+        )
         context = " ".join(f"{clean(name)}={_token(value)}" for name, value in self.context.items())
         line = f"shared |u {user} |c {context}"
         return line if slot is None else f"{line} |p s{slot}"
 
     def to_log(self) -> dict[str, object]:
-        return {"c": self.context, "u": list(self.user)}
+        return {"c": self.context, "u": list(self.user), "p": list(self.profile)}
 
 
 def _token(value: Scalar) -> str:

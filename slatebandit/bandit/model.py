@@ -21,7 +21,7 @@ import vowpalwabbit
 from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures
 from slatebandit.errors import ConfigError
 
-FEATURE_SPEC_VERSION = 2  # bump when features.py changes what a model sees
+FEATURE_SPEC_VERSION = 3  # bump when features.py changes what a model sees
 
 
 class VWScorer:

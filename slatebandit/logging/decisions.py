@@ -32,6 +32,7 @@ class ShownDecision:
 
     decision_id: int
     item_keys: tuple[int, ...]
+    user_id: str
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class DecisionRecord:
         if rows:
             conn.execute(insert(slots), rows)
         return [
-            ShownDecision(decision_id, tuple(s.item_key for s in record.shown))
+            ShownDecision(decision_id, tuple(s.item_key for s in record.shown), record.user_id)
             for decision_id, record in zip(ids, records, strict=True)
         ]
 
@@ -120,15 +121,16 @@ def insert_event(
 
 def shown_decision(conn: Connection, event_id: str) -> ShownDecision | None:
     """The decision ``event_id`` and the items it showed, or None if there is none."""
-    decision_id = conn.execute(
-        select(decisions.c.id).where(decisions.c.event_id == event_id)
-    ).scalar()
-    if decision_id is None:
+    found = conn.execute(
+        select(decisions.c.id, decisions.c.user_id).where(decisions.c.event_id == event_id)
+    ).first()
+    if found is None:
         return None
+    decision_id, user_id = found
     keys = conn.execute(
         select(slots.c.item_key).where(slots.c.decision_id == decision_id).order_by(slots.c.slot)
     ).scalars()
-    return ShownDecision(decision_id, tuple(keys))
+    return ShownDecision(decision_id, tuple(keys), user_id)
 
 
 def recent_events(conn: Connection, user_id: str, limit: int) -> list[tuple[int, str, float]]:

@@ -110,7 +110,7 @@ class Learner:
     def _learn(self, decision: DueDecision, snapshots: dict[int, tuple[int, dict]]) -> int:  # type: ignore[type-arg]
         payload = decision.payload
         context = payload.context
-        shared = SharedFeatures(dict(context["c"]), tuple(context["u"]))
+        shared = SharedFeatures.from_log(context)
         for slot, item_key, propensity in decision.slots:
             features = slot_features(payload, slot, snapshots)
             reward = slot_reward(

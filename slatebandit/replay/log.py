@@ -141,8 +141,7 @@ class Chunk:
         return self.decision_ids[self.row]
 
     def shared(self, row: int) -> SharedFeatures:
-        context = self.contexts[row]
-        return SharedFeatures(dict(context["c"]), tuple(context["u"]))
+        return SharedFeatures.from_log(self.contexts[row])
 
     def actions(self, revisions: Revisions, row: int) -> list[str]:
         """The candidates' features of one decision, exactly as the scorer saw them."""

@@ -25,7 +25,7 @@ from slatebandit.retrieval.content import DIM
 
 COLLAB_DIM = 32
 INDEX_DIM = DIM + COLLAB_DIM  # what the HNSW index holds
-BLEND_INTERACTIONS = 20.0  # interactions at which an item is half content, half collaborative
+BLEND_INTERACTIONS = 5.0  # interactions at which an item is half content, half collaborative
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from functools import partial
+from collections.abc import Callable
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
@@ -39,8 +39,9 @@ from slatebandit.server.schemas import (
     invalid,
     validate,
 )
-from slatebandit.server.services import for_request
+from slatebandit.server.services import Services, for_request
 
+PROFILE_TOP = 3  # top categories and brands of the user's state that reach the scorer
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
 
 
@@ -70,7 +71,9 @@ async def create_slate(request: Request) -> Response:
         excluded=user.excluded(s.settings.exclusions, time.time()),
     )
     recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
-    shared = SharedFeatures.build(body.context, recent)
+    profile = [f"tc={c}" for c in user.top("categories", PROFILE_TOP)]
+    profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)]
+    shared = SharedFeatures.build(body.context, recent, profile=profile)
     slate = s.policy.slate(s.store, shared, candidates, k, s.rng)
 
     event_id, now = uuid.uuid4().hex, time.time()
@@ -139,16 +142,25 @@ async def post_reward(request: Request) -> Response:
         raise InvalidInput(
             f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
         )
-    stored = await s.writer.submit(
-        partial(
-            insert_reward,
+    now = time.time()
+    # A reward is also something the shopper did: it shapes their next slate like an event.
+    kind = body.type if body.type in EVENT_WEIGHTS else "click"
+    observe = _observation(s, decision.user_id, key, kind, now)
+
+    def unit(conn: Connection) -> tuple[bool, tuple[int, bytes] | None]:
+        stored = insert_reward(
+            conn,
             decision_id=decision.decision_id,
             item_key=key,
             type=body.type,
             reward=reward,
-            created_at=time.time(),
+            created_at=now,
         )
-    )
+        return stored, observe(conn) if stored else None
+
+    stored, state = await s.writer.submit(unit)
+    if state is not None:
+        s.users.put(decision.user_id, state[0], UserState.from_bytes(state[1]))
     if stored and reward > 0:
         s.store.catalog.bump_popularity(key, reward)
     answer = {**body.model_dump(), "reward": reward, "duplicate": not stored}
@@ -158,23 +170,16 @@ async def post_reward(request: Request) -> Response:
 async def post_event(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(EventRequest, await read_body(request, s.settings.max_body_bytes))
-    catalog, index = s.store.catalog, s.store.index
+    catalog = s.store.catalog
     key = catalog.key_of.get(body.item_id)
     if key is None:
         raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
     now = time.time()
-    vector = index.vectors([key])[0] if index.contains(key) else None
-    category = catalog.category_names[catalog.category[key]]
-    brand = catalog.brand_names[catalog.brand[key]]
-
-    def observed(old: bytes | None) -> bytes:
-        state = UserState() if old is None else UserState.from_bytes(old)
-        state.observe(key, body.type, vector, now, category, brand)
-        return state.to_bytes()
+    observe = _observation(s, body.user_id, key, body.type, now)
 
     def unit(conn: Connection) -> tuple[int, bytes]:
         insert_event(conn, user_id=body.user_id, item_key=key, type=body.type, created_at=now)
-        return update_user_state(conn, body.user_id, observed)
+        return observe(conn)
 
     version, data = await s.writer.submit(unit)
     s.users.put(body.user_id, version, UserState.from_bytes(data))
@@ -265,6 +270,23 @@ async def healthz(request: Request) -> Response:
             "model_version": s.policy.scorer.version,
         },
     )
+
+
+def _observation(
+    s: Services, user_id: str, key: int, kind: str, now: float
+) -> Callable[[Connection], tuple[int, bytes]]:
+    """A unit of work that folds one user action into the user's stored state."""
+    catalog, index = s.store.catalog, s.store.index
+    vector = index.vectors([key])[0] if index.contains(key) else None
+    category = catalog.category_names[catalog.category[key]]
+    brand = catalog.brand_names[catalog.brand[key]]
+
+    def observed(old: bytes | None) -> bytes:
+        state = UserState() if old is None else UserState.from_bytes(old)
+        state.observe(key, kind, vector, now, category, brand)
+        return state.to_bytes()
+
+    return lambda conn: update_user_state(conn, user_id, observed)
 
 
 def _catalog_rows(conn: Connection, keys: list[int]) -> list:  # type: ignore[type-arg]

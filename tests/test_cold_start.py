@@ -1,0 +1,54 @@
+"""Cold start: a new shopper's first slate, and the slate right after their first click."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slatebandit.logging import DecisionPayload, open_engine
+from slatebandit.logging.schema import decisions
+
+
+def test_a_first_click_reshapes_the_very_next_slate(client, small_catalog, settings) -> None:  # type: ignore[no-untyped-def]
+    """For 40 new shoppers: the first slate is popular and fresh items only; after a click
+    (a reward, as a click tracker sends it) on one item, the next slate is built around it:
+    items of its category or among its 20 nearest neighbours fill most of it."""
+    services = client.app_state["services"]
+    catalog, index = services.store.catalog, services.store.index
+    shares = []
+    for user in range(40):
+        first = client.post("/v1/slates", json={"user_id": f"new{user}", "k": 10}).json()
+        assert {i["source"] for i in first["items"]} <= {"popular", "fresh"}
+        assert len(first["items"]) == 10
+        clicked = first["items"][user % 10]["item_id"]
+        reward = {"event_id": first["event_id"], "item_id": clicked}
+        assert client.post("/v1/rewards", json=reward).status_code == 202
+        after = client.post("/v1/slates", json={"user_id": f"new{user}", "k": 10}).json()
+        key = catalog.key_of[clicked]
+        neighbours = set(index.query(index.vectors([key]), 21)[0][0].tolist())
+        near = [
+            catalog.category[catalog.key_of[i["item_id"]]] == catalog.category[key]
+            or catalog.key_of[i["item_id"]] in neighbours
+            for i in after["items"]
+        ]
+        assert {"similar", "session"} & {i["source"] for i in after["items"]}
+        shares.append(np.mean(near))
+    print(f"share of the next slate near the clicked item: {np.mean(shares):.2f}")
+    assert np.mean(shares) >= 0.5
+
+
+def test_the_users_profile_reaches_the_scorer_and_the_log(client, small_catalog, settings) -> None:  # type: ignore[no-untyped-def]
+    shoe = next(i for i in small_catalog if i.category.startswith("women/shoes"))
+    for kind in ("view", "click", "purchase"):
+        event = {"user_id": "ann", "item_id": shoe.item_id, "type": kind}
+        assert client.post("/v1/events", json=event).status_code == 202
+    answer = client.post("/v1/slates", json={"user_id": "ann", "k": 5}).json()
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        from sqlalchemy import select
+
+        payload = conn.execute(
+            select(decisions.c.payload).where(decisions.c.event_id == answer["event_id"])
+        ).scalar_one()
+    engine.dispose()
+    profile = DecisionPayload.decode(payload).context["p"]
+    assert f"tc={shoe.category}" in profile and f"tb={shoe.brand}" in profile
