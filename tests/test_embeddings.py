@@ -184,3 +184,35 @@ def test_train_embeddings_from_the_event_log_and_serve_them(tmp_path: Path) -> N
     assert factors.version == 1 and len(factors.keys) == 24  # 4 groups x 6 items
     with TestClient(create_app(settings)) as client:  # a new process starts on version 1
         assert client.app_state["services"].store.index.factors_version == 1
+
+
+def test_the_embedding_job_writes_batch_features_that_reach_the_scorer(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from slatebandit.logging import DecisionPayload
+    from slatebandit.logging.schema import decisions
+    from slatebandit.logging.users import read_user_profile
+
+    settings = make_settings(tmp_path, learner="off", embedding_interval=0)
+    items = list(demo_items(100, seed=12))
+    seed_catalog(settings.database_url, items)
+    shoes = [i for i in items if i.price is not None][:3]
+    with TestClient(create_app(settings)) as client:
+        for item in shoes:
+            for kind in ("click", "purchase"):
+                event = {"user_id": "cat", "item_id": item.item_id, "type": kind}
+                assert client.post("/v1/events", json=event).status_code == 202
+    assert main(["train-embeddings", "--db", settings.database_url]) == 0
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        profile = read_user_profile(conn, "cat")
+    assert f"bc={shoes[0].category}" in profile and "np=2" in profile  # 3 purchases
+    assert any(token.startswith("pb=") for token in profile)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/slates", json={"user_id": "cat", "k": 3}).json()
+    with engine.connect() as conn:
+        payload = conn.execute(
+            select(decisions.c.payload).where(decisions.c.event_id == answer["event_id"])
+        ).scalar_one()
+    engine.dispose()
+    assert set(profile) <= set(DecisionPayload.decode(payload).context["p"])

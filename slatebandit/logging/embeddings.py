@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
-from slatebandit.logging.schema import embedding_versions, events, item_factors
+from slatebandit.logging.schema import embedding_versions, events, item_factors, items
 
 KEEP_VERSIONS = 3
 _BATCH = 5_000
@@ -18,8 +18,8 @@ def read_interactions(
     engine: Engine,
     weights: Mapping[str, float],
     progress: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user ids, item keys, weights) of every event whose type has a weight."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids, item keys, weights, types) of every event whose type has a weight."""
     types = [t for t, w in weights.items() if w > 0]
     users: list[str] = []
     items: list[int] = []
@@ -43,7 +43,19 @@ def read_interactions(
             if progress is not None:
                 progress(len(rows))
     weight = np.array([weights[k] for k in kinds], dtype=np.float64)
-    return np.array(users, dtype=object), np.array(items, dtype=np.int64), weight
+    return (
+        np.array(users, dtype=object),
+        np.array(items, dtype=np.int64),
+        weight,
+        np.array(kinds, dtype=object),
+    )
+
+
+def item_facts(engine: Engine) -> dict[int, tuple[str, float | None]]:
+    """Item key -> (category, price), for the users' batch features."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(items.c.key, items.c.category, items.c.price)).all()
+    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def save_factors(

@@ -159,6 +159,16 @@ leases = Table(
     Column("expires_at", Float, nullable=False),
 )
 
+# Each user's batch features (purchase count, category affinities, price band), written by the
+# embedding job as VW tokens (msgpack list), read beside ``user_states`` by every slate.
+user_profiles = Table(
+    "user_profiles",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("features", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 # Collaborative item vectors (``retrieval.collab``): one row per training run, and each item's
 # vector and interaction count in that run. Serving blends them with content vectors.
 embedding_versions = Table(

@@ -9,12 +9,13 @@ with its version incremented. Readers compare versions to skip decoding a state 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-from sqlalchemy import Connection, select, update
+import msgpack
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from slatebandit.logging.schema import user_states
+from slatebandit.logging.schema import user_profiles, user_states
 
 
 def read_user_state(conn: Connection, user_id: str) -> tuple[int, bytes] | None:
@@ -48,3 +49,23 @@ def update_user_state(
         .values(version=version, state=state, updated_at=time.time())
     )
     return version, state
+
+
+def read_user_profile(conn: Connection, user_id: str) -> list[str]:
+    """The user's batch features as VW tokens (empty for a user the job has not seen)."""
+    data = conn.execute(
+        select(user_profiles.c.features).where(user_profiles.c.user_id == user_id)
+    ).scalar()
+    return [] if data is None else list(msgpack.unpackb(data, raw=False))
+
+
+def save_user_profiles(conn: Connection, profiles: Mapping[str, Sequence[str]]) -> None:
+    """Replace every user's batch features with ``profiles`` (one transaction)."""
+    now = time.time()
+    conn.execute(delete(user_profiles))
+    rows = [
+        {"user_id": user, "features": msgpack.packb(list(tokens)), "updated_at": now}
+        for user, tokens in profiles.items()
+    ]
+    for start in range(0, len(rows), 5_000):
+        conn.execute(insert(user_profiles), rows[start : start + 5_000])

@@ -1,4 +1,5 @@
-"""The embedding job: interactions in, a new version of collaborative item vectors out.
+"""The embedding job: interactions in; a new version of collaborative item vectors, and every
+user's batch features (``retrieval.profiles``), out.
 
 Run by ``slatebandit train-embeddings`` or, every ``SLATEBANDIT_EMBEDDING_INTERVAL`` seconds,
 by one ``serve`` process at a time (a database lease). Every serving process then notices the
@@ -22,13 +23,16 @@ from sqlalchemy import Engine
 
 from slatebandit.config import Settings
 from slatebandit.logging.embeddings import (
+    item_facts,
     latest_factors_version,
     load_factors,
     read_interactions,
     save_factors,
 )
 from slatebandit.logging.learning import take_lease
+from slatebandit.logging.users import save_user_profiles
 from slatebandit.retrieval.collab import ItemFactors, train_factors
+from slatebandit.retrieval.profiles import batch_profiles
 from slatebandit.retrieval.store import ItemStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +51,12 @@ class Trained:
 def train_embeddings(engine: Engine, settings: Settings, progress=None) -> Trained | None:  # type: ignore[no-untyped-def]
     """Train and store a new version; None when the log holds no weighted interaction."""
     started = time.perf_counter()
-    users, items, weights = read_interactions(engine, settings.interaction_weights, progress)
+    users, items, weights, kinds = read_interactions(engine, settings.interaction_weights, progress)
     if len(items) == 0:
         return None
+    profiles = batch_profiles(users, items, weights, kinds, item_facts(engine))
+    with engine.begin() as conn:
+        save_user_profiles(conn, profiles)
     factors = train_factors(
         users, items, weights, method=settings.embedding_method, seed=settings.seed or 0
     )

@@ -56,7 +56,7 @@ async def create_slate(request: Request) -> Response:
         raise InvalidInput(f"k: must be at most {s.settings.max_k}", field="k")
 
     catalog = s.store.catalog
-    user = await s.user_state(body.user_id)
+    user, batch = await s.user(body.user_id)
     session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
     exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
     filters = None if body.filters is None else body.filters.to_filters()
@@ -72,7 +72,7 @@ async def create_slate(request: Request) -> Response:
     )
     recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
     profile = [f"tc={c}" for c in user.top("categories", PROFILE_TOP)]
-    profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)]
+    profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)] + batch
     shared = SharedFeatures.build(body.context, recent, profile=profile)
     slate = s.policy.slate(s.store, shared, candidates, k, s.rng)
 

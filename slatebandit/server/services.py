@@ -19,7 +19,7 @@ from slatebandit.logging import (
     impression_counts,
     shown_decision,
 )
-from slatebandit.logging.users import read_user_state
+from slatebandit.logging.users import read_user_profile, read_user_state
 from slatebandit.policies import VWPolicy
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import require
@@ -59,6 +59,18 @@ class Services:
     async def user_state(self, user_id: str) -> UserState:
         """The user's state as committed, whichever worker wrote it (one row read)."""
         found = await self.read(lambda conn: read_user_state(conn, user_id))
+        return self._decoded(user_id, found)
+
+    async def user(self, user_id: str) -> tuple[UserState, list[str]]:
+        """The user's online state and batch features, read together (one round trip)."""
+
+        def query(conn: Connection) -> tuple[tuple[int, bytes] | None, list[str]]:
+            return read_user_state(conn, user_id), read_user_profile(conn, user_id)
+
+        found, profile = await self.read(query)
+        return self._decoded(user_id, found), profile
+
+    def _decoded(self, user_id: str, found: tuple[int, bytes] | None) -> UserState:
         if found is None:
             return UserState()
         version, data = found
