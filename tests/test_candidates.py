@@ -21,7 +21,7 @@ def test_merge_is_round_robin_dedupes_filters_and_caps() -> None:
         _a(2, 13, 4, 5),
         _a(6, 1),
     ]  # similar, session, popular, fresh
-    got = merge(proposals, available, blocked={5, 9}, limit=10, shares=(1, 1, 1, 1))
+    got = merge(proposals, available, blocked={5, 9}, limit=10, shares=(1, 1, 1, 1, 1))
     # Dropped proposals (9 blocked, 13 unavailable) cost their generator nothing: rank 0 is
     # 1, 2, 6; rank 1 is 2 (seen), 4, 1 (seen); rank 2 is 3.
     assert got.keys.tolist() == [1, 2, 6, 4, 3]
@@ -29,14 +29,14 @@ def test_merge_is_round_robin_dedupes_filters_and_caps() -> None:
     assert sources == ["similar", "popular", "fresh", "popular", "similar"]
     assert got.flags[0] == SIMILAR | FRESH  # 1 came from similar and fresh
     assert got.flags[1] == SIMILAR | POPULAR
-    assert merge(proposals, available, set(), 3, shares=(1, 1, 1, 1)).keys.tolist() == [9, 2, 6]
+    assert merge(proposals, available, set(), 3, shares=(1, 1, 1, 1, 1)).keys.tolist() == [9, 2, 6]
     assert len(merge([_a()] * 4, available, blocked=set(), limit=5)) == 0
 
 
 def test_merge_rounds_take_each_generators_share() -> None:
     available = np.ones(40, dtype=bool)
     proposals = [_a(1, 2, 3, 4, 5), _a(11, 12, 13), _a(21, 22), _a(31)]
-    got = merge(proposals, available, blocked=set(), limit=20, shares=(3, 2, 1, 1))
+    got = merge(proposals, available, blocked=set(), limit=20, shares=(3, 2, 1, 1, 1))
     assert got.keys.tolist() == [1, 2, 3, 11, 12, 21, 31, 4, 5, 13, 22]
 
 

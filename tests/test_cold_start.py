@@ -17,7 +17,7 @@ def test_a_first_click_reshapes_the_very_next_slate(client, small_catalog, setti
     shares = []
     for user in range(40):
         first = client.post("/v1/slates", json={"user_id": f"new{user}", "k": 10}).json()
-        assert {i["source"] for i in first["items"]} <= {"popular", "fresh"}
+        assert {i["source"] for i in first["items"]} <= {"popular", "fresh", "context"}
         assert len(first["items"]) == 10
         clicked = first["items"][user % 10]["item_id"]
         reward = {"event_id": first["event_id"], "item_id": clicked}
@@ -52,3 +52,29 @@ def test_the_users_profile_reaches_the_scorer_and_the_log(client, small_catalog,
     engine.dispose()
     profile = DecisionPayload.decode(payload).context["p"]
     assert f"tc={shoe.category}" in profile and f"tb={shoe.brand}" in profile
+
+
+def test_a_new_shopper_gets_what_shoppers_in_the_same_context_engaged_with(
+    client, small_catalog
+) -> None:  # type: ignore[no-untyped-def]
+    """Tablet shoppers on the kids page click kids' items; a brand-new shopper on a tablet on
+    that page gets some of those items from the context generator in their first slate."""
+    clicked: set[str] = set()
+    context = {"device": "tablet", "page": "kids"}
+    for user in range(30):
+        body = client.post(
+            "/v1/slates", json={"user_id": f"t{user}", "k": 10, "context": context}
+        ).json()
+        for item in body["items"]:
+            if item["item_id"] in {
+                i.item_id for i in small_catalog if i.category.startswith("kids/")
+            }:
+                reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
+                assert client.post("/v1/rewards", json=reward).status_code == 202
+                clicked.add(item["item_id"])
+    assert clicked
+    first = client.post(
+        "/v1/slates", json={"user_id": "newcomer", "k": 10, "context": context}
+    ).json()["items"]
+    from_context = [i["item_id"] for i in first if i["source"] == "context"]
+    assert from_context and set(from_context) <= clicked

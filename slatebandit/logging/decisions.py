@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from slatebandit.logging.records import unpack
 from slatebandit.logging.schema import decisions, events, rewards, slots
 
 
@@ -33,6 +34,7 @@ class ShownDecision:
     decision_id: int
     item_keys: tuple[int, ...]
     user_id: str
+    context: tuple[tuple[str, object], ...] = ()  # the request context the slate was built for
 
 
 @dataclass(frozen=True)
@@ -122,15 +124,18 @@ def insert_event(
 def shown_decision(conn: Connection, event_id: str) -> ShownDecision | None:
     """The decision ``event_id`` and the items it showed, or None if there is none."""
     found = conn.execute(
-        select(decisions.c.id, decisions.c.user_id).where(decisions.c.event_id == event_id)
+        select(decisions.c.id, decisions.c.user_id, decisions.c.payload).where(
+            decisions.c.event_id == event_id
+        )
     ).first()
     if found is None:
         return None
-    decision_id, user_id = found
+    decision_id, user_id, payload = found
+    context = tuple(unpack(payload).get("ctx", {}).get("c", {}).items())
     keys = conn.execute(
         select(slots.c.item_key).where(slots.c.decision_id == decision_id).order_by(slots.c.slot)
     ).scalars()
-    return ShownDecision(decision_id, tuple(keys), user_id)
+    return ShownDecision(decision_id, tuple(keys), user_id, context)
 
 
 def recent_events(conn: Connection, user_id: str, limit: int) -> list[tuple[int, str, float]]:

@@ -8,6 +8,7 @@ from slatebandit.retrieval.candidates import (
     SOURCES,
     Candidates,
     Quotas,
+    context_tokens,
     generate,
 )
 from slatebandit.retrieval.catalog import Catalog
@@ -43,6 +44,7 @@ __all__ = [
     "Quotas",
     "UserState",
     "UserStates",
+    "context_tokens",
     "generate",
     "item_tokens",
     "price_bucket",

@@ -17,6 +17,8 @@ from slatebandit.retrieval.content import item_tokens, scorer_features
 
 POPULARITY_HALF_LIFE = 86_400.0  # seconds; a day-old interaction counts half
 FRESH_POOL_LIMIT = 20_000  # newest rarely-shown items kept as explore candidates
+CONTEXT_ITEMS = 500  # items kept per context token
+CONTEXTS = 2_000  # context tokens tracked
 
 
 class Catalog:
@@ -42,6 +44,9 @@ class Catalog:
         self.created = np.zeros(0, dtype=np.float64)  # when each item entered the catalog
         self.fresh: dict[int, None] = {}  # insertion-ordered set: newest last
         self.popular = np.zeros(0, dtype=np.int64)  # cached ranking, see refresh_popular
+        # Interactions per context token ("device=mobile", "hour=b20", ...): what shoppers in
+        # that context engage with. Pruned to the best CONTEXT_ITEMS per token on refresh.
+        self.context_popularity: dict[str, dict[int, float]] = {}
         self._pop_origin = time.time()
 
     def __len__(self) -> int:
@@ -134,6 +139,27 @@ class Catalog:
     def refresh_popular(self, limit: int = 1000) -> None:
         """Recompute the cached ranking; off the request path (it scans every item)."""
         self.popular = self.top_popular(limit)
+        for token, scores in list(self.context_popularity.items()):
+            if len(scores) > 2 * CONTEXT_ITEMS:
+                best = sorted(scores, key=scores.__getitem__, reverse=True)[:CONTEXT_ITEMS]
+                self.context_popularity[token] = {key: scores[key] for key in best}
+
+    def bump_context(self, tokens: Iterable[str], key: int, weight: float) -> None:
+        for token in tokens:
+            if token not in self.context_popularity and len(self.context_popularity) >= CONTEXTS:
+                continue  # a bounded number of contexts; the first seen are kept
+            scores = self.context_popularity.setdefault(token, {})
+            scores[key] = scores.get(key, 0.0) + weight
+
+    def context_popular(self, tokens: Iterable[str], limit: int) -> np.ndarray:
+        """Available items most engaged with in this context (summed over its tokens)."""
+        total: dict[int, float] = {}
+        for token in tokens:
+            for key, score in self.context_popularity.get(token, {}).items():
+                total[key] = total.get(key, 0.0) + score
+        ranked = sorted(total, key=lambda key: (-total[key], -key))
+        keys = np.asarray([k for k in ranked if k < len(self.available)], dtype=np.int64)
+        return keys[self.available[keys]][:limit] if len(keys) else keys
 
     def top_popular(self, limit: int) -> np.ndarray:
         """Keys of the most popular available items, best first (ties: newest first)."""

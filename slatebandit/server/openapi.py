@@ -45,7 +45,7 @@ _SLATE = {
                     "slot": {"type": "integer"},
                     "propensity": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "kind": {"enum": ["exploit", "explore", "diverse"]},
-                    "source": {"enum": ["similar", "session", "popular", "fresh"]},
+                    "source": {"enum": ["similar", "session", "popular", "fresh", "context"]},
                     "score": {"type": "number"},
                 },
             },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
@@ -29,7 +30,7 @@ from slatebandit.logging.models import champion, get_version, list_versions, pro
 from slatebandit.logging.schema import items as items_table
 from slatebandit.logging.users import update_user_state
 from slatebandit.policies import follow_champion
-from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, UserState, generate
+from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, UserState, context_tokens, generate
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
@@ -59,6 +60,10 @@ async def create_slate(request: Request) -> Response:
     user, batch = await s.user(body.user_id)
     session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
     exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
+    recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
+    profile = [f"tc={c}" for c in user.top("categories", PROFILE_TOP)]
+    profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)] + batch
+    shared = SharedFeatures.build(body.context, recent, profile=profile)
     filters = None if body.filters is None else body.filters.to_filters()
     allowed = await s.allowed(filters) if filters else None
     candidates = generate(
@@ -69,11 +74,8 @@ async def create_slate(request: Request) -> Response:
         s.settings.candidates,
         allowed=allowed,
         excluded=user.excluded(s.settings.exclusions, time.time()),
+        context=context_tokens(shared.context),
     )
-    recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
-    profile = [f"tc={c}" for c in user.top("categories", PROFILE_TOP)]
-    profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)] + batch
-    shared = SharedFeatures.build(body.context, recent, profile=profile)
     slate = s.policy.slate(s.store, shared, candidates, k, s.rng)
 
     event_id, now = uuid.uuid4().hex, time.time()
@@ -102,7 +104,7 @@ async def create_slate(request: Request) -> Response:
     )
     for key in keys:
         catalog.add_impressions(key)
-    s.remember_decision(event_id, decision)
+    s.remember_decision(event_id, replace(decision, context=tuple(shared.context.items())))
     items = [
         {
             "item_id": catalog.item_ids[slot.item_key],
@@ -163,6 +165,7 @@ async def post_reward(request: Request) -> Response:
         s.users.put(decision.user_id, state[0], UserState.from_bytes(state[1]))
     if stored and reward > 0:
         s.store.catalog.bump_popularity(key, reward)
+        s.store.catalog.bump_context(context_tokens(dict(decision.context)), key, reward)
     answer = {**body.model_dump(), "reward": reward, "duplicate": not stored}
     return respond(request, answer, 202)
 
