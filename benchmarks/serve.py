@@ -398,7 +398,7 @@ def direct_path(
     services = state["services"]
     timer = StageTimer()
     wrapped = {
-        "user_state": timer.wrap(services, "user_state", "user_state"),
+        "user_state": timer.wrap(services, "user", "user_state"),
         "generate": timer.wrap(routes, "generate", "generate"),
         "policy": timer.wrap(services.policy, "slate", "policy"),
         "vw_score": timer.wrap(services.policy.scorer, "score", "vw_score"),
@@ -851,7 +851,7 @@ def markdown(results: dict[str, Any]) -> str:
         lat("in-process", f"decision path, excl. commit ({kind} users)", ip["direct_by_user"][kind])
     lat("in-process", "group commit of the decision (1 unit)", direct["commit"])
     labels = {
-        "user_state": "user_state (cache, or read the log)",
+        "user_state": "user_state (one read: state and batch features)",
         "generate": "generate (hnswlib, merge)",
         "vw_score": "VW predict incl. example text",
         "slate_build": "slate builder (pmfs, sampling)",
