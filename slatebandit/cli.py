@@ -394,10 +394,11 @@ def _models(args: argparse.Namespace) -> int:
 
 def _build_index(settings: Settings) -> None:
     from slatebandit.retrieval import ItemStore
+    from slatebandit.retrieval.embedding_job import latest_factors
     from slatebandit.server.app import index_path
 
     engine = open_engine(settings.database_url)
-    ItemStore.open(engine, index_path(settings), progress=True)
+    ItemStore.open(engine, index_path(settings), progress=True, factors=latest_factors(engine))
     engine.dispose()
 
 

@@ -216,3 +216,13 @@ def test_the_embedding_job_writes_batch_features_that_reach_the_scorer(tmp_path:
         ).scalar_one()
     engine.dispose()
     assert set(profile) <= set(DecisionPayload.decode(payload).context["p"])
+
+
+def test_a_rebuild_skips_items_that_leave_the_index_while_it_runs(tmp_path: Path) -> None:
+    engine, store = _store(tmp_path, n=300)
+    keys = np.flatnonzero(store.catalog.available)
+    store.index.delete(keys[:5])  # gone from the index, as by a delete racing the build
+    new = store.build_with(ItemFactors.empty())
+    assert not any(new.contains(int(k)) for k in keys[:5])
+    assert all(new.contains(int(k)) for k in keys[5:])
+    engine.dispose()

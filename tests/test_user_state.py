@@ -133,3 +133,38 @@ def test_concurrent_events_on_two_workers_lose_no_update_postgres(
     tmp_path: Path, pg_url: str
 ) -> None:
     _no_lost_update(make_settings(tmp_path, learner="off", db_url=pg_url))
+
+
+def test_a_state_from_an_older_embedding_space_takes_new_events(tmp_path: Path) -> None:
+    """A stored session vector of another dimension (an older index) starts over instead of
+    failing the event; a negative reward is not folded into what the user likes."""
+    from slatebandit.logging import open_engine
+    from slatebandit.logging.users import update_user_state
+
+    settings = make_settings(tmp_path, learner="off")
+    items = list(demo_items(50, seed=6))
+    seed_catalog(settings.database_url, items)
+    old = UserState()
+    old.observe(1, "click", np.ones(64, dtype=np.float32), 1.0)
+    engine = open_engine(settings.database_url)
+    with engine.begin() as conn:
+        update_user_state(conn, "legacy", lambda _: old.to_bytes())
+    engine.dispose()
+    with TestClient(create_app(settings)) as client:
+        event = {"user_id": "legacy", "item_id": items[3].item_id, "type": "view"}
+        assert client.post("/v1/events", json=event).status_code == 202
+        state = _state(client, "legacy")
+        assert state.session_vector is not None
+        assert state.session_vector.shape == (client.app_state["services"].store.index.dim,)
+        slate = client.post("/v1/slates", json={"user_id": "legacy", "k": 3}).json()
+        disliked = slate["items"][0]["item_id"]
+        reward = {
+            "event_id": slate["event_id"],
+            "item_id": disliked,
+            "type": "dislike",
+            "reward": -1,
+        }
+        assert client.post("/v1/rewards", json=reward).status_code == 202
+        after = _state(client, "legacy")
+    key = client.app_state["services"].store.catalog.key_of[disliked]
+    assert key not in after.recent_keys(20)

@@ -6,7 +6,8 @@ Generators, in merge priority:
     popular  time-decayed popular items
     fresh    the newest items that have rarely been shown
     context  what shoppers in the same context (device, page, hour) engaged with: a brand-new
-             shopper's slate is popular, contextual, fresh and (by its slots) diverse
+             shopper's slate is popular, contextual, fresh and (by its slots) diverse; within
+             a merge round it comes before popular (``PRIORITY``)
 
 Lists are merged round-robin so every generator is represented near the top, the shopper's own
 generators weighted up (``SHARES``: each round takes three similar and three session items for
@@ -97,7 +98,7 @@ def generate(
         return allowed.neighbours(index, queries, k)
 
     if recent:
-        seeds = index.vectors(np.asarray(recent))
+        _, seeds = index.live_vectors(recent)
         labels = neighbours(seeds, quotas.similar_per_item + 1)  # +1: the seed itself
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = _session_vector(store, user, session_keys)
@@ -165,7 +166,7 @@ def _session_vector(
     if vector is not None and vector.shape != (store.index.dim,):
         vector = None  # built in another embedding space (an older version's index)
     if session_keys:
-        request = store.index.vectors(np.asarray(session_keys)).sum(axis=0)
+        request = store.index.live_vectors(list(session_keys))[1].sum(axis=0)
         vector = request if vector is None else vector + request
     if vector is None or not np.any(vector):
         return None

@@ -36,7 +36,7 @@ class Catalog:
         self.brand_names: list[str] = [""]
         self.brand = np.zeros(0, dtype=np.int32)
         self.price = np.zeros(0, dtype=np.float32)  # NaN: no price
-        self.version = 0  # counts applied changes: what was computed from the catalog is stale
+        self.version = 0  # bumped by ItemStore after each change: what was built on it is stale
         self.available = np.zeros(0, dtype=bool)
         self.rev = np.zeros(0, dtype=np.int64)
         self.impressions = np.zeros(0, dtype=np.int32)
@@ -61,7 +61,6 @@ class Catalog:
         """
         embed: list[tuple[int, list[str], str]] = []
         deleted: list[int] = []
-        self.version += 1
         for row in rows:
             key = row.key
             self._reserve(key + 1)

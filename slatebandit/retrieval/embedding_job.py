@@ -101,12 +101,13 @@ async def in_background(work: Callable[..., T], *args: object) -> T:
     def run() -> None:
         with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        value, error = None, None
         try:
             value = work(*args)
         except BaseException as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(_settle, result, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, result, value, None)
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            loop.call_soon_threadsafe(_settle, result, value, error)
 
     threading.Thread(target=run, name="background-build", daemon=True).start()
     return await result

@@ -107,7 +107,8 @@ class Allowed:
 
     def popular(self, catalog: Catalog, n: int) -> np.ndarray:
         """The ``n`` most popular allowed items, best first."""
-        ranked = catalog.popular[self.mask[catalog.popular]] if len(catalog.popular) else []
+        ranked = catalog.popular[catalog.popular < len(self.mask)]
+        ranked = ranked[self.mask[ranked]]
         if len(ranked) >= n or len(catalog.popular) >= self.count:
             return np.asarray(ranked[:n], dtype=np.int64)
         keys = np.flatnonzero(self.mask)
@@ -143,9 +144,7 @@ class FilterMasks:
         count = int(np.count_nonzero(mask))
         keys = vectors = None
         if count <= EXACT_LIMIT:
-            keys = np.flatnonzero(mask).astype(np.int64)
-            keys = keys[[index.contains(int(k)) for k in keys]] if len(keys) else keys
-            vectors = index.vectors(keys) if len(keys) else np.zeros((0, index.dim), np.float32)
+            keys, vectors = index.live_vectors(np.flatnonzero(mask))
             count = len(keys)
         allowed = Allowed(mask, count, keys, vectors)
         with self._lock:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import hnswlib
 import numpy as np
@@ -85,6 +86,16 @@ class ItemIndex:
                 labels, distances = self._index.knn_query(vectors, k=max(1, k // 2), num_threads=1)
         return labels.astype(np.int64), 1.0 - distances
 
+    def live_vectors(self, keys: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The live ones among ``keys`` and their vectors, read under one lock, so an item
+        deleted meanwhile by another thread is skipped rather than raising."""
+        with self._lock:
+            live = np.asarray([k for k in map(int, keys) if self.contains(k)], dtype=np.int64)
+            if len(live) == 0:
+                return live, np.zeros((0, self.dim), dtype=np.float32)
+            found = self._index.get_items(live.tolist(), return_type="numpy")
+        return live, np.asarray(found, dtype=np.float32).reshape(-1, self.dim)
+
     def vectors(self, keys: np.ndarray | list[int]) -> np.ndarray:
         with self._lock:
             found = self._index.get_items(list(map(int, keys)), return_type="numpy")
@@ -130,7 +141,12 @@ class ItemIndex:
     @staticmethod
     def saved_rev(path: Path) -> int:
         """The catalog revision of the index saved at ``path``, without loading it."""
-        return int(json.loads(path.read_text())["rev"])
+        return int(ItemIndex.manifest(path)["rev"])
+
+    @staticmethod
+    def manifest(path: Path) -> dict[str, Any]:
+        """What the index saved at ``path`` holds (revision, dimensions, ...), unloaded."""
+        return dict(json.loads(path.read_text()))
 
     @classmethod
     def load(cls, path: Path) -> ItemIndex:

@@ -100,13 +100,20 @@ class ItemStore:
 
     @staticmethod
     def index_is_current(engine: Engine, index_path: Path) -> bool:
-        """Whether the saved index already reflects every catalog change."""
+        """Whether the saved index already reflects every catalog change, with this version's
+        dimensions and the newest collaborative vectors."""
+        from slatebandit.logging.embeddings import latest_factors_version
+
         try:
-            saved = ItemIndex.saved_rev(index_path)
+            manifest = ItemIndex.manifest(index_path)
         except (OSError, ValueError, KeyError):
             return False
         with engine.connect() as conn:
-            return saved == latest_rev(conn)
+            return (
+                manifest["rev"] == latest_rev(conn)
+                and manifest["dim"] == INDEX_DIM
+                and manifest.get("factors_version", 0) == latest_factors_version(conn)
+            )
 
     async def sync(self, engine: Engine) -> int:
         """Apply catalog changes newer than what this process has; returns how many."""
@@ -136,6 +143,8 @@ class ItemStore:
     def _apply(self, rows: Sequence[Any]) -> int:
         embed, deleted = self.catalog.apply(rows)
         self._index_changes(embed, deleted)
+        if embed or deleted:  # after the index changed: filter masks built from now on see it
+            self.catalog.version += 1
         return len(embed) + len(deleted)
 
     def _index_changes(
@@ -164,13 +173,16 @@ class ItemStore:
         serving one; call on a worker thread, then ``swap_in``."""
         old, old_factors = self.index, self.factors
         self._touched = set()
-        keys = np.flatnonzero(self.catalog.available).astype(np.int64)
-        keys = keys[[old.contains(int(k)) for k in keys]] if len(keys) else keys
-        new = ItemIndex(INDEX_DIM, capacity=len(keys) + 1024, ef=old.ef)
-        new.factors_version = factors.version
-        for start in range(0, len(keys), _BUILD_CHUNK):
-            part = keys[start : start + _BUILD_CHUNK]
-            self._move(part, old, old_factors, new, factors)
+        try:
+            keys = np.flatnonzero(self.catalog.available).astype(np.int64)
+            new = ItemIndex(INDEX_DIM, capacity=len(keys) + 1024, ef=old.ef)
+            new.factors_version = factors.version
+            for start in range(0, len(keys), _BUILD_CHUNK):
+                part = keys[start : start + _BUILD_CHUNK]
+                self._move(part, old, old_factors, new, factors)
+        except BaseException:
+            self._touched = None
+            raise
         new.rev = old.rev
         return new
 
@@ -183,12 +195,12 @@ class ItemStore:
 
     def _catch_up(self, new: ItemIndex, factors: ItemFactors) -> None:
         touched = np.array(sorted(self._touched or ()), dtype=np.int64)
-        live = np.array([self.index.contains(int(k)) for k in touched], dtype=bool)
-        self._move(touched[live], self.index, self.factors, new, factors)
-        gone = [int(k) for k in touched[~live] if new.contains(int(k))]
+        moved = self._move(touched, self.index, self.factors, new, factors)
+        gone = [int(k) for k in np.setdiff1d(touched, moved) if new.contains(int(k))]
         if gone:
             new.delete(np.asarray(gone, dtype=np.int64))
         new.rev = self.index.rev
+        self.catalog.version += 1  # masks cached over the old index hold its vectors
 
     @staticmethod
     def _move(
@@ -197,9 +209,11 @@ class ItemStore:
         old_factors: ItemFactors,
         new: ItemIndex,
         factors: ItemFactors,
-    ) -> None:
-        if len(keys) == 0:
-            return
-        content = content_of(old.vectors(keys), old_factors.lookup(keys)[1])
-        collab, counts = factors.lookup(keys)
-        new.upsert(keys, blend(content, collab, counts), threads=1)
+    ) -> np.ndarray:
+        """Copy the live ones of ``keys`` into ``new``, re-blended; returns those it copied."""
+        keys, vectors = old.live_vectors(keys)
+        if len(keys):
+            content = content_of(vectors, old_factors.lookup(keys)[1])
+            collab, counts = factors.lookup(keys)
+            new.upsert(keys, blend(content, collab, counts), threads=1)
+        return keys

@@ -57,7 +57,8 @@ class UserState:
                 if len(counters) > COUNTERS:
                     del counters[min(counters, key=counters.__getitem__)]
         if vector is not None:
-            if self.session_vector is None:
+            # A vector from another embedding space (an older index) starts over.
+            if self.session_vector is None or self.session_vector.shape != vector.shape:
                 self.session_vector = (weight * vector).astype(np.float32)
             else:
                 decay = 0.5 ** (max(0.0, at - self.updated_at) / SESSION_HALF_LIFE)

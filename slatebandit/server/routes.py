@@ -145,7 +145,8 @@ async def post_reward(request: Request) -> Response:
             f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
         )
     now = time.time()
-    # A reward is also something the shopper did: it shapes their next slate like an event.
+    # A positive reward is also something the shopper did: it shapes their next slate like an
+    # event (a negative one, a dislike, is not folded into what they like).
     kind = body.type if body.type in EVENT_WEIGHTS else "click"
     observe = _observation(s, decision.user_id, key, kind, now)
 
@@ -158,7 +159,7 @@ async def post_reward(request: Request) -> Response:
             reward=reward,
             created_at=now,
         )
-        return stored, observe(conn) if stored else None
+        return stored, observe(conn) if stored and reward > 0 else None
 
     stored, state = await s.writer.submit(unit)
     if state is not None:
@@ -280,7 +281,8 @@ def _observation(
 ) -> Callable[[Connection], tuple[int, bytes]]:
     """A unit of work that folds one user action into the user's stored state."""
     catalog, index = s.store.catalog, s.store.index
-    vector = index.vectors([key])[0] if index.contains(key) else None
+    live, vectors = index.live_vectors([key])
+    vector = vectors[0] if len(live) else None
     category = catalog.category_names[catalog.category[key]]
     brand = catalog.brand_names[catalog.brand[key]]
 
