@@ -941,7 +941,7 @@ def package_root() -> str:
 def source_info() -> dict[str, str]:
     """Where the measured slatebandit came from, and its git commit if it is a checkout."""
     root = package_root()
-    info = {"path": root}
+    info: dict[str, str] = {}  # the commit says what was measured; the path is this machine's
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         git = ["git", "-C", root]
         info["commit"] = subprocess.run(
@@ -1058,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": args.requests,
         "http_requests": http_requests,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "data_dir": str(data_dir),
+        "data_dir": "temporary" if args.data_dir is None else data_dir.name,
         "machine": machine(data_dir),
         "slatebandit": source_info(),
         "command": " ".join(
