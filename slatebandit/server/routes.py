@@ -272,6 +272,7 @@ async def healthz(request: Request) -> Response:
             "items": len(s.store.index),
             "policy": s.policy.name,
             "model_version": s.policy.scorer.version,
+            "embeddings_version": s.store.factors.version,
         },
     )
 
