@@ -27,7 +27,7 @@ def test_a_first_click_reshapes_the_very_next_slate(client, small_catalog, setti
         key = catalog.key_of[clicked]
         neighbours = set(index.query(index.vectors([key]), 21)[0][0].tolist())
 
-        def near(items):  # type: ignore[no-untyped-def]
+        def near(items, clicked=clicked, key=key, neighbours=neighbours):  # type: ignore[no-untyped-def]
             keys = [catalog.key_of[i["item_id"]] for i in items if i["item_id"] != clicked]
             return np.mean(
                 [catalog.category[k] == catalog.category[key] or k in neighbours for k in keys]
