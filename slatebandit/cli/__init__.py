@@ -29,6 +29,8 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from slatebandit.cli import analysis
+from slatebandit.cli.common import add_db_options, settings_from
 from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
 from slatebandit.errors import ConfigError, InvalidInput, SlatebanditError
 from slatebandit.logging import Item, count_live_items, load_items, open_engine
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP API")
-    _common(serve)
+    add_db_options(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
@@ -69,13 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         required=True, metavar="ACTION"
     )
     load = items.add_parser("load", help="upsert items from a JSONL or CSV file")
-    _common(load)
+    add_db_options(load)
     load.add_argument("file", type=Path)
     load.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file extension")
     load.set_defaults(run=_items_load)
 
     learn = sub.add_parser("learn", help="run the learner (one at a time, by database lease)")
-    _common(learn)
+    add_db_options(learn)
     learn.add_argument("--once", action="store_true", help="learn what is due, checkpoint, exit")
     learn.set_defaults(run=_learn)
 
@@ -92,51 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", type=Path, default=Path("."), help="where the CSV and PNG go")
     simulate.set_defaults(run=_simulate)
 
-    replay = sub.add_parser(
-        "replay", help="estimate what policies would have earned, from the decision log"
-    )
-    _common(replay)
-    replay.add_argument(
-        "--policy",
-        action="append",
-        required=True,
-        metavar="SPEC",
-        help='random | popular | logged | vw@VERSION | vw:"VW ARGS" (repeat to compare)',
-    )
-    replay.add_argument("--since", help="first decision time (ISO 8601, epoch seconds or 7d)")
-    replay.add_argument("--until", help="end of the window (default: now minus the reward wait)")
-    replay.add_argument(
-        "--estimators",
-        default="ips,snips,dm,dr,cascade-ips,cascade-dr",
-        help="comma-separated; also clipped-ips, clipped-dr, ... (weights capped at --clip)",
-    )
-    replay.add_argument("--bootstrap", type=int, default=1000, help="replicates (0: Gaussian)")
-    replay.add_argument("--seed", type=int, default=0)
-    replay.add_argument("--clip", type=float, default=100.0, help="weight cap of clipped-*")
-    replay.add_argument(
-        "--train-fraction",
-        type=float,
-        default=0.5,
-        help='share of the window that vw:"ARGS" policies train on',
-    )
-    replay.add_argument("--format", choices=("table", "json", "html"), default="table")
-    replay.add_argument("--out", type=Path, help="write the report here (default: stdout)")
-    replay.set_defaults(run=_replay)
-
-    importer = sub.add_parser("import", help="import logged bandit data").add_subparsers(
-        required=True, metavar="SOURCE"
-    )
-    obd = importer.add_parser("obd", help="one campaign of the Open Bandit Dataset")
-    _common(obd)
-    obd.add_argument("dir", type=Path, help="the campaign's log CSV and item_context.csv")
-    obd.set_defaults(run=_import_obd)
-
-    embeddings = sub.add_parser(
-        "train-embeddings", help="learn collaborative item vectors from the interaction log"
-    )
-    _common(embeddings)
-    embeddings.add_argument("--method", choices=("svd", "als"), help="default: the setting")
-    embeddings.set_defaults(run=_train_embeddings)
+    analysis.add_parsers(sub)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         required=True, metavar="ACTION"
@@ -148,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         ("rollback", "make the previous champion the champion again"),
     ):
         action = models.add_parser(name, help=help_text)
-        _common(action)
+        add_db_options(action)
         if name in ("show", "promote"):
             action.add_argument("version", type=int)
         action.set_defaults(run=_models, action=name)
@@ -159,102 +117,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db", dest="db_url", help="SQLAlchemy URL (default SQLite in the data dir)"
-    )
-    parser.add_argument(
-        "--data-dir", type=Path, help="directory for the database and index (default ./var)"
-    )
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    names = ("host", "port", "workers", "db_url", "data_dir")
-    return Settings.from_env(**{name: getattr(args, name, None) for name in names})
-
-
-def _replay(args: argparse.Namespace) -> int:
-    from slatebandit.replay import ReplayOptions, replay
-    from slatebandit.replay.report import to_html, to_json, to_table
-
-    settings = _settings(args)
-    options = ReplayOptions.parse(
-        args.policy,
-        [e.strip() for e in args.estimators.split(",") if e.strip()],
-        args.since,
-        args.until,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        clip=args.clip,
-        train_fraction=args.train_fraction,
-    )
-    engine = open_engine(settings.database_url)
-    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
-
-    def progress(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = tqdm(total=total, desc=phase, unit="decision", mininterval=0.5)
-        bar.update(done - bar.n)
-
-    try:
-        report = replay(engine, settings, options, progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
-        engine.dispose()
-    text = {"table": to_table, "json": to_json, "html": to_html}[args.format](report)
-    if args.out is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    else:
-        args.out.write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-def _train_embeddings(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from slatebandit.retrieval.embedding_job import train_embeddings
-
-    settings = _settings(args)
-    if args.method:
-        settings = dataclasses.replace(settings, embedding_method=args.method)
-    engine = open_engine(settings.database_url)
-    try:
-        with tqdm(desc="interactions", unit="event", mininterval=0.5) as bar:
-            trained = train_embeddings(engine, settings, bar.update)
-    finally:
-        engine.dispose()
-    if trained is None:
-        print("no weighted interactions in the log: nothing to learn from", file=sys.stderr)
-        return 1
-    print(
-        f"embeddings version {trained.version}: {trained.items} items from "
-        f"{trained.interactions} interactions in {trained.seconds:.1f} s "
-        f"({settings.embedding_method}); serving processes swap it in within a poll"
-    )
-    return 0
-
-
-def _import_obd(args: argparse.Namespace) -> int:
-    from slatebandit.replay.obd import import_obd
-
-    settings = _settings(args)
-    if not args.dir.is_dir():
-        raise InvalidInput(f"{args.dir}: no such directory", field="dir")
-    engine = open_engine(settings.database_url)
-    try:
-        done = import_obd(engine, args.dir)
-    finally:
-        engine.dispose()
-    print(
-        f"imported {done.campaign}: {done.items} items, {done.decisions} decisions, "
-        f"{done.clicks} clicks into {settings.database_url}"
-    )
-    return 0
-
-
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -262,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
     from slatebandit.retrieval.demo import demo_items
     from slatebandit.server.app import index_path
 
-    settings = _settings(args)
+    settings = settings_from(args)
     if not settings.keys and settings.host not in LOOPBACK_HOSTS:
         raise ConfigError(
             f"refusing to bind {settings.host} without API keys: set SLATEBANDIT_API_KEYS "
@@ -330,7 +192,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _learn(args: argparse.Namespace) -> int:
     from slatebandit.policies.learner import Learner
 
-    settings = _settings(args)
+    settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(message)s")
     engine = open_engine(settings.database_url)
     learner = Learner(engine, settings, holder=f"learn-{socket.gethostname()}-{os.getpid()}")
@@ -360,7 +222,7 @@ def _learn(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from slatebandit.logging import models
 
-    engine = open_engine(_settings(args).database_url)
+    engine = open_engine(settings_from(args).database_url)
     with engine.begin() as conn:
         current = models.champion(conn)
         if args.action == "list":
@@ -403,7 +265,7 @@ def _build_index(settings: Settings) -> None:
 
 
 def _items_load(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from(args)
     path: Path = args.file
     if not path.is_file():
         raise InvalidInput(f"{path}: no such file", field="file")
@@ -467,7 +329,3 @@ def _config(args: argparse.Namespace) -> int:
     for name, value in sorted(Settings.from_env().as_env().items()):
         print(f"{name}={'***' if name.endswith('API_KEYS') and value else value}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
