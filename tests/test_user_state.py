@@ -19,7 +19,7 @@ from tests.conftest import make_settings, seed_catalog
 
 def _state(client: TestClient, user: str) -> UserState:
     services = client.app_state["services"]
-    return client.portal.call(services.user_state, user)  # type: ignore[no-any-return]
+    return client.portal.call(services.user, user)[0]  # type: ignore[no-any-return]
 
 
 def test_state_round_trips_and_stays_bounded() -> None:

@@ -12,7 +12,6 @@ from slatebandit.logging.decisions import (
     impression_counts,
     insert_event,
     insert_reward,
-    recent_events,
     shown_decision,
 )
 from slatebandit.logging.engine import open_engine
@@ -38,7 +37,6 @@ __all__ = [
     "impression_counts",
     "insert_event",
     "insert_reward",
-    "recent_events",
     "shown_decision",
     "changes_since",
     "count_live_items",

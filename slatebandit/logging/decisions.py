@@ -138,17 +138,6 @@ def shown_decision(conn: Connection, event_id: str) -> ShownDecision | None:
     return ShownDecision(decision_id, tuple(keys), user_id, context)
 
 
-def recent_events(conn: Connection, user_id: str, limit: int) -> list[tuple[int, str, float]]:
-    """``(item_key, type, time)`` of the user's last ``limit`` events and every purchase,
-    oldest first."""
-    columns = (events.c.id, events.c.item_key, events.c.type, events.c.created_at)
-    latest = select(*columns).where(events.c.user_id == user_id).order_by(events.c.id.desc())
-    rows = {row.id: row for row in conn.execute(latest.limit(limit))}
-    purchases = select(*columns).where(events.c.user_id == user_id, events.c.type == "purchase")
-    rows.update({row.id: row for row in conn.execute(purchases)})
-    return [(r.item_key, r.type, r.created_at) for _, r in sorted(rows.items())]
-
-
 def impression_counts(conn: Connection) -> dict[int, int]:
     """Times each item has been shown, by key."""
     query = select(slots.c.item_key, func.count()).group_by(slots.c.item_key)

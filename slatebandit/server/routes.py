@@ -73,7 +73,7 @@ async def create_slate(request: Request) -> Response:
         exclude_keys,
         s.settings.candidates,
         allowed=allowed,
-        excluded=user.excluded(s.settings.exclusions, time.time()),
+        excluded=user.excluded(s.exclusions, time.time()),
         context=context_tokens(shared.context),
     )
     slate = s.policy.slate(s.store, shared, candidates, k, s.rng)
@@ -130,7 +130,7 @@ async def create_slate(request: Request) -> Response:
 async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
-    reward = s.settings.rewards.get(body.type) if body.reward is None else body.reward
+    reward = s.rewards.get(body.type) if body.reward is None else body.reward
     if reward is None:
         raise InvalidInput(
             f"type: no reward given and {body.type!r} is not in SLATEBANDIT_REWARD_TABLE",

@@ -46,6 +46,15 @@ class Services:
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
     evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
     filter_masks: FilterMasks = field(default_factory=FilterMasks)
+    # Parsed once: the settings hold them as strings, and every request reads them.
+    keys: dict[str, frozenset[str]] = field(init=False)
+    exclusions: dict[str, float | None] = field(init=False)
+    rewards: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = self.settings.keys
+        self.exclusions = self.settings.exclusions
+        self.rewards = self.settings.rewards
 
     async def allowed(self, filters: Filters) -> Allowed:
         """The items a request's filters allow; built on a worker thread when not cached (an
@@ -55,11 +64,6 @@ class Services:
         if found is None:
             found = await asyncio.to_thread(self.filter_masks.allowed, filters, catalog, index)
         return found
-
-    async def user_state(self, user_id: str) -> UserState:
-        """The user's state as committed, whichever worker wrote it (one row read)."""
-        found = await self.read(lambda conn: read_user_state(conn, user_id))
-        return self._decoded(user_id, found)
 
     async def user(self, user_id: str) -> tuple[UserState, list[str]]:
         """The user's online state and batch features, read together (one round trip)."""
@@ -114,5 +118,5 @@ def for_request(request: Request, scope: str | None) -> Services:
     """The app's services, once the request's key is checked for ``scope`` (None: open)."""
     services: Services = request.state.services
     if scope is not None:
-        require(request, scope, services.settings.keys)
+        require(request, scope, services.keys)
     return services
