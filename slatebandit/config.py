@@ -49,6 +49,12 @@ class Settings:
     candidates: int = field(default=200, metadata=_doc("candidates per slate (N)"))
     default_k: int = field(default=10, metadata=_doc("slate size when the request omits k"))
     max_k: int = field(default=50, metadata=_doc("largest k a request may ask for"))
+    policy: str = field(
+        default="vw",
+        metadata=_doc(
+            "what serves shoppers outside an experiment: a policy SPEC (README, Policies)"
+        ),
+    )
     exploration: str = field(
         default="epsilon", metadata=_doc("exploit-slot pmf: epsilon, squarecb or softmax")
     )
@@ -121,8 +127,42 @@ class Settings:
     checkpoint_seconds: float = field(
         default=60.0, metadata=_doc("seconds between checkpoints while there is anything new")
     )
-    auto_promote: bool = field(
-        default=True, metadata=_doc("promote every checkpoint to champion at once")
+    promotion: str = field(
+        default="gated",
+        metadata=_doc(
+            "how a checkpoint becomes champion: gated (only if replay on held-out decisions "
+            "finds it no worse), always, or manual"
+        ),
+    )
+    gate_holdout_every: int = field(
+        default=10,
+        metadata=_doc(
+            "with gated promotion, every Nth decision (by id) is never learned: the gate "
+            "replays them"
+        ),
+    )
+    gate_decisions: int = field(
+        default=2000, metadata=_doc("most recent held-out decisions the gate replays")
+    )
+    gate_min_decisions: int = field(
+        default=200, metadata=_doc("fewer held-out decisions than this: the gate waits")
+    )
+    gate_estimator: str = field(
+        default="snips", metadata=_doc("the replay estimator the gate compares with")
+    )
+    gate_margin: float = field(
+        default=0.05,
+        metadata=_doc(
+            "promote if the lower 95% bound of (challenger - champion) is at least -MARGIN x "
+            "the champion's value"
+        ),
+    )
+    learning_mode: str = field(
+        default="online",
+        metadata=_doc(
+            "online, or apprentice: learn from the serving policy's logs, report agreement "
+            "with it, never promote"
+        ),
     )
     popular_refresh_seconds: float = field(
         default=2.0, metadata=_doc("how often the popular-items ranking is recomputed")
@@ -260,6 +300,25 @@ class Settings:
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
         need(self.learn_batch >= 1, "learn_batch", "must be at least 1")
         need(self.checkpoint_seconds > 0, "checkpoint_seconds", "must be > 0")
+        need(
+            self.promotion in ("gated", "always", "manual"),
+            "promotion",
+            "must be gated, always or manual",
+        )
+        need(self.gate_holdout_every >= 2, "gate_holdout_every", "must be at least 2")
+        need(self.gate_decisions >= 1, "gate_decisions", "must be at least 1")
+        need(self.gate_min_decisions >= 2, "gate_min_decisions", "must be at least 2")
+        need(
+            self.gate_estimator in ("ips", "snips", "dr"),
+            "gate_estimator",
+            "must be ips, snips or dr",
+        )
+        need(0 <= self.gate_margin < 1, "gate_margin", "must be in [0, 1)")
+        need(
+            self.learning_mode in ("online", "apprentice"),
+            "learning_mode",
+            "must be online or apprentice",
+        )
         self.rewards  # noqa: B018 - parse now so a malformed table fails at start
         self.exclusions  # noqa: B018
         self.interaction_weights  # noqa: B018

@@ -8,6 +8,7 @@
     ├── NotFound                404 not_found
     ├── MethodNotAllowed        405 method_not_allowed
     ├── NotAcceptable           406 not_acceptable
+    ├── Conflict                409 conflict
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
     ├── TooManyRequests         429 too_many_requests
@@ -65,6 +66,11 @@ class MethodNotAllowed(SlatebanditError):
 class NotAcceptable(SlatebanditError):
     status = 406
     code = "not_acceptable"
+
+
+class Conflict(SlatebanditError):
+    status = 409
+    code = "conflict"
 
 
 class PayloadTooLarge(SlatebanditError):

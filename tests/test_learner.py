@@ -49,7 +49,9 @@ def _counts(url: str) -> tuple[int, int]:
 def test_every_shown_slot_is_learned_once_and_late_rewards_are_counted(
     tmp_path, small_catalog
 ) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, learner="off", reward_wait=0, learn_batch=7)
+    settings = make_settings(
+        tmp_path, learner="off", reward_wait=0, learn_batch=7, promotion="always"
+    )
     seed_catalog(settings.database_url, small_catalog[:200])
     bodies = _serve_slates(settings, 30)
     n_slots, last = _counts(settings.database_url)
@@ -79,7 +81,7 @@ def test_every_shown_slot_is_learned_once_and_late_rewards_are_counted(
 def test_a_learner_killed_between_batches_neither_skips_nor_repeats(
     tmp_path, small_catalog
 ) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, learner="off", reward_wait=0)
+    settings = make_settings(tmp_path, learner="off", reward_wait=0, promotion="always")
     seed_catalog(settings.database_url, small_catalog[:200])
     _serve_slates(settings, 60)
     n_slots, last = _counts(settings.database_url)
@@ -89,6 +91,7 @@ def test_a_learner_killed_between_batches_neither_skips_nor_repeats(
         SLATEBANDIT_REWARD_WAIT="0",
         SLATEBANDIT_LEARN_BATCH="5",
         SLATEBANDIT_CHECKPOINT_EVERY="1",  # a checkpoint after every batch
+        SLATEBANDIT_PROMOTION="always",  # learn every slot: none held out for the gate
     )
     command = [sys.executable, "-m", "slatebandit.cli", "learn", "--db", settings.database_url]
     first = subprocess.Popen([*command, "--once"], env=env, stdout=subprocess.PIPE, text=True)
@@ -121,7 +124,9 @@ def test_a_learner_killed_between_batches_neither_skips_nor_repeats(
 
 
 def test_learning_moves_scores_towards_rewarded_items(tmp_path, small_catalog) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, learner="off", reward_wait=0, epsilon=0.5)
+    settings = make_settings(
+        tmp_path, learner="off", reward_wait=0, epsilon=0.5, promotion="always"
+    )
     seed_catalog(settings.database_url, small_catalog[:100])
     liked = set()
     with TestClient(create_app(settings)) as client:
@@ -147,7 +152,7 @@ def test_learning_moves_scores_towards_rewarded_items(tmp_path, small_catalog) -
 
 
 def test_the_learner_sees_each_shown_item_as_the_scorer_did(tmp_path, small_catalog) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, learner="off")
+    settings = make_settings(tmp_path, learner="off", promotion="always")
     seed_catalog(settings.database_url, small_catalog[:100])
     with TestClient(create_app(settings)) as client:
         client.post("/v1/events", json={"user_id": "a", "item_id": "sku-0000004", "type": "click"})
@@ -184,7 +189,9 @@ def test_a_trained_model_ranks_never_rewarded_items_by_what_they_share(
 ) -> None:  # type: ignore[no-untyped-def]
     """Rewards go to one category only; afterwards that category's items that were never
     rewarded (most never shown) outscore the rest: the model learned the category, not ids."""
-    settings = make_settings(tmp_path, learner="off", reward_wait=0, epsilon=0.6)
+    settings = make_settings(
+        tmp_path, learner="off", reward_wait=0, epsilon=0.6, promotion="always"
+    )
     seed_catalog(settings.database_url, small_catalog)
     liked = "women/dresses"
     rewarded = set()

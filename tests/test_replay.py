@@ -39,7 +39,9 @@ def _serve(settings: Settings, n: int, offset: int) -> None:
 def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, float]:
     """300 decisions by an untrained model, then 300 by version 1, trained on the first."""
     tmp_path = tmp_path_factory.mktemp("replay")
-    settings = make_settings(tmp_path, learner="off", reward_wait=0, epsilon=0.3)
+    settings = make_settings(
+        tmp_path, learner="off", reward_wait=0, epsilon=0.3, promotion="always"
+    )
     seed_catalog(settings.database_url, list(demo_items(200, seed=5)))
     _serve(settings, 300, 0)
     engine = open_engine(settings.database_url)

@@ -7,7 +7,8 @@ slatebandit simulate --url URL    a storefront with a hidden click model
 slatebandit replay --policy SPEC  what policies would have earned, from the decision log
 slatebandit import obd DIR        load an Open Bandit Dataset campaign into the decision log
 slatebandit train-embeddings      learn collaborative item vectors from the interaction log
-slatebandit models ...            list, show, promote, rollback model versions
+slatebandit models ...            list, show, promote, rollback, gate model versions
+slatebandit experiments ...       A/B experiments: list, show, put, stop, report
 slatebandit config [--markdown]   print the settings in force (or the README table)
 """
 
@@ -23,13 +24,14 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from slatebandit.cli import analysis
+from slatebandit.cli import analysis, operations
 from slatebandit.cli.common import add_db_options, settings_from
 from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
 from slatebandit.errors import ConfigError, InvalidInput, SlatebanditError
@@ -96,20 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     analysis.add_parsers(sub)
 
-    models = sub.add_parser("models", help="the model registry").add_subparsers(
-        required=True, metavar="ACTION"
-    )
-    for name, help_text in (
-        ("list", "list the model versions"),
-        ("show", "show one version"),
-        ("promote", "make a version the champion (serving picks it up within a poll)"),
-        ("rollback", "make the previous champion the champion again"),
-    ):
-        action = models.add_parser(name, help=help_text)
-        add_db_options(action)
-        if name in ("show", "promote"):
-            action.add_argument("version", type=int)
-        action.set_defaults(run=_models, action=name)
+    operations.add_parsers(sub)
 
     config = sub.add_parser("config", help="print the settings in force")
     config.add_argument("--markdown", action="store_true", help="print the README's settings table")
@@ -191,11 +180,13 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _learn(args: argparse.Namespace) -> int:
     from slatebandit.policies.learner import Learner
+    from slatebandit.replay.gate import judge
 
     settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(message)s")
     engine = open_engine(settings.database_url)
     learner = Learner(engine, settings, holder=f"learn-{socket.gethostname()}-{os.getpid()}")
+    learner.gate = partial(judge, engine, settings)
     learner.on_checkpoint = lambda version: print(
         f"checkpoint {version} through decision {learner.position}", flush=True
     )
@@ -217,41 +208,6 @@ def _learn(args: argparse.Namespace) -> int:
         return 0
     finally:
         engine.dispose()
-
-
-def _models(args: argparse.Namespace) -> int:
-    from slatebandit.logging import models
-
-    engine = open_engine(settings_from(args).database_url)
-    with engine.begin() as conn:
-        current = models.champion(conn)
-        if args.action == "list":
-            print("version  parent  examples  learned_through  created  champion")
-            for v in models.list_versions(conn):
-                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.created_at))
-                mark = "*" if v.version == current else ""
-                print(
-                    f"{v.version:>7}  {v.parent or '-':>6}  {v.examples:>8}  "
-                    f"{v.learned_through:>15}  {created}  {mark}"
-                )
-            return 0
-        if args.action == "rollback":
-            target = models.previous_champion(conn)
-            if target is None:
-                raise InvalidInput("no earlier champion to roll back to", field="version")
-            models.promote(conn, target, reason=f"rollback from {current}")
-            print(f"champion is now version {target} (was {current})")
-            return 0
-        info = models.get_version(conn, args.version)
-        if info is None:
-            raise InvalidInput(f"no model version {args.version}", field="version")
-        if args.action == "show":
-            print(json.dumps({**info.to_dict(), "champion": info.version == current}, indent=2))
-        else:
-            models.promote(conn, info.version, reason="promoted by an operator (CLI)")
-            print(f"champion is now version {info.version} (was {current})")
-    engine.dispose()
-    return 0
 
 
 def _build_index(settings: Settings) -> None:

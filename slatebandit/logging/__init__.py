@@ -4,7 +4,7 @@ Always import this package by its full name, ``slatebandit.logging``: a top-leve
 would shadow the standard library.
 """
 
-from slatebandit.logging import models
+from slatebandit.logging import experiments, models
 from slatebandit.logging.decisions import (
     DecisionRecord,
     ShownDecision,
@@ -28,6 +28,7 @@ from slatebandit.logging.records import DecisionPayload
 from slatebandit.logging.writer import GroupCommitWriter
 
 __all__ = [
+    "experiments",
     "DecisionPayload",
     "DecisionRecord",
     "GroupCommitWriter",

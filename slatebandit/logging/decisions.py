@@ -48,6 +48,8 @@ class DecisionRecord:
     model_version: int
     payload: bytes
     shown: tuple[ShownSlot, ...]
+    experiment: str | None = None  # the A/B experiment and arm that chose the policy
+    arm: str | None = None
 
     @staticmethod
     def write_many(conn: Connection, records: Sequence[DecisionRecord]) -> list[ShownDecision]:
@@ -67,6 +69,8 @@ class DecisionRecord:
                         "policy": r.policy,
                         "model_version": r.model_version,
                         "payload": r.payload,
+                        "experiment": r.experiment,
+                        "arm": r.arm,
                     }
                     for r in records
                 ],

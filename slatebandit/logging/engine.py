@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, select
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 
 from slatebandit.errors import ConfigError
 from slatebandit.logging.schema import SCHEMA_VERSION, metadata, schema_info
+
+# Steps that bring a database of schema version V to V + 1 in place (new tables are created by
+# ``create_all`` afterwards). Each is plain SQL both SQLite and PostgreSQL accept.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE decisions ADD COLUMN experiment VARCHAR(64)",
+        "ALTER TABLE decisions ADD COLUMN arm VARCHAR(64)",
+        "CREATE INDEX ix_decisions_experiment ON decisions (experiment, arm)",
+        "ALTER TABLE model_versions ADD COLUMN compared BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE model_versions ADD COLUMN agreed BIGINT NOT NULL DEFAULT 0",
+    ),
+}
 
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
@@ -43,6 +55,13 @@ def _check_schema(engine: Engine) -> None:
             found = conn.execute(
                 select(schema_info.c.value).where(schema_info.c.name == "version")
             ).scalar()
+        while found in MIGRATIONS and found < SCHEMA_VERSION:
+            for statement in MIGRATIONS[found]:
+                conn.execute(text(statement))
+            found += 1
+            conn.execute(
+                update(schema_info).where(schema_info.c.name == "version").values(value=found)
+            )
     if found != SCHEMA_VERSION:
         raise ConfigError(
             f"database {engine.url.render_as_string()} has schema version {found or 'unknown'}, "

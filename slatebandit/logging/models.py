@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, select
 
-from slatebandit.logging.schema import model_versions, promotions
+from slatebandit.logging.schema import model_gates, model_versions, promotions
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,13 @@ class ModelVersion:
     examples: int
     learned_through: int
     created_at: float
+    compared: int = 0  # apprentice mode: decisions compared with the serving policy
+    agreed: int = 0  # ...and how many of them had the same first item
 
     def to_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        out: dict[str, object] = dict(self.__dict__)
+        out["agreement"] = self.agreed / self.compared if self.compared else None
+        return out
 
 
 _COLUMNS = (
@@ -32,6 +36,8 @@ _COLUMNS = (
     model_versions.c.examples,
     model_versions.c.learned_through,
     model_versions.c.created_at,
+    model_versions.c.compared,
+    model_versions.c.agreed,
 )
 
 
@@ -44,6 +50,8 @@ def save_version(
     examples: int,
     learned_through: int,
     model: bytes,
+    compared: int = 0,
+    agreed: int = 0,
 ) -> int:
     return conn.execute(
         insert(model_versions)
@@ -55,6 +63,8 @@ def save_version(
             learned_through=learned_through,
             created_at=time.time(),
             model=model,
+            compared=compared,
+            agreed=agreed,
         )
         .returning(model_versions.c.version)
     ).scalar_one()
@@ -101,3 +111,35 @@ def previous_champion(conn: Connection) -> int | None:
         .order_by(promotions.c.id.desc())
         .limit(1)
     ).scalar()
+
+
+def record_gate(
+    conn: Connection,
+    *,
+    version: int,
+    champion: int | None,
+    promoted: bool,
+    reason: str,
+    details: dict[str, object],
+) -> None:
+    """Keep the promotion gate's verdict on ``version`` (and promote it if it passed)."""
+    conn.execute(
+        insert(model_gates).values(
+            version=version,
+            champion=champion,
+            created_at=time.time(),
+            promoted=promoted,
+            reason=reason[:512],
+            details=details,
+        )
+    )
+    if promoted:
+        promote(conn, version, reason=f"gate: {reason}"[:256])
+
+
+def gate_verdicts(conn: Connection, version: int | None = None) -> list[dict[str, object]]:
+    """The gate's verdicts, newest first (on one version, or all)."""
+    query = select(model_gates).order_by(model_gates.c.id.desc())
+    if version is not None:
+        query = query.where(model_gates.c.version == version)
+    return [{k: v for k, v in row._mapping.items() if k != "id"} for row in conn.execute(query)]

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 2  # bump on any change to the tables below; open_engine refuses a mismatch
+SCHEMA_VERSION = 3  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -75,7 +75,11 @@ decisions = Table(
     Column("policy", String(64), nullable=False),
     Column("model_version", Integer, nullable=False),
     Column("payload", LargeBinary, nullable=False),
+    # The A/B experiment and arm that chose the policy; NULL outside any experiment.
+    Column("experiment", String(64), nullable=True),
+    Column("arm", String(64), nullable=True),
 )
+Index("ix_decisions_experiment", decisions.c.experiment, decisions.c.arm)
 
 slots = Table(
     "slots",
@@ -138,6 +142,24 @@ model_versions = Table(
     Column("learned_through", _BigId, nullable=False),  # last decision id learned
     Column("created_at", Float, nullable=False),
     Column("model", LargeBinary, nullable=False),
+    # Apprentice mode: of the decisions this checkpoint learned, how many it compared with the
+    # serving policy's first slot, and how often its own top candidate was that item.
+    Column("compared", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("agreed", BigInteger, nullable=False, default=0, server_default="0"),
+)
+
+# The promotion gate's verdict on each version it judged: promoted, or kept as a challenger
+# and why (``replay.gate``).
+model_gates = Table(
+    "model_gates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", Integer, ForeignKey("model_versions.version"), nullable=False, index=True),
+    Column("champion", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("promoted", Boolean, nullable=False),
+    Column("reason", String(512), nullable=False),
+    Column("details", JSON, nullable=False),
 )
 
 # Which version serves: the latest row wins. Rollback promotes the one before again.
@@ -207,6 +229,22 @@ evaluations = Table(
     Column("request", JSON, nullable=False),
     Column("result", JSON, nullable=True),
     Column("error", String(2048), nullable=True),
+)
+
+# A/B experiments. Users are hashed with the experiment's salt into BUCKETS buckets and
+# ``allocation`` holds one arm index per bucket (``policies.experiments``): changing the shares
+# moves only the buckets an arm must give up or take.
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("salt", String(32), nullable=False),
+    Column("arms", JSON, nullable=False),  # [{"name", "policy", "share"}]
+    Column("control", String(64), nullable=False),
+    Column("allocation", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),  # running | stopped
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 schema_info = Table(

@@ -1,6 +1,24 @@
-"""Who decides: the policies that turn candidates into slates."""
+"""Who decides: the policies that turn candidates into slates, the registry, experiments."""
 
+from slatebandit.policies.base import Policy, Query, Slate
+from slatebandit.policies.blend import Blend
 from slatebandit.policies.registry import follow_champion, load_champion
-from slatebandit.policies.vw import Slate, VWPolicy
+from slatebandit.policies.simple import Content, Popular, Random
+from slatebandit.policies.specs import PolicySet, load_policy, parse_spec
+from slatebandit.policies.vw import VWPolicy
 
-__all__ = ["Slate", "VWPolicy", "follow_champion", "load_champion"]
+__all__ = [
+    "Blend",
+    "Content",
+    "Policy",
+    "PolicySet",
+    "Popular",
+    "Query",
+    "Random",
+    "Slate",
+    "VWPolicy",
+    "follow_champion",
+    "load_champion",
+    "load_policy",
+    "parse_spec",
+]

@@ -5,6 +5,14 @@ the shared features the scorer saw plus the slot, the shown item's features as o
 revision, cost = -reward (the table's aggregate, or the default reward) and probability = the
 logged propensity.
 
+Held out: with gated promotion, every ``gate_holdout_every``-th decision (by id) is never
+learned, by any version, so the promotion gate (``replay.gate``) can compare a new version with
+the champion on decisions neither has seen.
+
+Apprentice mode: before learning a decision, the learner asks the model which candidate it
+would rank first and counts whether the serving policy showed that item in slot 0; each
+checkpoint stores the counts (``compared``, ``agreed``) and is never promoted.
+
 Exactly once: the learner's progress (the last decision id learned) is stored only inside a
 checkpoint, in the same row as the model bytes that contain those examples. A crash loses the
 examples learned since the last checkpoint *and* the progress past it, so a restart learns
@@ -18,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 from sqlalchemy import Engine
 
 from slatebandit.bandit import (
@@ -51,9 +60,17 @@ def slot_features(
     slot: int,
     snapshots: dict[int, tuple[int, dict]],  # type: ignore[type-arg]
 ) -> str:
-    """The shown item's features in ``slot`` exactly as the scorer saw them: the content tokens
-    of the logged revision, then the logged popularity and age bands."""
-    candidate = int(payload.chosen[slot])
+    """The shown item's features in ``slot`` exactly as the scorer saw them."""
+    return candidate_features(payload, int(payload.chosen[slot]), snapshots)
+
+
+def candidate_features(
+    payload: DecisionPayload,
+    candidate: int,
+    snapshots: dict[int, tuple[int, dict]],  # type: ignore[type-arg]
+) -> str:
+    """A candidate's features as the scorer saw them: the content tokens of the logged
+    revision, then the logged popularity and age bands."""
     key, fields = snapshots[int(payload.candidate_revs[candidate])]
     tokens = item_tokens(fields["category"], fields["brand"], fields["price"], fields["attributes"])
     return action_features(scorer_features(key, tokens), int(payload.candidate_dynamic[candidate]))
@@ -82,8 +99,15 @@ class Learner:
             self.position = latest.learned_through
         # ``position``: the last decision learned in memory; saved only with a checkpoint.
         self.pending = 0  # examples learned since the last checkpoint
+        self.compared = self.agreed = 0  # apprentice counts since the last checkpoint
         self.last_checkpoint = time.monotonic()
         self.on_checkpoint: Callable[[int], None] | None = None
+        # Decides whether a gated checkpoint becomes champion (``replay.gate.judge``); the
+        # caller wires it, since replay sits above the policies.
+        self.gate: Callable[[int], object] | None = None
+        self.apprentice = settings.learning_mode == "apprentice"
+        gated = settings.promotion == "gated" and not self.apprentice  # an apprentice never serves
+        self.holdout = settings.gate_holdout_every if gated else 0
 
     def hold_lease(self) -> bool:
         return hold_lease(self.engine, self.holder)
@@ -95,7 +119,12 @@ class Learner:
         until = now - max(self.settings.reward_wait, lag)
         with self.engine.connect() as conn:
             due = due_decisions(conn, self.position, until, self.settings.learn_batch)
-            revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
+            if self.apprentice:  # the model ranks every candidate
+                revs = sorted({int(r) for d in due for r in d.payload.candidate_revs})
+            else:
+                revs = sorted(
+                    {int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen}
+                )
             snapshots = revision_snapshots(conn, revs)
         if due:
             self.pending += sum(self._learn(decision, snapshots) for decision in due)
@@ -108,9 +137,13 @@ class Learner:
         return len(due)
 
     def _learn(self, decision: DueDecision, snapshots: dict[int, tuple[int, dict]]) -> int:  # type: ignore[type-arg]
+        if self.holdout and decision.decision_id % self.holdout == 0:
+            return 0  # kept for the promotion gate
         payload = decision.payload
         context = payload.context
         shared = SharedFeatures.from_log(context)
+        if self.apprentice and len(payload.chosen):
+            self._compare(shared, payload, snapshots)
         for slot, item_key, propensity in decision.slots:
             features = slot_features(payload, slot, snapshots)
             reward = slot_reward(
@@ -120,6 +153,20 @@ class Learner:
             )
             self.scorer.learn(slot_example(shared, slot, features, reward, propensity))
         return len(decision.slots)
+
+    def _compare(
+        self,
+        shared: SharedFeatures,
+        payload: DecisionPayload,
+        snapshots: dict[int, tuple[int, dict]],  # type: ignore[type-arg]
+    ) -> None:
+        """Apprentice: is the model's top candidate what the serving policy showed first?"""
+        actions = [
+            candidate_features(payload, i, snapshots) for i in range(len(payload.candidate_revs))
+        ]
+        scores = self.scorer.score(shared, actions)
+        self.compared += 1
+        self.agreed += int(np.argmax(scores)) == int(payload.chosen[0])
 
     def checkpoint(self) -> int | None:
         """Store the model with its progress (one row, one transaction); promote it if asked."""
@@ -135,11 +182,13 @@ class Learner:
                 examples=self.examples + self.pending,
                 learned_through=self.position,
                 model=data,
+                compared=self.compared,
+                agreed=self.agreed,
             )
-            if self.settings.auto_promote:
-                models.promote(conn, version, reason="checkpoint, auto-promoted")
+            if self.settings.promotion == "always" and not self.apprentice:
+                models.promote(conn, version, reason="checkpoint, promoted (promotion=always)")
         self.parent, self.examples = version, self.examples + self.pending
-        self.pending = 0
+        self.pending = self.compared = self.agreed = 0
         self.last_checkpoint = time.monotonic()
         log.info(
             "checkpoint: version %d, %d examples through decision %d",
@@ -147,6 +196,8 @@ class Learner:
             self.examples,
             self.position,
         )
+        if self.settings.promotion == "gated" and not self.apprentice and self.gate:
+            self.gate(version)
         if self.on_checkpoint is not None:
             self.on_checkpoint(version)
         return version

@@ -151,6 +151,8 @@ class Report:
     window: dict[str, float | int | None] = field(default_factory=dict)
     bootstrap: int = 0
     seed: int = 0
+    # The estimators themselves, by policy, for paired comparisons (``replay.gate``).
+    accumulators: dict[str, list[Estimator]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -173,11 +175,13 @@ def replay(
     settings: Settings,
     options: ReplayOptions,
     progress: Progress | None = None,
+    window: Window | None = None,
 ) -> Report:
+    """Replay ``options.policies`` over the window the options give (or ``window``)."""
     options.validate()
     until = options.until if options.until is not None else time.time() - settings.reward_wait
     since = options.since if options.since is not None else float("-inf")
-    window = Window(since, until)
+    window = window or Window(since, until)
     targets = [parse_target(spec, engine) for spec in options.policies]
     try:
         return _replay(engine, settings, options, window, targets, progress or _quiet)
@@ -220,7 +224,7 @@ def _replay(
             train_through = first_evaluated - 1
     warnings: list[str] = []
     if train_through is not None:
-        trained = Window(window.since, window.until, window.after, train_through)
+        trained = Window(window.since, window.until, window.after, train_through, window.every)
         done = 0
         for chunk, revisions in chunks(trained):
             for target in targets:
@@ -228,7 +232,7 @@ def _replay(
                     target.learn(chunk, revisions)
             done += len(chunk.decision_ids)
             progress("train", done, whole.decisions)
-        window = Window(window.since, window.until, train_through)
+        window = Window(window.since, window.until, train_through, None, window.every)
         warnings.append(
             f"vw:ARGS policies trained on the first {options.train_fraction:.0%} of the window; "
             "every policy is evaluated on the decisions after it"
@@ -237,7 +241,9 @@ def _replay(
         evaluated = extent(conn, window)
     # Pin the window to the decisions counted now: every pass reads exactly these, even if
     # more commit meanwhile (an ``until`` in the future).
-    window = Window(window.since, window.until, window.after, evaluated.last_id or window.after)
+    window = Window(
+        window.since, window.until, window.after, evaluated.last_id or window.after, window.every
+    )
 
     model = RewardModel()
     if evaluated.decisions and any(make_estimator(n).uses_model for n in options.estimators):
@@ -286,6 +292,7 @@ def _replay(
         },
         bootstrap=options.bootstrap,
         seed=options.seed,
+        accumulators=estimators,
     )
 
 

@@ -27,12 +27,14 @@ CHUNK_DECISIONS = 2000
 
 @dataclass(frozen=True)
 class Window:
-    """Which decisions a replay reads: created in [since, until), with ids in (after, through]."""
+    """Which decisions a replay reads: created in [since, until), with ids in (after, through]
+    (and, with ``every``, only the ids divisible by it: the learner's held-out decisions)."""
 
     since: float = float("-inf")
     until: float = float("inf")
     after: int = 0
     through: int | None = None
+    every: int = 0
 
     def where(self) -> list:  # type: ignore[type-arg]
         clauses = [decisions.c.id > self.after]
@@ -42,6 +44,8 @@ class Window:
             clauses.append(decisions.c.created_at < self.until)
         if self.through is not None:
             clauses.append(decisions.c.id <= self.through)
+        if self.every:
+            clauses.append(decisions.c.id % self.every == 0)
         return clauses
 
 

@@ -10,6 +10,7 @@ from slatebandit.retrieval.candidates import (
     Quotas,
     context_tokens,
     generate,
+    session_vector,
 )
 from slatebandit.retrieval.catalog import Catalog
 from slatebandit.retrieval.content import (
@@ -49,5 +50,6 @@ __all__ = [
     "item_tokens",
     "price_bucket",
     "scorer_features",
+    "session_vector",
     "title_words",
 ]

@@ -102,7 +102,7 @@ def generate(
         _, seeds = index.live_vectors(recent)
         labels = neighbours(seeds, quotas.similar_per_item + 1)  # +1: the seed itself
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
-    session = _session_vector(store, user, session_keys)
+    session = session_vector(store, user, session_keys)
     if session is not None:
         proposals[SOURCES.index("session")] = neighbours(session, quotas.session)[0]
     if allowed is None:
@@ -161,9 +161,11 @@ def _usable(keys: np.ndarray, available: np.ndarray, blocked: np.ndarray) -> np.
     return keys[np.sort(first)]
 
 
-def _session_vector(
+def session_vector(
     store: ItemStore, user: UserState | None, session_keys: Sequence[int]
 ) -> np.ndarray | None:
+    """The shopper's unit session vector: their time-decayed state plus the request's session
+    items (None if there is neither)."""
     vector = None if user is None else user.session_vector
     if vector is not None and vector.shape != (store.index.dim,):
         vector = None  # built in another embedding space (an older version's index)

@@ -26,6 +26,7 @@ class Catalog:
         self.fresh_impressions = fresh_impressions
         self.key_of: dict[str, int] = {}
         self.item_ids: list[str | None] = []
+        self.titles: list[str] = []  # for explanations ("similar to Blue Linen Shirt ...")
         # The scorer's item features per key: an id token, then the content tokens, e.g.
         # "k42 c=men c=men/shoes b=acme p=6 a=color=red".
         self.features: list[str] = []
@@ -80,6 +81,7 @@ class Catalog:
                 if self.impressions[key] < self.fresh_impressions:
                     self._add_fresh(key)
             self.features[key] = scorer_features(key, tokens)
+            self.titles[key] = row.title
             self.category[key] = _code(self.category_codes, self.category_names, row.category)
             self.brand[key] = _code(self.brand_codes, self.brand_names, row.brand)
             self.price[key] = np.nan if row.price is None else row.price
@@ -183,6 +185,7 @@ class Catalog:
         grow = size - len(self.item_ids)
         self.item_ids.extend([None] * grow)
         self.features.extend([""] * grow)
+        self.titles.extend([""] * grow)
         columns = ("category", "brand", "price", "available", "rev", "impressions", "popularity")
         for name in (*columns, "created"):
             old = getattr(self, name)

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,15 @@ from starlette.routing import Route
 
 from slatebandit.bandit import Exploration, VWScorer
 from slatebandit.config import Settings
-from slatebandit.errors import MethodNotAllowed, NotFound, SlatebanditError
+from slatebandit.errors import ConfigError, MethodNotAllowed, NotFound, SlatebanditError
 from slatebandit.logging import GroupCommitWriter, open_engine
-from slatebandit.policies import VWPolicy, follow_champion
+from slatebandit.policies import PolicySet, VWPolicy, follow_champion
+from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.policies.learner import Learner, hold_lease
+from slatebandit.replay.gate import judge
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.embedding_job import follow_factors, latest_factors, train_if_leased
-from slatebandit.server import routes
+from slatebandit.server import experiments, routes
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import Evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -67,9 +70,23 @@ def create_app(settings: Settings) -> Starlette:
             VWScorer(settings.vw_args), exploration, settings.explore_slots, settings.diverse_slots
         )
         await follow_champion(engine, policy)  # a restart serves the promoted version
+        policies = PolicySet(settings, engine, policy)
+        try:
+            await asyncio.to_thread(policies.get, settings.policy)
+        except SlatebanditError as exc:
+            raise ConfigError(f"SLATEBANDIT_POLICY: {exc.message}", field="policy") from None
+        experiments = ExperimentBook(engine)
+        await asyncio.to_thread(experiments.refresh)
         writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
         services = Services(
-            settings, engine, writer, store, policy, np.random.default_rng(settings.seed)
+            settings,
+            engine,
+            writer,
+            store,
+            policy,
+            np.random.default_rng(settings.seed),
+            policies,
+            experiments,
         )
         services.evaluations = Evaluations(engine, settings)
         await asyncio.to_thread(services.load_impressions)
@@ -94,6 +111,11 @@ def create_app(settings: Settings) -> Starlette:
         tasks.append(
             asyncio.create_task(
                 _every(settings.model_poll_seconds, lambda: follow_factors(engine, store))
+            )
+        )
+        tasks.append(
+            asyncio.create_task(
+                _every(settings.model_poll_seconds, lambda: asyncio.to_thread(experiments.refresh))
             )
         )
         if settings.embedding_interval > 0:
@@ -134,6 +156,12 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
+            Route("/v1/models/rollback", routes.rollback_model, methods=["POST"]),
+            Route("/v1/experiments", experiments.read_all, methods=["GET"]),
+            Route("/v1/experiments/{name:str}", experiments.put, methods=["PUT"]),
+            Route("/v1/experiments/{name:str}", experiments.read, methods=["GET"]),
+            Route("/v1/experiments/{name:str}", experiments.delete, methods=["DELETE"]),
+            Route("/v1/experiments/{name:str}/report", experiments.report, methods=["GET"]),
             Route("/v1/evaluations", post_evaluation, methods=["POST"]),
             Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
@@ -164,6 +192,7 @@ class EmbeddedLearner:
             return  # another process learns; don't even load a model
         if self.learner is None:
             self.learner = Learner(self.engine, self.settings, self.holder)
+            self.learner.gate = partial(judge, self.engine, self.settings)
         self.learner.run_due(budget=LEARN_BUDGET)
 
     def stop(self) -> None:

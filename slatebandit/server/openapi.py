@@ -36,6 +36,8 @@ _SLATE = {
         "event_id": {"type": "string"},
         "policy": {"type": "string"},
         "model_version": {"type": "integer"},
+        "experiment": {"type": "string", "description": "present when an A/B experiment chose"},
+        "arm": {"type": "string"},
         "items": {
             "type": "array",
             "items": {
@@ -47,11 +49,55 @@ _SLATE = {
                     "kind": {"enum": ["exploit", "explore", "diverse"]},
                     "source": {"enum": ["similar", "session", "popular", "fresh", "context"]},
                     "score": {"type": "number"},
+                    "reason": {"type": "string"},
+                    "explanation": {
+                        "type": "object",
+                        "description": "with ?explain=true: the top contributing features",
+                        "properties": {
+                            "features": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "feature": {"type": "string"},
+                                        "contribution": {"type": "number"},
+                                    },
+                                },
+                            }
+                        },
+                    },
                 },
             },
         },
     },
 }
+_EXPERIMENT = {
+    "type": "object",
+    "properties": {
+        "arms": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                    "policy": {"type": "string", "description": "a policy SPEC", "maxLength": 64},
+                    "share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                },
+                "required": ["name", "policy", "share"],
+                "additionalProperties": False,
+            },
+        },
+        "control": {"type": "string", "description": "default: the first arm"},
+    },
+    "required": ["arms"],
+    "additionalProperties": False,
+}
+
+
+def _path(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
 
 
 def _body(ref: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +131,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def openapi_document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE}
+    schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE, "Experiment": _EXPERIMENT}
     for model in (SlateRequest, RewardRequest, EventRequest, EvaluationRequest, Item):
         schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
@@ -104,6 +150,15 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "A slate of k items with the propensity of every slot (scope serve)",
                     "security": security,
+                    "parameters": [
+                        {
+                            "name": "explain",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean"},
+                            "description": "add each item's top contributing features",
+                        }
+                    ],
                     "requestBody": _body(_ref(SlateRequest)),
                     "responses": _answers(
                         200, "the slate, logged durably", {"$ref": _REF.format(model="Slate")}
@@ -173,6 +228,54 @@ def openapi_document() -> dict[str, Any]:
                         }
                     ],
                     "responses": _answers(200, "promoted durably; this worker serves it at once"),
+                }
+            },
+            "/v1/models/rollback": {
+                "post": {
+                    "summary": "Make the previous champion the champion again (scope admin)",
+                    "security": security,
+                    "responses": _answers(200, "rolled back durably"),
+                }
+            },
+            "/v1/experiments": {
+                "get": {
+                    "summary": "The A/B experiments (scope analyst)",
+                    "security": security,
+                    "responses": _answers(200, "running and stopped experiments"),
+                }
+            },
+            "/v1/experiments/{name}": {
+                "put": {
+                    "summary": "Create an experiment or change its arms and shares (scope admin)",
+                    "security": security,
+                    "parameters": [_path("name")],
+                    "requestBody": _body({"$ref": _REF.format(model="Experiment")}),
+                    "responses": {
+                        **_answers(201, "created durably"),
+                        "200": {"description": "changed durably"},
+                        "409": {"description": "another experiment runs, or this one stopped"},
+                    },
+                },
+                "get": {
+                    "summary": "One experiment (scope analyst)",
+                    "security": security,
+                    "parameters": [_path("name")],
+                    "responses": _answers(200, "the experiment"),
+                },
+                "delete": {
+                    "summary": "Stop assigning users; the report stays (scope admin)",
+                    "security": security,
+                    "parameters": [_path("name")],
+                    "responses": _answers(200, "stopped durably"),
+                },
+            },
+            "/v1/experiments/{name}/report": {
+                "get": {
+                    "summary": "Per arm: slates, clicks, CTR with a 95% interval, difference to "
+                    "the control arm (scope analyst)",
+                    "security": security,
+                    "parameters": [_path("name")],
+                    "responses": _answers(200, "the report"),
                 }
             },
             "/v1/evaluations": {

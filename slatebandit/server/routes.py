@@ -3,6 +3,7 @@ only after the commit that holds its record (a 2xx means durable)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -26,11 +27,26 @@ from slatebandit.logging import (
 )
 from slatebandit.logging.items import CATALOG_COLUMNS
 from slatebandit.logging.learning import late_rewards
-from slatebandit.logging.models import champion, get_version, list_versions, promote
+from slatebandit.logging.models import (
+    champion,
+    gate_verdicts,
+    get_version,
+    list_versions,
+    previous_champion,
+    promote,
+)
 from slatebandit.logging.schema import items as items_table
 from slatebandit.logging.users import update_user_state
-from slatebandit.policies import follow_champion
-from slatebandit.retrieval import EVENT_WEIGHTS, SOURCES, UserState, context_tokens, generate
+from slatebandit.policies import Query, follow_champion
+from slatebandit.policies.explain import contributions, reasons
+from slatebandit.retrieval import (
+    EVENT_WEIGHTS,
+    SOURCES,
+    UserState,
+    context_tokens,
+    generate,
+    session_vector,
+)
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
@@ -44,6 +60,7 @@ from slatebandit.server.services import Services, for_request
 
 PROFILE_TOP = 3  # top categories and brands of the user's state that reach the scorer
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
+GATE_VERDICTS = 20  # the promotion gate's latest verdicts shown by GET /v1/models
 
 
 _services = for_request
@@ -64,6 +81,7 @@ async def create_slate(request: Request) -> Response:
     profile = [f"tc={c}" for c in user.top("categories", PROFILE_TOP)]
     profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)] + batch
     shared = SharedFeatures.build(body.context, recent, profile=profile)
+    explain = _flag(request, "explain")
     filters = None if body.filters is None else body.filters.to_filters()
     allowed = await s.allowed(filters) if filters else None
     candidates = generate(
@@ -76,7 +94,9 @@ async def create_slate(request: Request) -> Response:
         excluded=user.excluded(s.exclusions, time.time()),
         context=context_tokens(shared.context),
     )
-    slate = s.policy.slate(s.store, shared, candidates, k, s.rng)
+    policy, experiment, arm = await s.policy_for(body.user_id)
+    query = Query(shared, candidates, session_vector(s.store, user, session_keys))
+    slate = policy.slate(s.store, query, k, s.rng)
 
     event_id, now = uuid.uuid4().hex, time.time()
     keys = [int(candidates.keys[pick.index]) for pick in slate.picks]
@@ -100,12 +120,15 @@ async def create_slate(request: Request) -> Response:
             model_version=slate.model_version,
             payload=slate.payload().encode(),
             shown=tuple(shown),
+            experiment=experiment,
+            arm=arm,
         )
     )
     for key in keys:
         catalog.add_impressions(key)
     s.remember_decision(event_id, replace(decision, context=tuple(shared.context.items())))
-    items = [
+    why = reasons(slate, s.store, [*session_keys, *user.recent_keys(5)])
+    items: list[dict[str, object]] = [
         {
             "item_id": catalog.item_ids[slot.item_key],
             "slot": slot.slot,
@@ -113,18 +136,32 @@ async def create_slate(request: Request) -> Response:
             "kind": slot.kind,
             "source": slot.source,
             "score": slot.score,
+            "reason": reason,
         }
-        for slot in shown
+        for slot, reason in zip(shown, why, strict=True)
     ]
-    return respond(
-        request,
-        {
-            "event_id": event_id,
-            "policy": slate.policy,
-            "model_version": slate.model_version,
-            "items": items,
-        },
-    )
+    if explain:
+        detail = await asyncio.to_thread(contributions, policy, slate, s.store, query)
+        for item, features in zip(items, detail, strict=True):
+            item["explanation"] = {"features": features}
+    answer: dict[str, object] = {
+        "event_id": event_id,
+        "policy": slate.policy,
+        "model_version": slate.model_version,
+        "items": items,
+    }
+    if experiment is not None:
+        answer["experiment"], answer["arm"] = experiment, arm
+    return respond(request, answer)
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name)
+    if value is None or value.lower() in ("false", "0", ""):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise InvalidInput(f"{name}: must be true or false, got {value!r}", field=name)
 
 
 async def post_reward(request: Request) -> Response:
@@ -241,10 +278,27 @@ async def list_models(request: Request) -> Response:
             "champion": champion(conn),
             "late_rewards": late_rewards(conn),
             "versions": [v.to_dict() for v in list_versions(conn)],
+            "gate": gate_verdicts(conn)[:GATE_VERDICTS],
         }
 
     body = await s.read(read)
     return respond(request, {**body, "serving": s.policy.scorer.version})
+
+
+async def rollback_model(request: Request) -> Response:
+    s = _services(request, "admin")
+
+    def unit(conn: Connection) -> int | None:
+        previous = previous_champion(conn)
+        if previous is not None:
+            promote(conn, previous, reason="rolled back by an operator (HTTP)")
+        return previous
+
+    previous = await s.writer.submit(unit)
+    if previous is None:
+        raise NotFound("version: there is no earlier champion to roll back to", field="version")
+    await follow_champion(s.engine, s.policy)
+    return respond(request, {"champion": previous, "serving": s.policy.scorer.version})
 
 
 async def promote_model(request: Request) -> Response:
@@ -270,7 +324,8 @@ async def healthz(request: Request) -> Response:
         {
             "status": "ok",
             "items": len(s.store.index),
-            "policy": s.policy.name,
+            "policy": s.settings.policy,
+            "experiment": None if s.experiments.running is None else s.experiments.running.name,
             "model_version": s.policy.scorer.version,
             "embeddings_version": s.store.factors.version,
         },

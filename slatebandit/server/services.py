@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from slatebandit.config import Settings
+from slatebandit.errors import SlatebanditError
 from slatebandit.logging import (
     GroupCommitWriter,
     ShownDecision,
@@ -20,7 +21,8 @@ from slatebandit.logging import (
     shown_decision,
 )
 from slatebandit.logging.users import read_user_profile, read_user_state
-from slatebandit.policies import VWPolicy
+from slatebandit.policies import Policy, PolicySet, VWPolicy
+from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import require
 
@@ -40,8 +42,10 @@ class Services:
     engine: Engine
     writer: GroupCommitWriter
     store: ItemStore
-    policy: VWPolicy
+    policy: VWPolicy  # the champion follower: ``vw`` wherever it serves
     rng: np.random.Generator
+    policies: PolicySet
+    experiments: ExperimentBook
     users: UserStates = field(default_factory=UserStates)
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
     evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
@@ -81,6 +85,24 @@ class Services:
         return self.users.get(user_id, version) or self.users.put(
             user_id, version, UserState.from_bytes(data)
         )
+
+    async def policy_for(self, user_id: str) -> tuple[Policy, str | None, str | None]:
+        """The policy that serves ``user_id``, with the experiment and arm that chose it."""
+        assigned = self.experiments.assign(user_id)
+        if assigned is None:
+            return self.policies.default, None, None
+        experiment, arm = assigned
+        try:
+            if self.policies.is_ready(arm.policy):
+                policy = self.policies.get(arm.policy)
+            else:  # vw@V reads the registry once
+                policy = await asyncio.to_thread(self.policies.get, arm.policy)
+        except SlatebanditError:
+            log.exception(
+                "experiment %s arm %s: policy %s failed", experiment, arm.name, arm.policy
+            )
+            return self.policies.default, None, None
+        return policy, experiment, arm.name
 
     def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
         self.decisions[event_id] = decision

@@ -1,0 +1,62 @@
+"""Experiments in SQL: definitions, and the per-arm sums their reports are computed from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, update
+
+from slatebandit.logging.schema import decisions, experiments, rewards, slots
+
+
+def read_experiment(conn: Connection, name: str, *, lock: bool = False) -> Row[Any] | None:
+    query = select(experiments).where(experiments.c.name == name)
+    if lock and conn.dialect.name != "sqlite":  # SQLite's one writer serialises on its own
+        query = query.with_for_update()
+    return conn.execute(query).first()
+
+
+def read_experiments(conn: Connection, status: str | None = None) -> list[Row[Any]]:
+    query = select(experiments).order_by(experiments.c.created_at)
+    if status is not None:
+        query = query.where(experiments.c.status == status)
+    return list(conn.execute(query).all())
+
+
+def insert_experiment(conn: Connection, **values: Any) -> None:
+    conn.execute(insert(experiments).values(**values))
+
+
+def update_experiment(conn: Connection, name: str, **values: Any) -> None:
+    conn.execute(update(experiments).where(experiments.c.name == name).values(**values))
+
+
+def arm_sums(conn: Connection, name: str) -> list[tuple[Any, ...]]:
+    """Per arm of experiment ``name``: slates, and over slates the sums of impressions n,
+    clicks c, n², c² and n·c (a click: a shown item with a positive reward)."""
+    shown = (
+        select(func.count())
+        .where(slots.c.decision_id == decisions.c.id)
+        .scalar_subquery()
+        .label("n")
+    )
+    clicked = (
+        select(func.count(func.distinct(rewards.c.item_key)))
+        .where(rewards.c.decision_id == decisions.c.id, rewards.c.reward > 0)
+        .scalar_subquery()
+        .label("c")
+    )
+    per_slate = (
+        select(decisions.c.arm, shown, clicked).where(decisions.c.experiment == name).subquery()
+    )
+    n, c = per_slate.c.n, per_slate.c.c
+    query = select(
+        per_slate.c.arm,
+        func.count(),
+        func.sum(n),
+        func.sum(c),
+        func.sum(n * n),
+        func.sum(c * c),
+        func.sum(n * c),
+    ).group_by(per_slate.c.arm)
+    return [tuple(row) for row in conn.execute(query)]

@@ -1,0 +1,148 @@
+"""The policy interface: a policy scores the candidates, the slate builder does the rest.
+
+Every policy turns the same ``Query`` (shared features, candidates, session vector) into one
+score per candidate; ``Policy.slate`` hands the scores to the slate builder with the policy's
+exploration and slot layout, which fills the slots and knows the exact probability of each
+pick (``bandit.build_slate``). So every policy returns exact per-slot propensities by
+construction, and replay can recompute them from what the decision logged.
+
+A policy's ``name`` is its SPEC (``policies.specs``), logged with every decision it makes.
+``dump`` writes everything it needs to make the same slates again (its spec, exploration,
+layout and, for VW, the model) and ``specs.load_policy`` reads it back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from slatebandit.bandit import (
+    FEATURE_SPEC_VERSION,
+    LAYOUT_CODES,
+    Exploration,
+    Pick,
+    SharedFeatures,
+    build_slate,
+    layout,
+)
+from slatebandit.logging import DecisionPayload
+from slatebandit.logging.records import pack
+from slatebandit.retrieval import FRESH, Candidates, ItemStore
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a policy may look at for one request."""
+
+    shared: SharedFeatures
+    candidates: Candidates
+    session: np.ndarray | None = None  # unit session vector in the index's space, if any
+
+
+@dataclass(frozen=True)
+class Slate:
+    policy: str
+    model_version: int
+    shared: SharedFeatures
+    candidates: Candidates
+    revs: np.ndarray  # item revision of each candidate, read with its features
+    dynamic: np.ndarray  # popularity and age bands the scorer saw (Catalog.dynamic_codes)
+    scores: np.ndarray
+    kinds: list[str]
+    exploration: Exploration
+    picks: list[Pick]
+
+    def payload(self) -> DecisionPayload:
+        """What the decision log keeps so replay can recompute every slot's pmf."""
+        return DecisionPayload(
+            context=self.shared.to_log(),
+            candidate_revs=self.revs.astype(np.uint32),
+            candidate_flags=self.candidates.flags,
+            candidate_dynamic=self.dynamic,
+            scores=self.scores.astype(np.float16),
+            layout="".join(LAYOUT_CODES[kind] for kind in self.kinds[: len(self.picks)]),
+            exploration=self.exploration.to_log(),
+            chosen=np.asarray([pick.index for pick in self.picks], dtype=np.uint16),
+            feature_spec=FEATURE_SPEC_VERSION,
+        )
+
+
+class Policy:
+    """Scores candidates; subclasses implement ``scores`` (higher is better)."""
+
+    name = ""
+
+    def __init__(
+        self,
+        exploration: Exploration,
+        explore_slots: Collection[int] = (),
+        diverse_slots: Collection[int] = (),
+    ) -> None:
+        self.exploration = exploration
+        self.explore_slots = frozenset(explore_slots)
+        self.diverse_slots = frozenset(diverse_slots)
+
+    @property
+    def model_version(self) -> int:
+        """The VW model version behind the scores; 0 for policies without one."""
+        return 0
+
+    def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
+        """One score per candidate, in candidate order; ``dynamic``: their popularity and age
+        bands now (``Catalog.dynamic_codes``), which the decision logs."""
+        raise NotImplementedError
+
+    def slate(self, store: ItemStore, query: Query, k: int, rng: np.random.Generator) -> Slate:
+        catalog, candidates = store.catalog, query.candidates
+        version = self.model_version  # read before scoring: a swap mid-request cannot mix
+        revs = catalog.rev[candidates.keys]
+        dynamic = catalog.dynamic_codes(candidates.keys, time.time())
+        scores = self.scores(store, query, dynamic)
+        kinds = layout(k, self.explore_slots, self.diverse_slots)
+        picks = build_slate(
+            scores,
+            catalog.category[candidates.keys],
+            (candidates.flags & FRESH) != 0,
+            kinds,
+            self.exploration,
+            rng,
+        )
+        return Slate(
+            self.name,
+            version,
+            query.shared,
+            candidates,
+            revs,
+            dynamic,
+            scores,
+            kinds,
+            self.exploration,
+            picks,
+        )
+
+    def config(self) -> dict[str, Any]:
+        """What ``dump`` writes besides the spec (subclasses add their own state)."""
+        return {
+            "spec": self.name,
+            "exploration": self.exploration.to_log(),
+            "explore_slots": sorted(self.explore_slots),
+            "diverse_slots": sorted(self.diverse_slots),
+        }
+
+    def dump(self) -> bytes:
+        """Everything needed to make the same slates again; read by ``specs.load_policy``."""
+        return pack(self.config())
+
+
+def min_max(scores: np.ndarray) -> np.ndarray:
+    """Scores rescaled to [0, 1] over the candidates (all 0 when they are equal)."""
+    if len(scores) == 0:
+        return scores.astype(np.float64)
+    low, span = float(scores.min()), float(np.ptp(scores))
+    if span == 0.0:
+        return np.zeros(len(scores))
+    return (scores - low) / span

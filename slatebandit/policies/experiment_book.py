@@ -1,0 +1,134 @@
+"""Experiments as operators change them (HTTP and CLI alike) and as serving reads them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from slatebandit.errors import Conflict, InvalidInput, NotFound
+from slatebandit.logging import experiments as store
+from slatebandit.policies.experiments import (
+    Arm,
+    ArmResult,
+    Experiment,
+    arm_result,
+    check_name,
+    new_salt,
+    parse_arms,
+    reallocate,
+    report,
+)
+
+
+def _from_row(row: Any) -> Experiment:
+    arms = tuple(Arm(a["name"], a["policy"], float(a["share"])) for a in row.arms)
+    return Experiment(
+        row.name,
+        row.salt,
+        arms,
+        row.control,
+        bytes(row.allocation),
+        row.status,
+        row.created_at,
+        row.updated_at,
+    )
+
+
+def get_experiment(conn: Connection, name: str) -> Experiment:
+    row = store.read_experiment(conn, name)
+    if row is None:
+        raise NotFound(f"name: no experiment {name!r}", field="name")
+    return _from_row(row)
+
+
+def list_experiments(conn: Connection) -> list[Experiment]:
+    return [_from_row(row) for row in store.read_experiments(conn)]
+
+
+def put_experiment(conn: Connection, name: str, body: dict[str, Any]) -> tuple[Experiment, bool]:
+    """Create experiment ``name`` or change its arms; returns it and whether it is new.
+
+    Refused (409) while another experiment runs, or if ``name`` was stopped: a stopped
+    experiment's report stays as it was, so a new run needs a new name.
+    """
+    check_name(name, "name")
+    extra = set(body) - {"arms", "control"}
+    if extra:
+        field = sorted(extra)[0]
+        raise InvalidInput(f"{field}: unknown field (expected arms and control)", field=field)
+    arms, control = parse_arms(body.get("arms"), body.get("control"))
+    now = time.time()
+    for other in store.read_experiments(conn, status="running"):
+        if other.name != name:
+            raise Conflict(
+                f"name: experiment {other.name!r} is running; stop it (DELETE) first: one "
+                "experiment runs at a time",
+                field="name",
+            )
+    row = store.read_experiment(conn, name, lock=True)
+    arms_json = [arm.to_dict() for arm in arms]
+    if row is None:
+        allocation = reallocate(arms)
+        store.insert_experiment(
+            conn,
+            name=name,
+            salt=new_salt(),
+            arms=arms_json,
+            control=control,
+            allocation=allocation,
+            status="running",
+            created_at=now,
+            updated_at=now,
+        )
+        return get_experiment(conn, name), True
+    old = _from_row(row)
+    if old.status != "running":
+        raise Conflict(f"name: experiment {name!r} was stopped; start a new one", field="name")
+    allocation = reallocate(arms, old.arms, old.allocation)
+    store.update_experiment(
+        conn, name, arms=arms_json, control=control, allocation=allocation, updated_at=now
+    )
+    return get_experiment(conn, name), False
+
+
+def stop_experiment(conn: Connection, name: str) -> Experiment:
+    """Stop assigning users; the experiment and its report stay readable."""
+    experiment = get_experiment(conn, name)
+    if experiment.status == "running":
+        store.update_experiment(conn, name, status="stopped", updated_at=time.time())
+    return get_experiment(conn, name)
+
+
+def experiment_report(conn: Connection, name: str) -> dict[str, object]:
+    experiment = get_experiment(conn, name)
+    policy = {arm.name: arm.policy for arm in experiment.arms}
+    results: dict[str, ArmResult] = {}
+    for arm, slates, n, c, nn, cc, nc in store.arm_sums(conn, name):
+        if arm in policy:
+            results[arm] = arm_result(
+                arm, policy[arm], slates, n or 0, c or 0, nn or 0, cc or 0, nc or 0
+            )
+    return {**report(experiment, results), "status": experiment.status}
+
+
+class ExperimentBook:
+    """The running experiment, as one serving process knows it; ``refresh`` re-reads it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.running: Experiment | None = None
+
+    def refresh(self) -> None:
+        with self.engine.connect() as conn:
+            rows = store.read_experiments(conn, status="running")
+        self.running = _from_row(rows[-1]) if rows else None
+
+    def assign(self, user_id: str) -> tuple[str, Arm] | None:
+        """The running experiment's name and the user's arm, or None (default policy)."""
+        experiment = self.running  # one read: a refresh mid-request cannot mix experiments
+        if experiment is None:
+            return None
+        arm = experiment.arm_of(user_id)
+        return None if arm is None else (experiment.name, arm)

@@ -1,0 +1,151 @@
+"""The promotion gate: a new model version serves only if replay says it is no worse.
+
+With ``SLATEBANDIT_PROMOTION=gated`` the learner never learns every ``gate_holdout_every``-th
+decision (by id), in any version. When it checkpoints a version, ``judge`` replays the champion
+(``vw@C``) and the new version (``vw@V``) on the most recent of those held-out decisions whose
+rewards are in, with the same bootstrap, and looks at the paired difference V - C:
+
+    promote  if its lower 95% bound >= -MARGIN x value(C)
+    keep V a challenger otherwise, or while there are too few held-out decisions
+
+Every verdict and its figures go to ``model_gates`` (``slatebandit models gates``,
+``GET /v1/models``). Replay scores the held-out decisions' logged candidates with each model,
+through the slate builder with each decision's own layout and exploration (``replay.targets``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Engine, func, select
+
+from slatebandit.config import Settings
+from slatebandit.logging import models
+from slatebandit.logging.schema import decisions
+from slatebandit.replay.estimators import paired_difference
+from slatebandit.replay.evaluate import ReplayOptions, replay
+from slatebandit.replay.log import Window
+
+log = logging.getLogger(__name__)
+BOOTSTRAP = 500  # replicates: the 2.5% quantile of the difference rests on 12 of them
+
+
+@dataclass(frozen=True)
+class Verdict:
+    version: int
+    champion: int | None
+    promoted: bool
+    reason: str
+    decisions: int = 0
+    estimator: str = ""
+    challenger_value: float | None = None
+    champion_value: float | None = None
+    difference: float | None = None
+    low: float | None = None
+    high: float | None = None
+    threshold: float | None = None
+
+    def details(self) -> dict[str, object]:
+        """The figures, JSON-safe (no NaN: PostgreSQL's JSON refuses it)."""
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(self).items()
+            if k not in ("version", "champion")
+        }
+
+
+def held_out_window(engine: Engine, settings: Settings, now: float | None = None) -> Window:
+    """The most recent ``gate_decisions`` held-out decisions whose rewards are in."""
+    until = (time.time() if now is None else now) - settings.reward_wait
+    every = settings.gate_holdout_every
+    recent = (
+        select(decisions.c.id)
+        .where(decisions.c.id % every == 0, decisions.c.created_at < until)
+        .order_by(decisions.c.id.desc())
+        .limit(settings.gate_decisions)
+        .subquery()
+    )
+    with engine.connect() as conn:
+        first, last = conn.execute(select(func.min(recent.c.id), func.max(recent.c.id))).one()
+    if first is None:
+        return Window(until=until, after=0, through=0, every=every)
+    return Window(until=until, after=first - 1, through=last, every=every)
+
+
+def evaluate(engine: Engine, settings: Settings, version: int, now: float | None = None) -> Verdict:
+    """The gate's verdict on ``version`` against the current champion (nothing is written)."""
+    with engine.connect() as conn:
+        champion = models.champion(conn)
+    if champion is None:
+        return Verdict(version, None, True, "no champion yet: the first version serves")
+    if champion == version:
+        return Verdict(version, champion, True, "already the champion")
+    window = held_out_window(engine, settings, now)
+    name = settings.gate_estimator
+    options = ReplayOptions(
+        policies=(f"vw@{champion}", f"vw@{version}"),
+        estimators=(name,),
+        bootstrap=BOOTSTRAP,
+        seed=version,
+    )
+    report = replay(engine, settings, options, window=window)
+    n = report.n_decisions
+    if n < settings.gate_min_decisions:
+        return Verdict(
+            version,
+            champion,
+            False,
+            f"waiting: {n} held-out decisions with rewards in, the gate needs "
+            f"{settings.gate_min_decisions}",
+            decisions=n,
+            estimator=name,
+        )
+    old, new = (report.accumulators[spec][0] for spec in options.policies)
+    difference, low, high = paired_difference(new, old)
+    old_value, new_value = old.get().value, new.get().value
+    threshold = -settings.gate_margin * abs(old_value)
+    promoted = math.isfinite(low) and low >= threshold
+    reason = (
+        f"{name} {new_value:.4f} vs champion {old_value:.4f} on {n} held-out decisions: "
+        f"difference {difference:+.4f} [{low:+.4f}, {high:+.4f}], lower bound "
+        f"{'>=' if promoted else 'below'} {threshold:+.4f} (margin {settings.gate_margin:.0%})"
+    )
+    return Verdict(
+        version,
+        champion,
+        promoted,
+        reason,
+        decisions=n,
+        estimator=name,
+        challenger_value=new_value,
+        champion_value=old_value,
+        difference=difference,
+        low=low,
+        high=high,
+        threshold=threshold,
+    )
+
+
+def judge(engine: Engine, settings: Settings, version: int, now: float | None = None) -> Verdict:
+    """Evaluate ``version``, record the verdict, and promote it if it passed."""
+    verdict = evaluate(engine, settings, version, now)
+    with engine.begin() as conn:
+        if verdict.champion != version:
+            models.record_gate(
+                conn,
+                version=version,
+                champion=verdict.champion,
+                promoted=verdict.promoted,
+                reason=verdict.reason,
+                details=verdict.details(),
+            )
+    log.info(
+        "gate: version %d %s: %s",
+        version,
+        "promoted" if verdict.promoted else "kept as challenger",
+        verdict.reason,
+    )
+    return verdict

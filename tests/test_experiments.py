@@ -1,0 +1,315 @@
+"""A/B experiments: deterministic assignment, share changes that keep users, the HTTP and CLI
+surface, decisions tagged with their arm, and the report's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from slatebandit.cli import main
+from slatebandit.logging import open_engine
+from slatebandit.logging.schema import decisions
+from slatebandit.policies.experiment_book import ExperimentBook
+from slatebandit.policies.experiments import (
+    BUCKETS,
+    FREE,
+    Arm,
+    Experiment,
+    arm_result,
+    reallocate,
+    report,
+)
+from slatebandit.retrieval.demo import demo_items
+from slatebandit.server import create_app
+from tests.conftest import make_settings, seed_catalog
+
+ADMIN, SERVE, ANALYST = {"x-api-key": "root"}, {"x-api-key": "s"}, {"x-api-key": "a"}
+USERS = [f"user-{i}" for i in range(4000)]
+
+
+def _experiment(arms: tuple[Arm, ...], allocation: bytes) -> Experiment:
+    return Experiment("t", "salt", arms, arms[0].name, allocation)
+
+
+def _arms_of(experiment: Experiment) -> list[str | None]:
+    return [getattr(experiment.arm_of(u), "name", None) for u in USERS]
+
+
+def test_shares_become_bucket_counts_and_the_rest_stays_free() -> None:
+    arms = (Arm("a", "popular", 0.333), Arm("b", "vw", 0.333), Arm("c", "random", 0.3))
+    allocation = np.frombuffer(reallocate(arms), dtype=np.uint8)
+    assert [int((allocation == i).sum()) for i in range(3)] == [3330, 3330, 3000]
+    assert int((allocation == FREE).sum()) == BUCKETS - 9660
+    thirds = (Arm("a", "popular", 1 / 3), Arm("b", "vw", 1 / 3), Arm("c", "random", 1 / 3))
+    allocation = np.frombuffer(reallocate(thirds), dtype=np.uint8)
+    assert sorted(int((allocation == i).sum()) for i in range(3)) == [3333, 3333, 3334]
+
+
+def test_changing_shares_moves_only_the_users_an_arm_must_give_up() -> None:
+    before = (Arm("control", "popular", 0.5), Arm("treatment", "vw", 0.5))
+    after = (Arm("control", "popular", 0.7), Arm("treatment", "vw", 0.3))
+    old = _experiment(before, reallocate(before))
+    new = _experiment(after, reallocate(after, before, old.allocation))
+    moved = list(zip(_arms_of(old), _arms_of(new), strict=True))
+    assert all(b == "control" for a, b in moved if a == "control")  # nobody left control
+    stayed = sum(1 for a, b in moved if a == b == "treatment")
+    left = sum(1 for a, b in moved if a == "treatment" and b == "control")
+    assert stayed / (stayed + left) == pytest.approx(0.6, abs=0.04)  # 0.3 of the 0.5 stay
+    # Removing an arm frees its buckets; a new arm takes free ones only.
+    third = (Arm("control", "popular", 0.7), Arm("content", "content", 0.3))
+    newest = _experiment(third, reallocate(third, after, new.allocation))
+    pairs = list(zip(_arms_of(new), _arms_of(newest), strict=True))
+    assert all(b == "control" for a, b in pairs if a == "control")
+    assert all(b == "content" for a, b in pairs if a == "treatment")
+
+
+def test_assignment_depends_only_on_the_salt_and_the_user() -> None:
+    arms = (Arm("a", "popular", 0.5), Arm("b", "vw", 0.5))
+    one = _experiment(arms, reallocate(arms))
+    assert _arms_of(one) == _arms_of(_experiment(arms, reallocate(arms)))
+    other = Experiment("t", "pepper", arms, "a", one.allocation)
+    differs = sum(a != b for a, b in zip(_arms_of(one), _arms_of(other), strict=True))
+    assert 0.4 < differs / len(USERS) < 0.6  # a new salt reshuffles users
+    assert abs(_arms_of(one).count("a") / len(USERS) - 0.5) < 0.03
+
+
+def test_arm_ctr_interval_is_the_delta_method_over_slates() -> None:
+    rng = np.random.default_rng(0)
+    shown = np.full(500, 5)
+    clicks = rng.binomial(5, 0.1, size=500)
+    result = arm_result(
+        "a",
+        "vw",
+        500,
+        shown.sum(),
+        clicks.sum(),
+        float((shown**2).sum()),
+        float((clicks**2).sum()),
+        float((shown * clicks).sum()),
+    )
+    assert result.ctr == pytest.approx(clicks.sum() / shown.sum())
+    # With equal slate sizes the ratio's SE is the SE of the mean clicks per slate over 5.
+    expected = clicks.std(ddof=1) / math.sqrt(500) / 5
+    assert result.se == pytest.approx(expected, rel=1e-9)
+    arms = (Arm("a", "vw", 0.5), Arm("b", "popular", 0.5))
+    worse = arm_result("b", "popular", 500, 2500, 100, 12500.0, 100 * 1.0, 500.0)
+    body = report(_experiment(arms, reallocate(arms)), {"a": result, "b": worse})
+    diff = body["arms"][1]["vs_control"]  # type: ignore[index]
+    assert diff["difference"] == pytest.approx(worse.ctr - result.ctr)
+    half = 1.959964 * math.sqrt(result.se**2 + worse.se**2)
+    assert diff["high"] - diff["low"] == pytest.approx(2 * half)
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, api_keys="admin:root,serve:s,analyst:a", learner="off")
+    seed_catalog(settings.database_url, list(demo_items(300, seed=4)))
+    with TestClient(create_app(settings)) as client:
+        yield settings, client
+
+
+AB = {
+    "arms": [
+        {"name": "control", "policy": "popular", "share": 0.5},
+        {"name": "treatment", "policy": "vw", "share": 0.5},
+    ]
+}
+
+
+def test_experiments_over_http_assign_log_and_report(server) -> None:  # type: ignore[no-untyped-def]
+    settings, client = server
+    created = client.put("/v1/experiments/homepage", json=AB, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    assert created.json()["control"] == "control" and created.json()["status"] == "running"
+    assert client.get("/v1/healthz" if False else "/healthz").json()["experiment"] == "homepage"
+
+    seen: dict[str, tuple[str, str]] = {}
+    for i in range(60):
+        user = f"u{i % 20}"
+        body = client.post("/v1/slates", json={"user_id": user, "k": 4}, headers=SERVE).json()
+        arm = (body["arm"], body["policy"])
+        assert seen.setdefault(user, arm) == arm  # sticky per user
+        assert body["experiment"] == "homepage"
+        assert arm in {("control", "popular"), ("treatment", "vw")}
+        first = body["items"][0]
+        if i % 3 == 0:
+            reward = {"event_id": body["event_id"], "item_id": first["item_id"]}
+            assert client.post("/v1/rewards", json=reward, headers=SERVE).status_code == 202
+    assert {arm for arm, _ in seen.values()} == {"control", "treatment"}
+
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(decisions.c.user_id, decisions.c.experiment, decisions.c.arm, decisions.c.policy)
+        ).all()
+    engine.dispose()
+    assert len(rows) == 60
+    assert all(r.experiment == "homepage" and (r.arm, r.policy) == seen[r.user_id] for r in rows)
+
+    answer = client.get("/v1/experiments/homepage/report", headers=ANALYST)
+    assert answer.status_code == 200
+    arms = {a["arm"]: a for a in answer.json()["arms"]}
+    assert sum(a["slates"] for a in arms.values()) == 60
+    assert sum(a["clicks"] for a in arms.values()) == 20
+    assert sum(a["impressions"] for a in arms.values()) == 240
+    assert "vs_control" in arms["treatment"] and "vs_control" not in arms["control"]
+    low, high = arms["treatment"]["vs_control"]["low"], arms["treatment"]["vs_control"]["high"]
+    assert low <= arms["treatment"]["vs_control"]["difference"] <= high
+
+    # A second experiment must wait; a share change keeps control's users in control.
+    other = client.put("/v1/experiments/other", json=AB, headers=ADMIN)
+    assert other.status_code == 409 and other.json()["error"]["field"] == "name"
+    changed = {"arms": [{**AB["arms"][0], "share": 0.8}, {**AB["arms"][1], "share": 0.2}]}
+    assert client.put("/v1/experiments/homepage", json=changed, headers=ADMIN).status_code == 200
+    for user, (arm, _) in seen.items():
+        if arm == "control":
+            body = client.post("/v1/slates", json={"user_id": user, "k": 2}, headers=SERVE).json()
+            assert body["arm"] == "control"
+
+    stopped = client.delete("/v1/experiments/homepage", headers=ADMIN)
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    body = client.post("/v1/slates", json={"user_id": "u1", "k": 2}, headers=SERVE).json()
+    assert "experiment" not in body and body["policy"] == "vw"
+    assert (
+        client.get("/v1/experiments/homepage/report", headers=ANALYST).json()["status"] == "stopped"
+    )
+    again = client.put("/v1/experiments/homepage", json=AB, headers=ADMIN)
+    assert again.status_code == 409
+    assert client.put("/v1/experiments/other", json=AB, headers=ADMIN).status_code == 201
+    listed = client.get("/v1/experiments", headers=ANALYST).json()["experiments"]
+    assert [(e["name"], e["status"]) for e in listed] == [
+        ("homepage", "stopped"),
+        ("other", "running"),
+    ]
+
+
+def test_assignment_survives_a_restart(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings, client = server
+    assert client.put("/v1/experiments/ab", json=AB, headers=ADMIN).status_code == 201
+    before = {
+        u: client.post("/v1/slates", json={"user_id": u, "k": 1}, headers=SERVE).json()["arm"]
+        for u in USERS[:30]
+    }
+    engine = open_engine(settings.database_url)
+    book = ExperimentBook(engine)  # what another worker, or this one restarted, reads
+    book.refresh()
+    assert {u: book.assign(u)[1].name for u in USERS[:30]} == before  # type: ignore[index]
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "arms"),
+        ({"arms": [{"name": "a", "policy": "vw", "share": 1.0}]}, "arms"),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw", "share": 0.5},
+                    {"name": "a", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw", "share": 0.7},
+                    {"name": "b", "policy": "popular", "share": 0.7},
+                ]
+            },
+            "arms",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "greedy", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].policy",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw@77", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].policy",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw", "share": 0},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].share",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw", "share": "half"},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].share",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a b", "policy": "vw", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].name",
+        ),
+        ({**AB, "control": "nobody"}, "control"),
+        ({**AB, "salt": "x"}, "salt"),
+    ],
+)
+def test_bad_experiments_are_refused_by_field_and_write_nothing(server, body, field) -> None:  # type: ignore[no-untyped-def]
+    _, client = server
+    answer = client.put("/v1/experiments/bad", json=body, headers=ADMIN)
+    assert answer.status_code in (400, 404), answer.text
+    assert answer.json()["error"]["field"] == field
+    assert client.get("/v1/experiments/bad", headers=ANALYST).status_code == 404
+
+
+def test_scopes_guard_the_experiment_routes(server) -> None:  # type: ignore[no-untyped-def]
+    _, client = server
+    assert client.put("/v1/experiments/ab", json=AB, headers=SERVE).status_code == 403
+    assert client.put("/v1/experiments/ab", json=AB, headers=ANALYST).status_code == 403
+    assert client.put("/v1/experiments/ab", json=AB).status_code == 401
+    assert client.put("/v1/experiments/ab", json=AB, headers=ADMIN).status_code == 201
+    assert client.get("/v1/experiments/ab", headers=ANALYST).status_code == 200
+    assert client.get("/v1/experiments/ab/report", headers=SERVE).status_code == 403
+    assert client.delete("/v1/experiments/ab", headers=ANALYST).status_code == 403
+
+
+def test_the_cli_defines_reports_and_stops_experiments(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    arms = ["--arm", "control=popular:0.5", "--arm", "mix=blend:vw=0.5,content=0.5:0.5"]
+    assert main(["experiments", "put", "ab", "--db", url, *arms]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [a["policy"] for a in shown["arms"]] == ["popular", "blend:vw=0.5,content=0.5"]
+    assert main(["experiments", "report", "ab", "--db", url]) == 0
+    assert [a["slates"] for a in json.loads(capsys.readouterr().out)["arms"]] == [0, 0]
+    assert main(["experiments", "put", "ab2", "--db", url, *arms]) == 2  # one at a time
+    assert "is running" in capsys.readouterr().err
+    assert (
+        main(["experiments", "put", "x", "--db", url, "--arm", "a=vw@9:0.5", "--arm", "b=vw:0.5"])
+        == 2
+    )
+    assert "no model version 9" in capsys.readouterr().err
+    assert main(["experiments", "stop", "ab", "--db", url]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "stopped"
+    assert main(["experiments", "list", "--db", url]) == 0
+    assert "ab (stopped)" in capsys.readouterr().out

@@ -1,0 +1,187 @@
+"""Safe updates: the promotion gate on held-out decisions, manual override, apprentice mode.
+
+A real log (in-process server, real VW, SQLite) with a hidden preference: items whose id ends
+in 1, 2 or 3 get clicked.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
+from slatebandit.config import Settings
+from slatebandit.logging import models, open_engine
+from slatebandit.logging.learning import due_decisions, revision_snapshots
+from slatebandit.logging.schema import decisions, slots
+from slatebandit.policies.learner import Learner, slot_features
+from slatebandit.replay.gate import evaluate, judge
+from slatebandit.retrieval.demo import demo_items
+from slatebandit.server import create_app
+from tests.conftest import make_settings, seed_catalog
+
+LATER = 3600.0  # learn "an hour later": every reward is in
+
+
+def _liked(item_id: str) -> bool:
+    return item_id.endswith(("1", "2", "3"))
+
+
+def _serve(settings: Settings, n: int, offset: int) -> None:
+    with TestClient(create_app(settings)) as client:
+        for i in range(n):
+            body = client.post("/v1/slates", json={"user_id": f"u{offset + i}", "k": 4}).json()
+            for item in body["items"]:
+                if _liked(item["item_id"]):
+                    reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
+                    assert client.post("/v1/rewards", json=reward).status_code == 202
+
+
+def _version_from_log(settings: Settings, flip: bool) -> int:
+    """A model trained on every non-held-out decision; ``flip`` teaches the opposite taste."""
+    engine = open_engine(settings.database_url)
+    scorer = VWScorer(settings.vw_args)
+    with engine.connect() as conn:
+        due = due_decisions(conn, 0, time.time() + LATER, 100_000)
+        revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
+        snapshots = revision_snapshots(conn, revs)
+    learned = 0
+    for decision in due:
+        if decision.decision_id % settings.gate_holdout_every == 0:
+            continue
+        shared = SharedFeatures.from_log(decision.payload.context)
+        for slot, key, propensity in decision.slots:
+            reward = float(key in decision.rewards)
+            reward = 1.0 - reward if flip else reward
+            features = slot_features(decision.payload, slot, snapshots)
+            scorer.learn(slot_example(shared, slot, features, reward, propensity))
+            learned += 1
+    with engine.begin() as conn:
+        version = models.save_version(
+            conn,
+            parent=None,
+            vw_args=scorer.args,
+            feature_spec=FEATURE_SPEC_VERSION,
+            examples=learned,
+            learned_through=due[-1].decision_id,
+            model=scorer.to_bytes(),
+        )
+    engine.dispose()
+    return version
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tmp_path = tmp_path_factory.mktemp("gate")
+    settings = make_settings(
+        tmp_path,
+        learner="off",
+        reward_wait=0,
+        epsilon=0.3,
+        gate_holdout_every=4,
+        gate_min_decisions=50,
+    )
+    seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
+    _serve(settings, 600, 0)
+    return settings
+
+
+def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
+    engine = open_engine(log.database_url)
+    learner = Learner(engine, log, holder="test")
+    learner.gate = partial(judge, engine, log)
+    learner.run_due(now=time.time() + LATER)
+    version = learner.checkpoint()
+    with engine.connect() as conn:
+        held_out = conn.execute(
+            select(func.count()).select_from(slots).where(slots.c.decision_id % 4 == 0)
+        ).scalar_one()
+        every = conn.execute(select(func.count()).select_from(slots)).scalar_one()
+        info = models.get_version(conn, version)  # type: ignore[arg-type]
+        verdicts = models.gate_verdicts(conn)
+        champion = models.champion(conn)
+    engine.dispose()
+    assert 0 < held_out < every
+    assert info is not None and info.examples == every - held_out
+    assert champion == version  # the first version has no champion to beat
+    assert [(v["version"], v["promoted"], v["reason"]) for v in verdicts] == [
+        (version, True, "no champion yet: the first version serves")
+    ]
+
+
+def test_a_worse_model_is_refused_and_a_better_one_promoted(log: Settings) -> None:
+    engine = open_engine(log.database_url)
+    good = _version_from_log(log, flip=False)
+    bad = _version_from_log(log, flip=True)
+    with engine.begin() as conn:
+        models.promote(conn, good, reason="test: the good model serves")
+    refused = judge(engine, log, bad, now=time.time() + LATER)
+    assert not refused.promoted and refused.champion == good
+    assert refused.difference is not None and refused.high is not None and refused.high < 0
+    assert "below" in refused.reason and f"on {refused.decisions} held-out" in refused.reason
+    with engine.connect() as conn:
+        assert models.champion(conn) == good
+        verdict = models.gate_verdicts(conn, bad)[0]
+    assert verdict["promoted"] is False and verdict["champion"] == good
+    assert verdict["details"]["difference"] == pytest.approx(refused.difference)  # type: ignore[index]
+
+    # The other way round: the good model beats a bad champion and is promoted.
+    with engine.begin() as conn:
+        models.promote(conn, bad, reason="test: a bad champion")
+    passed = judge(engine, log, good, now=time.time() + LATER)
+    assert passed.promoted and passed.low is not None and passed.low > 0
+    with engine.connect() as conn:
+        assert models.champion(conn) == good
+    # Manual promotion still overrides the gate, and rollback returns to the one before.
+    with engine.begin() as conn:
+        models.promote(conn, bad, reason="operator")
+        assert models.champion(conn) == bad
+        assert models.previous_champion(conn) == good
+    engine.dispose()
+
+
+def test_the_gate_waits_for_enough_held_out_decisions(log: Settings) -> None:
+    settings = Settings(**{**log.__dict__, "gate_min_decisions": 10_000})
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        champion = models.champion(conn)
+        total = conn.execute(select(func.count()).select_from(decisions)).scalar_one()
+    version = _version_from_log(settings, flip=False)
+    verdict = evaluate(engine, settings, version, now=time.time() + LATER)
+    engine.dispose()
+    assert not verdict.promoted and verdict.champion == champion
+    assert verdict.reason.startswith(f"waiting: {total // 4} held-out decisions")
+
+
+def test_apprentice_learns_from_another_policy_and_reports_agreement(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, learner="off", reward_wait=0, policy="popular", learning_mode="apprentice"
+    )
+    seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
+    _serve(settings, 200, 0)
+    engine = open_engine(settings.database_url)
+    learner = Learner(engine, settings, holder="test")
+    learner.run_due(now=time.time() + LATER)
+    version = learner.checkpoint()
+    with engine.connect() as conn:
+        info = models.get_version(conn, version)  # type: ignore[arg-type]
+        champion = models.champion(conn)
+        served = set(conn.execute(select(decisions.c.policy)).scalars())
+    assert served == {"popular"}
+    assert champion is None  # an apprentice never serves
+    assert info is not None and info.compared == 200 and 0 <= info.agreed <= 200
+    # The agreement is the share of decisions whose first item is the model's top candidate;
+    # the popular policy puts its best-scored candidate first unless it explores (epsilon 5%).
+    assert info.to_dict()["agreement"] == pytest.approx(info.agreed / 200)
+    with TestClient(create_app(settings)) as client:
+        listed = client.get("/v1/models").json()
+        assert listed["versions"][0]["agreement"] == pytest.approx(info.agreed / 200)
+        assert (
+            client.post("/v1/slates", json={"user_id": "x", "k": 3}).json()["policy"] == "popular"
+        )
+    engine.dispose()

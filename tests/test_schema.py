@@ -1,0 +1,60 @@
+"""A database made by schema version 2 is brought to version 3 in place (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from slatebandit.logging import open_engine
+from slatebandit.logging.schema import SCHEMA_VERSION
+
+_V3_ONLY = (
+    "DROP INDEX ix_decisions_experiment",
+    "ALTER TABLE decisions DROP COLUMN experiment",
+    "ALTER TABLE decisions DROP COLUMN arm",
+    "ALTER TABLE model_versions DROP COLUMN compared",
+    "ALTER TABLE model_versions DROP COLUMN agreed",
+    "DROP TABLE model_gates",
+    "DROP TABLE experiments",
+    "UPDATE schema_info SET value = 2 WHERE name = 'version'",
+)
+
+
+def _check_migrates(url: str) -> None:
+    open_engine(url).dispose()  # today's schema...
+    engine = create_engine(url)
+    with engine.begin() as conn:  # ...taken back to version 2
+        conn.execute(
+            text(
+                "INSERT INTO decisions (event_id, created_at, user_id, policy, model_version, "
+                "payload) VALUES ('e1', 1.0, 'u', 'vw', 0, :p)"
+            ),
+            {"p": b"x"},
+        )
+        for statement in _V3_ONLY:
+            conn.execute(text(statement))
+    engine.dispose()
+
+    engine = open_engine(url)
+    with engine.connect() as conn:
+        version = conn.execute(
+            text("SELECT value FROM schema_info WHERE name = 'version'")
+        ).scalar()
+        row = conn.execute(text("SELECT event_id, experiment, arm FROM decisions")).one()
+    columns = {c["name"] for c in inspect(engine).get_columns("model_versions")}
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert version == SCHEMA_VERSION == 3
+    assert tuple(row) == ("e1", None, None)  # old decisions belong to no experiment
+    assert {"compared", "agreed"} <= columns and {"experiments", "model_gates"} <= tables
+
+
+def test_sqlite_database_of_version_2_migrates(tmp_path: Path) -> None:
+    _check_migrates(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_database_of_version_2_migrates(pg_url: str) -> None:
+    _check_migrates(pg_url)
