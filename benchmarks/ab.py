@@ -13,7 +13,7 @@
    reward inverted, held-out decisions excluded) is saved as a version and judged by the gate
    against the champion (``replay.gate.judge``, as ``slatebandit models gate V`` does).
 
-Figures go to stdout and benchmarks/results/ab.json.
+Figures go to stdout and benchmarks/results/ab.json (ab-margin-M.json with ``--gate-margin``).
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="an empty directory to keep the data in")
+    parser.add_argument("--gate-margin", default="0.05", help="SLATEBANDIT_GATE_MARGIN")
     args = parser.parse_args()
 
     port = free_port()
@@ -98,13 +100,20 @@ def main() -> None:
         "REWARD_WAIT": "2",
         "CHECKPOINT_SECONDS": "10",
         "GATE_MIN_DECISIONS": "100",
+        "GATE_MARGIN": args.gate_margin,
         "SEED": str(args.seed),
         "API_KEYS": "admin:bench-admin",
         "LOG_LEVEL": "warning",
     }
     env.update({f"SLATEBANDIT_{name}": value for name, value in overrides.items()})
-    result: dict[str, object] = {"requests": args.requests, "k": args.k, "seed": args.seed}
-    with tempfile.TemporaryDirectory() as data_dir:
+    result: dict[str, object] = {
+        "requests": args.requests,
+        "k": args.k,
+        "seed": args.seed,
+        "gate_margin": float(args.gate_margin),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir = str(args.keep or scratch)
         command = [sys.executable, "-m", "slatebandit.cli", "serve", "--port", str(port)]
         server = subprocess.Popen([*command, "--data-dir", data_dir], env=env)
         try:
@@ -150,7 +159,12 @@ def main() -> None:
             "champion": verdict.champion,
         }
     print(json.dumps(result, indent=2))
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = (
+        RESULTS
+        if args.gate_margin == "0.05"
+        else RESULTS.with_name(f"ab-margin-{args.gate_margin}.json")
+    )
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

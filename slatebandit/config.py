@@ -148,7 +148,7 @@ class Settings:
         default=200, metadata=_doc("fewer held-out decisions than this: the gate waits")
     )
     gate_estimator: str = field(
-        default="snips", metadata=_doc("the replay estimator the gate compares with")
+        default="dr", metadata=_doc("the replay estimator the gate compares with: dr, snips or ips")
     )
     gate_margin: float = field(
         default=0.05,

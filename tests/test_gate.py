@@ -120,6 +120,7 @@ def test_a_worse_model_is_refused_and_a_better_one_promoted(log: Settings) -> No
     bad = _version_from_log(log, flip=True)
     with engine.begin() as conn:
         models.promote(conn, good, reason="test: the good model serves")
+    _serve(log, 400, 1000)  # the gate replays decisions the champion scored
     refused = judge(engine, log, bad, now=time.time() + LATER)
     assert not refused.promoted and refused.champion == good
     assert refused.difference is not None and refused.high is not None and refused.high < 0
@@ -133,6 +134,7 @@ def test_a_worse_model_is_refused_and_a_better_one_promoted(log: Settings) -> No
     # The other way round: the good model beats a bad champion and is promoted.
     with engine.begin() as conn:
         models.promote(conn, bad, reason="test: a bad champion")
+    _serve(log, 400, 2000)
     passed = judge(engine, log, good, now=time.time() + LATER)
     assert passed.promoted and passed.low is not None and passed.low > 0
     with engine.connect() as conn:
@@ -145,17 +147,39 @@ def test_a_worse_model_is_refused_and_a_better_one_promoted(log: Settings) -> No
     engine.dispose()
 
 
+def test_the_gate_replays_held_out_decisions_only(log: Settings) -> None:
+    from slatebandit.replay import ReplayOptions, replay
+    from slatebandit.replay.gate import held_out_window
+
+    engine = open_engine(log.database_url)
+    window = held_out_window(engine, log, now=time.time() + LATER)  # any logger
+    report = replay(engine, log, ReplayOptions(("logged",), ("ips",), bootstrap=0), window=window)
+    with engine.connect() as conn:
+        held_out = conn.execute(
+            select(func.count(), func.count(func.distinct(slots.c.decision_id))).where(
+                slots.c.decision_id % 4 == 0
+            )
+        ).one()
+    engine.dispose()
+    assert (report.n_slots, report.n_decisions) == tuple(held_out)
+
+
 def test_the_gate_waits_for_enough_held_out_decisions(log: Settings) -> None:
     settings = Settings(**{**log.__dict__, "gate_min_decisions": 10_000})
     engine = open_engine(settings.database_url)
     with engine.connect() as conn:
         champion = models.champion(conn)
-        total = conn.execute(select(func.count()).select_from(decisions)).scalar_one()
+        held_out = conn.execute(
+            select(func.count()).where(
+                decisions.c.id % 4 == 0, decisions.c.model_version == champion
+            )
+        ).scalar_one()
     version = _version_from_log(settings, flip=False)
     verdict = evaluate(engine, settings, version, now=time.time() + LATER)
     engine.dispose()
     assert not verdict.promoted and verdict.champion == champion
-    assert verdict.reason.startswith(f"waiting: {total // 4} held-out decisions")
+    assert held_out > 0
+    assert verdict.reason.startswith(f"waiting: {held_out} held-out decisions of the champion")
 
 
 def test_apprentice_learns_from_another_policy_and_reports_agreement(tmp_path: Path) -> None:

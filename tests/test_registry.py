@@ -69,6 +69,16 @@ def test_promote_over_http_swaps_the_serving_model_and_decisions_log_it(
         missing = client.post("/v1/models/999/promote", headers=admin)
         assert missing.status_code == 404 and missing.json()["error"]["field"] == "version"
 
+        nothing_before = client.post("/v1/models/rollback", headers=admin)
+        assert nothing_before.status_code == 404  # one champion so far: nothing to return to
+        client.post(f"/v1/models/{first}/promote", headers=admin)
+        assert client.post("/v1/models/rollback", headers=serve).status_code == 403
+        rolled = client.post("/v1/models/rollback", headers=admin)
+        assert rolled.status_code == 200 and rolled.json() == {
+            "champion": second,
+            "serving": second,
+        }
+
     # A restart serves the champion from the start.
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").json()["model_version"] == second

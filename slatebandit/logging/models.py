@@ -137,9 +137,11 @@ def record_gate(
         promote(conn, version, reason=f"gate: {reason}"[:256])
 
 
-def gate_verdicts(conn: Connection, version: int | None = None) -> list[dict[str, object]]:
-    """The gate's verdicts, newest first (on one version, or all)."""
-    query = select(model_gates).order_by(model_gates.c.id.desc())
+def gate_verdicts(
+    conn: Connection, version: int | None = None, limit: int | None = None
+) -> list[dict[str, object]]:
+    """The gate's verdicts, newest first (on one version, or all; at most ``limit``)."""
+    query = select(model_gates).order_by(model_gates.c.id.desc()).limit(limit)
     if version is not None:
         query = query.where(model_gates.c.version == version)
     return [{k: v for k, v in row._mapping.items() if k != "id"} for row in conn.execute(query)]

@@ -11,6 +11,7 @@ Three streaming passes over the window, chunk by chunk, in bounded memory:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -224,7 +225,7 @@ def _replay(
             train_through = first_evaluated - 1
     warnings: list[str] = []
     if train_through is not None:
-        trained = Window(window.since, window.until, window.after, train_through, window.every)
+        trained = dataclasses.replace(window, through=train_through)
         done = 0
         for chunk, revisions in chunks(trained):
             for target in targets:
@@ -232,7 +233,7 @@ def _replay(
                     target.learn(chunk, revisions)
             done += len(chunk.decision_ids)
             progress("train", done, whole.decisions)
-        window = Window(window.since, window.until, train_through, None, window.every)
+        window = dataclasses.replace(window, after=train_through, through=None)
         warnings.append(
             f"vw:ARGS policies trained on the first {options.train_fraction:.0%} of the window; "
             "every policy is evaluated on the decisions after it"
@@ -241,9 +242,7 @@ def _replay(
         evaluated = extent(conn, window)
     # Pin the window to the decisions counted now: every pass reads exactly these, even if
     # more commit meanwhile (an ``until`` in the future).
-    window = Window(
-        window.since, window.until, window.after, evaluated.last_id or window.after, window.every
-    )
+    window = dataclasses.replace(window, through=evaluated.last_id or window.after)
 
     model = RewardModel()
     if evaluated.decisions and any(make_estimator(n).uses_model for n in options.estimators):

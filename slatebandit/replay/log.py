@@ -9,6 +9,7 @@ whatever the size of the log.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +29,15 @@ CHUNK_DECISIONS = 2000
 @dataclass(frozen=True)
 class Window:
     """Which decisions a replay reads: created in [since, until), with ids in (after, through]
-    (and, with ``every``, only the ids divisible by it: the learner's held-out decisions)."""
+    (with ``every``, only the ids divisible by it: the learner's held-out decisions; with
+    ``model_version``, only the decisions that version scored)."""
 
     since: float = float("-inf")
     until: float = float("inf")
     after: int = 0
     through: int | None = None
     every: int = 0
+    model_version: int | None = None
 
     def where(self) -> list:  # type: ignore[type-arg]
         clauses = [decisions.c.id > self.after]
@@ -46,6 +49,8 @@ class Window:
             clauses.append(decisions.c.id <= self.through)
         if self.every:
             clauses.append(decisions.c.id % self.every == 0)
+        if self.model_version is not None:
+            clauses.append(decisions.c.model_version == self.model_version)
         return clauses
 
 
@@ -209,7 +214,7 @@ def _pages(
     after = window.after
     columns = [decisions.c.id, decisions.c.payload] if with_payload else [decisions.c.id]
     while True:
-        page = Window(window.since, window.until, after, window.through)
+        page = dataclasses.replace(window, after=after)
         rows = _fetch(
             conn, select(*columns).where(*page.where()).order_by(decisions.c.id).limit(chunk)
         )

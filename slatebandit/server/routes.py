@@ -278,7 +278,7 @@ async def list_models(request: Request) -> Response:
             "champion": champion(conn),
             "late_rewards": late_rewards(conn),
             "versions": [v.to_dict() for v in list_versions(conn)],
-            "gate": gate_verdicts(conn)[:GATE_VERDICTS],
+            "gate": gate_verdicts(conn, limit=GATE_VERDICTS),
         }
 
     body = await s.read(read)
