@@ -13,6 +13,13 @@
    reward inverted, held-out decisions excluded) is saved as a version and judged by the gate
    against the champion (``replay.gate.judge``, as ``slatebandit models gate V`` does).
 
+5. Ground truth: the simulator knows every click probability, so for the champion and every
+   other version the benchmark also computes the true per-slot value on the same held-out
+   decisions (the estimand the gate's estimators target: each slot's pmf, given the logged
+   slots above it, times the true click probabilities) and sets it beside the gate's verdict.
+
+``--env NAME=VALUE`` passes further settings to the server (e.g. ``EXPLORATION=softmax``).
+
 Figures go to stdout and benchmarks/results/ab.json (ab-margin-M.json with ``--gate-margin``).
 """
 
@@ -29,14 +36,25 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+import numpy as np
+from sqlalchemy import select
 
 from benchmarks.learning_curve import free_port
-from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
+from slatebandit.bandit import (
+    FEATURE_SPEC_VERSION,
+    Exploration,
+    SharedFeatures,
+    VWScorer,
+    slot_example,
+)
 from slatebandit.config import Settings
 from slatebandit.logging import models, open_engine
 from slatebandit.logging.learning import due_decisions, revision_snapshots, slot_reward
+from slatebandit.logging.schema import decisions, items
 from slatebandit.policies.learner import slot_features
-from slatebandit.replay.gate import judge
+from slatebandit.replay.gate import held_out_window, judge
+from slatebandit.replay.log import read_chunks
+from slatebandit.replay.targets import parse_target
 from slatebandit.simulate import Simulation, Storefront, windows_of
 
 RESULTS = Path(__file__).parent / "results" / "ab.json"
@@ -82,6 +100,38 @@ def inverted_model(settings: Settings) -> int:
     return version
 
 
+def true_values(settings: Settings, storefront: Storefront) -> dict[str, float]:
+    """Each version's true per-slot value on the gate's window (held-out decisions the champion
+    scored), from the simulator's click model; and the logged policy's ("logged")."""
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        champion = models.champion(conn)
+        specs = ["logged"] + [f"vw@{v.version}" for v in models.list_versions(conn)]
+        item_of = dict(conn.execute(select(items.c.key, items.c.item_id)).all())
+        user_of = dict(conn.execute(select(decisions.c.id, decisions.c.user_id)).all())
+    targets = [parse_target(spec, engine) for spec in specs]
+    total, slots = dict.fromkeys(specs, 0.0), 0
+    for chunk, revisions in read_chunks(engine, held_out_window(engine, settings, champion)):
+        # value[d, c]: the click probability of candidate c at the top, before position bias
+        value = np.zeros(chunk.keys.shape)
+        for d, decision_id in enumerate(chunk.decision_ids.tolist()):
+            user = int(user_of[decision_id].rsplit("-", 1)[1])
+            for c, key in enumerate(chunk.keys[d].tolist()):
+                if key >= 0:
+                    item = item_of[key]
+                    taste = storefront.tastes[user, storefront.category_of[item]]
+                    value[d, c] = storefront.base * taste * storefront.appeal[item]
+        bias = storefront.position_bias[chunk.slot]
+        for spec, target in zip(specs, targets, strict=True):
+            expected = target.probabilities(chunk, revisions, value, Exploration()).expected
+            total[spec] += float(np.minimum(expected * bias, 0.9).sum())
+        slots += len(chunk.slot)
+    for target in targets:
+        target.close()
+    engine.dispose()
+    return {spec: round(t / max(slots, 1), 5) for spec, t in total.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=8000)
@@ -92,6 +142,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="an empty directory to keep the data in")
     parser.add_argument("--gate-margin", default="0.05", help="SLATEBANDIT_GATE_MARGIN")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE, a setting")
     args = parser.parse_args()
 
     port = free_port()
@@ -101,6 +152,7 @@ def main() -> None:
         "CHECKPOINT_SECONDS": "10",
         "GATE_MIN_DECISIONS": "100",
         "GATE_MARGIN": args.gate_margin,
+        **dict(pair.split("=", 1) for pair in args.env),
         "SEED": str(args.seed),
         "API_KEYS": "admin:bench-admin",
         "LOG_LEVEL": "warning",
@@ -111,6 +163,7 @@ def main() -> None:
         "k": args.k,
         "seed": args.seed,
         "gate_margin": float(args.gate_margin),
+        "env": args.env,
     }
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = str(args.keep or scratch)
@@ -158,12 +211,12 @@ def main() -> None:
             **verdict.details(),
             "champion": verdict.champion,
         }
+        result["true_value"] = true_values(settings, storefront)
     print(json.dumps(result, indent=2))
-    out = (
-        RESULTS
-        if args.gate_margin == "0.05"
-        else RESULTS.with_name(f"ab-margin-{args.gate_margin}.json")
-    )
+    suffix = "".join(f"-{pair.lower()}" for pair in args.env)
+    if args.gate_margin != "0.05":
+        suffix += f"-margin-{args.gate_margin}"
+    out = RESULTS.with_name(f"ab{suffix}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -150,6 +150,13 @@ class Settings:
     gate_estimator: str = field(
         default="dr", metadata=_doc("the replay estimator the gate compares with: dr, snips or ips")
     )
+    gate_min_coverage: float = field(
+        default=0.8,
+        metadata=_doc(
+            "the gate judges a version only if its mean importance weight on the champion's "
+            "decisions is within [C, 1/C] (1: the champion's logs show all it would do)"
+        ),
+    )
     gate_margin: float = field(
         default=0.05,
         metadata=_doc(
@@ -314,6 +321,7 @@ class Settings:
             "must be ips, snips or dr",
         )
         need(0 <= self.gate_margin < 1, "gate_margin", "must be in [0, 1)")
+        need(0 < self.gate_min_coverage <= 1, "gate_min_coverage", "must be in (0, 1]")
         need(
             self.learning_mode in ("online", "apprentice"),
             "learning_mode",

@@ -115,6 +115,10 @@ def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
 
 
 def test_a_worse_model_is_refused_and_a_better_one_promoted(log: Settings) -> None:
+    """The margin rule. Epsilon 0.3 over ~150 candidates leaves a version that ranks unlike the
+    champion a coverage near 0.3, which the default refuses to judge (next tests): here the
+    gate is told to judge from 0.2 on."""
+    log = Settings(**{**log.__dict__, "gate_min_coverage": 0.2})
     engine = open_engine(log.database_url)
     good = _version_from_log(log, flip=False)
     bad = _version_from_log(log, flip=True)
@@ -125,6 +129,7 @@ def test_a_worse_model_is_refused_and_a_better_one_promoted(log: Settings) -> No
     assert not refused.promoted and refused.champion == good
     assert refused.difference is not None and refused.high is not None and refused.high < 0
     assert "below" in refused.reason and f"on {refused.decisions} held-out" in refused.reason
+    assert refused.coverage is not None and refused.coverage >= log.gate_min_coverage
     with engine.connect() as conn:
         assert models.champion(conn) == good
         verdict = models.gate_verdicts(conn, bad)[0]
@@ -209,3 +214,21 @@ def test_apprentice_learns_from_another_policy_and_reports_agreement(tmp_path: P
             client.post("/v1/slates", json={"user_id": "x", "k": 3}).json()["policy"] == "popular"
         )
     engine.dispose()
+
+
+def test_the_gate_does_not_judge_what_the_champions_logs_never_show(log: Settings) -> None:
+    """Coverage: the challenger's mean importance weight on the champion's decisions. A
+    champion that explores little (epsilon 0.01) almost never shows what an inverted model
+    would, so the gate says it cannot judge instead of trusting a replay that did not see it."""
+    settings = Settings(**{**log.__dict__, "epsilon": 0.01, "gate_holdout_every": 4})
+    engine = open_engine(settings.database_url)
+    good = _version_from_log(settings, flip=False)
+    with engine.begin() as conn:
+        models.promote(conn, good, reason="test: a greedy champion")
+    _serve(settings, 300, 5000)
+    bad = _version_from_log(settings, flip=True)
+    verdict = judge(engine, settings, bad, now=time.time() + LATER)
+    engine.dispose()
+    assert not verdict.promoted and verdict.coverage is not None and verdict.coverage < 0.8
+    assert verdict.reason.startswith("cannot judge: the champion's decisions cover")
+    assert f"arm vw@{bad}" in verdict.reason

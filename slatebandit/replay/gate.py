@@ -7,13 +7,25 @@ the champion scored and whose rewards are in, with the same bootstrap, and looks
 difference V - C:
 
     promote  if its lower 95% bound >= -MARGIN x value(C)
-    keep V a challenger otherwise, or while there are too few held-out decisions
+    keep V a challenger otherwise, while there are too few held-out decisions, or when the
+             champion's decisions cannot tell (coverage, below)
 
 Only decisions the champion scored: there the champion's weights are 1 and the challenger's
 depend only on where it departs from the champion. Decisions of other loggers (an untrained
 model before the first promotion, a ``popular`` arm) put weights of thousands on the few slots
 where their exploration hit the target's favourite, and measured, left the effective sample
 size at 2 to 4 of 4,000 slots.
+
+Coverage: under the logger, the importance weights p_target / p_log average exactly 1 if the
+logger can show everything the target would. Their realised mean (``coverage``) falls far below
+1 when the target's choices are ones the logger almost never made: epsilon-greedy over 200
+candidates gives each non-greedy one 0.05 / 200, so in a few thousand slots a challenger's
+favourite items are simply never seen. Measured against the simulator's true click model, a
+challenger 53% better than the champion had coverage 0.25 there, IPS saw a tenth of its value
+and DR, falling back on its item-mean reward model, put it 11% below the champion. Outside
+[``gate_min_coverage``, 1 / ``gate_min_coverage``] (above: a few rare slots with enormous
+weights dominate) the gate does not judge: the verdict says so, and the way to compare them
+is an A/B experiment (an arm ``vw@V``) or an operator's promotion.
 
 Every verdict and its figures go to ``model_gates`` (``slatebandit models gates``,
 ``GET /v1/models``). Replay scores the held-out decisions' logged candidates with each model,
@@ -55,6 +67,7 @@ class Verdict:
     low: float | None = None
     high: float | None = None
     threshold: float | None = None
+    coverage: float | None = None  # the challenger's mean importance weight (1: fully seen)
 
     def details(self) -> dict[str, object]:
         """The figures, JSON-safe (no NaN: PostgreSQL's JSON refuses it)."""
@@ -119,12 +132,30 @@ def evaluate(engine: Engine, settings: Settings, version: int, now: float | None
     difference, low, high = paired_difference(new, old)
     old_value, new_value = old.get().value, new.get().value
     threshold = -settings.gate_margin * abs(old_value)
-    promoted = math.isfinite(low) and low >= threshold
-    reason = (
+    coverage = new.weight_sum / new.slots if new.slots else 0.0
+    figures = (
         f"{name} {new_value:.4f} vs champion {old_value:.4f} on {n} held-out decisions: "
-        f"difference {difference:+.4f} [{low:+.4f}, {high:+.4f}], lower bound "
-        f"{'>=' if promoted else 'below'} {threshold:+.4f} (margin {settings.gate_margin:.0%})"
+        f"difference {difference:+.4f} [{low:+.4f}, {high:+.4f}]"
     )
+    least = settings.gate_min_coverage
+    if not least <= coverage <= 1 / max(least, 1e-9):
+        promoted = False
+        why = (
+            f"the champion's decisions cover {coverage:.0%} of this version's choices"
+            if coverage < least
+            else "a few rarely explored slots carry most of the weight"
+        )
+        reason = (
+            f"cannot judge: {why} (mean importance weight {coverage:.2f}, needs "
+            f"{least:.2f} to {1 / max(least, 1e-9):.2f}); compare them in an A/B experiment "
+            f"(arm vw@{version}) or promote by hand. Unreliable here: {figures}"
+        )
+    else:
+        promoted = math.isfinite(low) and low >= threshold
+        reason = (
+            f"{figures}, lower bound {'>=' if promoted else 'below'} {threshold:+.4f} "
+            f"(margin {settings.gate_margin:.0%}; coverage {coverage:.2f})"
+        )
     return Verdict(
         version,
         champion,
@@ -138,6 +169,7 @@ def evaluate(engine: Engine, settings: Settings, version: int, now: float | None
         low=low,
         high=high,
         threshold=threshold,
+        coverage=coverage,
     )
 
 
