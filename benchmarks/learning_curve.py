@@ -60,6 +60,7 @@ def main() -> None:
     env.update(
         SLATEBANDIT_REWARD_WAIT="0",
         SLATEBANDIT_CHECKPOINT_SECONDS="5",
+        SLATEBANDIT_PROMOTION="always",  # the learning itself, not the gate (benchmarks/ab.py)
         SLATEBANDIT_SEED=str(args.seed),
         SLATEBANDIT_LOG_LEVEL="warning",  # no access log line per request
     )

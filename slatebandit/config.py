@@ -255,6 +255,12 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``SLATEBANDIT_*`` variables; non-None ``overrides`` (CLI flags) win."""
         environ = os.environ if environ is None else environ
+        if ENV_PREFIX + "AUTO_PROMOTE" in environ:  # replaced in schema 3; never ignore it
+            raise ConfigError(
+                f"{ENV_PREFIX}AUTO_PROMOTE was replaced by {ENV_PREFIX}PROMOTION: gated "
+                "(the default), always (AUTO_PROMOTE=true) or manual (AUTO_PROMOTE=false)",
+                field="promotion",
+            )
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name = ENV_PREFIX + f.name.upper()

@@ -127,7 +127,7 @@ def test_experiments_over_http_assign_log_and_report(server) -> None:  # type: i
     created = client.put("/v1/experiments/homepage", json=AB, headers=ADMIN)
     assert created.status_code == 201, created.text
     assert created.json()["control"] == "control" and created.json()["status"] == "running"
-    assert client.get("/v1/healthz" if False else "/healthz").json()["experiment"] == "homepage"
+    assert client.get("/healthz").json()["experiment"] == "homepage"
 
     seen: dict[str, tuple[str, str]] = {}
     for i in range(60):
@@ -273,6 +273,53 @@ def test_assignment_survives_a_restart(server, tmp_path: Path) -> None:  # type:
         ),
         ({**AB, "control": "nobody"}, "control"),
         ({**AB, "salt": "x"}, "salt"),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw", "share": 10**400},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].share",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw@\u00b2", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].policy",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw@99999999999999999999", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].policy",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "vw@007", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].policy",
+        ),
+        (
+            {
+                "arms": [
+                    {"name": "a", "policy": "blend:vw=1e6,popular=1", "share": 0.5},
+                    {"name": "b", "policy": "popular", "share": 0.5},
+                ]
+            },
+            "arms[0].policy",
+        ),
+        ({"arms": "two"}, "arms"),
+        ([1, 2], "body"),
     ],
 )
 def test_bad_experiments_are_refused_by_field_and_write_nothing(server, body, field) -> None:  # type: ignore[no-untyped-def]
@@ -281,6 +328,60 @@ def test_bad_experiments_are_refused_by_field_and_write_nothing(server, body, fi
     assert answer.status_code in (400, 404), answer.text
     assert answer.json()["error"]["field"] == field
     assert client.get("/v1/experiments/bad", headers=ANALYST).status_code == 404
+
+
+def test_msgpack_bodies_with_odd_keys_are_refused_by_name(server) -> None:  # type: ignore[no-untyped-def]
+    import msgpack
+
+    _, client = server
+    arms = [
+        {"name": "a", "policy": "vw", "share": 0.5},
+        {"name": "b", "policy": "popular", "share": 0.5},
+    ]
+    for body in (
+        {b"arms": arms},
+        {"arms": arms, b"x": 1},
+        {"arms": [{**arms[0], b"k": 1}, arms[1]]},
+    ):
+        answer = client.put(
+            "/v1/experiments/bad",
+            content=msgpack.packb(body, use_bin_type=True),
+            headers={**ADMIN, "content-type": "application/msgpack"},
+        )
+        assert answer.status_code == 400, answer.text
+        assert isinstance(answer.json()["error"]["field"], str)
+
+
+def test_an_arm_keeps_its_policy(server) -> None:  # type: ignore[no-untyped-def]
+    _, client = server
+    assert client.put("/v1/experiments/ab", json=AB, headers=ADMIN).status_code == 201
+    swapped = {"arms": [AB["arms"][0], {**AB["arms"][1], "policy": "random"}]}
+    answer = client.put("/v1/experiments/ab", json=swapped, headers=ADMIN)
+    assert answer.status_code == 409 and answer.json()["error"]["field"] == "arms[1].policy"
+    shown = client.get("/v1/experiments/ab", headers=ANALYST).json()
+    assert [a["policy"] for a in shown["arms"]] == ["popular", "vw"]
+
+
+@pytest.mark.postgres
+def test_the_report_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    settings = make_settings(
+        tmp_path, db_url=pg_url, api_keys="admin:root,serve:s,analyst:a", learner="off"
+    )
+    seed_catalog(settings.database_url, list(demo_items(200, seed=4)))
+    with TestClient(create_app(settings)) as client:
+        assert client.put("/v1/experiments/pg", json=AB, headers=ADMIN).status_code == 201
+        for i in range(30):
+            body = client.post(
+                "/v1/slates", json={"user_id": f"p{i}", "k": 3}, headers=SERVE
+            ).json()
+            if i % 2 == 0:
+                reward = {"event_id": body["event_id"], "item_id": body["items"][0]["item_id"]}
+                assert client.post("/v1/rewards", json=reward, headers=SERVE).status_code == 202
+        answer = client.get("/v1/experiments/pg/report", headers=ANALYST)
+        assert answer.status_code == 200, answer.text
+        arms = answer.json()["arms"]
+        assert sum(a["slates"] for a in arms) == 30 and sum(a["clicks"] for a in arms) == 15
+        assert sum(a["impressions"] for a in arms) == 90
 
 
 def test_scopes_guard_the_experiment_routes(server) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,6 @@ def test_every_item_carries_a_reason_that_names_what_it_is_similar_to(tmp_path: 
     settings = make_settings(tmp_path, learner="off")
     catalog = list(demo_items(400, seed=9))
     seed_catalog(settings.database_url, catalog)
-    titles = {item.item_id: item.title for item in catalog}
     viewed = catalog[17]
     with TestClient(create_app(settings)) as client:
         event = {"user_id": "ann", "item_id": viewed.item_id, "type": "view"}
@@ -45,7 +44,6 @@ def test_every_item_carries_a_reason_that_names_what_it_is_similar_to(tmp_path: 
                 assert item["reason"].startswith("popular in ")
         assert any(i["source"] == "similar" and i["kind"] == "exploit" for i in items)
         assert all("explanation" not in i for i in items)
-        assert titles[viewed.item_id] == viewed.title
 
         detailed = client.post("/v1/slates?explain=true", json={"user_id": "ann", "k": 5}).json()
         for item in detailed["items"]:

@@ -4,7 +4,8 @@ Every policy turns the same ``Query`` (shared features, candidates, session vect
 score per candidate; ``Policy.slate`` hands the scores to the slate builder with the policy's
 exploration and slot layout, which fills the slots and knows the exact probability of each
 pick (``bandit.build_slate``). So every policy returns exact per-slot propensities by
-construction, and replay can recompute them from what the decision logged.
+construction. Replay recomputes them from what the decision logged for ``vw@V``, ``popular``
+and ``random``; ``content`` and ``blend`` read the session vector, which is not logged.
 
 A policy's ``name`` is its SPEC (``policies.specs``), logged with every decision it makes.
 ``dump`` writes everything it needs to make the same slates again (its spec, exploration,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -20,6 +22,8 @@ from slatebandit.policies.experiments import (
     reallocate,
     report,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _from_row(row: Any) -> Experiment:
@@ -54,10 +58,9 @@ def put_experiment(conn: Connection, name: str, body: dict[str, Any]) -> tuple[E
     experiment's report stays as it was, so a new run needs a new name.
     """
     check_name(name, "name")
-    extra = set(body) - {"arms", "control"}
+    extra = sorted(str(key) for key in body if key not in ("arms", "control"))
     if extra:
-        field = sorted(extra)[0]
-        raise InvalidInput(f"{field}: unknown field (expected arms and control)", field=field)
+        raise InvalidInput(f"{extra[0]}: unknown field (expected arms and control)", field=extra[0])
     arms, control = parse_arms(body.get("arms"), body.get("control"))
     now = time.time()
     for other in store.read_experiments(conn, status="running"):
@@ -86,6 +89,14 @@ def put_experiment(conn: Connection, name: str, body: dict[str, Any]) -> tuple[E
     old = _from_row(row)
     if old.status != "running":
         raise Conflict(f"name: experiment {name!r} was stopped; start a new one", field="name")
+    before = {arm.name: arm.policy for arm in old.arms}
+    for i, arm in enumerate(arms):
+        if before.get(arm.name, arm.policy) != arm.policy:
+            raise Conflict(
+                f"arms[{i}].policy: arm {arm.name!r} serves {before[arm.name]!r}; an arm keeps "
+                "its policy for the whole experiment (add a new arm instead)",
+                field=f"arms[{i}].policy",
+            )
     allocation = reallocate(arms, old.arms, old.allocation)
     store.update_experiment(
         conn, name, arms=arms_json, control=control, allocation=allocation, updated_at=now
@@ -105,25 +116,36 @@ def experiment_report(conn: Connection, name: str) -> dict[str, object]:
     experiment = get_experiment(conn, name)
     policy = {arm.name: arm.policy for arm in experiment.arms}
     results: dict[str, ArmResult] = {}
-    for arm, slates, n, c, nn, cc, nc in store.arm_sums(conn, name):
-        if arm in policy:
-            results[arm] = arm_result(
-                arm, policy[arm], slates, n or 0, c or 0, nn or 0, cc or 0, nc or 0
-            )
+    for arm, slates, *sums in store.arm_sums(conn, name):
+        if arm in policy:  # PostgreSQL sums bigints into Decimals: floats from here on
+            n, c, nn, cc, nc = (float(x or 0) for x in sums)
+            results[arm] = arm_result(arm, policy[arm], int(slates), n, c, nn, cc, nc)
     return {**report(experiment, results), "status": experiment.status}
 
 
 class ExperimentBook:
-    """The running experiment, as one serving process knows it; ``refresh`` re-reads it."""
+    """The running experiment, as one serving process knows it; ``refresh`` re-reads it.
 
-    def __init__(self, engine: Engine) -> None:
+    ``prepare(spec)`` is called for each arm's policy before the experiment is used (serving
+    builds them there, off the request path: a ``vw@V`` arm loads its model).
+    """
+
+    def __init__(self, engine: Engine, prepare: Callable[[str], object] | None = None) -> None:
         self.engine = engine
+        self.prepare = prepare
         self.running: Experiment | None = None
 
     def refresh(self) -> None:
         with self.engine.connect() as conn:
             rows = store.read_experiments(conn, status="running")
-        self.running = _from_row(rows[-1]) if rows else None
+        running = _from_row(rows[-1]) if rows else None
+        if running is not None and self.prepare is not None:
+            for arm in running.arms:
+                try:
+                    self.prepare(arm.policy)
+                except Exception:  # that arm's shoppers get the default policy meanwhile
+                    log.exception("experiment %s: arm %s cannot load", running.name, arm.name)
+        self.running = running
 
     def assign(self, user_id: str) -> tuple[str, Arm] | None:
         """The running experiment's name and the user's arm, or None (default policy)."""

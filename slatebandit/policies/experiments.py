@@ -92,15 +92,17 @@ def parse_arms(raw: object, control: object = None) -> tuple[tuple[Arm, ...], st
     arms = []
     for i, entry in enumerate(raw):
         field = f"arms[{i}]"
-        if not isinstance(entry, dict) or set(entry) - {"name", "policy", "share"}:
+        if (
+            not isinstance(entry, dict)
+            or set(entry) - {"name", "policy", "share"}
+            or not all(isinstance(key, str) for key in entry)
+        ):
             raise InvalidInput(f"{field}: an object with name, policy and share", field=field)
         name = check_name(entry.get("name"), f"{field}.name")  # type: ignore[arg-type]
         policy = entry.get("policy")
         parse_spec(policy, f"{field}.policy")  # type: ignore[arg-type]
         share = entry.get("share")
-        if isinstance(share, bool) or not isinstance(share, int | float):
-            raise InvalidInput(f"{field}.share: a number in (0, 1]", field=f"{field}.share")
-        if not (math.isfinite(share) and 0 < share <= 1):
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
             raise InvalidInput(f"{field}.share: a number in (0, 1]", field=f"{field}.share")
         arms.append(Arm(name, str(policy).strip(), float(share)))
     names = [arm.name for arm in arms]

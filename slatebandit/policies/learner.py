@@ -168,8 +168,9 @@ class Learner:
         self.compared += 1
         self.agreed += int(np.argmax(scores)) == int(payload.chosen[0])
 
-    def checkpoint(self) -> int | None:
-        """Store the model with its progress (one row, one transaction); promote it if asked."""
+    def checkpoint(self, judge: bool = True) -> int | None:
+        """Store the model with its progress (one row, one transaction); promote it if asked
+        (``judge``: let the gate judge it now, when promotion is gated)."""
         if self.pending == 0:
             return None
         data = self.scorer.to_bytes()
@@ -196,8 +197,11 @@ class Learner:
             self.examples,
             self.position,
         )
-        if self.settings.promotion == "gated" and not self.apprentice and self.gate:
-            self.gate(version)
+        if judge and self.settings.promotion == "gated" and not self.apprentice and self.gate:
+            try:
+                self.gate(version)
+            except Exception:  # the version is saved; it stays a challenger
+                log.exception("gate: judging version %d failed", version)
         if self.on_checkpoint is not None:
             self.on_checkpoint(version)
         return version

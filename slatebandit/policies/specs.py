@@ -13,6 +13,7 @@ Every policy but ``random`` explores with the configured exploration and slot la
 from __future__ import annotations
 
 import math
+import re
 import threading
 from typing import Any
 
@@ -30,6 +31,8 @@ from slatebandit.policies.vw import VWPolicy
 
 SIMPLE: dict[str, type[Policy]] = {"popular": Popular, "random": Random, "content": Content}
 MAX_SPEC = 64  # the decision log's policy column
+MAX_WEIGHT = 1000.0  # blend weights: the logged float16 scores stay finite
+VERSION = re.compile(r"vw@[1-9][0-9]{0,8}")  # one spelling per version, within the column
 EXPECTED = "vw, vw@VERSION, popular, random, content or blend:P=W,P=W,..."
 
 
@@ -54,9 +57,10 @@ def parse_spec(spec: str, field: str = "policy") -> list[tuple[str, float]]:
             value = float(weight)
         except ValueError:
             value = float("nan")
-        if not (math.isfinite(value) and value > 0):
+        if not (math.isfinite(value) and 0 < value <= MAX_WEIGHT):
             raise InvalidInput(
-                f"{field}: blend part {part!r} needs a positive weight, as in popular=0.3",
+                f"{field}: blend part {part!r} needs a weight in (0, {MAX_WEIGHT:g}], as in "
+                "popular=0.3",
                 field=field,
             )
         _check_single(name, field)
@@ -69,9 +73,7 @@ def parse_spec(spec: str, field: str = "policy") -> list[tuple[str, float]]:
 
 
 def _check_single(spec: str, field: str) -> None:
-    if spec == "vw" or spec in SIMPLE:
-        return
-    if spec.startswith("vw@") and spec[3:].isdigit():
+    if spec == "vw" or spec in SIMPLE or VERSION.fullmatch(spec):
         return
     raise InvalidInput(f"{field}: unknown policy {spec!r}; expected {EXPECTED}", field=field)
 

@@ -85,7 +85,13 @@ def held_out_window(
     ``champion`` scored, if given)."""
     until = (time.time() if now is None else now) - settings.reward_wait
     empty = Window(until=until, after=0, through=0)
-    window = dataclasses.replace(empty, every=settings.gate_holdout_every, model_version=champion)
+    window = dataclasses.replace(
+        empty,
+        every=settings.gate_holdout_every,
+        model_version=champion,
+        # the champion itself, not a blend that logs its version
+        policies=() if champion is None else ("vw", f"vw@{champion}"),
+    )
     recent = (
         select(decisions.c.id)
         .where(*dataclasses.replace(window, through=None).where())
@@ -108,6 +114,14 @@ def evaluate(engine: Engine, settings: Settings, version: int, now: float | None
         return Verdict(version, None, True, "no champion yet: the first version serves")
     if champion == version:
         return Verdict(version, champion, True, "already the champion")
+    if settings.promotion != "gated":
+        return Verdict(
+            version,
+            champion,
+            False,
+            f"cannot judge: with promotion={settings.promotion} no decisions were held out "
+            "from learning, so replay would grade the versions on their own training data",
+        )
     window = held_out_window(engine, settings, champion, now)
     name = settings.gate_estimator
     options = ReplayOptions(

@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> Starlette:
             await asyncio.to_thread(policies.get, settings.policy)
         except SlatebanditError as exc:
             raise ConfigError(f"SLATEBANDIT_POLICY: {exc.message}", field="policy") from None
-        experiments = ExperimentBook(engine)
+        experiments = ExperimentBook(engine, prepare=policies.get)
         await asyncio.to_thread(experiments.refresh)
         writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
         services = Services(
@@ -197,7 +197,7 @@ class EmbeddedLearner:
 
     def stop(self) -> None:
         if self.learner is not None and hold_lease(self.engine, self.holder):
-            self.learner.checkpoint()
+            self.learner.checkpoint(judge=False)  # shutting down: the next checkpoint is judged
 
 
 def app_from_env() -> Starlette:

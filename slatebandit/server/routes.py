@@ -97,6 +97,11 @@ async def create_slate(request: Request) -> Response:
     policy, experiment, arm = await s.policy_for(body.user_id)
     query = Query(shared, candidates, session_vector(s.store, user, session_keys))
     slate = policy.slate(s.store, query, k, s.rng)
+    # Explained before the commit: once the decision is logged, nothing may fail the answer.
+    why = reasons(slate, s.store, [*session_keys, *user.recent_keys(5)])
+    detail = (
+        await asyncio.to_thread(contributions, policy, slate, s.store, query) if explain else None
+    )
 
     event_id, now = uuid.uuid4().hex, time.time()
     keys = [int(candidates.keys[pick.index]) for pick in slate.picks]
@@ -127,7 +132,6 @@ async def create_slate(request: Request) -> Response:
     for key in keys:
         catalog.add_impressions(key)
     s.remember_decision(event_id, replace(decision, context=tuple(shared.context.items())))
-    why = reasons(slate, s.store, [*session_keys, *user.recent_keys(5)])
     items: list[dict[str, object]] = [
         {
             "item_id": catalog.item_ids[slot.item_key],
@@ -140,8 +144,7 @@ async def create_slate(request: Request) -> Response:
         }
         for slot, reason in zip(shown, why, strict=True)
     ]
-    if explain:
-        detail = await asyncio.to_thread(contributions, policy, slate, s.store, query)
+    if detail is not None:
         for item, features in zip(items, detail, strict=True):
             item["explanation"] = {"features": features}
     answer: dict[str, object] = {

@@ -13,7 +13,6 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from slatebandit.config import Settings
-from slatebandit.errors import SlatebanditError
 from slatebandit.logging import (
     GroupCommitWriter,
     ShownDecision,
@@ -97,7 +96,7 @@ class Services:
                 policy = self.policies.get(arm.policy)
             else:  # vw@V reads the registry once
                 policy = await asyncio.to_thread(self.policies.get, arm.policy)
-        except SlatebanditError:
+        except Exception:  # noqa: BLE001 - the shopper still gets a slate
             log.exception(
                 "experiment %s arm %s: policy %s failed", experiment, arm.name, arm.policy
             )
