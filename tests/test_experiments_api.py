@@ -307,3 +307,34 @@ def test_scopes_guard_the_experiment_routes(server) -> None:  # type: ignore[no-
     assert client.get("/v1/experiments/ab", headers=ANALYST).status_code == 200
     assert client.get("/v1/experiments/ab/report", headers=SERVE).status_code == 403
     assert client.delete("/v1/experiments/ab", headers=ANALYST).status_code == 403
+
+
+@pytest.mark.postgres
+def test_two_workers_cannot_both_start_an_experiment(pg_url: str) -> None:
+    """Two transactions race to start different experiments; the lock lets one win."""
+    import threading
+
+    from slatebandit.errors import Conflict
+    from slatebandit.policies.experiment_book import put_experiment
+
+    engine = open_engine(pg_url)
+    barrier, outcomes = threading.Barrier(2), []
+
+    def start(name: str) -> None:
+        barrier.wait()
+        try:
+            with engine.begin() as conn:
+                put_experiment(conn, name, AB)
+                # Hold the transaction open a moment, so the other one runs into it.
+                threading.Event().wait(0.2)
+            outcomes.append("started")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine.dispose()
+    assert sorted(outcomes) == ["conflict", "started"]

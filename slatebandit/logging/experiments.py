@@ -6,7 +6,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 
-from slatebandit.logging.schema import decisions, experiments, rewards, slots
+from slatebandit.logging.schema import decisions, experiments, rewards, schema_info, slots
+
+
+def lock_experiments(conn: Connection) -> None:
+    """Serialise experiment changes across processes until the transaction ends (PostgreSQL:
+    a row lock on the schema version row; SQLite's single writer already does it)."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(
+            select(schema_info.c.value).where(schema_info.c.name == "version").with_for_update()
+        )
 
 
 def read_experiment(conn: Connection, name: str, *, lock: bool = False) -> Row[Any] | None:

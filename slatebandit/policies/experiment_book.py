@@ -63,6 +63,7 @@ def put_experiment(conn: Connection, name: str, body: dict[str, Any]) -> tuple[E
         raise InvalidInput(f"{extra[0]}: unknown field (expected arms and control)", field=extra[0])
     arms, control = parse_arms(body.get("arms"), body.get("control"))
     now = time.time()
+    store.lock_experiments(conn)  # two workers cannot both start one
     for other in store.read_experiments(conn, status="running"):
         if other.name != name:
             raise Conflict(
