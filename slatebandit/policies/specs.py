@@ -99,6 +99,7 @@ class PolicySet:
     def get(self, spec: str, field: str = "policy") -> Policy:
         """The policy for ``spec``; loads ``vw@V`` from the registry on first use (a blocking
         read: call it off the event loop the first time, or through ``prepare``)."""
+        spec = spec.strip() if isinstance(spec, str) else spec
         found = self._built.get(spec)
         if found is not None:
             return found
