@@ -13,7 +13,7 @@ from slatebandit.bandit import Exploration, SharedFeatures, VWScorer, action_fea
 from slatebandit.logging import open_engine
 from slatebandit.policies import Query, VWPolicy
 from slatebandit.policies.explain import contributions, reasons
-from slatebandit.retrieval import ItemStore, generate, session_vector
+from slatebandit.retrieval import SOURCES, ItemStore, generate, session_vector
 from slatebandit.retrieval.demo import demo_items
 from tests.conftest import make_settings, seed_catalog
 
@@ -40,8 +40,8 @@ def test_every_item_carries_a_reason_that_names_what_it_is_similar_to(tmp_path: 
                 assert item["reason"].endswith("a different category for variety")
             elif item["source"] == "similar":
                 assert item["reason"].startswith(f"similar to {viewed.title} you viewed")
-            elif item["source"] == "popular":
-                assert item["reason"].startswith("popular in ")
+            elif item["source"] == "popular":  # "new in X" while nothing has interactions
+                assert item["reason"].startswith(("popular in ", "new in "))
         assert any(i["source"] == "similar" and i["kind"] == "exploit" for i in items)
         assert all("explanation" not in i for i in items)
 
@@ -103,4 +103,37 @@ def test_vw_contributions_are_exact_ablations(tmp_path: Path) -> None:
     assert checked >= 4
     reasons_given = reasons(slate, store, [1, 2])
     assert len(reasons_given) == 4 and all(reasons_given)
+    engine.dispose()
+
+
+def test_popular_picks_say_new_until_something_has_interactions(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    seed_catalog(settings.database_url, list(demo_items(200, seed=2)))
+    engine = open_engine(settings.database_url)
+    store = ItemStore.open(engine, None)
+    shared = SharedFeatures.build({}, at=0)
+    policy = VWPolicy(VWScorer(ARGS), Exploration("epsilon", 0.01))
+
+    def popular_reasons() -> list[tuple[str, int]]:
+        """(reason, popularity band) of the exploit picks the popular generator proposed."""
+        candidates = generate(store, None, [], set(), 60)
+        slate = policy.slate(store, Query(shared, candidates), 40, np.random.default_rng(0))
+        said = reasons(slate, store, [])
+        popular = [
+            (r, int(slate.dynamic[p.index]) >> 4)
+            for r, p in zip(said, slate.picks, strict=True)
+            if p.kind == "exploit" and candidates.sources[p.index] == SOURCES.index("popular")
+        ]
+        assert popular
+        return popular
+
+    store.catalog.refresh_popular()  # nothing has interactions: the newest items, tied
+    assert all(r.startswith("new in ") and band == 0 for r, band in popular_reasons())
+    for key in store.catalog.popular[:50].tolist():
+        store.catalog.bump_popularity(int(key), 10.0)
+    store.catalog.refresh_popular()
+    after = popular_reasons()
+    assert any(band > 0 for _, band in after)
+    for reason, band in after:
+        assert reason.startswith("popular in " if band > 0 else "new in ")
     engine.dispose()

@@ -60,13 +60,19 @@ def reasons(slate: Slate, store: ItemStore, seeds: Sequence[int]) -> list[str]:
         elif pick.kind == DIVERSE:
             out.append(f"{_category(store, key)}: a different category for variety")
         else:
-            reason = _by_source(source, key, store, nearest, context)
+            popular = int(slate.dynamic[pick.index]) >> 4 > 0
+            reason = _by_source(source, key, store, nearest, context, popular)
             out.append(f"{reason}, exploring" if explored else reason)
     return out
 
 
 def _by_source(
-    source: str, key: int, store: ItemStore, nearest: dict[int, int], context: list[str]
+    source: str,
+    key: int,
+    store: ItemStore,
+    nearest: dict[int, int],
+    context: list[str],
+    popular: bool,
 ) -> str:
     if source == "similar" and key in nearest:
         title = store.catalog.titles[nearest[key]] or store.catalog.item_ids[nearest[key]]
@@ -77,6 +83,8 @@ def _by_source(
         return "new arrival"
     if source == "context" and context:
         return f"popular with shoppers like you now ({', '.join(context)})"
+    if not popular:  # nothing has interactions yet: the popular list is the newest items
+        return f"new in {_category(store, key)}"
     return f"popular in {_category(store, key)} today"
 
 
