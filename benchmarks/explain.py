@@ -27,7 +27,7 @@ from slatebandit.config import Settings
 from slatebandit.logging import load_items, open_engine
 from slatebandit.policies import Query, VWPolicy
 from slatebandit.policies.explain import contributions, reasons
-from slatebandit.retrieval import ItemStore, generate, session_vector
+from slatebandit.retrieval import ItemStore, generate
 from slatebandit.retrieval.demo import demo_items
 
 RESULTS = Path(__file__).parent / "results" / "explain.json"
@@ -75,7 +75,7 @@ def main() -> None:
             seeds = [int(k) for k in rng.choice(live, (0, 3, 5)[n % 3], replace=False)]
             shared = SharedFeatures.build({"device": "mobile", "page": "home"}, at=now)
             candidates = generate(store, None, seeds, set(), settings.candidates)
-            query = Query(shared, candidates, session_vector(store, None, seeds))
+            query = Query(shared, candidates)
             started = time.perf_counter()
             slate = policy.slate(store, query, args.k, rng)
             timings["slate"].append(time.perf_counter() - started)

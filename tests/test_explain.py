@@ -13,7 +13,7 @@ from slatebandit.bandit import Exploration, SharedFeatures, VWScorer, action_fea
 from slatebandit.logging import open_engine
 from slatebandit.policies import Query, VWPolicy
 from slatebandit.policies.explain import contributions, reasons
-from slatebandit.retrieval import SOURCES, ItemStore, generate, session_vector
+from slatebandit.retrieval import SOURCES, ItemStore, generate
 from slatebandit.retrieval.demo import demo_items
 from tests.conftest import make_settings, seed_catalog
 
@@ -72,7 +72,7 @@ def test_vw_contributions_are_exact_ablations(tmp_path: Path) -> None:
             slot_example(shared, 0, features, float("c=" in features and key % 3 == 0), 0.3)
         )
     policy = VWPolicy(scorer, Exploration("epsilon", 0.1))
-    query = Query(shared, candidates, session_vector(store, None, [1, 2]))
+    query = Query(shared, candidates)
     slate = policy.slate(store, query, 4, np.random.default_rng(1))
     explained = contributions(policy, slate, store, query)
     assert len(explained) == 4

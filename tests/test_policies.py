@@ -29,7 +29,7 @@ from slatebandit.errors import InvalidInput, NotFound
 from slatebandit.logging import models, open_engine
 from slatebandit.policies import PolicySet, Query, VWPolicy, load_policy, parse_spec
 from slatebandit.policies.base import min_max
-from slatebandit.retrieval import FRESH, ItemStore, generate, session_vector
+from slatebandit.retrieval import FRESH, ItemStore, generate
 from slatebandit.retrieval.demo import demo_items
 from tests.conftest import make_settings, seed_catalog
 
@@ -53,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     session = [int(k) for k in live[:3]]
     candidates = generate(store, None, session, set(), 120)
     shared = SharedFeatures.build({"device": "mobile", "page": "home"}, ["shoes"], at=AT)
-    query = Query(shared, candidates, session_vector(store, None, session))
+    query = Query(shared, candidates)
 
     scorer = VWScorer(settings.vw_args)
     codes = catalog.dynamic_codes(candidates.keys, AT)

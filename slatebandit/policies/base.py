@@ -1,9 +1,9 @@
 """The policy interface: a policy scores the candidates, the slate builder does the rest.
 
-Every policy turns the same ``Query`` (shared features, candidates, session vector) into one
-score per candidate; ``Policy.slate`` hands the scores to the slate builder with the policy's
-exploration and slot layout, which fills the slots and knows the exact probability of each
-pick (``bandit.build_slate``). So every policy returns exact per-slot propensities by
+Every policy turns the same ``Query`` (shared features, candidates with their session vector)
+into one score per candidate; ``Policy.slate`` hands the scores to the slate builder with the
+policy's exploration and slot layout, which fills the slots and knows the exact probability of
+each pick (``bandit.build_slate``). So every policy returns exact per-slot propensities by
 construction. Replay recomputes them from what the decision logged for ``vw@V``, ``popular``
 and ``random``; ``content`` and ``blend`` read the session vector, which is not logged.
 
@@ -41,7 +41,6 @@ class Query:
 
     shared: SharedFeatures
     candidates: Candidates
-    session: np.ndarray | None = None  # unit session vector in the index's space, if any
 
 
 @dataclass(frozen=True)

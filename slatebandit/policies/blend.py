@@ -39,7 +39,7 @@ class Blend(Policy):
 
     def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
         return sum(
-            (weight * min_max(p.scores(store, query, dynamic)) for p, weight in self.parts),
+            (part for _, part in self.part_scores(store, query, dynamic)),
             start=np.zeros(len(query.candidates)),
         )
 

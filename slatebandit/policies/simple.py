@@ -46,7 +46,7 @@ class Content(Policy):
     def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
         keys = query.candidates.keys
         scores = np.zeros(len(keys))
-        session = query.session
+        session = query.candidates.session
         if session is None or len(keys) == 0 or session.shape != (store.index.dim,):
             return scores
         live, vectors = store.index.live_vectors(keys)

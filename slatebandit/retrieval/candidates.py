@@ -19,6 +19,7 @@ Excluded, unavailable and purchased items never get in, nor items outside the re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class Candidates:
     keys: np.ndarray  # int64 item keys, in merge order
     flags: np.ndarray  # uint8 bitmask of the generators that proposed each one
     sources: np.ndarray  # uint8 index into SOURCES of the first generator
+    session: np.ndarray | None = None  # the unit session vector they were retrieved around
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -116,7 +118,7 @@ def generate(
         quota = quotas.context if allowed is None else quotas.context * MAX_OVERFETCH
         proposals[SOURCES.index("context")] = catalog.context_popular(context, quota)
     usable = catalog.available if allowed is None else allowed.mask
-    return merge(proposals, usable, blocked, limit)
+    return dataclasses.replace(merge(proposals, usable, blocked, limit), session=session)
 
 
 def merge(

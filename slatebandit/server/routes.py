@@ -45,7 +45,6 @@ from slatebandit.retrieval import (
     UserState,
     context_tokens,
     generate,
-    session_vector,
 )
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import (
@@ -95,7 +94,7 @@ async def create_slate(request: Request) -> Response:
         context=context_tokens(shared.context),
     )
     policy, experiment, arm = await s.policy_for(body.user_id)
-    query = Query(shared, candidates, session_vector(s.store, user, session_keys))
+    query = Query(shared, candidates)
     slate = policy.slate(s.store, query, k, s.rng)
     # Explained before the commit: once the decision is logged, nothing may fail the answer.
     why = reasons(slate, s.store, [*session_keys, *user.recent_keys(5)])
