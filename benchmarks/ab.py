@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +35,7 @@ import httpx2 as httpx
 import numpy as np
 from sqlalchemy import select
 
-from benchmarks.learning_curve import free_port
+from benchmarks.learning_curve import serving
 from slatebandit.bandit import (
     FEATURE_SPEC_VERSION,
     Exploration,
@@ -145,8 +141,6 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE, a setting")
     args = parser.parse_args()
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
     overrides = {
         "REWARD_WAIT": "2",
         "CHECKPOINT_SECONDS": "10",
@@ -157,7 +151,6 @@ def main() -> None:
         "API_KEYS": "admin:bench-admin",
         "LOG_LEVEL": "warning",
     }
-    env.update({f"SLATEBANDIT_{name}": value for name, value in overrides.items()})
     result: dict[str, object] = {
         "requests": args.requests,
         "k": args.k,
@@ -167,40 +160,27 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = str(args.keep or scratch)
-        command = [sys.executable, "-m", "slatebandit.cli", "serve", "--port", str(port)]
-        server = subprocess.Popen([*command, "--data-dir", data_dir], env=env)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.2)  # another process starting up: nothing to await
-            with httpx.Client(base_url=base, timeout=30, headers=ADMIN) as client:
-                storefront = Storefront.generate(args.items, args.users, seed=args.seed)
-                sim = Simulation(client, storefront, "vw", k=args.k, seed=args.seed)
-                sim.upload_catalog()
-                put = client.put("/v1/experiments/vw-vs-popular", json=EXPERIMENT)
-                assert put.status_code == 201, put.text
-                started = time.monotonic()
-                for size in windows_of(args.requests, args.window):
-                    window = sim.run_window(size)
-                    print(f"window {window.index}: CTR {window.ctr:.4f} (both arms)", flush=True)
-                result["seconds"] = round(time.monotonic() - started, 1)
-                result["report"] = client.get("/v1/experiments/vw-vs-popular/report").json()
-                listed = client.get("/v1/models").json()
-                result["gate_during_run"] = [
-                    {k: v[k] for k in ("version", "champion", "promoted", "reason")}
-                    for v in listed["gate"]
-                ]
-                result["champion_at_end"] = listed["champion"]
-        finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=120)
+        with (
+            serving(overrides, data_dir) as base,
+            httpx.Client(base_url=base, timeout=30, headers=ADMIN) as client,
+        ):
+            storefront = Storefront.generate(args.items, args.users, seed=args.seed)
+            sim = Simulation(client, storefront, "vw", k=args.k, seed=args.seed)
+            sim.upload_catalog()
+            put = client.put("/v1/experiments/vw-vs-popular", json=EXPERIMENT)
+            assert put.status_code == 201, put.text
+            started = time.monotonic()
+            for size in windows_of(args.requests, args.window):
+                window = sim.run_window(size)
+                print(f"window {window.index}: CTR {window.ctr:.4f} (both arms)", flush=True)
+            result["seconds"] = round(time.monotonic() - started, 1)
+            result["report"] = client.get("/v1/experiments/vw-vs-popular/report").json()
+            listed = client.get("/v1/models").json()
+            result["gate_during_run"] = [
+                {k: v[k] for k in ("version", "champion", "promoted", "reason")}
+                for v in listed["gate"]
+            ]
+            result["champion_at_end"] = listed["champion"]
         settings = Settings.from_env(
             {f"SLATEBANDIT_{k}": v for k, v in overrides.items()}, data_dir=Path(data_dir)
         )

@@ -11,6 +11,7 @@ simulator itself), and prints CTR per window. Writes benchmarks/results/learning
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -32,6 +34,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(settings: dict[str, str], data_dir: str) -> Iterator[str]:
+    """A real ``slatebandit serve`` on a free loopback port with ``SLATEBANDIT_<NAME>`` set from
+    ``settings``; yields its base URL once /healthz answers, stops it with SIGINT after."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
+    env.update({f"SLATEBANDIT_{name}": value for name, value in settings.items()})
+    command = [sys.executable, "-m", "slatebandit.cli", "serve", "--port", str(port)]
+    server = subprocess.Popen([*command, "--data-dir", data_dir], env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)  # another process starting up: nothing to await
+        yield base
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=120)
 
 
 def curve(client: httpx.Client | None, policy: str, args: argparse.Namespace) -> Simulation:
@@ -55,35 +83,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
-    env.update(
-        SLATEBANDIT_REWARD_WAIT="0",
-        SLATEBANDIT_CHECKPOINT_SECONDS="5",
-        SLATEBANDIT_PROMOTION="always",  # the learning itself, not the gate (benchmarks/ab.py)
-        SLATEBANDIT_SEED=str(args.seed),
-        SLATEBANDIT_LOG_LEVEL="warning",  # no access log line per request
-    )
-    with tempfile.TemporaryDirectory() as data_dir:
-        command = [sys.executable, "-m", "slatebandit.cli", "serve", "--port", str(port)]
-        server = subprocess.Popen([*command, "--data-dir", data_dir], env=env)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.2)  # another process starting up: nothing to await
-            with httpx.Client(base_url=base, timeout=30) as client:
-                curves = {"vw": curve(client, "vw", args).windows}
-                served = client.get("/healthz").json()["model_version"]
-        finally:
-            server.send_signal(signal.SIGINT)
-            server.wait(timeout=60)
+    settings = {
+        "REWARD_WAIT": "0",
+        "CHECKPOINT_SECONDS": "5",
+        "PROMOTION": "always",  # the learning itself, not the gate (benchmarks/ab.py)
+        "SEED": str(args.seed),
+        "LOG_LEVEL": "warning",  # no access log line per request
+    }
+    with tempfile.TemporaryDirectory() as data_dir, serving(settings, data_dir) as base:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            curves = {"vw": curve(client, "vw", args).windows}
+            served = client.get("/healthz").json()["model_version"]
     for baseline in ("popular", "random"):
         curves[baseline] = curve(None, baseline, args).windows
 

@@ -68,3 +68,19 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"drop schema {schema} cascade"))
     admin.dispose()
+
+
+def liked(item_id: str) -> bool:
+    """The hidden preference of ``serve_with_clicks``: ids ending in 1, 2 or 3 get clicked."""
+    return item_id.endswith(("1", "2", "3"))
+
+
+def serve_with_clicks(settings: Settings, n: int, offset: int, k: int) -> None:
+    """``n`` slates for users u{offset}.. through a real app, each liked item rewarded."""
+    with TestClient(create_app(settings)) as client:
+        for i in range(n):
+            body = client.post("/v1/slates", json={"user_id": f"u{offset + i}", "k": k}).json()
+            for item in body["items"]:
+                if liked(item["item_id"]):
+                    reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
+                    assert client.post("/v1/rewards", json=reward).status_code == 202

@@ -18,21 +18,11 @@ from slatebandit.policies.learner import Learner
 from slatebandit.replay import ReplayOptions, replay
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
-from tests.conftest import make_settings, seed_catalog
-
-
-def _liked(item_id: str) -> bool:
-    return item_id.endswith(("1", "2", "3"))  # the hidden preference
+from tests.conftest import make_settings, seed_catalog, serve_with_clicks
 
 
 def _serve(settings: Settings, n: int, offset: int) -> None:
-    with TestClient(create_app(settings)) as client:
-        for i in range(n):
-            body = client.post("/v1/slates", json={"user_id": f"u{offset + i}", "k": 5}).json()
-            for item in body["items"]:
-                if _liked(item["item_id"]):
-                    reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
-                    assert client.post("/v1/rewards", json=reward).status_code == 202
+    serve_with_clicks(settings, n, offset, k=5)
 
 
 @pytest.fixture(scope="module")
