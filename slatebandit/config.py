@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +182,27 @@ class Settings:
         default=None, metadata=_doc("seed of the slate sampler (empty: from the OS)")
     )
     log_level: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    personalizer_loops: str = field(
+        default="default",
+        metadata=_doc(
+            "comma-separated Personalizer loops; `default` answers at /personalizer, "
+            "the others at /loops/NAME/personalizer"
+        ),
+    )
+    personalizer_max_actions: int = field(
+        default=500, metadata=_doc("most actions a Personalizer rank may carry")
+    )
 
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'slatebandit.db'}"
+
+    @property
+    def loops(self) -> tuple[str, ...]:
+        """The Personalizer loops, from ``personalizer_loops``."""
+        return tuple(
+            dict.fromkeys(n.strip() for n in self.personalizer_loops.split(",") if n.strip())
+        )
 
     @property
     def rewards(self) -> dict[str, float]:
@@ -304,6 +322,12 @@ class Settings:
         need(self.model_poll_seconds > 0, "model_poll_seconds", "must be > 0")
         need(self.popular_refresh_seconds > 0, "popular_refresh_seconds", "must be > 0")
         need(self.learner in ("embedded", "off"), "learner", "must be embedded or off")
+        need(
+            all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", n) for n in self.loops),
+            "personalizer_loops",
+            "must be names of 1 to 64 letters, digits, '-' or '_'",
+        )
+        need(self.personalizer_max_actions >= 1, "personalizer_max_actions", "must be at least 1")
         need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
         need(
             self.reward_aggregation in ("sum", "earliest"),

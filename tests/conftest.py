@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
@@ -84,3 +87,32 @@ def serve_with_clicks(settings: Settings, n: int, offset: int, k: int) -> None:
                 if liked(item["item_id"]):
                     reward = {"event_id": body["event_id"], "item_id": item["item_id"]}
                     assert client.post("/v1/rewards", json=reward).status_code == 202
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that tells the starting thread when it is listening."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = threading.Event()
+
+    async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        await super().startup(sockets)
+        self.listening.set()
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """A real uvicorn serving ``create_app(settings)`` on a free loopback port; yields its URL."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    server = _Uvicorn(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    if not server.listening.wait(timeout=120):
+        raise AssertionError("uvicorn did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

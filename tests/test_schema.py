@@ -1,4 +1,5 @@
-"""A database made by schema version 2 is brought to version 3 in place (SQLite, PostgreSQL)."""
+"""A database made by schema version 2 is brought to today's version in place (SQLite,
+PostgreSQL): version 3 added columns and tables, version 4 the Personalizer tables."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from slatebandit.logging import open_engine
 from slatebandit.logging.schema import SCHEMA_VERSION
 
-_V3_ONLY = (
+_SINCE_V2 = (
     "DROP INDEX ix_decisions_experiment",
     "ALTER TABLE decisions DROP COLUMN experiment",
     "ALTER TABLE decisions DROP COLUMN arm",
@@ -18,6 +19,11 @@ _V3_ONLY = (
     "ALTER TABLE model_versions DROP COLUMN agreed",
     "DROP TABLE model_gates",
     "DROP TABLE experiments",
+    "DROP TABLE pz_rewards",
+    "DROP TABLE pz_events",
+    "DROP TABLE pz_models",
+    "DROP TABLE pz_loops",
+    "DROP TABLE pz_evaluations",
     "UPDATE schema_info SET value = 2 WHERE name = 'version'",
 )
 
@@ -33,7 +39,7 @@ def _check_migrates(url: str) -> None:
             ),
             {"p": b"x"},
         )
-        for statement in _V3_ONLY:
+        for statement in _SINCE_V2:
             conn.execute(text(statement))
     engine.dispose()
 
@@ -46,9 +52,10 @@ def _check_migrates(url: str) -> None:
     columns = {c["name"] for c in inspect(engine).get_columns("model_versions")}
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
     assert tuple(row) == ("e1", None, None)  # old decisions belong to no experiment
     assert {"compared", "agreed"} <= columns and {"experiments", "model_gates"} <= tables
+    assert {"pz_loops", "pz_events", "pz_rewards", "pz_models", "pz_evaluations"} <= tables
 
 
 def test_sqlite_database_of_version_2_migrates(tmp_path: Path) -> None:

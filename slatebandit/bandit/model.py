@@ -53,7 +53,16 @@ class VWScorer:
         """Expected reward of each candidate; ``actions`` holds their features, in order."""
         if len(actions) == 0:
             return np.zeros(0, dtype=np.float64)
-        text = ACTION_SEPARATOR.join([shared.line(), *actions])
+        return self.score_text(ACTION_SEPARATOR.join([shared.line(), *actions]))
+
+    def score_lines(self, shared: str, actions: Sequence[str]) -> np.ndarray:
+        """Expected reward of each action line (``|ns ...``) under the ``shared |...`` line."""
+        if len(actions) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return self.score_text("\n".join([shared, *actions]))
+
+    def score_text(self, text: str) -> np.ndarray:
+        """Expected reward of each action of one multi-line example in VW text."""
         with self._lock:
             costs = self._predict(text)
         return 0.0 - np.asarray(costs, dtype=np.float64)  # 0.0 - x: no -0.0 in answers

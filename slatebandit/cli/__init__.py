@@ -179,32 +179,38 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
+    from slatebandit.personalizer.learner import PersonalizerLearner, stored_configurations
     from slatebandit.policies.learner import Learner
     from slatebandit.replay.gate import judge
 
     settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(message)s")
     engine = open_engine(settings.database_url)
-    learner = Learner(engine, settings, holder=f"learn-{socket.gethostname()}-{os.getpid()}")
+    holder = f"learn-{socket.gethostname()}-{os.getpid()}"
+    learner = Learner(engine, settings, holder=holder)
     learner.gate = partial(judge, engine, settings)
     learner.on_checkpoint = lambda version: print(
         f"checkpoint {version} through decision {learner.position}", flush=True
     )
+    loops = PersonalizerLearner(engine, holder)  # every Personalizer loop, under its own lease
     try:
         while True:
-            if learner.hold_lease():
-                taken = learner.run_due(budget=LEASE_RENEW_SECONDS)
-                if args.once and taken == 0:
-                    learner.checkpoint()
-                    return 0
-                if taken:
-                    continue
-            elif args.once:
+            held = learner.hold_lease()
+            taken = learner.run_due(budget=LEASE_RENEW_SECONDS) if held else 0
+            configurations = stored_configurations(engine, settings.loops)
+            taken += loops.turn(configurations, budget=LEASE_RENEW_SECONDS)
+            if args.once and not held:
                 print("slatebandit: another learner holds the lease", file=sys.stderr)
                 return 1
-            time.sleep(1.0)  # nothing due yet: poll the log again
+            if args.once and taken == 0:
+                learner.checkpoint()
+                loops.stop()
+                return 0
+            if not taken:
+                time.sleep(1.0)  # nothing due yet: poll the log again
     except KeyboardInterrupt:
         learner.checkpoint()
+        loops.stop()
         return 0
     finally:
         engine.dispose()

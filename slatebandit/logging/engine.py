@@ -20,6 +20,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE model_versions ADD COLUMN compared BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE model_versions ADD COLUMN agreed BIGINT NOT NULL DEFAULT 0",
     ),
+    3: (),  # the Personalizer tables (pz_*) are new: create_all makes them
 }
 
 

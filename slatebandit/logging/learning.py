@@ -74,11 +74,14 @@ def due_decisions(conn: Connection, after: int, until: float, limit: int) -> lis
 
 
 def slot_reward(got: Sequence[float], aggregation: str, default: float) -> float:
-    """A shown slot's reward from the rewards stored for it, in arrival order: their sum or the
-    earliest (``SLATEBANDIT_REWARD_AGGREGATION``), or ``default`` when none came."""
+    """A shown slot's reward from the rewards stored for it, in arrival order: their sum, their
+    average (Personalizer loops only) or the earliest (``SLATEBANDIT_REWARD_AGGREGATION``), or
+    ``default`` when none came."""
     if not got:
         return default
-    return float(sum(got)) if aggregation == "sum" else float(got[0])
+    if aggregation == "sum":
+        return float(sum(got))
+    return float(sum(got)) / len(got) if aggregation == "average" else float(got[0])
 
 
 def revision_snapshots(conn: Connection, revs: Sequence[int]) -> dict[int, tuple[int, dict]]:  # type: ignore[type-arg]

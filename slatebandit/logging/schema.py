@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 3  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
+SCHEMA_VERSION = 4  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -245,6 +245,84 @@ experiments = Table(
     Column("status", String(16), nullable=False),  # running | stopped
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# Personalizer-compatible loops (``slatebandit.personalizer``). The caller supplies each
+# event's actions with their features, so these are not catalog items: an event keeps the
+# context and every action as the VW text the scorer saw (msgpack ``payload``: see
+# ``personalizer.events``), which is what learning and evaluation replay.
+pz_loops = Table(
+    "pz_loops",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("service", JSON, nullable=False),
+    Column("policy", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+pz_events = Table(
+    "pz_events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("loop", String(64), nullable=False),
+    Column("event_id", String(256), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("activated", Boolean, nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    UniqueConstraint("loop", "event_id", name="uq_pz_events_id"),
+)
+Index("ix_pz_events_loop", pz_events.c.loop, pz_events.c.id)
+
+# Rewards add up (or the earliest counts: the loop's rewardAggregation), so none is unique.
+pz_rewards = Table(
+    "pz_rewards",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("event", _BigId, ForeignKey("pz_events.id", ondelete="CASCADE"), nullable=False),
+    Column("slot", SmallInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_pz_rewards_event", pz_rewards.c.event)
+
+# Each loop's model versions: checkpoints of its learner, imports and resets. The newest row
+# serves; ``learned_through`` is the last event id its lineage has learned (exactly once, as
+# ``model_versions``).
+pz_models = Table(
+    "pz_models",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("loop", String(64), nullable=False, index=True),
+    Column("parent", Integer, nullable=True),
+    Column("origin", String(16), nullable=False),  # learned | imported | reset
+    Column("vw_args", String(1024), nullable=False),
+    Column("examples", BigInteger, nullable=False),
+    Column("learned_through", _BigId, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("model", LargeBinary, nullable=False),
+    # Apprentice mode, over the events this version learned: how many it compared with the
+    # baseline, how often its first choice was the baseline, and the baseline's rewards in all
+    # of them and in those it agreed on.
+    Column("compared", BigInteger, nullable=False, default=0),
+    Column("agreed", BigInteger, nullable=False, default=0),
+    Column("rewards", Float, nullable=False, default=0.0),
+    Column("agreed_rewards", Float, nullable=False, default=0.0),
+)
+
+# Personalizer evaluations: the request, then the result (policy estimates) or the error.
+pz_evaluations = Table(
+    "pz_evaluations",
+    metadata,
+    Column("loop", String(64), nullable=False),
+    Column("id", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # running | succeeded | failed
+    Column("request", JSON, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", String(2048), nullable=True),
+    PrimaryKeyConstraint("loop", "id"),
 )
 
 schema_info = Table(

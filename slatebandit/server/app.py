@@ -23,12 +23,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from slatebandit.bandit import Exploration, VWScorer
 from slatebandit.config import Settings
 from slatebandit.errors import ConfigError, MethodNotAllowed, NotFound, SlatebanditError
 from slatebandit.logging import GroupCommitWriter, open_engine
+from slatebandit.personalizer.learner import PersonalizerLearner
+from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import PolicySet, VWPolicy, follow_champion
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.policies.learner import Learner, hold_lease
@@ -39,6 +41,9 @@ from slatebandit.server import experiments, routes
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import Evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
+from slatebandit.server.personalizer import personalizer_app
+from slatebandit.server.personalizer_admin import admin_routes
+from slatebandit.server.personalizer_evaluations import evaluation_routes
 from slatebandit.server.services import Services
 
 log = logging.getLogger("slatebandit.server")
@@ -89,6 +94,8 @@ def create_app(settings: Settings) -> Starlette:
             experiments,
         )
         services.evaluations = Evaluations(engine, settings)
+        services.loops = Loops(engine, settings.loops)
+        await asyncio.to_thread(services.loops.refresh)
         await asyncio.to_thread(services.load_impressions)
         store.catalog.refresh_popular()
         await writer.start()
@@ -118,6 +125,12 @@ def create_app(settings: Settings) -> Starlette:
                 _every(settings.model_poll_seconds, lambda: asyncio.to_thread(experiments.refresh))
             )
         )
+        loops = services.loops
+        tasks.append(
+            asyncio.create_task(
+                _every(settings.model_poll_seconds, lambda: asyncio.to_thread(loops.refresh))
+            )
+        )
         if settings.embedding_interval > 0:
             holder = f"serve-{socket.gethostname()}-{os.getpid()}"
             tasks.append(
@@ -128,7 +141,7 @@ def create_app(settings: Settings) -> Starlette:
                     )
                 )
             )
-        learning = EmbeddedLearner(engine, settings)
+        learning = EmbeddedLearner(engine, settings, loops)
         if settings.learner == "embedded":
             tasks.append(asyncio.create_task(_every(LEARN_SECONDS, learning.tick)))
         log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())
@@ -139,6 +152,7 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await services.evaluations.stop()
+            await asyncio.gather(*loops.evaluations, return_exceptions=True)
             await asyncio.to_thread(learning.stop)
             await writer.stop()
             await asyncio.to_thread(store.save)
@@ -146,6 +160,8 @@ def create_app(settings: Settings) -> Starlette:
 
     async def openapi(request: Request) -> Response:
         return respond(request, openapi_document())
+
+    personalizer = personalizer_app([*admin_routes(), *evaluation_routes()])
 
     return Starlette(
         routes=[
@@ -166,6 +182,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            Mount("/personalizer", app=personalizer),
+            Mount("/loops/{loop}/personalizer", app=personalizer),
         ],
         exception_handlers={
             SlatebanditError: _known_error,
@@ -177,17 +195,20 @@ def create_app(settings: Settings) -> Starlette:
 
 
 class EmbeddedLearner:
-    """The learner inside ``serve``: a thread that works in short turns while it holds the lease."""
+    """The learners inside ``serve``: a thread that works in short turns while it holds the
+    lease, for the storefront's model and for every Personalizer loop."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.engine, self.settings = engine, settings
+    def __init__(self, engine: Engine, settings: Settings, loops: Loops) -> None:
+        self.engine, self.settings, self.loops = engine, settings, loops
         self.learner: Learner | None = None
         self.holder = f"serve-{socket.gethostname()}-{os.getpid()}"
+        self.personalizer = PersonalizerLearner(engine, self.holder)
 
     async def tick(self) -> None:
         await asyncio.to_thread(self._turn)
 
     def _turn(self) -> None:
+        self.personalizer.turn(self.loops.configurations(), budget=LEARN_BUDGET)
         if not hold_lease(self.engine, self.holder):
             return  # another process learns; don't even load a model
         if self.learner is None:
@@ -196,6 +217,7 @@ class EmbeddedLearner:
         self.learner.run_due(budget=LEARN_BUDGET)
 
     def stop(self) -> None:
+        self.personalizer.stop()
         if self.learner is not None and hold_lease(self.engine, self.holder):
             self.learner.checkpoint(judge=False)  # shutting down: the next checkpoint is judged
 

@@ -1,4 +1,5 @@
-"""API keys with scopes. Keys travel as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+"""API keys with scopes. Keys travel as ``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or
+(for Personalizer's clients) ``Ocp-Apim-Subscription-Key: KEY``.
 
 Scopes: ``serve`` (slates, events, rewards), ``catalog`` (items), ``analyst`` (replay),
 ``admin`` (everything). With no keys configured the server is open, and the CLI refuses to bind
@@ -17,7 +18,11 @@ def presented_key(request: Request) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key") or None
+    return (
+        request.headers.get("x-api-key")
+        or request.headers.get("ocp-apim-subscription-key")  # Personalizer's clients
+        or None
+    )
 
 
 def require(request: Request, scope: str, keys: dict[str, frozenset[str]]) -> None:

@@ -20,6 +20,7 @@ from slatebandit.logging import (
     shown_decision,
 )
 from slatebandit.logging.users import read_user_profile, read_user_state
+from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
@@ -48,6 +49,7 @@ class Services:
     users: UserStates = field(default_factory=UserStates)
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
     evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
+    loops: Loops | None = None  # the Personalizer loops, set by the lifespan
     filter_masks: FilterMasks = field(default_factory=FilterMasks)
     # Parsed once: the settings hold them as strings, and every request reads them.
     keys: dict[str, frozenset[str]] = field(init=False)
