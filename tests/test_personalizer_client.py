@@ -95,7 +95,7 @@ def test_rank_reward_activate_through_the_client(loop: Loop) -> None:
 
     loop.client.reward(ranked["eventId"], {"value": 1.0})
     loop.client.activate(ranked["eventId"])
-    (event_id, activated, event), = loop.events()
+    ((event_id, activated, event),) = loop.events()
     assert event_id == ranked["eventId"] and activated
     slot = event.slots[0]
     assert event.action_ids[slot.chosen] == ranked["rewardActionId"]
@@ -104,8 +104,12 @@ def test_rank_reward_activate_through_the_client(loop: Loop) -> None:
     assert loop.reward_count() == 1
 
     deferred = loop.client.rank(
-        {"contextFeatures": context(USERS[1]), "actions": ACTIONS, "deferActivation": True,
-         "eventId": "order/42"}
+        {
+            "contextFeatures": context(USERS[1]),
+            "actions": ACTIONS,
+            "deferActivation": True,
+            "eventId": "order/42",
+        }
     )
     assert deferred["eventId"] == "order/42"
     assert [a for _, a, _ in loop.events()] == [True, False]
@@ -126,8 +130,12 @@ def test_multislot_through_the_client(loop: Loop) -> None:
         "actions": ACTIONS,
         "slots": [
             {"id": "hero", "baselineAction": "sports", "features": [{"size": "large"}]},
-            {"id": "side", "baselineAction": "food", "excludedActions": ["tech"],
-             "positionFeatures": [{"position": 2}]},
+            {
+                "id": "side",
+                "baselineAction": "food",
+                "excludedActions": ["tech"],
+                "positionFeatures": [{"position": 2}],
+            },
         ],
     }
     ranked = loop.client.rank_multi_slot(body)
@@ -135,11 +143,13 @@ def test_multislot_through_the_client(loop: Loop) -> None:
     assert list(slots) == ["hero", "side"]
     assert slots["hero"] != slots["side"] and slots["side"] != "tech"
     loop.client.reward_multi_slot(ranked["eventId"], {"reward": [{"slotId": "hero", "value": 1}]})
-    loop.client.reward_multi_slot(ranked["eventId"], {"reward": [{"slotId": "hero", "value": 0.5},
-                                                                 {"slotId": "side", "value": 1}]})
+    loop.client.reward_multi_slot(
+        ranked["eventId"],
+        {"reward": [{"slotId": "hero", "value": 0.5}, {"slotId": "side", "value": 1}]},
+    )
     loop.client.activate_multi_slot(ranked["eventId"])
     assert loop.reward_count() == 3  # several calls add up
-    (_, _, event), = loop.events()
+    ((_, _, event),) = loop.events()
     assert "size=large" in event.slots[0].features and "position:2" in event.slots[1].features
     side = event.allowed(1)  # slot 2 could not take tech nor slot 1's pick
     assert not side[TOPICS.index("tech")] and not side[event.slots[0].chosen]
@@ -178,7 +188,10 @@ def test_service_policy_and_model_administration(loop: Loop) -> None:
     assert "explorationPercentage" in str(bad.value)
 
     before = loop.admin.get_model_properties()["version"]
-    policy = {"name": "quick", "arguments": "--cb_explore_adf --epsilon 0.3 -l 0.5 -q :: --cb_type mtr"}
+    policy = {
+        "name": "quick",
+        "arguments": "--cb_explore_adf --epsilon 0.3 -l 0.5 -q :: --cb_type mtr",
+    }
     assert loop.admin.update_policy(policy) == policy
     assert loop.admin.get_policy() == policy
     assert loop.admin.get_model_properties()["version"] > before  # new arguments, new model
