@@ -101,7 +101,16 @@ def test_personalizer_arguments_become_scorer_arguments() -> None:
     assert scorer_arguments("--cb_explore_adf --squarecb --gamma_scale 10 -q ua", "a") == (
         "--cb_adf -q ua"
     )
-    for refused in ("--cb 4", "--cb_explore_adf -d data.txt", "-q ::", "--cb_explore_adf -i m"):
+    refused_arguments = (
+        "--cb 4",
+        "--cb_explore_adf -d data.txt",
+        "-q ::",
+        "--cb_explore_adf -i m",
+        "--cb_explore_adf -ppredictions.txt",  # a short option glued to its path
+        "--cb_explore_adf --predictions=predictions.txt",
+        "--cb_explore_adf --readable_model x",
+    )
+    for refused in refused_arguments:
         with pytest.raises(InvalidInput):
             scorer_arguments(refused, "arguments")
 

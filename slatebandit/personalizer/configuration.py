@@ -42,28 +42,17 @@ _EXPLORATION_OPTIONS = {
     "--psi": 1,
     "--nounif": 0,
 }
-# Options that would change what the loop's files or examples are: refused.
-_REFUSED = (
-    "-d",
-    "--data",
-    "-f",
-    "--final_regressor",
-    "-i",
-    "--initial_regressor",
-    "--ccb_explore_adf",
-    "--cb_explore",
-    "--cb",
-    "--cbify",
-    "--slates",
-    "--readable_model",
-    "--invert_hash",
-    "-c",
-    "--cache",
-    "--cache_file",
-    "--daemon",
-    "--port",
-    "--json",
-    "--dsjson",
+# Options that read or write files, or change what the examples are: refused. The arguments
+# come over HTTP, so none may name a path on the server.
+_REFUSED = frozenset(
+    """
+    -d --data -f --final_regressor -i --initial_regressor -c --cache --cache_file
+    -p --predictions -r --raw_predictions --readable_model --invert_hash --audit_regressor
+    --feature_mask --dictionary --dictionary_path --input_feature_regularizer
+    --output_feature_regularizer_binary --output_feature_regularizer_text --save_per_pass
+    --daemon --port --pid_file --port_file --json --dsjson --extra_metrics
+    --ccb_explore_adf --cb_explore --cb --cbify --slates
+    """.split()
 )
 
 # Fields we compute and answer; a PUT that sends them back (a GET's body) does not store them.
@@ -253,9 +242,11 @@ def scorer_arguments(arguments: str, field: str) -> str:
         if skip:
             skip -= 1
             continue
-        option = word.split("=")[0]
+        # "--name=value", and a short option glued to its value ("-pout.txt"), as VW reads them
+        option = word.split("=")[0] if word.startswith("--") else word[:2]
         if option in _EXPLORATION_OPTIONS:
-            skip = 0 if "=" in word else _EXPLORATION_OPTIONS[option]
+            glued = "=" in word or (not word.startswith("--") and len(word) > 2)
+            skip = 0 if glued else _EXPLORATION_OPTIONS[option]
             continue
         if option in _REFUSED:
             raise InvalidInput(f"{field}: {option} is not allowed in a loop's policy", field=field)
