@@ -324,15 +324,16 @@ def test_evaluations_through_the_client(loop: Loop) -> None:
     assert evaluation["status"] == "Succeeded"
     results = {p["name"]: p for p in evaluation["content"]["value"]}
     assert set(results) >= {"Online", "Baseline", "Random", "fast"}
-    assert evaluation["optimalPolicy"] in {p["arguments"] for p in results.values()}
-    online, random = results["Online"]["summary"], results["Random"]["summary"]
-    # The logger was uniform: the online and random policies are the same policy.
-    assert online["expectedReward"] == pytest.approx(random["expectedReward"])
+    optimal = evaluation["optimalPolicy"]  # a name, as Personalizer's
+    assert results[optimal]["policySource"] == "OfflineExperimentation"
+    online = results["Online"]["summary"]
     low, high = results["fast"]["summary"]["confidenceInterval"]
     assert low < results["fast"]["summary"]["expectedReward"] < high
     assert results["fast"]["summary"]["expectedReward"] > online["expectedReward"]
     assert results["fast"]["timeseries"]["data"]
 
+    loop.admin.apply_from_evaluation({"evaluationId": "compare", "policyName": optimal})
+    assert loop.admin.get_policy() == {"name": optimal, "arguments": results[optimal]["arguments"]}
     for name in ("b", "c"):
         loop.admin.create_evaluation(name, {**contract, "name": name, "policies": []})
     listed = list(loop.admin.list_evaluations(top=2))  # two pages, by nextLink

@@ -17,14 +17,19 @@ from slatebandit.bandit import VWScorer
 from slatebandit.errors import InvalidInput
 from slatebandit.logging import open_engine
 from slatebandit.logging import personalizer as store
+from slatebandit.personalizer.arguments import scorer_arguments, with_learning_rate
 from slatebandit.personalizer.configuration import (
     PolicyConfiguration,
     ServiceConfiguration,
     format_duration,
     parse_duration,
-    scorer_arguments,
 )
-from slatebandit.personalizer.evaluation import evaluate
+from slatebandit.personalizer.evaluation import (
+    evaluate,
+    learned_probabilities,
+    read_log,
+    render,
+)
 from slatebandit.personalizer.events import Event
 from slatebandit.personalizer.features import namespaces
 from slatebandit.personalizer.learner import LoopLearner
@@ -96,23 +101,41 @@ def test_personalizer_arguments_become_scorer_arguments() -> None:
         scorer_arguments(
             "--cb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::", "a"
         )
-        == "--cb_adf --power_t 0 -l 0.001 --cb_type mtr -q ::"
+        == "--cb_adf --power_t 0 --learning_rate 0.001 --cb_type mtr --quadratic ::"
     )
-    assert scorer_arguments("--cb_explore_adf --squarecb --gamma_scale 10 -q ua", "a") == (
-        "--cb_adf -q ua"
+    assert scorer_arguments("--cb_explore_adf --squarecb --gamma_scale=10 -qua -l0.5", "a") == (
+        "--cb_adf --quadratic ua --learning_rate 0.5"
     )
-    refused_arguments = (
+    assert with_learning_rate("--cb_explore_adf --learning_rate=0.5 -l0.01 -q ::", 0.1) == (
+        "--cb_explore_adf --quadratic :: -l 0.1"  # every spelling of the old rate is gone
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
         "--cb 4",
+        "-q ::",  # no --cb_adf
         "--cb_explore_adf -d data.txt",
-        "-q ::",
-        "--cb_explore_adf -i m",
+        "--cb_explore_adf -i model",
         "--cb_explore_adf -ppredictions.txt",  # a short option glued to its path
         "--cb_explore_adf --predictions=predictions.txt",
         "--cb_explore_adf --readable_model x",
-    )
-    for refused in refused_arguments:
-        with pytest.raises(InvalidInput):
-            scorer_arguments(refused, "arguments")
+        "--cb_explore_adf --dump_json_weights_experimental weights.json",
+        "--cb_explore_adf some/file",  # VW would read a bare word as its data file
+        "--cb_explore_adf --audit",
+        "--cb_explore_adf --span_server host",
+        "--cb_explore_adf -b 32",
+        "--cb_explore_adf --cb_type magic",
+        "--cb_explore_adf -l fast",
+        "--cb_explore_adf --epsilon",
+        "--cb_explore_adf --noconstant=1",
+    ],
+)
+def test_arguments_outside_the_allowlist_are_refused(arguments: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        scorer_arguments(arguments, "arguments")
+    assert refused.value.field == "arguments"
 
 
 def _loop(mode: str = "Online", exploration: float = 0.3) -> Loop:
@@ -231,19 +254,19 @@ def test_an_import_or_reset_restarts_the_lineage(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_evaluation_estimates_match_a_hand_computed_log(tmp_path: Path) -> None:
-    """A uniform logger over two actions: the baseline (always the first action) is worth the
-    mean reward of the events that showed it; random and online are worth the overall mean."""
-    engine = _engine(tmp_path)
-    loop = _loop(exploration=1.0)
+def _logged_world(engine: Engine, exploration: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` events of a loop that prefers the first of two actions, exploring with
+    ``exploration``; a click is worth 1, with probability 0.2 on the first action and 0.7 on
+    the second. Returns the rewards and whether the first action was shown."""
+    loop = _loop(exploration=exploration)
     rng = np.random.default_rng(2)
     shown_first, rewards = [], []
     with engine.begin() as conn:
-        for i in range(400):
+        for i in range(n):
             event, _ = loop.rank(
                 "|u a", ["p", "q"], ["|i x=1", "|i x=2"], [SlotRequest(None, "", (), 0)], rng
             )
-            reward = float(rng.random() < (0.7 if event.slots[0].chosen == 0 else 0.2))
+            reward = float(rng.random() < (0.2 if event.slots[0].chosen == 0 else 0.7))
             pk = store.insert_event(
                 conn,
                 loop="default",
@@ -251,19 +274,57 @@ def test_evaluation_estimates_match_a_hand_computed_log(tmp_path: Path) -> None:
                 activated=True,
                 model_version=1,
                 payload=event.to_bytes(),
-                created_at=100.0 + i,
+                created_at=1120.0 + i,  # not on a 5-minute boundary
             )
             store.add_rewards(conn, pk, [(0, reward)])
             shown_first.append(event.slots[0].chosen == 0)
             rewards.append(reward)
-    request = {"start": 0.0, "end": 1e6, "policies": [], "optimize": False}
+    return np.array(rewards), np.array(shown_first)
+
+
+def test_evaluation_estimates_recover_the_true_values(tmp_path: Path) -> None:
+    """The logger mostly shows the worse action. Reweighted, the log still gives the baseline
+    (always the first action: truly 0.2) and random (truly 0.45) inside their 95% intervals,
+    and tells them apart; the online policy's value is the log's own mean reward."""
+    engine = _engine(tmp_path)
+    rewards, shown_first = _logged_world(engine, exploration=0.5, n=1000)
+    assert shown_first.mean() > 0.6  # the logger's preference is the wrong one
+    request = {"start": 1120.0, "end": 1e6, "policies": [], "optimize": False}
     result = evaluate(engine, "default", request, ServiceConfiguration(), PolicyConfiguration())
-    values = {p["name"]: p["estimate"]["value"] for p in result["policies"]}
-    r, first = np.array(rewards), np.array(shown_first)
-    assert values["Baseline"] == pytest.approx(r[first].mean())
-    assert values["Random"] == pytest.approx(r.mean())
-    assert values["Online"] == pytest.approx(r.mean())
-    assert result["events"] == 400
+    estimates = {p["name"]: p["estimate"] for p in result["policies"]}
+    for name, truth in (("Baseline", 0.2), ("Random", 0.45)):
+        assert estimates[name]["ci_low"] < truth < estimates[name]["ci_high"], name
+    assert estimates["Online"]["value"] == pytest.approx(rewards.mean())
+    assert estimates["Baseline"]["value"] == pytest.approx(rewards[shown_first].mean())
+    assert estimates["Baseline"]["ci_high"] < estimates["Random"]["ci_low"]
+
+    # The time series starts at the bucket holding startTime: every event counts.
+    row = {
+        "id": "e",
+        "created_at": 0.0,
+        "status": "succeeded",
+        "request": {"name": "e", **request},
+        "result": result,
+    }
+    body = render(row, start=1120.0, end=1e6, interval_minutes=5)
+    online = next(p for p in body["policyResults"] if p["name"] == "Online")
+    assert online["summary"][-1]["ipsEstimatorDenominator"] == 1000  # expanding: all of them
+    assert online["totalSummary"]["ipsEstimatorDenominator"] == 1000
+    assert body["content"]["value"][0]["timeseries"]["data"][-1]["expectedReward"] == (
+        pytest.approx(rewards.mean())
+    )
+    engine.dispose()
+
+
+def test_custom_policies_are_scored_before_they_learn_each_event(tmp_path: Path) -> None:
+    """Progressive validation: an untrained model ties and picks the first action, so on the
+    first event a custom policy (no exploration) gives the first action probability 1."""
+    engine = _engine(tmp_path)
+    _logged_world(engine, exploration=1.0, n=50)
+    log = read_log(engine, "default", 0.0, 1e6, ServiceConfiguration())
+    target = learned_probabilities(log, ARGS, exploration=0.0)
+    first = log.events[0].slots[0].chosen
+    assert target[0] == (1.0 if first == 0 else 0.0)
     engine.dispose()
 
 

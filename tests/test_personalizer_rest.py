@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import vowpalwabbit
 from sqlalchemy import Engine, func, select
 from starlette.testclient import TestClient
 
@@ -292,3 +293,98 @@ def test_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         api.delete("/personalizer/logs")
         assert _counts(engine) == (0, 0)
         engine.dispose()
+
+
+def test_events_after_delete_logs_are_learned(api: TestClient, tmp_path: Path) -> None:
+    """SQLite would hand out the ids of deleted events again; the learner's progress is an id,
+    so the new events would look learned already. The event ids never repeat."""
+    config = api.get("/personalizer/configurations/service").json()
+    api.put("/personalizer/configurations/service", json={**config, "rewardWaitTime": "PT0S"})
+    engine = open_engine(_settings(tmp_path).database_url)
+    for _ in range(3):
+        api.post("/personalizer/rank", json=RANK)
+    _learn(engine)
+    assert api.delete("/personalizer/logs").status_code == 204
+    for _ in range(2):
+        api.post("/personalizer/rank", json=RANK)
+    _learn(engine)
+    assert api.get("/personalizer/model/properties").json()["examples"] == 5
+    engine.dispose()
+
+
+def test_importing_an_exploring_model_is_refused(api: TestClient, tmp_path: Path) -> None:
+    """A --cb_explore_adf model (Azure's kind) answers probabilities, not scores: served as
+    scores it would pick its least likely action."""
+    explorer = vowpalwabbit.Workspace("--cb_explore_adf --epsilon 0.5 -q :: --quiet")
+    saved = tmp_path / "explorer.vw"
+    explorer.save(str(saved))
+    explorer.finish()
+    before = api.get("/personalizer/model/properties").json()["version"]
+    response = api.put(
+        "/personalizer/model",
+        content=saved.read_bytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "InvalidModelImportFormat"
+    assert "cb_explore_adf" in response.json()["error"]["message"]
+    assert api.get("/personalizer/model/properties").json()["version"] == before
+
+
+def test_hostile_values_get_400s_and_write_nothing(api: TestClient, tmp_path: Path) -> None:
+    huge = "1" + "0" * 400  # a JSON integer no float can hold
+    raw = {
+        "/personalizer/rank": '{"actions": [{"id": "a", "features": [{"n": ' + huge + "}]}]}",
+        "/personalizer/multislot/rank": json.dumps(  # Personalizer's limit is 50 slots
+            {
+                "actions": [{"id": f"a{i}"} for i in range(60)],
+                "slots": [{"id": f"s{i}", "baselineAction": "a0"} for i in range(51)],
+            }
+        ),
+    }
+    for path, body in raw.items():
+        response = api.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+    deep = "[" * 100_000 + "]" * 100_000
+    response = api.post(
+        "/personalizer/rank", content=deep, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["target"] == "body"
+    config = api.get("/personalizer/configurations/service").json()
+    for field, value in (
+        ("explorationPercentage", huge),
+        ("logRetentionDays", huge),
+        ("modelExportFrequency", '"P' + "9" * 400 + 'D"'),
+    ):
+        body = json.dumps(config).replace(
+            f'"{field}": ' + json.dumps(config[field]), f'"{field}": {value}'
+        )
+        response = api.put(
+            "/personalizer/configurations/service",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400 and response.json()["error"]["target"] == field
+    for query in ("top=%C2%B2", "top=0", "skip=99999999999999999999"):
+        assert api.get(f"/personalizer/evaluations?{query}").status_code == 400, query
+    for start, end in (
+        ("0001-01-01T00:00:00+01:00", "2020-01-01T00:00:00Z"),
+        ("2020-01-01T00:00:00Z", "9999-12-31T23:59:59-10:00"),
+    ):
+        response = api.put(
+            "/personalizer/evaluations/e1", json={"name": "e1", "startTime": start, "endTime": end}
+        )
+        assert response.status_code == 400, response.text
+    assert api.get("/personalizer/evaluations").json() == {"value": []}
+    api.put(
+        "/personalizer/evaluations/e1",
+        json={"name": "e1", "startTime": "2020-01-01T00:00:00Z", "endTime": "2100-01-01T00:00:00Z"},
+    )
+    assert api.get("/personalizer/evaluations/e1?intervalInMinutes=%C2%B2").status_code == 400
+    missing = api.get("/personalizer/evaluations/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "EvaluationNotFound"
+    nul = api.post("/personalizer/rank", json={**RANK, "eventId": "a\x00b"})
+    assert nul.status_code == 400 and nul.json()["error"]["target"] == "eventId"
+    engine = open_engine(_settings(tmp_path).database_url)
+    assert _counts(engine) == (0, 0)
+    engine.dispose()

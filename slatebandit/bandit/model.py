@@ -43,6 +43,10 @@ class VWScorer:
             raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
 
+    def arguments(self) -> list[str]:
+        """The options VW runs with, as it reports them (a loaded model's own included)."""
+        return str(self._vw.get_arguments()).split()
+
     def to_bytes(self) -> bytes:
         """The model as VW saves it, for the registry."""
         with self._lock, _scratch_file(b"") as path:

@@ -74,6 +74,11 @@ def write_loop(
         )
 
 
+def lock_loop(conn: Connection, name: str) -> None:
+    """Serialise model changes of one loop (a row lock on PostgreSQL; SQLite has one writer)."""
+    conn.execute(select(pz_loops.c.name).where(pz_loops.c.name == name).with_for_update())
+
+
 def insert_event(
     conn: Connection,
     *,
@@ -297,28 +302,37 @@ def agreement(conn: Connection, loop: str, since: float) -> Agreement:
 
 def put_evaluation(
     conn: Connection, loop: str, evaluation_id: str, request: dict[str, Any]
-) -> None:
+) -> float:
+    """A running evaluation; returns its creation time, which tells this run from a later one
+    of the same id."""
+    created = time.time()
     conn.execute(
         insert(pz_evaluations).values(
             loop=loop,
             id=evaluation_id,
-            created_at=time.time(),
+            created_at=created,
             status="running",
             request=request,
         )
     )
+    return created
 
 
 def finish_evaluation(
     conn: Connection,
     loop: str,
     evaluation_id: str,
+    created_at: float,
     result: dict[str, Any] | None,
     error: str | None,
 ) -> None:
     conn.execute(
         update(pz_evaluations)
-        .where(pz_evaluations.c.loop == loop, pz_evaluations.c.id == evaluation_id)
+        .where(
+            pz_evaluations.c.loop == loop,
+            pz_evaluations.c.id == evaluation_id,
+            pz_evaluations.c.created_at == created_at,
+        )
         .values(status="failed" if error else "succeeded", result=result, error=error)
     )
 

@@ -272,6 +272,9 @@ pz_events = Table(
     Column("model_version", Integer, nullable=False),
     Column("payload", LargeBinary, nullable=False),
     UniqueConstraint("loop", "event_id", name="uq_pz_events_id"),
+    # A learner's progress is an event id: SQLite must never hand out an id again after the
+    # newest events are deleted (DELETE logs, retention), or new events would look learned.
+    sqlite_autoincrement=True,
 )
 Index("ix_pz_events_loop", pz_events.c.loop, pz_events.c.id)
 
@@ -284,6 +287,7 @@ pz_rewards = Table(
     Column("slot", SmallInteger, nullable=False),
     Column("value", Float, nullable=False),
     Column("created_at", Float, nullable=False),
+    sqlite_autoincrement=True,  # ids order rewards by arrival ("earliest"), even after deletes
 )
 Index("ix_pz_rewards_event", pz_rewards.c.event)
 

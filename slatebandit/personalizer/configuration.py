@@ -3,9 +3,8 @@ them, validated field by field.
 
 Durations arrive as ISO 8601 (``PT10M``, ``P1DT2H``) or as .NET's ``[d.]hh:mm:ss``; both are
 stored as seconds and answered in ISO 8601. Policy arguments are VW command lines as
-Personalizer wrote them (``--cb_explore_adf --epsilon 0.2 -q ::``). Exploration is ours, not
-VW's (the logged propensities must be exact), so ``--cb_explore_adf`` becomes ``--cb_adf`` and
-VW's exploration options are dropped; the loop explores by ``explorationPercentage``.
+Personalizer wrote them (``--cb_explore_adf --epsilon 0.2 -q ::``), checked by
+``personalizer.arguments``.
 """
 
 from __future__ import annotations
@@ -18,43 +17,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slatebandit.errors import InvalidInput
+from slatebandit.personalizer.arguments import scorer_arguments
 
 LEARNING_MODES = ("Online", "Apprentice", "LoggingOnly")
 AGGREGATIONS = ("earliest", "sum", "average")
 DEFAULT_POLICY_NAME = "default"
 # Personalizer's default learning policy, less its exploration (see the module doc).
 DEFAULT_ARGUMENTS = "--cb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
-# VW options that explore; each is followed by this many values.
-_EXPLORATION_OPTIONS = {
-    "--epsilon": 1,
-    "--first": 1,
-    "--bag": 1,
-    "--cover": 1,
-    "--softmax": 0,
-    "--lambda": 1,
-    "--squarecb": 0,
-    "--gamma_scale": 1,
-    "--gamma_exponent": 1,
-    "--rnd": 1,
-    "--regcb": 0,
-    "--regcbopt": 0,
-    "--synthcover": 0,
-    "--psi": 1,
-    "--nounif": 0,
-}
-# Options that read or write files, or change what the examples are: refused. The arguments
-# come over HTTP, so none may name a path on the server.
-_REFUSED = frozenset(
-    """
-    -d --data -f --final_regressor -i --initial_regressor -c --cache --cache_file
-    -p --predictions -r --raw_predictions --readable_model --invert_hash --audit_regressor
-    --feature_mask --dictionary --dictionary_path --input_feature_regularizer
-    --output_feature_regularizer_binary --output_feature_regularizer_text --save_per_pass
-    --daemon --port --pid_file --port_file --json --dsjson --extra_metrics
-    --ccb_explore_adf --cb_explore --cb --cbify --slates
-    """.split()
-)
-
+MAX_DURATION = 3650 * 86400.0  # ten years: any longer wait or period is a mistake
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC).timestamp()
 # Fields we compute and answer; a PUT that sends them back (a GET's body) does not store them.
 _ANSWERED = ("learningMode", "lastConfigurationEditDate", "latestApprenticeModeMetrics")
 _ISO = re.compile(
@@ -74,9 +45,14 @@ def parse_duration(value: Any, field: str) -> float:
             field=field,
         )
     parts = {k: float(v) for k, v in match.groupdict().items() if v}
-    return (
+    if text[0] != "P" and (parts.get("m", 0) >= 60 or parts.get("s", 0) >= 60):
+        raise InvalidInput(f"{field}: {value!r}: minutes and seconds must be below 60", field=field)
+    seconds = (
         parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600 + parts.get("m", 0) * 60
     ) + parts.get("s", 0)
+    if not seconds <= MAX_DURATION:
+        raise InvalidInput(f"{field}: must be at most {MAX_DURATION // 86400:g} days", field=field)
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -100,10 +76,13 @@ def parse_time(value: Any, field: str) -> float:
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
+            at = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             pass
         else:
-            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+            if 0 <= at <= LATEST_TIME:
+                return at
+            raise InvalidInput(f"{field}: must be between 1970 and 9000", field=field)
     raise InvalidInput(f"{field}: {value!r} is not an ISO 8601 date-time", field=field)
 
 
@@ -171,6 +150,7 @@ class ServiceConfiguration:
             isinstance(retention, bool)
             or not isinstance(retention, int)
             or (retention < 1 and retention != -1)
+            or retention > 2**31 - 1
         ):
             raise InvalidInput(
                 "logRetentionDays: must be a whole number of days >= 1, or -1 to keep forever",
@@ -235,29 +215,16 @@ class PolicyConfiguration:
         return policy
 
 
-def scorer_arguments(arguments: str, field: str) -> str:
-    """Personalizer's VW arguments as our scorer runs them: ``--cb_adf``, no exploration."""
-    words, out, skip = arguments.split(), [], 0
-    for word in words:
-        if skip:
-            skip -= 1
-            continue
-        # "--name=value", and a short option glued to its value ("-pout.txt"), as VW reads them
-        option = word.split("=")[0] if word.startswith("--") else word[:2]
-        if option in _EXPLORATION_OPTIONS:
-            glued = "=" in word or (not word.startswith("--") and len(word) > 2)
-            skip = 0 if glued else _EXPLORATION_OPTIONS[option]
-            continue
-        if option in _REFUSED:
-            raise InvalidInput(f"{field}: {option} is not allowed in a loop's policy", field=field)
-        out.append("--cb_adf" if word == "--cb_explore_adf" else word)
-    if "--cb_adf" not in out:
-        raise InvalidInput(f"{field}: must use --cb_explore_adf or --cb_adf", field=field)
-    return " ".join(out)
+def finite(value: int | float) -> bool:
+    """Whether a JSON number is a finite float (a 400-digit integer is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _number(value: Any, field: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not finite(value):
         raise InvalidInput(f"{field}: must be a number", field=field)
     if not low <= value <= high:
         raise InvalidInput(f"{field}: must be between {low:g} and {high:g}", field=field)

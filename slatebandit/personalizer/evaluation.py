@@ -32,17 +32,18 @@ from sqlalchemy import Engine
 from slatebandit.bandit import VWScorer
 from slatebandit.logging import personalizer as store
 from slatebandit.logging.learning import slot_reward
+from slatebandit.personalizer.arguments import scorer_arguments, with_learning_rate
 from slatebandit.personalizer.configuration import (
     PolicyConfiguration,
     ServiceConfiguration,
     iso_time,
-    scorer_arguments,
 )
 from slatebandit.personalizer.events import Event, slot_pmf
 from slatebandit.replay.bootstrap import Bootstrap
 from slatebandit.replay.estimators import SNIPS
 
 BUCKET_SECONDS = 300
+MOMENTS = 7  # the sums each bucket keeps (``bucket_sums``)
 STATUS = {"running": "Running", "succeeded": "Succeeded", "failed": "Failed"}
 LEGACY_STATUS = {"running": "pending", "succeeded": "completed", "failed": "failed"}
 LEARNING_RATES = (0.01, 0.1, 0.5)  # tried by policy optimization, on the loop's arguments
@@ -138,8 +139,8 @@ def learned_probabilities(log: Logged, vw_args: str, exploration: float) -> np.n
 
 
 def bucket_sums(log: Logged, target: np.ndarray) -> list[list[float]]:
-    """Per 5-minute bucket: [start, slots, sum wr, sum w, sum wr^2, sum w^2, sum w*wr]
-    (w: importance weight, wr: weight times reward)."""
+    """Per 5-minute bucket: [start, slots, sum wr, sum w, sum wr^2, sum w^2, sum w*wr, slots
+    with w > 0] (w: importance weight, wr: weight times reward)."""
     weight = target / log.propensity
     wr = weight * log.reward
     buckets: dict[int, np.ndarray] = {}
@@ -154,6 +155,7 @@ def bucket_sums(log: Logged, target: np.ndarray) -> list[list[float]]:
                 (wr[m] ** 2).sum(),
                 (weight[m] ** 2).sum(),
                 (weight[m] * wr[m]).sum(),
+                (weight[m] > 0).sum(),
             ]
         )
     return [[k * BUCKET_SECONDS, *v.tolist()] for k, v in sorted(buckets.items())]
@@ -161,7 +163,7 @@ def bucket_sums(log: Logged, target: np.ndarray) -> list[list[float]]:
 
 def snips_summary(sums: Sequence[float]) -> dict[str, Any]:
     """SNIPS and its delta-method 95% interval from summed moments (``bucket_sums`` order)."""
-    n, swr, sw, swr2, sw2, swwr = sums
+    n, swr, sw, swr2, sw2, swwr, _nonzero = sums
     if n == 0 or sw == 0:
         return {"expectedReward": None, "confidenceInterval": [None, None]}
     value = swr / sw
@@ -201,7 +203,7 @@ def evaluate(
     if request.get("optimize"):
         for rate in LEARNING_RATES:
             progress(f"policy optimization, learning rate {rate}")
-            arguments = _with_rate(policy.arguments, rate)
+            arguments = with_learning_rate(policy.arguments, rate)
             target = learned_probabilities(
                 log, scorer_arguments(arguments, "arguments"), service.exploration
             )
@@ -223,26 +225,17 @@ def evaluate(
                 "buckets": bucket_sums(log, target),
             }
         )
-    optimal = None
+    optimal = None  # the name of the best policy the optimization found, as Personalizer's
     searched = [
-        r for r in results if r["policySource"] == "OfflineExperimentation" and r["estimate"]
+        r
+        for r in results
+        if r["policySource"] == "OfflineExperimentation"
+        and r["estimate"]
+        and r["estimate"]["value"] is not None
     ]
     if searched:
-        optimal = max(searched, key=lambda r: r["estimate"]["value"] or -math.inf)["arguments"]
+        optimal = max(searched, key=lambda r: r["estimate"]["value"])["name"]
     return {"policies": results, "optimalPolicy": optimal, "events": len(log.events)}
-
-
-def _with_rate(arguments: str, rate: float) -> str:
-    words, out, skip = arguments.split(), [], False
-    for word in words:
-        if skip:
-            skip = False
-            continue
-        if word in ("-l", "--learning_rate"):
-            skip = True
-            continue
-        out.append(word)
-    return " ".join([*out, "-l", f"{rate:g}"])
 
 
 def render(
@@ -319,15 +312,17 @@ def render(
 def _windows(
     buckets: list[list[float]], start: float, end: float, width: float, rolling: bool
 ) -> list[list[float]]:
-    """Summed bucket moments per window of ``width`` seconds: [window start, *sums]."""
+    """Summed bucket moments per window of ``width`` seconds: [window start, *sums]. Windows
+    start at ``start`` rounded down to a bucket, so the bucket holding ``start`` counts."""
+    origin = start - start % BUCKET_SECONDS
     out: dict[float, np.ndarray] = {}
     for b in buckets:
-        if start <= b[0] < end:
-            window = start + ((b[0] - start) // width) * width
-            out[window] = out.get(window, np.zeros(6)) + np.array(b[1:])
+        if origin <= b[0] < end:
+            window = origin + ((b[0] - origin) // width) * width
+            out[window] = out.get(window, np.zeros(MOMENTS)) + np.array(b[1:])
     ordered = sorted(out.items())
     if not rolling:  # expanding: each window sums everything from the start
-        running = np.zeros(6)
+        running = np.zeros(MOMENTS)
         expanded = []
         for window, sums in ordered:
             running = running + sums
@@ -346,12 +341,12 @@ def _series(
 
 
 def _total(buckets: list[list[float]]) -> list[float]:
-    sums = np.sum([b[1:] for b in buckets], axis=0) if buckets else np.zeros(6)
+    sums = np.sum([b[1:] for b in buckets], axis=0) if buckets else np.zeros(MOMENTS)
     return [0.0, *np.asarray(sums).tolist()]
 
 
 def _legacy(window: list[float], width: float) -> dict[str, Any]:
-    at, n, swr, sw, swr2, _sw2, _swwr = window
+    at, n, swr, sw, swr2, _sw2, _swwr, nonzero = window
     summary = snips_summary(window[1:])
     low, high = summary["confidenceInterval"]
     return {
@@ -360,6 +355,7 @@ def _legacy(window: list[float], width: float) -> dict[str, Any]:
         "ipsEstimatorDenominator": n,
         "snipsEstimatorDenominator": sw,
         "aggregateTimeWindow": f"PT{int(width // 60)}M",
+        "nonZeroProbability": nonzero,
         "sumOfSquares": swr2,
         "confidenceInterval": None if low is None else (high - low) / 2,
         "averageReward": summary["expectedReward"],

@@ -20,12 +20,12 @@ Malformed input raises ``InvalidInput`` naming the offending path, e.g.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
 
 from slatebandit.errors import InvalidInput
+from slatebandit.personalizer.configuration import finite
 
 MAX_DEPTH = 8  # nesting below a namespace; deeper JSON is refused
 _UNSAFE = re.compile(r"[\s|:]+")  # VW's separators may not appear inside a name or value
@@ -85,7 +85,7 @@ def _tokens(name: str, value: Any, where: str, depth: int) -> Iterator[str]:
     if value is True:
         yield name
     elif isinstance(value, int | float):
-        if not math.isfinite(value):
+        if not finite(value):
             raise InvalidInput(f"{where}: must be a finite number", field=where)
         yield f"{name}:{value:.9g}"
     elif isinstance(value, str):

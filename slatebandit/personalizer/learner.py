@@ -99,7 +99,7 @@ class LoopLearner:
         lines = [event.action_line(i) for i in range(len(allowed))]
         scores = self.scorer.score_lines(event.shared_line(0), lines)
         scores[~allowed] = -np.inf
-        agreed = int(np.argmax(scores)) == event.slots[0].chosen  # the baseline was shown
+        agreed = int(np.argmax(scores)) == event.slots[0].baseline
         self.compared += 1
         self.agreed += agreed
         self.rewards += reward
@@ -111,6 +111,7 @@ class LoopLearner:
             return None
         data = self.scorer.to_bytes()
         with self.engine.begin() as conn:
+            store.lock_loop(conn, self.loop)  # an import or reset cannot slip in between
             latest = store.latest_model(conn, self.loop)
             if latest is not None and latest.version != self.parent:
                 log.info(

@@ -13,10 +13,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from slatebandit.bandit import VWScorer
 from slatebandit.errors import NotFound
@@ -89,12 +91,29 @@ class Loop:
 
 
 class Loops:
-    def __init__(self, engine: Engine, names: Sequence[str]) -> None:
+    def __init__(self, engine: Engine, names: Sequence[str], seed: int | None = None) -> None:
         self.engine = engine
         self.names = tuple(names)
+        # Ranks run on worker threads (a multi-slot rank can take a while); the sampler's
+        # generator is not thread-safe, so they draw from it one at a time.
+        self.rng = np.random.default_rng(seed)
+        self._rank_lock = threading.Lock()
         self._loops: dict[str, Loop] = {}
         self._lock = threading.Lock()  # one refresh at a time; readers take the dict as is
-        self.evaluations: set[asyncio.Future[None]] = set()  # running, for shutdown and tests
+        # Offline evaluations run here, one at a time, beside serving's threads.
+        self.evaluation_pool = ThreadPoolExecutor(1, thread_name_prefix="pz-evaluation")
+        self.evaluations: set[asyncio.Future[None]] = set()  # running or queued
+
+    def rank(
+        self,
+        loop: Loop,
+        context: str,
+        action_ids: Sequence[str],
+        action_features: Sequence[str],
+        slots: Sequence[SlotRequest],
+    ) -> tuple[Event, list[np.ndarray]]:
+        with self._rank_lock:
+            return loop.rank(context, action_ids, action_features, slots, self.rng)
 
     def configurations(self) -> dict[str, ServiceConfiguration]:
         return {name: loop.service for name, loop in self._loops.items()}
@@ -110,6 +129,11 @@ class Loops:
         new model versions."""
         with self._lock:
             for name in self.names:
+                try:
+                    with self.engine.begin() as conn:
+                        _stored(conn, name)
+                except IntegrityError:  # another worker created the loop at the same moment
+                    pass
                 with self.engine.begin() as conn:
                     stored, latest = _stored(conn, name)
                     current = self._loops.get(name)
@@ -156,9 +180,11 @@ def new_model(
     policy: PolicyConfiguration,
     origin: str,
     data: bytes | None = None,
+    vw_args: str | None = None,
 ) -> int:
-    """Store a fresh model for ``loop`` (``data``: an imported one) that learns from the next
-    event on: its lineage starts after every event logged so far."""
+    """Store a fresh model for ``loop`` (``data``: an imported one, with its own ``vw_args``)
+    that learns from the next event on: its lineage starts after every event logged so far."""
+    store.lock_loop(conn, loop)  # one model change at a time: see ``learner.checkpoint``
     latest = store.latest_model(conn, loop)
     saved = data  # an import is stored as given, so an export returns the same bytes
     if saved is None:
@@ -173,7 +199,7 @@ def new_model(
         loop=loop,
         parent=None if latest is None else latest.version,
         origin=origin,
-        vw_args=policy.vw_args,
+        vw_args=vw_args or policy.vw_args,
         examples=0,
         learned_through=max(last_event, 0 if latest is None else latest.learned_through),
         model=saved,

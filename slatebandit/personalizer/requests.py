@@ -6,16 +6,17 @@ spelling (``actions[3].id``), which the routes answer as a 400 in Personalizer's
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from slatebandit.errors import InvalidInput
+from slatebandit.personalizer.configuration import finite
 from slatebandit.personalizer.features import namespaces
 from slatebandit.personalizer.loops import SlotRequest
 
 MAX_ID = 256  # characters in an event, action or slot id (Personalizer's limit)
+MAX_SLOTS = 50  # slots in a multi-slot rank (Personalizer's limit)
 WARN_ACTIONS = 50  # Personalizer's documented limit; we log above it and serve to the cap
 
 
@@ -36,7 +37,7 @@ def parse_rank(body: Any, max_actions: int, *, multislot: bool) -> RankRequest:
     if event_id is None:
         event_id = uuid.uuid4().hex
     else:
-        event_id = _id(event_id, "eventId")
+        event_id = parse_id(event_id, "eventId")
     defer = body.get("deferActivation", False)
     if defer is None:
         defer = False
@@ -55,7 +56,7 @@ def parse_rank(body: Any, max_actions: int, *, multislot: bool) -> RankRequest:
     for i, action in enumerate(actions):
         if not isinstance(action, dict):
             raise InvalidInput(f"actions[{i}]: must be an object", field=f"actions[{i}]")
-        ids.append(_id(action.get("id"), f"actions[{i}].id"))
+        ids.append(parse_id(action.get("id"), f"actions[{i}].id"))
         features.append(namespaces(action.get("features"), f"actions[{i}].features"))
     index = {action_id: i for i, action_id in enumerate(ids)}
     if len(index) != len(ids):
@@ -79,12 +80,14 @@ def parse_rank(body: Any, max_actions: int, *, multislot: bool) -> RankRequest:
 def _slots(raw: Any, index: dict[str, int]) -> tuple[SlotRequest, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("slots: must be a non-empty list", field="slots")
+    if len(raw) > MAX_SLOTS:
+        raise InvalidInput(f"slots: at most {MAX_SLOTS} slots", field="slots")
     slots, seen = [], set()
     for j, slot in enumerate(raw):
         at = f"slots[{j}]"
         if not isinstance(slot, dict):
             raise InvalidInput(f"{at}: must be an object", field=at)
-        slot_id = _id(slot.get("id"), f"{at}.id")
+        slot_id = parse_id(slot.get("id"), f"{at}.id")
         if slot_id in seen:
             raise InvalidInput(f"{at}.id: {slot_id!r} appears twice", field=f"{at}.id")
         seen.add(slot_id)
@@ -129,7 +132,7 @@ def _excluded(raw: Any, index: dict[str, int], field: str) -> tuple[int, ...]:
 
 
 def parse_value(raw: Any, field: str) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not finite(raw):
         raise InvalidInput(f"{field}: must be a finite number", field=field)
     if not -1.0 <= raw <= 1.0:
         raise InvalidInput(f"{field}: must be between -1 and 1", field=field)
@@ -157,7 +160,8 @@ def parse_multislot_reward(body: Any, slot_ids: list[str | None]) -> list[tuple[
     return out
 
 
-def _id(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID:
+def parse_id(value: Any, field: str) -> str:
+    """An event, action or slot id: 1 to 256 characters, no NUL (PostgreSQL refuses it)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_ID or "\x00" in value:
         raise InvalidInput(f"{field}: must be a string of 1 to {MAX_ID} characters", field=field)
     return value

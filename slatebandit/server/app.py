@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> Starlette:
             experiments,
         )
         services.evaluations = Evaluations(engine, settings)
-        services.loops = Loops(engine, settings.loops)
+        services.loops = Loops(engine, settings.loops, settings.seed)
         await asyncio.to_thread(services.loops.refresh)
         await asyncio.to_thread(services.load_impressions)
         store.catalog.refresh_popular()
@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> Starlette:
             await asyncio.gather(*tasks, return_exceptions=True)
             await services.evaluations.stop()
             await asyncio.gather(*loops.evaluations, return_exceptions=True)
+            loops.evaluation_pool.shutdown()
             await asyncio.to_thread(learning.stop)
             await writer.stop()
             await asyncio.to_thread(store.save)

@@ -32,12 +32,12 @@ async def read_body(request: Request, limit: int) -> Any:
     if media in _MSGPACK_TYPES:
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=True)
-        except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
             raise InvalidInput(f"body is not valid msgpack: {exc}", field="body") from None
     if media in (JSON, "") or media.endswith("+json"):
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting
             raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
     raise UnsupportedMediaType(
         f"content-type {media!r}: use {JSON} or {MSGPACK}", field="content-type"

@@ -12,6 +12,7 @@ routing; ``personalizer_admin`` holds configuration, model, logs and evaluations
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -34,6 +35,7 @@ from slatebandit.personalizer.events import Event
 from slatebandit.personalizer.loops import Loop
 from slatebandit.personalizer.requests import (
     WARN_ACTIONS,
+    parse_id,
     parse_multislot_reward,
     parse_rank,
     parse_reward,
@@ -61,6 +63,7 @@ STATUS_CODES = {
 }
 
 Handler = Callable[[Request], Awaitable[Response]]
+_warned: set[str] = set()  # loops warned about ranks with many actions
 
 
 def error(exc: SlatebanditError, invalid_code: str = "BadRequest") -> Response:
@@ -136,14 +139,19 @@ async def _rank(
         s.settings.personalizer_max_actions,
         multislot=multislot,
     )
-    if len(body.action_ids) > WARN_ACTIONS:
+    if len(body.action_ids) > WARN_ACTIONS and loop.name not in _warned:
+        _warned.add(loop.name)
         log.warning(
-            "loop %s: %d actions in one rank (Personalizer allowed %d)",
+            "loop %s: a rank with %d actions (Personalizer allowed %d; we serve up to "
+            "SLATEBANDIT_PERSONALIZER_MAX_ACTIONS); said once per loop",
             loop.name,
             len(body.action_ids),
             WARN_ACTIONS,
         )
-    event, pmfs = loop.rank(body.context, body.action_ids, body.action_features, body.slots, s.rng)
+    assert s.loops is not None
+    event, pmfs = await asyncio.to_thread(
+        s.loops.rank, loop, body.context, body.action_ids, body.action_features, body.slots
+    )
     unit = partial(
         store.insert_event,
         loop=loop.name,
@@ -171,7 +179,7 @@ def _no_content() -> Response:
 
 
 async def _event(s: Services, loop: Loop, request: Request) -> tuple[int, bool, Event]:
-    event_id = request.path_params["event_id"]
+    event_id = parse_id(request.path_params["event_id"], "eventId")
     found = await s.read(lambda conn: store.find_event(conn, loop.name, event_id))
     if found is None:
         raise NotFound(f"eventId: no event {event_id!r} in this loop", field="eventId")

@@ -110,27 +110,57 @@ async def put_model(request: Request, s: Services, loop: Loop) -> Response:
     data = await _raw_body(request, MODEL_BYTES)
     if not data:
         raise InvalidInput("body: the model file is empty", field="body")
-    await asyncio.to_thread(_check_model, loop, data)
-    await s.writer.submit(lambda conn: new_model(conn, loop.name, loop.policy, "imported", data))
+    arguments = await asyncio.to_thread(_check_model, loop, data)
+    await s.writer.submit(
+        lambda conn: new_model(conn, loop.name, loop.policy, "imported", data, arguments)
+    )
     assert s.loops is not None
     await asyncio.to_thread(s.loops.refresh)
     return Response(status_code=204)
 
 
-def _check_model(loop: Loop, data: bytes) -> None:
-    """A model must load in VW and score an example of this loop."""
+class InvalidModel(InvalidInput):
+    personalizer_code = "InvalidModelImportFormat"
+
+
+# Options VW reports for a loaded model that say how it was loaded, not what it is.
+_LOADING = {"--initial_regressor": 1, "--no_stdin": 0, "--quiet": 0}
+
+
+def _check_model(loop: Loop, data: bytes) -> str:
+    """A model must load in VW, be a ``--cb_adf`` scorer and score an example; returns the
+    options it was trained with. A ``--cb_explore_adf`` model (Azure's, or VW's own explorer)
+    answers probabilities, not scores, and would serve its least likely action: refused."""
     try:
         scorer = VWScorer(loop.policy.vw_args, model_bytes=data)
     except ConfigError:
-        raise InvalidInput(
+        raise InvalidModel(
             "body: not a Vowpal Wabbit model this loop can load", field="body"
         ) from None
     try:
+        words = scorer.arguments()
+        if "--cb_adf" not in words or any("explore" in w for w in words):
+            raise InvalidModel(
+                "body: the model must be a --cb_adf scorer without exploration "
+                f"(it was trained with {' '.join(words)})",
+                field="body",
+            )
         scorer.score_lines("shared |", ["|", "|"])
+    except InvalidInput:
+        raise
     except Exception:
-        raise InvalidInput("body: the model cannot score --cb_adf examples", field="body") from None
+        raise InvalidModel("body: the model cannot score --cb_adf examples", field="body") from None
     finally:
         scorer.finish()
+    kept, skip = [], 0
+    for word in words:
+        if skip:
+            skip -= 1
+        elif word in _LOADING:
+            skip = _LOADING[word]
+        else:
+            kept.append(word)
+    return " ".join(kept)
 
 
 async def _raw_body(request: Request, limit: int) -> bytes:

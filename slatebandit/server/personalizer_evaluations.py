@@ -16,10 +16,17 @@ import re
 import uuid
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from slatebandit.errors import Conflict, InvalidInput, NotFound, SlatebanditError
+from slatebandit.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    SlatebanditError,
+    TooManyRequests,
+)
 from slatebandit.logging import personalizer as store
 from slatebandit.personalizer.configuration import PolicyConfiguration, parse_time
 from slatebandit.personalizer.evaluation import evaluate, render
@@ -33,10 +40,18 @@ log = logging.getLogger(__name__)
 EVALUATION_WAIT = 10.0
 INTERVALS = (5, 60, 360, 720, 1440)  # minutes, as Personalizer offers them
 _EVALUATION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+_WHOLE = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is True
+RUNNING, QUEUED = 1, 4  # evaluations at a time per worker, and waiting; past that, 429
+PAGE = 100  # evaluations per page of the paged list
+LEGACY_LIST = 10_000  # v1.0 lists are not paged
 
 
 class EvaluationExists(Conflict):
     personalizer_code = "EvaluationAlreadyExists"
+
+
+class EvaluationNotFound(NotFound):
+    personalizer_code = "EvaluationNotFound"
 
 
 def _legacy(request: Request) -> bool:
@@ -86,12 +101,23 @@ async def _create_evaluation(
         )
     raw = await read_body(request, s.settings.max_body_bytes)
     body = await asyncio.to_thread(_evaluation_request, raw)  # builds VW for each policy
-    exists = await s.read(lambda conn: store.get_evaluations(conn, loop.name, evaluation_id))
-    if exists:
-        raise EvaluationExists(
-            f"evaluationId: {evaluation_id!r} already exists", field="evaluationId"
+    assert s.loops is not None
+    if len(s.loops.evaluations) >= RUNNING + QUEUED:
+        raise TooManyRequests(
+            f"{len(s.loops.evaluations)} evaluations are running or queued on this worker; "
+            "create this one when one has finished"
         )
-    await s.writer.submit(lambda conn: store.put_evaluation(conn, loop.name, evaluation_id, body))
+    exists = EvaluationExists(
+        f"evaluationId: {evaluation_id!r} already exists", field="evaluationId"
+    )
+    if await s.read(lambda conn: store.get_evaluations(conn, loop.name, evaluation_id)):
+        raise exists
+    try:
+        created = await s.writer.submit(
+            lambda conn: store.put_evaluation(conn, loop.name, evaluation_id, body)
+        )
+    except IntegrityError:  # the same id, created by a concurrent request
+        raise exists from None
 
     def run() -> None:
         result, error = None, None
@@ -102,11 +128,10 @@ async def _create_evaluation(
         except Exception:
             log.exception("evaluation %s failed", evaluation_id)
             error = "internal error"
-        with s.engine.begin() as conn:
-            store.finish_evaluation(conn, loop.name, evaluation_id, result, error)
+        with s.engine.begin() as conn:  # not if the id was deleted and created again meanwhile
+            store.finish_evaluation(conn, loop.name, evaluation_id, created, result, error)
 
-    task = asyncio.ensure_future(asyncio.to_thread(run))
-    assert s.loops is not None
+    task = asyncio.get_running_loop().run_in_executor(s.loops.evaluation_pool, run)
     s.loops.evaluations.add(task)
     task.add_done_callback(s.loops.evaluations.discard)
     try:
@@ -137,7 +162,9 @@ async def get_evaluation(request: Request, s: Services, loop: Loop) -> Response:
     evaluation_id = request.path_params["evaluation_id"]
     found = await s.read(lambda conn: store.get_evaluations(conn, loop.name, evaluation_id))
     if not found:
-        raise NotFound(f"evaluationId: no evaluation {evaluation_id!r}", field="evaluationId")
+        raise EvaluationNotFound(
+            f"evaluationId: no evaluation {evaluation_id!r}", field="evaluationId"
+        )
     q = request.query_params
     interval = _int(q.get("intervalInMinutes"), "intervalInMinutes", 5)
     if interval not in INTERVALS:
@@ -173,9 +200,12 @@ async def delete_evaluation(request: Request, s: Services, loop: Loop) -> Respon
 async def list_evaluations(request: Request, s: Services, loop: Loop) -> Response:
     q = request.query_params
     skip = _int(q.get("skip"), "skip", 0)
-    top = min(_int(q.get("top"), "top", 100), 100)
+    legacy = _legacy(request)  # no paging: every evaluation, up to a bound
+    top = LEGACY_LIST if legacy else min(_int(q.get("top"), "top", PAGE), PAGE)
+    if top < 1:
+        raise InvalidInput("top: must be at least 1", field="top")
     rows = await s.read(lambda conn: store.get_evaluations(conn, loop.name, skip=skip, top=top + 1))
-    if _legacy(request):  # a plain array of whole evaluations
+    if legacy:  # a plain array of whole evaluations
         return json_response([render(row, legacy=True) for row in rows[:top]])
     page = [_summary(render(row)) for row in rows[:top]]
     body: dict[str, Any] = {"value": page}
@@ -192,8 +222,8 @@ def _summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 def _int(raw: str | None, field: str, default: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise InvalidInput(f"{field}: must be a whole number", field=field)
+    if not _WHOLE.fullmatch(raw):
+        raise InvalidInput(f"{field}: must be a whole number below 10^9", field=field)
     return int(raw)
 
 
