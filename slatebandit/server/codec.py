@@ -16,8 +16,8 @@ MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 
 
-async def read_body(request: Request, limit: int) -> Any:
-    """The decoded body; 413 past ``limit`` bytes, 415 for other types, 400 when malformed."""
+async def read_bytes(request: Request, limit: int) -> bytes:
+    """The raw body; 413 past ``limit`` bytes, checked as it streams in."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
@@ -27,7 +27,12 @@ async def read_body(request: Request, limit: int) -> Any:
         if size > limit:
             raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> Any:
+    """The decoded body; 413 past ``limit`` bytes, 415 for other types, 400 when malformed."""
+    raw = await read_bytes(request, limit)
     media = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
     if media in _MSGPACK_TYPES:
         try:

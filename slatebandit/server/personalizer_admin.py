@@ -17,7 +17,6 @@ from slatebandit.bandit import VWScorer
 from slatebandit.errors import (
     ConfigError,
     InvalidInput,
-    PayloadTooLarge,
 )
 from slatebandit.logging import personalizer as store
 from slatebandit.personalizer.configuration import (
@@ -26,7 +25,7 @@ from slatebandit.personalizer.configuration import (
     iso_time,
 )
 from slatebandit.personalizer.loops import Loop, new_model
-from slatebandit.server.codec import read_body
+from slatebandit.server.codec import read_body, read_bytes
 from slatebandit.server.personalizer import Handler, route
 from slatebandit.server.services import Services
 
@@ -107,7 +106,7 @@ async def get_model(request: Request, s: Services, loop: Loop) -> Response:
 
 @route("admin")
 async def put_model(request: Request, s: Services, loop: Loop) -> Response:
-    data = await _raw_body(request, MODEL_BYTES)
+    data = await read_bytes(request, MODEL_BYTES)
     if not data:
         raise InvalidInput("body: the model file is empty", field="body")
     arguments = await asyncio.to_thread(_check_model, loop, data)
@@ -161,16 +160,6 @@ def _check_model(loop: Loop, data: bytes) -> str:
         else:
             kept.append(word)
     return " ".join(kept)
-
-
-async def _raw_body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @route("admin")
