@@ -25,6 +25,7 @@ from slatebandit.logging import personalizer as store
 from slatebandit.logging.learning import slot_reward, take_lease
 from slatebandit.personalizer.configuration import ServiceConfiguration
 from slatebandit.personalizer.events import Event
+from slatebandit.policies.learner import COMMIT_LAG
 
 log = logging.getLogger(__name__)
 LEASE = "personalizer"
@@ -63,10 +64,11 @@ class LoopLearner:
         self._follow()
         if self.scorer is None:
             return 0
+        # PostgreSQL may commit a lower event id a moment after a higher one: stay behind.
+        lag = 0.0 if self.engine.dialect.name == "sqlite" else COMMIT_LAG
+        until = now - max(service.reward_wait_seconds, lag)
         with self.engine.connect() as conn:
-            due = store.events_after(
-                conn, self.loop, self.position, until=now - service.reward_wait_seconds, limit=BATCH
-            )
+            due = store.events_after(conn, self.loop, self.position, until=until, limit=BATCH)
         every_action = "mtr" not in self.scorer.args.split()
         for stored in due:
             if stored.activated and service.learning_mode != "LoggingOnly":

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -204,11 +205,18 @@ class EmbeddedLearner:
         self.learner: Learner | None = None
         self.holder = f"serve-{socket.gethostname()}-{os.getpid()}"
         self.personalizer = PersonalizerLearner(engine, self.holder)
+        # A cancelled tick leaves its thread running: stop() waits for that turn to end, so
+        # its final checkpoint never lands in the middle of a batch.
+        self._turning = threading.Lock()
 
     async def tick(self) -> None:
         await asyncio.to_thread(self._turn)
 
     def _turn(self) -> None:
+        with self._turning:
+            self._learn()
+
+    def _learn(self) -> None:
         self.personalizer.turn(self.loops.configurations(), budget=LEARN_BUDGET)
         if not hold_lease(self.engine, self.holder):
             return  # another process learns; don't even load a model
@@ -218,6 +226,10 @@ class EmbeddedLearner:
         self.learner.run_due(budget=LEARN_BUDGET)
 
     def stop(self) -> None:
+        with self._turning:
+            self._stop()
+
+    def _stop(self) -> None:
         self.personalizer.stop()
         if self.learner is not None and hold_lease(self.engine, self.holder):
             self.learner.checkpoint(judge=False)  # shutting down: the next checkpoint is judged
