@@ -5,6 +5,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from slatebandit.config import Settings
 from slatebandit.logging import open_engine
 from slatebandit.logging.schema import pz_events, pz_rewards
 from slatebandit.personalizer.learner import PersonalizerLearner, stored_configurations
+from slatebandit.policies.learner import COMMIT_LAG
 from slatebandit.server import create_app
 from tests.conftest import make_settings
 
@@ -56,8 +58,9 @@ def _counts(engine: Engine) -> tuple[int, int]:
 
 
 def _learn(engine: Engine, loops: tuple[str, ...] = ("default",)) -> None:
+    """Learn everything logged so far (a clock past PostgreSQL's commit lag) and checkpoint."""
     learner = PersonalizerLearner(engine, "test")
-    learner.turn(stored_configurations(engine, loops), budget=1e9)
+    learner.turn(stored_configurations(engine, loops), budget=1e9, now=time.time() + COMMIT_LAG)
     learner.stop()
 
 

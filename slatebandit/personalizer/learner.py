@@ -162,7 +162,14 @@ class PersonalizerLearner:
         self.learners: dict[str, LoopLearner] = {}
         self.last_purge = 0.0
 
-    def turn(self, configurations: dict[str, ServiceConfiguration], budget: float) -> int:
+    def turn(
+        self,
+        configurations: dict[str, ServiceConfiguration],
+        budget: float,
+        now: float | None = None,
+    ) -> int:
+        """Learn what is due in every loop, for up to ``budget`` seconds, if this process holds
+        the lease (``now``: the clock the reward waits are measured against)."""
         with self.engine.begin() as conn:
             if not take_lease(conn, LEASE, self.holder, time.time(), LEASE_SECONDS):
                 return 0
@@ -170,7 +177,7 @@ class PersonalizerLearner:
         for name, service in configurations.items():
             learner = self.learners.setdefault(name, LoopLearner(self.engine, name))
             while time.monotonic() - started < budget:
-                taken = learner.step(service)
+                taken = learner.step(service, now)
                 total += taken
                 if taken < BATCH:
                     break
