@@ -47,6 +47,14 @@ class Settings:
             "empty runs open, loopback only"
         ),
     )
+    rate_limit: float = field(
+        default=0.0,
+        metadata=_doc("requests a second each API key may make, per worker; 0: no limit"),
+    )
+    rate_burst: int = field(
+        default=0,
+        metadata=_doc("requests a key may make at once above its rate; 0: one second's worth"),
+    )
     candidates: int = field(default=200, metadata=_doc("candidates per slate (N)"))
     default_k: int = field(default=10, metadata=_doc("slate size when the request omits k"))
     max_k: int = field(default=50, metadata=_doc("largest k a request may ask for"))
@@ -328,6 +336,10 @@ class Settings:
             "must be names of 1 to 64 letters, digits, '-' or '_'",
         )
         need(self.personalizer_max_actions >= 1, "personalizer_max_actions", "must be at least 1")
+        need(
+            0 <= self.rate_limit < float("inf"), "rate_limit", "must be a number >= 0 (0: no limit)"
+        )
+        need(self.rate_burst >= 0, "rate_burst", "must be >= 0")
         need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
         need(
             self.reward_aggregation in ("sum", "earliest"),

@@ -87,6 +87,10 @@ class TooManyRequests(SlatebanditError):
     status = 429
     code = "too_many_requests"
 
+    def __init__(self, message: str, *, field: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after  # seconds, sent as Retry-After
+
 
 class Unavailable(SlatebanditError):
     status = 503

@@ -9,7 +9,13 @@ import msgpack
 from starlette.requests import Request
 from starlette.responses import Response
 
-from slatebandit.errors import InvalidInput, PayloadTooLarge, SlatebanditError, UnsupportedMediaType
+from slatebandit.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    SlatebanditError,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -61,4 +67,6 @@ def error_response(request: Request, error: SlatebanditError) -> Response:
     response = respond(request, error.to_dict(), error.status)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after)
     return response

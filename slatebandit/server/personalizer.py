@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from slatebandit.errors import InvalidInput, NotFound, SlatebanditError
+from slatebandit.errors import InvalidInput, NotFound, SlatebanditError, TooManyRequests
 from slatebandit.logging import personalizer as store
 from slatebandit.personalizer.events import Event
 from slatebandit.personalizer.loops import Loop
@@ -75,6 +75,8 @@ def error(exc: SlatebanditError, invalid_code: str = "BadRequest") -> Response:
         body["target"] = exc.field
     response = Response(json.dumps({"error": body}), exc.status, media_type="application/json")
     response.headers["x-ms-error-code"] = code
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
 

@@ -273,7 +273,7 @@ async def remove_item(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    s = _services(request, "admin")
+    s = _services(request, "analyst")  # a read-only view
 
     def read(conn: Connection) -> dict[str, object]:
         return {

@@ -24,7 +24,7 @@ from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
-from slatebandit.server.auth import require
+from slatebandit.server.auth import RateLimiter, require
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -53,11 +53,13 @@ class Services:
     filter_masks: FilterMasks = field(default_factory=FilterMasks)
     # Parsed once: the settings hold them as strings, and every request reads them.
     keys: dict[str, frozenset[str]] = field(init=False)
+    limiter: RateLimiter = field(init=False)
     exclusions: dict[str, float | None] = field(init=False)
     rewards: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = self.settings.keys
+        self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self.exclusions = self.settings.exclusions
         self.rewards = self.settings.rewards
 
@@ -141,5 +143,5 @@ def for_request(request: Request, scope: str | None) -> Services:
     """The app's services, once the request's key is checked for ``scope`` (None: open)."""
     services: Services = request.state.services
     if scope is not None:
-        require(request, scope, services.keys)
+        require(request, scope, services.keys, services.limiter)
     return services
