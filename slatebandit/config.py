@@ -47,6 +47,20 @@ class Settings:
             "empty runs open, loopback only"
         ),
     )
+    user_id_key: str = field(
+        default="",
+        metadata=_doc(
+            "secret for pseudonymising user ids (HMAC-SHA256) before anything is stored; "
+            "empty stores them as given"
+        ),
+    )
+    retention_days: float = field(
+        default=0.0,
+        metadata=_doc(
+            "days decisions, rewards and events are kept (purged at start and hourly); "
+            "0 keeps them for ever"
+        ),
+    )
     rate_limit: float = field(
         default=0.0,
         metadata=_doc("requests a second each API key may make, per worker; 0: no limit"),
@@ -340,6 +354,11 @@ class Settings:
             0 <= self.rate_limit < float("inf"), "rate_limit", "must be a number >= 0 (0: no limit)"
         )
         need(self.rate_burst >= 0, "rate_burst", "must be >= 0")
+        need(
+            0 <= self.retention_days < float("inf"),
+            "retention_days",
+            "must be a number of days >= 0 (0: keep for ever)",
+        )
         need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
         need(
             self.reward_aggregation in ("sum", "earliest"),

@@ -136,6 +136,11 @@ CASES = [
         "catalog",
         lambda c: Call("DELETE", f"/v1/items/{ITEMS[next(_fresh)].item_id}"),
     ),
+    Case(
+        "DELETE /v1/users/{user_id}",
+        "admin",
+        lambda c: Call("DELETE", f"/v1/users/u{next(_fresh)}"),
+    ),
     Case("GET /v1/models", "analyst", lambda c: Call("GET", "/v1/models")),
     Case(
         "POST /v1/models/{version}/promote", "admin", lambda c: Call("POST", "/v1/models/1/promote")

@@ -242,6 +242,7 @@ def test_openapi_describes_every_route(client) -> None:  # type: ignore[no-untyp
         ("/v1/events", "post"),
         ("/v1/items", "put"),
         ("/v1/items/{item_id}", "delete"),
+        ("/v1/users/{user_id}", "delete"),
         ("/v1/models", "get"),
         ("/v1/models/{version}/promote", "post"),
         ("/v1/models/rollback", "post"),

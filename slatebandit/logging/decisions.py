@@ -142,6 +142,11 @@ def shown_decision(conn: Connection, event_id: str) -> ShownDecision | None:
     return ShownDecision(decision_id, tuple(keys), user_id, context)
 
 
+def decision_user(conn: Connection, decision_id: int) -> str | None:
+    """The user a decision was made for (``""`` once erased), or None if it is gone."""
+    return conn.execute(select(decisions.c.user_id).where(decisions.c.id == decision_id)).scalar()
+
+
 def impression_counts(conn: Connection) -> dict[int, int]:
     """Times each item has been shown, by key."""
     query = select(slots.c.item_key, func.count()).group_by(slots.c.item_key)

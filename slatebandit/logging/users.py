@@ -33,7 +33,9 @@ def update_user_state(
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     conn.execute(
         dialect.insert(user_states)
-        .values(user_id=user_id, version=0, state=b"", updated_at=time.time())
+        # A new row's versions start from the clock, not 0: a user erased and seen again gets
+        # versions no worker has cached a state under.
+        .values(user_id=user_id, version=time.time_ns() // 1000, state=b"", updated_at=time.time())
         .on_conflict_do_nothing(index_elements=["user_id"])
     )
     row = conn.execute(

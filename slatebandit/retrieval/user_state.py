@@ -128,6 +128,9 @@ class UserStates:
         self._states.move_to_end(user_id)
         return found[1]
 
+    def drop(self, user_id: str) -> None:
+        self._states.pop(user_id, None)
+
     def put(self, user_id: str, version: int, state: UserState) -> UserState:
         self._states[user_id] = (version, state)
         self._states.move_to_end(user_id)

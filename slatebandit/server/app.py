@@ -38,7 +38,7 @@ from slatebandit.policies.learner import Learner, hold_lease
 from slatebandit.replay.gate import judge
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.embedding_job import follow_factors, latest_factors, train_if_leased
-from slatebandit.server import experiments, routes
+from slatebandit.server import experiments, privacy, routes
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import Evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -132,6 +132,16 @@ def create_app(settings: Settings) -> Starlette:
                 _every(settings.model_poll_seconds, lambda: asyncio.to_thread(loops.refresh))
             )
         )
+        if settings.retention_days > 0:  # at start, then hourly; deletes are idempotent
+            await asyncio.to_thread(privacy.purge_expired, engine, settings)
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        privacy.PURGE_SECONDS,
+                        lambda: asyncio.to_thread(privacy.purge_expired, engine, settings),
+                    )
+                )
+            )
         if settings.embedding_interval > 0:
             holder = f"serve-{socket.gethostname()}-{os.getpid()}"
             tasks.append(
@@ -182,6 +192,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/v1/experiments/{name:str}/report", experiments.report, methods=["GET"]),
             Route("/v1/evaluations", post_evaluation, methods=["POST"]),
             Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
+            Route("/v1/users/{user_id:str}", privacy.erase, methods=["DELETE"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Mount("/personalizer", app=personalizer),

@@ -208,9 +208,25 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _answers(200, "deleted durably"),
                 }
             },
+            "/v1/users/{user_id}": {
+                "delete": {
+                    "summary": "Erase a shopper: their events, state and the rewards on their "
+                    "decisions are deleted, the decisions redacted (scope admin)",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "user_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": _answers(200, "erased durably: counts of what was removed"),
+                }
+            },
             "/v1/models": {
                 "get": {
-                    "summary": "Model versions, champion and the version served (scope admin)",
+                    "summary": "Model versions, champion and the version served (scope analyst)",
                     "security": security,
                     "responses": _answers(200, "the registry"),
                 }

@@ -20,6 +20,7 @@ from slatebandit.logging import (
     DecisionRecord,
     Item,
     ShownSlot,
+    decision_user,
     delete_item,
     insert_event,
     insert_reward,
@@ -35,6 +36,7 @@ from slatebandit.logging.models import (
     previous_champion,
     promote,
 )
+from slatebandit.logging.privacy import REDACTED
 from slatebandit.logging.schema import items as items_table
 from slatebandit.logging.users import update_user_state
 from slatebandit.policies import Query, follow_champion
@@ -73,7 +75,8 @@ async def create_slate(request: Request) -> Response:
         raise InvalidInput(f"k: must be at most {s.settings.max_k}", field="k")
 
     catalog = s.store.catalog
-    user, batch = await s.user(body.user_id)
+    user_id = s.user_key(body.user_id)  # as stored: pseudonymised if the server does
+    user, batch = await s.user(user_id)
     session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
     exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
     recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
@@ -93,7 +96,7 @@ async def create_slate(request: Request) -> Response:
         excluded=user.excluded(s.exclusions, time.time()),
         context=context_tokens(shared.context),
     )
-    policy, experiment, arm = await s.policy_for(body.user_id)
+    policy, experiment, arm = await s.policy_for(user_id)
     query = Query(shared, candidates)
     slate = policy.slate(s.store, query, k, s.rng)
     # Explained before the commit: once the decision is logged, nothing may fail the answer.
@@ -119,7 +122,7 @@ async def create_slate(request: Request) -> Response:
         DecisionRecord(
             event_id=event_id,
             created_at=now,
-            user_id=body.user_id,
+            user_id=user_id,
             policy=slate.policy,
             model_version=slate.model_version,
             payload=slate.payload().encode(),
@@ -178,6 +181,8 @@ async def post_reward(request: Request) -> Response:
     decision = await s.shown_decision(body.event_id)
     if decision is None:
         raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
+    if decision.user_id == REDACTED:
+        raise NotFound(f"event_id: decision {body.event_id} was erased", field="event_id")
     key = s.store.catalog.key_of.get(body.item_id)
     if key is None or key not in decision.item_keys:
         raise InvalidInput(
@@ -190,6 +195,9 @@ async def post_reward(request: Request) -> Response:
     observe = _observation(s, decision.user_id, key, kind, now)
 
     def unit(conn: Connection) -> tuple[bool, tuple[int, bytes] | None]:
+        if decision_user(conn, decision.decision_id) != decision.user_id:
+            # The user was erased (on this worker or another) after the decision was cached.
+            raise NotFound(f"event_id: decision {body.event_id} was erased", field="event_id")
         stored = insert_reward(
             conn,
             decision_id=decision.decision_id,
@@ -218,14 +226,15 @@ async def post_event(request: Request) -> Response:
     if key is None:
         raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
     now = time.time()
-    observe = _observation(s, body.user_id, key, body.type, now)
+    user_id = s.user_key(body.user_id)
+    observe = _observation(s, user_id, key, body.type, now)
 
     def unit(conn: Connection) -> tuple[int, bytes]:
-        insert_event(conn, user_id=body.user_id, item_key=key, type=body.type, created_at=now)
+        insert_event(conn, user_id=user_id, item_key=key, type=body.type, created_at=now)
         return observe(conn)
 
     version, data = await s.writer.submit(unit)
-    s.users.put(body.user_id, version, UserState.from_bytes(data))
+    s.users.put(user_id, version, UserState.from_bytes(data))
     catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
     return respond(request, body.model_dump(), 202)
 

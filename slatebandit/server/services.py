@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -54,12 +56,14 @@ class Services:
     # Parsed once: the settings hold them as strings, and every request reads them.
     keys: dict[str, frozenset[str]] = field(init=False)
     limiter: RateLimiter = field(init=False)
+    _user_id_key: bytes = field(init=False, repr=False)
     exclusions: dict[str, float | None] = field(init=False)
     rewards: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = self.settings.keys
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
+        self._user_id_key = self.settings.user_id_key.encode()
         self.exclusions = self.settings.exclusions
         self.rewards = self.settings.rewards
 
@@ -106,6 +110,13 @@ class Services:
             )
             return self.policies.default, None, None
         return policy, experiment, arm.name
+
+    def user_key(self, user_id: str) -> str:
+        """The id ``user_id`` is stored under: its keyed hash when ``SLATEBANDIT_USER_ID_KEY``
+        is set (the same on every worker and restart), else itself."""
+        if not self._user_id_key:
+            return user_id
+        return hmac.new(self._user_id_key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
     def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
         self.decisions[event_id] = decision
