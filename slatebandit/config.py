@@ -143,6 +143,13 @@ class Settings:
         default="view:0.25,click:1,add_to_cart:2,purchase:4",
         metadata=_doc("weight of each event type in the embedding job (`type:weight`)"),
     )
+    learner_lease_seconds: float = field(
+        default=30.0,
+        metadata=_doc(
+            "how long the learner's database lease lasts unrenewed: after a crash, another "
+            "process takes over learning this much later"
+        ),
+    )
     learn_batch: int = field(default=500, metadata=_doc("decisions the learner reads at a time"))
     checkpoint_every: int = field(
         default=10_000, metadata=_doc("learned examples between model checkpoints")
@@ -354,6 +361,11 @@ class Settings:
             0 <= self.rate_limit < float("inf"), "rate_limit", "must be a number >= 0 (0: no limit)"
         )
         need(self.rate_burst >= 0, "rate_burst", "must be >= 0")
+        need(
+            2 <= self.learner_lease_seconds < float("inf"),
+            "learner_lease_seconds",
+            "must be at least 2 (the embedded learner renews it every second)",
+        )
         need(
             0 <= self.retention_days < float("inf"),
             "retention_days",

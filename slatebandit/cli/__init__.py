@@ -192,13 +192,15 @@ def _learn(args: argparse.Namespace) -> int:
     learner.on_checkpoint = lambda version: print(
         f"checkpoint {version} through decision {learner.position}", flush=True
     )
-    loops = PersonalizerLearner(engine, holder)  # every Personalizer loop, under its own lease
+    # every Personalizer loop, under its own lease
+    loops = PersonalizerLearner(engine, holder, settings.learner_lease_seconds)
+    budget = min(LEASE_RENEW_SECONDS, settings.learner_lease_seconds / 3)  # renew in time
     try:
         while True:
             held = learner.hold_lease()
-            taken = learner.run_due(budget=LEASE_RENEW_SECONDS) if held else 0
+            taken = learner.run_due(budget=budget) if held else 0
             configurations = stored_configurations(engine, settings.loops)
-            taken += loops.turn(configurations, budget=LEASE_RENEW_SECONDS)
+            taken += loops.turn(configurations, budget=budget)
             if args.once and not held:
                 print("slatebandit: another learner holds the lease", file=sys.stderr)
                 return 1

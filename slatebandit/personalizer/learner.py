@@ -157,8 +157,8 @@ def stored_configurations(engine: Engine, names: Sequence[str]) -> dict[str, Ser
 class PersonalizerLearner:
     """Every loop's learner, run in turns by whoever holds the ``personalizer`` lease."""
 
-    def __init__(self, engine: Engine, holder: str) -> None:
-        self.engine, self.holder = engine, holder
+    def __init__(self, engine: Engine, holder: str, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.engine, self.holder, self.lease_seconds = engine, holder, lease_seconds
         self.learners: dict[str, LoopLearner] = {}
         self.last_purge = 0.0
 
@@ -171,7 +171,7 @@ class PersonalizerLearner:
         """Learn what is due in every loop, for up to ``budget`` seconds, if this process holds
         the lease (``now``: the clock the reward waits are measured against)."""
         with self.engine.begin() as conn:
-            if not take_lease(conn, LEASE, self.holder, time.time(), LEASE_SECONDS):
+            if not take_lease(conn, LEASE, self.holder, time.time(), self.lease_seconds):
                 return 0
         started, total = time.monotonic(), 0
         for name, service in configurations.items():

@@ -49,7 +49,7 @@ from slatebandit.retrieval import item_tokens, scorer_features
 
 log = logging.getLogger(__name__)
 LEASE = "learner"
-LEASE_SECONDS = 30.0
+LEASE_SECONDS = 30.0  # the default of SLATEBANDIT_LEARNER_LEASE_SECONDS
 # PostgreSQL may commit a lower decision id a moment after a higher one, so the learner stays
 # this many seconds behind; SQLite commits one writer at a time, in id order.
 COMMIT_LAG = 2.0
@@ -76,10 +76,11 @@ def candidate_features(
     return action_features(scorer_features(key, tokens), int(payload.candidate_dynamic[candidate]))
 
 
-def hold_lease(engine: Engine, holder: str) -> bool:
-    """Take or renew the learner lease for ``holder``; False while another learner holds it."""
+def hold_lease(engine: Engine, holder: str, seconds: float = LEASE_SECONDS) -> bool:
+    """Take or renew the learner lease for ``holder`` for ``seconds``; False while another
+    learner holds it. A learner that dies keeps it that long: then another takes over."""
     with engine.begin() as conn:
-        return take_lease(conn, LEASE, holder, time.time(), LEASE_SECONDS)
+        return take_lease(conn, LEASE, holder, time.time(), seconds)
 
 
 class Learner:
@@ -110,7 +111,7 @@ class Learner:
         self.holdout = settings.gate_holdout_every if gated else 0
 
     def hold_lease(self) -> bool:
-        return hold_lease(self.engine, self.holder)
+        return hold_lease(self.engine, self.holder, self.settings.learner_lease_seconds)
 
     def step(self, now: float | None = None) -> int:
         """Learn one batch of due decisions; returns how many decisions it took."""

@@ -30,11 +30,13 @@ from slatebandit.bandit import Exploration, VWScorer
 from slatebandit.config import Settings
 from slatebandit.errors import ConfigError, MethodNotAllowed, NotFound, SlatebanditError
 from slatebandit.logging import GroupCommitWriter, open_engine
+from slatebandit.logging.learning import release_lease
+from slatebandit.personalizer.learner import LEASE as PERSONALIZER_LEASE
 from slatebandit.personalizer.learner import PersonalizerLearner
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import PolicySet, VWPolicy, follow_champion
 from slatebandit.policies.experiment_book import ExperimentBook
-from slatebandit.policies.learner import Learner, hold_lease
+from slatebandit.policies.learner import LEASE, Learner, hold_lease
 from slatebandit.replay.gate import judge
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.embedding_job import follow_factors, latest_factors, train_if_leased
@@ -215,7 +217,8 @@ class EmbeddedLearner:
         self.engine, self.settings, self.loops = engine, settings, loops
         self.learner: Learner | None = None
         self.holder = f"serve-{socket.gethostname()}-{os.getpid()}"
-        self.personalizer = PersonalizerLearner(engine, self.holder)
+        self.lease = settings.learner_lease_seconds
+        self.personalizer = PersonalizerLearner(engine, self.holder, self.lease)
         # A cancelled tick leaves its thread running: stop() waits for that turn to end, so
         # its final checkpoint never lands in the middle of a batch.
         self._turning = threading.Lock()
@@ -229,7 +232,7 @@ class EmbeddedLearner:
 
     def _learn(self) -> None:
         self.personalizer.turn(self.loops.configurations(), budget=LEARN_BUDGET)
-        if not hold_lease(self.engine, self.holder):
+        if not hold_lease(self.engine, self.holder, self.lease):
             return  # another process learns; don't even load a model
         if self.learner is None:
             self.learner = Learner(self.engine, self.settings, self.holder)
@@ -242,8 +245,11 @@ class EmbeddedLearner:
 
     def _stop(self) -> None:
         self.personalizer.stop()
-        if self.learner is not None and hold_lease(self.engine, self.holder):
+        if self.learner is not None and hold_lease(self.engine, self.holder, self.lease):
             self.learner.checkpoint(judge=False)  # shutting down: the next checkpoint is judged
+        with self.engine.begin() as conn:  # a successor need not wait for the lease to lapse
+            release_lease(conn, LEASE, self.holder)
+            release_lease(conn, PERSONALIZER_LEASE, self.holder)
 
 
 def app_from_env() -> Starlette:
