@@ -105,6 +105,9 @@ class Settings:
         default=512, metadata=_doc("most requests that share one group commit")
     )
     max_body_bytes: int = field(default=1_048_576, metadata=_doc("largest request body accepted"))
+    body_timeout_seconds: float = field(
+        default=30.0, metadata=_doc("a request body must arrive within this time, else 408")
+    )
     catalog_poll_seconds: float = field(
         default=1.0, metadata=_doc("how often catalog changes made elsewhere are picked up")
     )
@@ -361,6 +364,7 @@ class Settings:
             0 <= self.rate_limit < float("inf"), "rate_limit", "must be a number >= 0 (0: no limit)"
         )
         need(self.rate_burst >= 0, "rate_burst", "must be >= 0")
+        need(0 < self.body_timeout_seconds < float("inf"), "body_timeout_seconds", "must be > 0")
         need(
             2 <= self.learner_lease_seconds < float("inf"),
             "learner_lease_seconds",

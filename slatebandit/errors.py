@@ -8,6 +8,7 @@
     ├── NotFound                404 not_found
     ├── MethodNotAllowed        405 method_not_allowed
     ├── NotAcceptable           406 not_acceptable
+    ├── RequestTimeout          408 request_timeout
     ├── Conflict                409 conflict
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
@@ -66,6 +67,11 @@ class MethodNotAllowed(SlatebanditError):
 class NotAcceptable(SlatebanditError):
     status = 406
     code = "not_acceptable"
+
+
+class RequestTimeout(SlatebanditError):
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(SlatebanditError):

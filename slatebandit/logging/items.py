@@ -27,7 +27,8 @@ class Item(BaseModel):
     title: str = Field(default="", max_length=512)
     category: str = Field(default="", max_length=128)
     brand: str = Field(default="", max_length=128)
-    price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # Bounded so it fits the catalog's float32 column (about 3.4e38) with room to spare.
+    price: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
     attributes: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
     available: bool = True
 

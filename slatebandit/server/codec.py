@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,28 +13,44 @@ from starlette.responses import Response
 from slatebandit.errors import (
     InvalidInput,
     PayloadTooLarge,
+    RequestTimeout,
     SlatebanditError,
     TooManyRequests,
     UnsupportedMediaType,
 )
 
 JSON = "application/json"
+BODY_SECONDS = 30.0  # a body's time limit outside the app (the app uses its setting)
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 
 
 async def read_bytes(request: Request, limit: int) -> bytes:
-    """The raw body; 413 past ``limit`` bytes, checked as it streams in."""
+    """The raw body; 413 past ``limit`` bytes, checked as it streams in; 408 if the client takes
+    longer than ``SLATEBANDIT_BODY_TIMEOUT_SECONDS`` to send it (a slow client must not hold a
+    request open for ever)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
-        chunks.append(chunk)
+    seconds = _body_seconds(request)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is larger than {limit} bytes", field="body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {seconds:g} s", field="body"
+        ) from None
     return b"".join(chunks)
+
+
+def _body_seconds(request: Request) -> float:
+    services = getattr(request.state, "services", None)
+    return float(services.settings.body_timeout_seconds) if services is not None else BODY_SECONDS
 
 
 async def read_body(request: Request, limit: int) -> Any:

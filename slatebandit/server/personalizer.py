@@ -54,6 +54,7 @@ STATUS_CODES = {
     404: "ResourceNotFound",
     405: "MethodNotAllowed",
     406: "NotAcceptable",
+    408: "RequestTimeout",
     409: "Conflict",
     413: "PayloadSizeExceeded",
     415: "UnsupportedMediaType",

@@ -315,6 +315,8 @@ async def rollback_model(request: Request) -> Response:
 async def promote_model(request: Request) -> Response:
     s = _services(request, "admin")
     version = request.path_params["version"]
+    if not 1 <= version < 2**31:  # the path takes any integer; versions are 32-bit
+        raise NotFound(f"version: no model version {version}", field="version")
 
     def unit(conn: Connection) -> bool:
         if get_version(conn, version) is None:

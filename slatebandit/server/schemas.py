@@ -34,8 +34,8 @@ class SlateFilters(_Strict):
         default_factory=list, max_length=50, description="category path prefixes, any of"
     )
     brand: list[str] = Field(default_factory=list, max_length=50, description="any of")
-    price_min: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    price_max: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    price_min: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
+    price_max: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
     attributes: dict[str, Scalar] = Field(
         default_factory=dict, max_length=16, description="exact attribute values, all of"
     )
