@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx2 as httpx
@@ -40,10 +40,20 @@ def free_port() -> int:
 def serving(settings: dict[str, str], data_dir: str) -> Iterator[str]:
     """A real ``slatebandit serve`` on a free loopback port with ``SLATEBANDIT_<NAME>`` set from
     ``settings``; yields its base URL once /healthz answers, stops it with SIGINT after."""
+    with serving_process(settings, data_dir) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def serving_process(
+    settings: dict[str, str], data_dir: str, extra: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``serving``, with more command-line arguments (``extra``); yields the base URL and the
+    server's process."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
     env.update({f"SLATEBANDIT_{name}": value for name, value in settings.items()})
-    command = [sys.executable, "-m", "slatebandit.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "slatebandit.cli", "serve", "--port", str(port), *extra]
     server = subprocess.Popen([*command, "--data-dir", data_dir], env=env)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -56,7 +66,7 @@ def serving(settings: dict[str, str], data_dir: str) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.2)  # another process starting up: nothing to await
-        yield base
+        yield base, server
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=120)

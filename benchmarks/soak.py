@@ -1,0 +1,245 @@
+"""Soak: a real `slatebandit serve --workers 2` with the embedded learner, at half its measured
+capacity for ten minutes.
+
+First a closed-loop burst (``--probe-seconds``, ``--connections`` at once) measures how many
+slates a second the server answers; then an open-loop load sends half that rate, each slate
+followed by a click on its first item one time in ten. Every minute it reports:
+
+- the client's p50 and p99 latency, and the requests and errors in that minute;
+- the RSS of the server's processes (the supervisor and its workers, summed);
+- the decisions logged and the database's size on disk.
+
+    python -m benchmarks.soak [--minutes 10] [--items 20000]
+
+Writes ``benchmarks/results/soak.json``. The load generator runs on the same two cores as the
+server, so the capacity it measures is the pair's, not the server's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import create_engine, func, select
+
+from benchmarks.learning_curve import serving_process
+from slatebandit.logging.schema import decisions
+
+RESULTS = Path(__file__).parent / "results" / "soak.json"
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def db_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in data_dir.glob("slatebandit.db*") if p.is_file())
+
+
+class Connections:
+    """A pool of keep-alive HTTP/1.1 connections that speaks just enough HTTP for JSON POSTs.
+
+    httpx spends about a millisecond of CPU a request, which on two shared cores made the
+    load generator, not the server, the limit (121 slates/s); this costs a tenth of that.
+    """
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.host, self.port, self.size = host, port, size
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+
+    async def open(self) -> None:
+        for _ in range(self.size):
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        reader, writer = await self.idle.get()
+        try:
+            writer.write(head + data)
+            header = await reader.readuntil(b"\r\n\r\n")
+            status = int(header.split(b" ", 2)[1])
+            length = int(header.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            payload = await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            writer.close()
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            raise
+        self.idle.put_nowait((reader, writer))
+        return status, json.loads(payload)
+
+    async def close(self) -> None:
+        while not self.idle.empty():
+            _, writer = self.idle.get_nowait()
+            writer.close()
+
+
+class Load:
+    def __init__(self, pool: Connections, seed: int) -> None:
+        self.pool = pool
+        self.rng = np.random.default_rng(seed)
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.requests = 0
+
+    async def one(self) -> None:
+        user = f"u{int(self.rng.integers(5000))}"
+        click = self.rng.random() < 0.1
+        started = time.perf_counter()
+        try:
+            status, body = await self.pool.post("/v1/slates", {"user_id": user, "k": 10})
+            self.latencies.append((time.perf_counter() - started) * 1000)
+            self.requests += 1
+            if status != 200:
+                self.errors += 1
+                return
+            if click:
+                reward = {"event_id": body["event_id"], "item_id": body["items"][0]["item_id"]}
+                status, _ = await self.pool.post("/v1/rewards", reward)
+                self.requests += 1
+                self.errors += status != 202
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            self.errors += 1
+
+    def minute(self) -> dict[str, Any]:
+        ms = self.latencies or [float("nan")]
+        out = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+        }
+        self.latencies, self.errors, self.requests = [], 0, 0
+        return out
+
+
+def _pool(base: str, size: int) -> Connections:
+    host, port = base.removeprefix("http://").split(":")
+    return Connections(host, int(port), size)
+
+
+async def capacity(base: str, connections: int, seconds: float) -> float:
+    """Slates a second with ``connections`` requests always in flight."""
+    pool = _pool(base, connections)
+    await pool.open()
+    load, deadline = Load(pool, seed=1), time.monotonic() + seconds
+
+    async def loop() -> None:
+        while time.monotonic() < deadline:
+            await load.one()
+
+    started = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(connections)))
+    await pool.close()
+    return len(load.latencies) / (time.monotonic() - started)
+
+
+async def soak(
+    base: str, rate: float, minutes: int, server_pid: int, data_dir: Path, url: str
+) -> list[dict[str, Any]]:
+    engine = create_engine(url)
+    report = []
+    pool = _pool(base, 64)
+    await pool.open()
+    load = Load(pool, seed=2)
+    pending: set[asyncio.Task[None]] = set()
+    started = time.monotonic()
+    for minute in range(1, minutes + 1):
+        end = started + 60 * minute
+        sent = 0
+        while (now := time.monotonic()) < end:
+            due = int((now - (end - 60)) * rate) - sent  # open loop: keep the schedule
+            for _ in range(max(due, 0)):
+                task = asyncio.create_task(load.one())
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            sent += max(due, 0)
+            await asyncio.sleep(0.005)  # the schedule's tick, not a wait for the server
+        with engine.connect() as conn:
+            logged = conn.execute(select(func.count()).select_from(decisions)).scalar_one()
+        row = {
+            "minute": minute,
+            **load.minute(),
+            "rss_mb": tree_rss(server_pid) / 2**20,
+            "decisions": logged,
+            "db_mb": db_bytes(data_dir) / 2**20,
+        }
+        report.append(row)
+        print(json.dumps(row), flush=True)
+    await asyncio.gather(*pending)
+    await pool.close()
+    engine.dispose()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--probe-seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        settings = {"WORKERS": "2", "REWARD_WAIT": "30", "SEED": "3", "LOG_LEVEL": "warning"}
+        # Seed the catalog first, with one process, so the two workers do not both load it.
+        demo = ["--demo", "--demo-items", str(args.items)]
+        with serving_process({**settings, "WORKERS": "1"}, tmp, demo):
+            pass
+        with serving_process(settings, tmp) as (base, server):
+            pid = server.pid
+            probe = asyncio.run(capacity(base, args.connections, args.probe_seconds))
+            rate = probe / 2
+            print(f"capacity {probe:.0f} slates/s; soaking at {rate:.0f}/s", flush=True)
+            url = f"sqlite:///{data_dir / 'slatebandit.db'}"
+            report = asyncio.run(soak(base, rate, args.minutes, pid, data_dir, url))
+    warm, last = report[1] if len(report) > 1 else report[0], report[-1]
+    grown = report[-1]["decisions"] - report[0]["decisions"]
+    results = {
+        "capacity_slates_per_s": probe,
+        "rate_slates_per_s": rate,
+        "minutes": report,
+        "errors": sum(r["errors"] for r in report),
+        "rss_growth_after_warmup": (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"],
+        "db_mb_per_1000_decisions": 1000 * (report[-1]["db_mb"] - report[0]["db_mb"]) / grown
+        if grown
+        else None,
+    }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "minutes"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
