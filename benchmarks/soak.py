@@ -9,7 +9,7 @@ followed by a click on its first item one time in ten. Every minute it reports:
 - the RSS of the server's processes (the supervisor and its workers, summed);
 - the decisions logged and the database's size on disk.
 
-    python -m benchmarks.soak [--minutes 10] [--items 20000]
+    python -m benchmarks.soak [--minutes 10] [--items 20000] [--env LEARNER=off] [--out FILE]
 
 Writes ``benchmarks/results/soak.json``. The load generator runs on the same two cores as the
 server, so the capacity it measures is the pair's, not the server's alone.
@@ -21,6 +21,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -210,14 +213,36 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--probe-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another SLATEBANDIT_NAME setting for the server, e.g. LEARNER=off",
+    )
+    parser.add_argument(
+        "--separate-learner",
+        action="store_true",
+        help="learn in a `slatebandit learn` process beside the server, not inside its workers",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         settings = {"WORKERS": "2", "REWARD_WAIT": "30", "SEED": "3", "LOG_LEVEL": "warning"}
+        settings.update(dict(item.split("=", 1) for item in args.env))
         # Seed the catalog first, with one process, so the two workers do not both load it.
         demo = ["--demo", "--demo-items", str(args.items)]
         with serving_process({**settings, "WORKERS": "1"}, tmp, demo):
             pass
+        learner = None
+        if args.separate_learner:
+            settings["LEARNER"] = "off"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
+            env.update({f"SLATEBANDIT_{k}": v for k, v in settings.items()})
+            learner = subprocess.Popen(
+                [sys.executable, "-m", "slatebandit.cli", "learn", "--data-dir", tmp], env=env
+            )
         with serving_process(settings, tmp) as (base, server):
             pid = server.pid
             probe = asyncio.run(capacity(base, args.connections, args.probe_seconds))
@@ -225,6 +250,9 @@ def main() -> None:
             print(f"capacity {probe:.0f} slates/s; soaking at {rate:.0f}/s", flush=True)
             url = f"sqlite:///{data_dir / 'slatebandit.db'}"
             report = asyncio.run(soak(base, rate, args.minutes, pid, data_dir, url))
+        if learner is not None:
+            learner.send_signal(signal.SIGINT)
+            learner.wait(timeout=120)
     warm, last = report[1] if len(report) > 1 else report[0], report[-1]
     grown = report[-1]["decisions"] - report[0]["decisions"]
     results = {
@@ -237,7 +265,7 @@ def main() -> None:
         if grown
         else None,
     }
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "minutes"}, indent=2))
 
 
