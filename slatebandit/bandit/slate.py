@@ -118,7 +118,7 @@ def build_slate(
     picks = []
     for kind in kinds[: len(scores)]:
         indices, pmf = slot_pmf(kind, allowed, scores, fresh, novel, exploration)
-        choice = _sample(pmf, rng)
+        choice = sample(pmf, rng)
         index = int(indices[choice])
         picks.append(Pick(index, float(pmf[choice]), kind))
         allowed[index] = False
@@ -126,6 +126,8 @@ def build_slate(
     return picks
 
 
-def _sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
+def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
+    """An index drawn from ``pmf``; never one of probability zero, even at float edges."""
     cdf = np.cumsum(pmf)
-    return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(pmf) - 1)
+    pick = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(pick, int(np.flatnonzero(pmf)[-1]))

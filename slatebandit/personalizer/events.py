@@ -107,9 +107,3 @@ def slot_pmf(
     else:
         pmf[baseline if allowed[baseline] else indices[0]] = 1.0
     return pmf
-
-
-def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
-    cdf = np.cumsum(pmf)
-    pick = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    return min(pick, int(np.flatnonzero(pmf)[-1]))

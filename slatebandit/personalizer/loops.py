@@ -21,10 +21,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from slatebandit.bandit import VWScorer
+from slatebandit.bandit.slate import sample
 from slatebandit.errors import NotFound
 from slatebandit.logging import personalizer as store
 from slatebandit.personalizer.configuration import PolicyConfiguration, ServiceConfiguration
-from slatebandit.personalizer.events import Event, Slot, sample, slot_pmf
+from slatebandit.personalizer.events import Event, Slot, slot_pmf
 
 log = logging.getLogger(__name__)
 
@@ -130,31 +131,32 @@ class Loops:
         with self._lock:
             for name in self.names:
                 try:
-                    with self.engine.begin() as conn:
-                        _stored(conn, name)
+                    self._refresh(name)
                 except IntegrityError:  # another worker created the loop at the same moment
-                    pass
-                with self.engine.begin() as conn:
-                    stored, latest = _stored(conn, name)
-                    current = self._loops.get(name)
-                    if current and (current.version, current.updated_at) == (
-                        latest.version,
-                        stored.updated_at,
-                    ):
-                        continue
-                    scorer = current.scorer if current else None
-                    if current is None or current.version != latest.version:
-                        data = store.model_bytes(conn, latest.version)
-                        scorer = VWScorer(latest.vw_args, version=latest.version, model_bytes=data)
-                assert scorer is not None
-                self._loops[name] = Loop(
-                    name,
-                    ServiceConfiguration.from_store(stored.service),
-                    PolicyConfiguration(**stored.policy),
-                    scorer,
-                    latest.version,
-                    stored.updated_at,
-                )
+                    self._refresh(name)
+
+    def _refresh(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            stored, latest = _stored(conn, name)
+            current = self._loops.get(name)
+            if current and (current.version, current.updated_at) == (
+                latest.version,
+                stored.updated_at,
+            ):
+                return
+            scorer = current.scorer if current else None
+            if current is None or current.version != latest.version:
+                data = store.model_bytes(conn, latest.version)
+                scorer = VWScorer(latest.vw_args, version=latest.version, model_bytes=data)
+        assert scorer is not None
+        self._loops[name] = Loop(
+            name,
+            ServiceConfiguration.from_store(stored.service),
+            PolicyConfiguration(**stored.policy),
+            scorer,
+            latest.version,
+            stored.updated_at,
+        )
 
 
 def _stored(conn: Connection, name: str) -> tuple[store.StoredLoop, store.ModelVersion]:
