@@ -69,6 +69,23 @@ class Settings:
         default=0,
         metadata=_doc("requests a key may make at once above its rate; 0: one second's worth"),
     )
+    spool_dir: str = field(
+        default="",
+        metadata=_doc(
+            "where records go while the database is unreachable, until shipped; "
+            "empty means DATA_DIR/spool (one directory per machine, shared by its workers)"
+        ),
+    )
+    spool_max_mb: float = field(
+        default=1024.0,
+        metadata=_doc(
+            "most the spool may hold; past it slates are served unlogged and rewards get 503"
+        ),
+    )
+    db_probe_seconds: float = field(
+        default=1.0,
+        metadata=_doc("how often each worker checks that the database answers"),
+    )
     candidates: int = field(default=200, metadata=_doc("candidates per slate (N)"))
     default_k: int = field(default=10, metadata=_doc("slate size when the request omits k"))
     max_k: int = field(default=50, metadata=_doc("largest k a request may ask for"))
@@ -230,6 +247,14 @@ class Settings:
         return self.db_url or f"sqlite:///{self.data_dir / 'slatebandit.db'}"
 
     @property
+    def spool_path(self) -> Path:
+        return Path(self.spool_dir) if self.spool_dir else self.data_dir / "spool"
+
+    @property
+    def spool_max_bytes(self) -> int:
+        return int(self.spool_max_mb * 1024 * 1024)
+
+    @property
     def loops(self) -> tuple[str, ...]:
         """The Personalizer loops, from ``personalizer_loops``."""
         return tuple(
@@ -376,6 +401,8 @@ class Settings:
             "must be a number of days >= 0 (0: keep for ever)",
         )
         need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
+        need(0 < self.spool_max_mb < float("inf"), "spool_max_mb", "must be > 0")
+        need(0 < self.db_probe_seconds < float("inf"), "db_probe_seconds", "must be > 0")
         need(
             self.reward_aggregation in ("sum", "earliest"),
             "reward_aggregation",

@@ -14,6 +14,7 @@
     ├── UnsupportedMediaType    415 unsupported_media_type
     ├── TooManyRequests         429 too_many_requests
     └── Unavailable             503 unavailable
+        └── DatabaseUnavailable 503 database_unavailable (the database cannot be reached)
 
 The server turns any of them into ``{"error": {"code", "message", "field"}}`` with the status
 the class carries; anything else becomes a generic 500 and is logged.
@@ -101,3 +102,10 @@ class TooManyRequests(SlatebanditError):
 class Unavailable(SlatebanditError):
     status = 503
     code = "unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database could not be reached (refused, dropped or timed out); retry later."""
+
+    code = "database_unavailable"
+    retry_after = 1  # seconds, sent as Retry-After

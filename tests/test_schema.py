@@ -1,5 +1,6 @@
 """A database made by schema version 2 is brought to today's version in place (SQLite,
-PostgreSQL): version 3 added columns and tables, version 4 the Personalizer tables."""
+PostgreSQL): version 3 added columns and tables, version 4 the Personalizer tables, version 5
+the spool's progress and event refs."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ _SINCE_V2 = (
     "DROP TABLE pz_models",
     "DROP TABLE pz_loops",
     "DROP TABLE pz_evaluations",
+    "DROP TABLE spool_progress",
+    "DROP INDEX ux_events_ref",
+    "ALTER TABLE events DROP COLUMN ref",
     "UPDATE schema_info SET value = 2 WHERE name = 'version'",
 )
 
@@ -52,10 +56,12 @@ def _check_migrates(url: str) -> None:
     columns = {c["name"] for c in inspect(engine).get_columns("model_versions")}
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
     assert tuple(row) == ("e1", None, None)  # old decisions belong to no experiment
     assert {"compared", "agreed"} <= columns and {"experiments", "model_gates"} <= tables
     assert {"pz_loops", "pz_events", "pz_rewards", "pz_models", "pz_evaluations"} <= tables
+    assert "spool_progress" in tables
+    assert "ref" in {c["name"] for c in inspect(engine).get_columns("events")}
 
 
 def test_sqlite_database_of_version_2_migrates(tmp_path: Path) -> None:

@@ -118,11 +118,23 @@ def insert_reward(
 
 
 def insert_event(
-    conn: Connection, *, user_id: str, item_key: int, type: str, created_at: float
-) -> None:
-    conn.execute(
-        insert(events).values(user_id=user_id, item_key=item_key, type=type, created_at=created_at)
+    conn: Connection,
+    *,
+    user_id: str,
+    item_key: int,
+    type: str,
+    created_at: float,
+    ref: str | None = None,
+) -> bool:
+    """Store a user event; returns False if one with the same ``ref`` is already stored."""
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    statement = (
+        dialect.insert(events)
+        .values(user_id=user_id, item_key=item_key, type=type, created_at=created_at, ref=ref)
+        .on_conflict_do_nothing(index_elements=["ref"])
+        .returning(events.c.id)
     )
+    return conn.execute(statement).first() is not None
 
 
 def shown_decision(conn: Connection, event_id: str) -> ShownDecision | None:

@@ -6,9 +6,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from slatebandit.errors import ConfigError
+from slatebandit.errors import ConfigError, DatabaseUnavailable
 from slatebandit.logging.schema import SCHEMA_VERSION, metadata, schema_info
+
+CONNECT_TIMEOUT = 3  # seconds a PostgreSQL connection attempt may take
 
 # Steps that bring a database of schema version V to V + 1 in place (new tables are created by
 # ``create_all`` afterwards). Each is plain SQL both SQLite and PostgreSQL accept.
@@ -21,7 +25,23 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE model_versions ADD COLUMN agreed BIGINT NOT NULL DEFAULT 0",
     ),
     3: (),  # the Personalizer tables (pz_*) are new: create_all makes them
+    4: (  # spool_progress is new
+        "ALTER TABLE events ADD COLUMN ref VARCHAR(32)",
+        "CREATE UNIQUE INDEX ux_events_ref ON events (ref)",
+    ),
 }
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached, rather than that a statement is wrong.
+
+    Drivers raise OperationalError for refused, dropped and timed-out connections (and SQLite
+    for a database that stays locked or cannot be opened); a connection found dead mid-use is
+    flagged ``connection_invalidated``.
+    """
+    if isinstance(exc, DatabaseUnavailable | OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
@@ -37,7 +57,15 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+        # A host that drops packets must fail a connection in seconds, not minutes: that is
+        # what lets serving fall back to the spool (``server.outage``) during an outage.
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=8,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT},
+        )
     if create:
         _check_schema(engine)
     return engine

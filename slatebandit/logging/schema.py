@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 4  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
+SCHEMA_VERSION = 5  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -114,8 +114,11 @@ events = Table(
     Column("item_key", Integer, ForeignKey("items.key"), nullable=False),
     Column("type", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
+    # Set by the API: an event spooled after its commit's answer was lost is not stored twice.
+    Column("ref", String(32), nullable=True),
 )
 Index("ix_events_user", events.c.user_id, events.c.id)
+Index("ux_events_ref", events.c.ref, unique=True)
 
 # Each user's online state (recent items, acted-on items, counters, session vector), msgpack
 # (``retrieval.UserState``), updated in the transaction of every event.
@@ -327,6 +330,17 @@ pz_evaluations = Table(
     Column("result", JSON, nullable=True),
     Column("error", String(2048), nullable=True),
     PrimaryKeyConstraint("loop", "id"),
+)
+
+# How far each spool segment (``logging.spool``) has been shipped into this database, written in
+# the transaction that ships its records: a crash mid-shipping never ships a record twice.
+# Decisions and the rest ship in two passes (see ``server.outage``), each with its own offset.
+spool_progress = Table(
+    "spool_progress",
+    metadata,
+    Column("segment", String(128), primary_key=True),
+    Column("decisions", BigInteger, nullable=False),
+    Column("others", BigInteger, nullable=False),
 )
 
 schema_info = Table(

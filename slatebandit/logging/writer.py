@@ -5,8 +5,9 @@ record whose class has ``write_many(connection, records) -> results`` (records o
 a batch are then written together, in a few statements). The writer runs the units that are
 waiting in one transaction on its own thread, commits once, then resolves every caller. If the
 shared transaction fails, each unit is retried alone, so one bad request cannot fail its
-neighbours. This is what makes "a 2xx means durable" affordable: one
-fsync serves the whole batch.
+neighbours; if the database cannot be reached, every unit fails at once with
+``DatabaseUnavailable`` (serving then spools, see ``server.outage``). This is what makes "a 2xx
+means durable" affordable: one fsync serves the whole batch.
 """
 
 from __future__ import annotations
@@ -22,27 +23,33 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from slatebandit.errors import DatabaseUnavailable
+from slatebandit.logging.engine import is_unavailable
+
 log = logging.getLogger(__name__)
 Unit = Callable[[Connection], Any]
 _STOP = object()
 
 
-class GroupCommitWriter:
-    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
-        self.engine = engine
+class Batcher:
+    """Units queued from the event loop, run in batches on one thread of their own.
+
+    A subclass says how a batch is made durable in ``_commit(units) -> [(ok, value), ...]``;
+    each caller of ``submit`` resumes with its unit's value (or exception) once that is done.
+    """
+
+    def __init__(self, *, max_batch: int, name: str) -> None:
         self.max_batch = max_batch
-        self.commits = 0  # transactions committed, for /metrics and tests
-        self.units = 0  # units committed
+        self._name = name
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="slatebandit-writer")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"slatebandit-{name}")
         self._task: asyncio.Task[None] | None = None
-        self._lock_path = _sqlite_lock_path(engine)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def stop(self) -> None:
-        """Commit everything already submitted, then stop."""
+        """Make everything already submitted durable, then stop."""
         if self._task is not None:
             self._queue.put_nowait(_STOP)
             await self._task
@@ -50,9 +57,9 @@ class GroupCommitWriter:
         self._executor.shutdown(wait=True)
 
     async def submit(self, unit: Any) -> Any:
-        """Queue ``unit`` and return its result once the transaction holding it committed."""
+        """Queue ``unit`` and return its result once the batch holding it is durable."""
         if self._task is None:
-            raise RuntimeError("the writer is not running")
+            raise RuntimeError(f"the {self._name} is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((unit, future))
         return await future
@@ -82,11 +89,26 @@ class GroupCommitWriter:
                 else:
                     future.set_exception(value)
 
+    def _commit(self, units: list[Any]) -> list[tuple[bool, Any]]:
+        raise NotImplementedError
+
+
+class GroupCommitWriter(Batcher):
+    def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
+        super().__init__(max_batch=max_batch, name="group-commit-writer")
+        self.engine = engine
+        self.commits = 0  # transactions committed, for tests
+        self.units = 0  # units committed
+        self._lock_path = _sqlite_lock_path(engine)
+
     def _commit(self, units: list[Unit]) -> list[tuple[bool, Any]]:
         try:
             with _exclusive(self._lock_path), self.engine.begin() as connection:
                 results = _write(connection, units)
         except Exception as exc:  # noqa: BLE001 - handed to the caller that owns the unit
+            if is_unavailable(exc):  # retrying each unit alone would only fail again
+                log.debug("group commit of %d units: database unavailable (%s)", len(units), exc)
+                return [(False, _unavailable(exc)) for _ in units]
             if len(units) == 1:
                 return [(False, exc)]
             log.debug("group commit of %d units failed (%s); retrying one by one", len(units), exc)
@@ -94,6 +116,14 @@ class GroupCommitWriter:
         self.commits += 1
         self.units += len(units)
         return [(True, result) for result in results]
+
+
+def _unavailable(exc: Exception) -> DatabaseUnavailable:
+    if isinstance(exc, DatabaseUnavailable):
+        return exc
+    error = DatabaseUnavailable(f"database: unavailable ({type(exc).__name__})", field="database")
+    error.__cause__ = exc
+    return error
 
 
 def _sqlite_lock_path(engine: Engine) -> Path | None:

@@ -128,6 +128,12 @@ class UserStates:
         self._states.move_to_end(user_id)
         return found[1]
 
+    def latest(self, user_id: str) -> UserState | None:
+        """The newest state decoded for ``user_id``, whatever its version (used while the
+        database cannot be asked which version is current)."""
+        found = self._states.get(user_id)
+        return None if found is None else found[1]
+
     def drop(self, user_id: str) -> None:
         self._states.pop(user_id, None)
 

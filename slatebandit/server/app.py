@@ -28,8 +28,15 @@ from starlette.routing import Mount, Route
 
 from slatebandit.bandit import Exploration, VWScorer
 from slatebandit.config import Settings
-from slatebandit.errors import ConfigError, MethodNotAllowed, NotFound, SlatebanditError
+from slatebandit.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    SlatebanditError,
+)
 from slatebandit.logging import GroupCommitWriter, open_engine
+from slatebandit.logging.engine import is_unavailable
 from slatebandit.logging.learning import release_lease
 from slatebandit.personalizer.learner import LEASE as PERSONALIZER_LEASE
 from slatebandit.personalizer.learner import PersonalizerLearner
@@ -102,43 +109,49 @@ def create_app(settings: Settings) -> Starlette:
         await asyncio.to_thread(services.load_impressions)
         store.catalog.refresh_popular()
         await writer.start()
+        outage = services.outage
+        await outage.spool.start()
         # The catalog and index are millions of long-lived objects; without this, every full
         # collection walks them all (a 120 ms pause at 1M items, measured by benchmarks/serve.py).
         gc.collect()
         gc.freeze()
+        # Background jobs that need the database pause while it is away; the watcher probes
+        # it, and ships the spool (a dead worker's too) once it answers.
+        every = partial(_every, paused=lambda: outage.degraded)
         tasks = [
-            asyncio.create_task(_every(settings.catalog_poll_seconds, lambda: store.sync(engine))),
+            asyncio.create_task(_every(settings.db_probe_seconds, lambda: outage.watch(services))),
+            asyncio.create_task(every(settings.catalog_poll_seconds, lambda: store.sync(engine))),
             asyncio.create_task(
-                _every(
+                every(
                     settings.popular_refresh_seconds,
                     lambda: asyncio.to_thread(store.catalog.refresh_popular),
                 )
             ),
             asyncio.create_task(
-                _every(settings.model_poll_seconds, lambda: follow_champion(engine, policy))
+                every(settings.model_poll_seconds, lambda: follow_champion(engine, policy))
             ),
         ]
         tasks.append(
             asyncio.create_task(
-                _every(settings.model_poll_seconds, lambda: follow_factors(engine, store))
+                every(settings.model_poll_seconds, lambda: follow_factors(engine, store))
             )
         )
         tasks.append(
             asyncio.create_task(
-                _every(settings.model_poll_seconds, lambda: asyncio.to_thread(experiments.refresh))
+                every(settings.model_poll_seconds, lambda: asyncio.to_thread(experiments.refresh))
             )
         )
         loops = services.loops
         tasks.append(
             asyncio.create_task(
-                _every(settings.model_poll_seconds, lambda: asyncio.to_thread(loops.refresh))
+                every(settings.model_poll_seconds, lambda: asyncio.to_thread(loops.refresh))
             )
         )
         if settings.retention_days > 0:  # at start, then hourly; deletes are idempotent
             await asyncio.to_thread(privacy.purge_expired, engine, settings)
             tasks.append(
                 asyncio.create_task(
-                    _every(
+                    every(
                         privacy.PURGE_SECONDS,
                         lambda: asyncio.to_thread(privacy.purge_expired, engine, settings),
                     )
@@ -148,7 +161,7 @@ def create_app(settings: Settings) -> Starlette:
             holder = f"serve-{socket.gethostname()}-{os.getpid()}"
             tasks.append(
                 asyncio.create_task(
-                    _every(
+                    every(
                         settings.embedding_interval,
                         lambda: asyncio.to_thread(train_if_leased, engine, settings, holder),
                     )
@@ -156,7 +169,10 @@ def create_app(settings: Settings) -> Starlette:
             )
         learning = EmbeddedLearner(engine, settings, loops)
         if settings.learner == "embedded":
-            tasks.append(asyncio.create_task(_every(LEARN_SECONDS, learning.tick)))
+            # Not while records wait in the spool: a shipped decision must not be learned
+            # before the rewards that ship after it.
+            spooling = outage.spooling
+            tasks.append(asyncio.create_task(_every(LEARN_SECONDS, learning.tick, spooling)))
         log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())
         try:
             yield {"services": services}
@@ -167,8 +183,14 @@ def create_app(settings: Settings) -> Starlette:
             await services.evaluations.stop()
             await asyncio.gather(*loops.evaluations, return_exceptions=True)
             loops.evaluation_pool.shutdown()
-            await asyncio.to_thread(learning.stop)
+            try:
+                await asyncio.to_thread(learning.stop)
+            except Exception as exc:  # the database is away: the leases lapse by themselves
+                if not is_unavailable(exc):
+                    raise
+                log.warning("learner stopped without its final checkpoint: database unreachable")
             await writer.stop()
+            await outage.spool.stop()
             await asyncio.to_thread(store.save)
             engine.dispose()
 
@@ -257,13 +279,18 @@ def app_from_env() -> Starlette:
     return create_app(Settings.from_env())
 
 
-async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]
+async def _every(seconds: float, job, paused=lambda: False) -> None:  # type: ignore[no-untyped-def]
     while True:
         await asyncio.sleep(seconds)
+        if paused():
+            continue
         try:
             await job()
-        except Exception:  # a failed poll must not end the loop; the next one retries
-            log.exception("background job failed")
+        except Exception as exc:  # a failed poll must not end the loop; the next one retries
+            if is_unavailable(exc):
+                log.warning("background job: database unreachable (%s)", type(exc).__name__)
+            else:
+                log.exception("background job failed")
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:
@@ -281,5 +308,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    if is_unavailable(exc):
+        unreachable = DatabaseUnavailable("database: unreachable, retry later", field="database")
+        return error_response(request, unreachable)
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(request, SlatebanditError("internal error"))

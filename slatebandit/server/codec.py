@@ -15,7 +15,6 @@ from slatebandit.errors import (
     PayloadTooLarge,
     RequestTimeout,
     SlatebanditError,
-    TooManyRequests,
     UnsupportedMediaType,
 )
 
@@ -84,6 +83,7 @@ def error_response(request: Request, error: SlatebanditError) -> Response:
     response = respond(request, error.to_dict(), error.status)
     if error.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, TooManyRequests):
-        response.headers["Retry-After"] = str(error.retry_after)
+    retry_after = getattr(error, "retry_after", None)  # 429 and 503
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response

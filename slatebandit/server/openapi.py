@@ -36,6 +36,12 @@ _SLATE = {
         "event_id": {"type": "string"},
         "policy": {"type": "string"},
         "model_version": {"type": "integer"},
+        "logged": {
+            "enum": ["database", "spool", "none"],
+            "description": "where the decision went: committed, spooled while the database is "
+            "unreachable (shipped when it returns), or nowhere (the spool failed too; rewards "
+            "for it are refused)",
+        },
         "experiment": {"type": "string", "description": "present when an A/B experiment chose"},
         "arm": {"type": "string"},
         "items": {
@@ -171,7 +177,9 @@ def openapi_document() -> dict[str, Any]:
                     "security": security,
                     "requestBody": _body(_ref(RewardRequest)),
                     "responses": _answers(
-                        202, "stored durably (or already stored: duplicate=true)"
+                        202,
+                        "stored durably (or already stored: duplicate=true); logged=spool while "
+                        "the database is unreachable: duplicate=null, checked when shipped",
                     ),
                 }
             },
@@ -180,7 +188,11 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A shopper's view, click, add-to-cart or purchase (scope serve)",
                     "security": security,
                     "requestBody": _body(_ref(EventRequest)),
-                    "responses": _answers(202, "stored durably; the user's next slate reflects it"),
+                    "responses": _answers(
+                        202,
+                        "stored durably; the user's next slate reflects it (logged=spool: once "
+                        "the database is back and the spool shipped)",
+                    ),
                 }
             },
             "/v1/items": {
@@ -320,7 +332,9 @@ def openapi_document() -> dict[str, Any]:
             },
             "/healthz": {
                 "get": {
-                    "summary": "Liveness and catalog size",
+                    "summary": "Liveness, catalog size, database reachability and the spool "
+                    "(status degraded while the database is unreachable or records wait in "
+                    "the spool)",
                     "responses": {"200": {"description": "ok"}},
                 }
             },

@@ -29,8 +29,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from slatebandit.errors import InvalidInput, NotFound, SlatebanditError, TooManyRequests
+from slatebandit.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    NotFound,
+    SlatebanditError,
+)
 from slatebandit.logging import personalizer as store
+from slatebandit.logging.engine import is_unavailable
 from slatebandit.personalizer.events import Event
 from slatebandit.personalizer.loops import Loop
 from slatebandit.personalizer.requests import (
@@ -76,8 +82,9 @@ def error(exc: SlatebanditError, invalid_code: str = "BadRequest") -> Response:
         body["target"] = exc.field
     response = Response(json.dumps({"error": body}), exc.status, media_type="application/json")
     response.headers["x-ms-error-code"] = code
-    if isinstance(exc, TooManyRequests):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response
 
 
@@ -103,7 +110,9 @@ def route(
                 return await handler(request, s, loop)
             except SlatebanditError as exc:
                 return error(exc, invalid_code)
-            except Exception:
+            except Exception as exc:
+                if is_unavailable(exc):  # Personalizer routes are not spooled: retry later
+                    return error(DatabaseUnavailable("database: unreachable", field="database"))
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 return error(SlatebanditError("internal error"))
 

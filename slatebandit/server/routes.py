@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 
 from pydantic import ValidationError
@@ -15,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from slatebandit.bandit import SharedFeatures
-from slatebandit.errors import InvalidInput, NotFound, PayloadTooLarge
+from slatebandit.errors import DatabaseUnavailable, InvalidInput, NotFound, PayloadTooLarge
 from slatebandit.logging import (
     DecisionRecord,
     Item,
@@ -38,17 +37,17 @@ from slatebandit.logging.models import (
 )
 from slatebandit.logging.privacy import REDACTED
 from slatebandit.logging.schema import items as items_table
-from slatebandit.logging.users import update_user_state
+from slatebandit.logging.spool import SpooledEvent, SpooledReward
 from slatebandit.policies import Query, follow_champion
 from slatebandit.policies.explain import contributions, reasons
 from slatebandit.retrieval import (
     EVENT_WEIGHTS,
     SOURCES,
-    UserState,
     context_tokens,
     generate,
 )
 from slatebandit.server.codec import read_body, respond
+from slatebandit.server.outage import SPOOLED
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
     EventRequest,
@@ -57,7 +56,7 @@ from slatebandit.server.schemas import (
     invalid,
     validate,
 )
-from slatebandit.server.services import Services, for_request
+from slatebandit.server.services import for_request
 
 PROFILE_TOP = 3  # top categories and brands of the user's state that reach the scorer
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
@@ -118,22 +117,23 @@ async def create_slate(request: Request) -> Response:
         )
         for j, (pick, key) in enumerate(zip(slate.picks, keys, strict=True))
     ]
-    decision = await s.writer.submit(
-        DecisionRecord(
-            event_id=event_id,
-            created_at=now,
-            user_id=user_id,
-            policy=slate.policy,
-            model_version=slate.model_version,
-            payload=slate.payload().encode(),
-            shown=tuple(shown),
-            experiment=experiment,
-            arm=arm,
-        )
+    record = DecisionRecord(
+        event_id=event_id,
+        created_at=now,
+        user_id=user_id,
+        policy=slate.policy,
+        model_version=slate.model_version,
+        payload=slate.payload().encode(),
+        shown=tuple(shown),
+        experiment=experiment,
+        arm=arm,
     )
+    # Committed, or spooled while the database is away; the slate is served either way.
+    decision, logged = await s.outage.log_decision(s.writer.submit, record)
     for key in keys:
         catalog.add_impressions(key)
-    s.remember_decision(event_id, replace(decision, context=tuple(shared.context.items())))
+    if decision is not None:
+        s.remember_decision(event_id, replace(decision, context=tuple(shared.context.items())))
     items: list[dict[str, object]] = [
         {
             "item_id": catalog.item_ids[slot.item_key],
@@ -153,6 +153,7 @@ async def create_slate(request: Request) -> Response:
         "event_id": event_id,
         "policy": slate.policy,
         "model_version": slate.model_version,
+        "logged": logged,
         "items": items,
     }
     if experiment is not None:
@@ -178,21 +179,32 @@ async def post_reward(request: Request) -> Response:
             f"type: no reward given and {body.type!r} is not in SLATEBANDIT_REWARD_TABLE",
             field="type",
         )
-    decision = await s.shown_decision(body.event_id)
-    if decision is None:
+    outage = s.outage
+    try:
+        decision = await s.shown_decision(body.event_id)
+    except DatabaseUnavailable:
+        outage.failed()
+        decision = None
+    if decision is None and not outage.spooling():
         raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
-    if decision.user_id == REDACTED:
+    if decision is not None and decision.user_id == REDACTED:
         raise NotFound(f"event_id: decision {body.event_id} was erased", field="event_id")
     key = s.store.catalog.key_of.get(body.item_id)
-    if key is None or key not in decision.item_keys:
+    if key is None or (decision is not None and key not in decision.item_keys):
         raise InvalidInput(
             f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
         )
     now = time.time()
+    spooled = SpooledReward(body.event_id, key, body.type, reward, now)
+    answer = {**body.model_dump(), "reward": reward}
+    if decision is None or decision.decision_id == SPOOLED or outage.degraded:
+        # Its decision may be in a spool, or the database is away: checked when shipped.
+        await outage.spooled(spooled)
+        return respond(request, {**answer, "duplicate": None, "logged": "spool"}, 202)
     # A positive reward is also something the shopper did: it shapes their next slate like an
     # event (a negative one, a dislike, is not folded into what they like).
     kind = body.type if body.type in EVENT_WEIGHTS else "click"
-    observe = _observation(s, decision.user_id, key, kind, now)
+    observe = s.observation(decision.user_id, key, kind, now)
 
     def unit(conn: Connection) -> tuple[bool, tuple[int, bytes] | None]:
         if decision_user(conn, decision.decision_id) != decision.user_id:
@@ -208,14 +220,18 @@ async def post_reward(request: Request) -> Response:
         )
         return stored, observe(conn) if stored and reward > 0 else None
 
-    stored, state = await s.writer.submit(unit)
+    try:
+        stored, state = await s.writer.submit(unit)
+    except DatabaseUnavailable:
+        outage.failed()
+        await outage.spooled(spooled)
+        return respond(request, {**answer, "duplicate": None, "logged": "spool"}, 202)
     if state is not None:
-        s.users.put(decision.user_id, state[0], UserState.from_bytes(state[1]))
+        s.remember_state(decision.user_id, state)
     if stored and reward > 0:
         s.store.catalog.bump_popularity(key, reward)
         s.store.catalog.bump_context(context_tokens(dict(decision.context)), key, reward)
-    answer = {**body.model_dump(), "reward": reward, "duplicate": not stored}
-    return respond(request, answer, 202)
+    return respond(request, {**answer, "duplicate": not stored, "logged": "database"}, 202)
 
 
 async def post_event(request: Request) -> Response:
@@ -225,18 +241,24 @@ async def post_event(request: Request) -> Response:
     key = catalog.key_of.get(body.item_id)
     if key is None:
         raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
-    now = time.time()
+    now, ref = time.time(), uuid.uuid4().hex
     user_id = s.user_key(body.user_id)
-    observe = _observation(s, user_id, key, body.type, now)
+    observe = s.observation(user_id, key, body.type, now)
 
     def unit(conn: Connection) -> tuple[int, bytes]:
-        insert_event(conn, user_id=user_id, item_key=key, type=body.type, created_at=now)
+        insert_event(conn, user_id=user_id, item_key=key, type=body.type, created_at=now, ref=ref)
         return observe(conn)
 
-    version, data = await s.writer.submit(unit)
-    s.users.put(user_id, version, UserState.from_bytes(data))
-    catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
-    return respond(request, body.model_dump(), 202)
+    if not s.outage.degraded:
+        try:
+            s.remember_state(user_id, await s.writer.submit(unit))
+            catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
+            return respond(request, {**body.model_dump(), "logged": "database"}, 202)
+        except DatabaseUnavailable:
+            s.outage.failed()
+    # Folded into the user's state when shipped: until then their slates do not show it.
+    await s.outage.spooled(SpooledEvent(user_id, key, body.type, now, ref))
+    return respond(request, {**body.model_dump(), "logged": "spool"}, 202)
 
 
 async def put_items(request: Request) -> Response:
@@ -332,10 +354,14 @@ async def promote_model(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     s = _services(request, None)
+    health = s.outage.health()
+    # Degraded: the database is away, or records wait in a spool to be shipped.
+    away = health["database"] != "ok" or health["spool"]["segments"]  # type: ignore[index]
     return respond(
         request,
         {
-            "status": "ok",
+            "status": "degraded" if away else "ok",
+            **health,
             "items": len(s.store.index),
             "policy": s.settings.policy,
             "experiment": None if s.experiments.running is None else s.experiments.running.name,
@@ -343,24 +369,6 @@ async def healthz(request: Request) -> Response:
             "embeddings_version": s.store.factors.version,
         },
     )
-
-
-def _observation(
-    s: Services, user_id: str, key: int, kind: str, now: float
-) -> Callable[[Connection], tuple[int, bytes]]:
-    """A unit of work that folds one user action into the user's stored state."""
-    catalog, index = s.store.catalog, s.store.index
-    live, vectors = index.live_vectors([key])
-    vector = vectors[0] if len(live) else None
-    category = catalog.category_names[catalog.category[key]]
-    brand = catalog.brand_names[catalog.brand[key]]
-
-    def observed(old: bytes | None) -> bytes:
-        state = UserState() if old is None else UserState.from_bytes(old)
-        state.observe(key, kind, vector, now, category, brand)
-        return state.to_bytes()
-
-    return lambda conn: update_user_state(conn, user_id, observed)
 
 
 def _catalog_rows(conn: Connection, keys: list[int]) -> list:  # type: ignore[type-arg]

@@ -15,18 +15,21 @@ import numpy as np
 from sqlalchemy import Connection, Engine
 
 from slatebandit.config import Settings
+from slatebandit.errors import DatabaseUnavailable
 from slatebandit.logging import (
     GroupCommitWriter,
     ShownDecision,
     impression_counts,
     shown_decision,
 )
-from slatebandit.logging.users import read_user_profile, read_user_state
+from slatebandit.logging.engine import is_unavailable
+from slatebandit.logging.users import read_user_profile, read_user_state, update_user_state
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import RateLimiter, require
+from slatebandit.server.outage import Outage
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -52,6 +55,7 @@ class Services:
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
     evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
     loops: Loops | None = None  # the Personalizer loops, set by the lifespan
+    outage: Outage = field(init=False)  # database reachability and the spool, see server.outage
     filter_masks: FilterMasks = field(default_factory=FilterMasks)
     # Parsed once: the settings hold them as strings, and every request reads them.
     keys: dict[str, frozenset[str]] = field(init=False)
@@ -66,6 +70,9 @@ class Services:
         self._user_id_key = self.settings.user_id_key.encode()
         self.exclusions = self.settings.exclusions
         self.rewards = self.settings.rewards
+        self.outage = Outage(
+            self.engine, self.settings.spool_path, max_bytes=self.settings.spool_max_bytes
+        )
 
     async def allowed(self, filters: Filters) -> Allowed:
         """The items a request's filters allow; built on a worker thread when not cached (an
@@ -82,8 +89,14 @@ class Services:
         def query(conn: Connection) -> tuple[tuple[int, bytes] | None, list[str]]:
             return read_user_state(conn, user_id), read_user_profile(conn, user_id)
 
-        found, profile = await self.read(query)
-        return self._decoded(user_id, found), profile
+        if not self.outage.degraded:
+            try:
+                found, profile = await self.read(query)
+                return self._decoded(user_id, found), profile
+            except DatabaseUnavailable:
+                self.outage.failed()
+        # The database is away: the state this worker saw last, without batch features.
+        return self.users.latest(user_id) or UserState(), []
 
     def _decoded(self, user_id: str, found: tuple[int, bytes] | None) -> UserState:
         if found is None:
@@ -124,9 +137,10 @@ class Services:
             self.decisions.popitem(last=False)
 
     async def shown_decision(self, event_id: str) -> ShownDecision | None:
-        """The decision behind ``event_id``; read from the database if another process made it."""
+        """The decision behind ``event_id``; read from the database if another process made it
+        (unless the database is away: then only this worker's recent decisions are known)."""
         decision = self.decisions.get(event_id)
-        if decision is None:
+        if decision is None and not self.outage.degraded:
             decision = await self.read(lambda conn: shown_decision(conn, event_id))
             if decision is not None:
                 self.remember_decision(event_id, decision)
@@ -139,7 +153,35 @@ class Services:
             with self.engine.connect() as conn:
                 return query(conn)
 
-        return await asyncio.to_thread(run)
+        try:
+            return await asyncio.to_thread(run)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise DatabaseUnavailable(
+                    f"database: unreachable ({type(exc).__name__})", field="database"
+                ) from exc
+            raise
+
+    def observation(
+        self, user_id: str, key: int, kind: str, now: float
+    ) -> Callable[[Connection], tuple[int, bytes]]:
+        """A unit of work that folds one user action into the user's stored state."""
+        catalog, index = self.store.catalog, self.store.index
+        live, vectors = index.live_vectors([key])
+        vector = vectors[0] if len(live) else None
+        category = catalog.category_names[catalog.category[key]]
+        brand = catalog.brand_names[catalog.brand[key]]
+
+        def observed(old: bytes | None) -> bytes:
+            state = UserState() if old is None else UserState.from_bytes(old)
+            state.observe(key, kind, vector, now, category, brand)
+            return state.to_bytes()
+
+        return lambda conn: update_user_state(conn, user_id, observed)
+
+    def remember_state(self, user_id: str, stored: tuple[int, bytes]) -> None:
+        """Cache the state an observation stored (its version and bytes)."""
+        self.users.put(user_id, stored[0], UserState.from_bytes(stored[1]))
 
     def load_impressions(self) -> None:
         with self.engine.connect() as conn:

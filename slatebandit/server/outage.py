@@ -1,0 +1,321 @@
+"""Serving through a database outage.
+
+A slate needs only memory (the index, the model, cached user states), so while the database
+cannot be reached slates are still served. What would have been committed (decisions, rewards,
+events) is appended to this worker's spool segment instead (``logging.spool``) and fsync'd
+before the 2xx; each answer says where its record went (``logged``: database, spool or none).
+
+A watcher probes the database every ``SLATEBANDIT_DB_PROBE_SECONDS``. Once it answers, one
+worker at a time (a ``flock`` on the spool directory) ships every segment, its own and those
+of workers that died, in three steps:
+
+1. note each segment's size;
+2. ship every segment's decisions, to its current end;
+3. ship every segment's rewards and events, up to the size noted in 1.
+
+A reward is spooled after its decision (its event id exists only once the slate was answered),
+so by step 3 every decision a spooled reward on this machine can name is in the database. Each
+shipping transaction stores how far it got (``spool_progress``), so nothing ships twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, select, text
+
+from slatebandit.errors import DatabaseUnavailable
+from slatebandit.logging import DecisionRecord, ShownDecision, insert_event, insert_reward
+from slatebandit.logging.decisions import shown_decision
+from slatebandit.logging.engine import is_unavailable
+from slatebandit.logging.privacy import REDACTED
+from slatebandit.logging.schema import decisions
+from slatebandit.logging.spool import (
+    SpooledEvent,
+    SpooledReward,
+    SpoolWriter,
+    forget,
+    is_held,
+    progress,
+    read,
+    readable_end,
+    segments,
+    set_progress,
+    spool_bytes,
+)
+from slatebandit.retrieval import EVENT_WEIGHTS, context_tokens
+
+if TYPE_CHECKING:
+    from slatebandit.server.services import Services
+
+log = logging.getLogger(__name__)
+SPOOLED = -1  # the ShownDecision.decision_id of a decision that is still in the spool
+SHIP_CHUNK = 500  # records per shipping transaction
+
+
+@dataclass
+class Effects:
+    """What a shipping transaction changed that the serving process keeps in memory, applied
+    once it has committed."""
+
+    ids: dict[str, int] = field(default_factory=dict)  # event id -> decision id
+    states: list[tuple[str, tuple[int, bytes]]] = field(default_factory=list)
+    popularity: list[tuple[int, float, float]] = field(default_factory=list)  # key, weight, at
+    context: list[tuple[dict[str, Any], int, float]] = field(default_factory=list)
+    records: int = 0
+    dropped: int = 0
+
+
+class Outage:
+    """Whether this worker can reach the database, and the spool it writes to when it cannot."""
+
+    def __init__(self, engine: Engine, directory: Path, *, max_bytes: int) -> None:
+        self.engine = engine
+        self.spool = SpoolWriter(directory, max_bytes=max_bytes)
+        self.degraded = False  # the latest attempt to reach the database failed
+        self.shipped = 0  # records this worker shipped, for /healthz
+        self.dropped = 0  # spooled rewards whose decision was gone or never made
+
+    @property
+    def directory(self) -> Path:
+        return self.spool.directory
+
+    def failed(self) -> None:
+        """The database could not be reached: serve from memory and spool until it answers."""
+        if not self.degraded:
+            log.warning("database unreachable: serving from memory, spooling to %s", self.directory)
+        self.degraded = True
+
+    def spooling(self) -> bool:
+        """Whether records may be in a spool rather than the database (this worker's or
+        another's on this machine): a decision the database does not know may then exist."""
+        return self.degraded or bool(segments(self.directory))
+
+    async def log_decision(
+        self, submit: Callable[[Any], Any], record: DecisionRecord
+    ) -> tuple[ShownDecision | None, str]:
+        """Commit ``record`` through ``submit``, or spool it; None and "none" if neither works
+        (the slate is still served)."""
+        if not self.degraded:
+            try:
+                return await submit(record), "database"
+            except DatabaseUnavailable:
+                self.failed()
+        try:
+            await self.spool.submit(record)
+        except OSError:
+            log.exception("decision %s was neither committed nor spooled", record.event_id)
+            return None, "none"
+        keys = tuple(slot.item_key for slot in record.shown)
+        return ShownDecision(SPOOLED, keys, record.user_id), "spool"
+
+    async def spooled(self, record: SpooledReward | SpooledEvent) -> None:
+        """Append ``record`` to the spool, durably; a 503 if even that fails."""
+        try:
+            await self.spool.submit(record)
+        except OSError as exc:
+            raise DatabaseUnavailable(
+                f"database: unreachable, and the spool cannot take the record ({exc})",
+                field="database",
+            ) from exc
+
+    async def watch(self, s: Services) -> None:
+        """One probe; when the database answers, close this worker's segment and ship."""
+        try:
+            await asyncio.to_thread(_probe, self.engine)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self.failed()
+            return
+        if self.degraded:
+            log.warning("database reachable again: shipping the spool")
+            self.degraded = False
+        if self.spool.holds_segment:
+            await self.spool.close_segment()
+        if segments(self.directory):
+            await self.ship(s)
+
+    async def ship(self, s: Services) -> None:
+        """Ship every segment in the directory, if no other worker is shipping."""
+        with _ship_lock(self.directory) as mine:
+            if not mine:
+                return
+            paths = segments(self.directory)
+            limits = {path: path.stat().st_size for path in paths}  # step 1
+            for path in paths:  # step 2
+                while (effects := await s.writer.submit(_decisions_unit(path))) is not None:
+                    self._apply(s, effects)
+            for path in paths:  # step 3
+                unit = _others_unit(s, path, limits[path])
+                while (effects := await s.writer.submit(unit)) is not None:
+                    self._apply(s, effects)
+            for path in paths:
+                if not is_held(path) and await s.read(partial(_finished, path=path)):
+                    path.unlink()
+                    await s.writer.submit(partial(forget, segment=path.name))
+                    log.info("spool segment %s shipped", path.name)
+
+    def _apply(self, s: Services, effects: Effects) -> None:
+        for event_id, decision_id in effects.ids.items():
+            cached = s.decisions.get(event_id)
+            if cached is not None and cached.decision_id == SPOOLED:
+                s.decisions[event_id] = ShownDecision(
+                    decision_id, cached.item_keys, cached.user_id, cached.context
+                )
+        for user_id, state in effects.states:
+            s.remember_state(user_id, state)
+        catalog = s.store.catalog
+        for key, weight, at in effects.popularity:
+            catalog.bump_popularity(key, weight, at)
+        for context, key, reward in effects.context:
+            catalog.bump_context(context_tokens(context), key, reward)
+        self.shipped += effects.records
+        self.dropped += effects.dropped
+
+    def health(self) -> dict[str, object]:
+        return {
+            "database": "unreachable" if self.degraded else "ok",
+            "spool": {
+                "segments": len(segments(self.directory)),
+                "bytes": spool_bytes(self.directory),
+                "spooled": self.spool.appended,
+                "shipped": self.shipped,
+                "dropped": self.dropped,
+            },
+        }
+
+
+def _probe(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+@contextmanager
+def _ship_lock(directory: Path) -> Iterator[bool]:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".ship.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _decisions_unit(path: Path) -> Callable[[Connection], Effects | None]:
+    """Ship up to SHIP_CHUNK decisions of ``path``; None when there were none left."""
+
+    def unit(conn: Connection) -> Effects | None:
+        start, others = progress(conn, path.name)
+        end, found = start, []
+        for end, record in read(path, start):  # noqa: B007 - ``end`` is where this chunk stops
+            if isinstance(record, DecisionRecord):
+                found.append(record)
+                if len(found) == SHIP_CHUNK:
+                    break
+        if end == start:
+            return None
+        if not found:  # only rewards and events in this stretch: step past them
+            set_progress(conn, path.name, end, others)
+            return Effects()
+        # A decision whose commit reached the database just as the connection broke was
+        # spooled too: the event id says it is already there.
+        there = set(
+            conn.execute(
+                select(decisions.c.event_id).where(
+                    decisions.c.event_id.in_([r.event_id for r in found])
+                )
+            ).scalars()
+        )
+        fresh = [r for r in found if r.event_id not in there]
+        shown = DecisionRecord.write_many(conn, fresh) if fresh else []
+        set_progress(conn, path.name, end, others)
+        effects = Effects(records=len(fresh))
+        effects.ids = {r.event_id: d.decision_id for r, d in zip(fresh, shown, strict=True)}
+        return effects
+
+    return unit
+
+
+def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], Effects | None]:
+    """Ship up to SHIP_CHUNK rewards and events of ``path`` that lie before ``limit``."""
+
+    def unit(conn: Connection) -> Effects | None:
+        shipped, start = progress(conn, path.name)
+        end, effects, seen = start, Effects(), 0
+        for end, record in read(path, start, limit):  # noqa: B007
+            if isinstance(record, SpooledReward):
+                _ship_reward(conn, s, record, effects)
+            elif isinstance(record, SpooledEvent):
+                _ship_event(conn, s, record, effects)
+            else:
+                continue
+            seen += 1
+            if seen == SHIP_CHUNK:
+                break
+        if end == start:
+            return None
+        set_progress(conn, path.name, shipped, end)
+        return effects
+
+    return unit
+
+
+def _ship_reward(conn: Connection, s: Services, r: SpooledReward, effects: Effects) -> None:
+    decision = shown_decision(conn, r.event_id)
+    if decision is None or decision.user_id == REDACTED or r.item_key not in decision.item_keys:
+        log.warning("spooled reward for %s dropped: no such decision, or not shown", r.event_id)
+        effects.dropped += 1
+        return
+    stored = insert_reward(
+        conn,
+        decision_id=decision.decision_id,
+        item_key=r.item_key,
+        type=r.type,
+        reward=r.reward,
+        created_at=r.created_at,
+    )
+    effects.records += 1
+    if stored and r.reward > 0:  # as POST /v1/rewards does
+        kind = r.type if r.type in EVENT_WEIGHTS else "click"
+        state = s.observation(decision.user_id, r.item_key, kind, r.created_at)(conn)
+        effects.states.append((decision.user_id, state))
+        effects.popularity.append((r.item_key, r.reward, time.time()))
+        effects.context.append((dict(decision.context), r.item_key, r.reward))
+
+
+def _ship_event(conn: Connection, s: Services, e: SpooledEvent, effects: Effects) -> None:
+    if not insert_event(
+        conn,
+        user_id=e.user_id,
+        item_key=e.item_key,
+        type=e.type,
+        created_at=e.created_at,
+        ref=e.ref,
+    ):
+        return  # its commit reached the database as the connection broke
+    state = s.observation(e.user_id, e.item_key, e.type, e.created_at)(conn)
+    effects.states.append((e.user_id, state))
+    effects.popularity.append((e.item_key, EVENT_WEIGHTS[e.type], time.time()))
+    effects.records += 1
+
+
+def _finished(conn: Connection, path: Path) -> bool:
+    """Whether every whole record of ``path`` has been shipped."""
+    decisions_at, others_at = progress(conn, path.name)
+    end = readable_end(path, min(decisions_at, others_at))
+    return decisions_at == end and others_at == end

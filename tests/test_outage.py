@@ -1,0 +1,244 @@
+"""Database outage: a real PostgreSQL stopped and started under slate and reward load.
+
+The server (`slatebandit serve --workers 2`, embedded learner) runs against a PostgreSQL
+cluster of its own, made with the machine's `initdb` in a temporary directory, so stopping it
+cannot disturb any other test. While it is down every slate is still served (logged "spool")
+and every reward acknowledged; `/healthz` says degraded. Once it is back, the spool ships and
+serving logs to the database again. A second outage ends with the whole server killed with
+SIGKILL; the next server ships what the dead workers spooled. Then every acknowledged decision
+and reward is in the database exactly once, and the learner has learned each slot once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from benchmarks.pg_cluster import Cluster, initdb, private_cluster
+from slatebandit.logging.schema import decisions, model_versions, rewards, slots
+from tests.test_e2e import _free_port, _wait_healthy
+
+CLIENTS = 4
+SETTINGS = {
+    "reward_wait": "0",
+    "promotion": "always",
+    "checkpoint_seconds": "1",
+    "learner_lease_seconds": "2",
+    "db_probe_seconds": "0.5",
+}
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    if initdb() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's initdb is required in CI")
+        pytest.skip("PostgreSQL's server binaries are not installed")
+    with private_cluster() as cluster:
+        yield cluster
+
+
+@dataclass
+class Load:
+    """What the server answered, shared by the client threads."""
+
+    slates: dict[str, str] = field(default_factory=dict)  # event id -> where it was logged
+    rewards: list[tuple[str, str, str]] = field(default_factory=list)  # event, item, logged
+    failures: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def logged(self, where: str) -> int:
+        return sum(1 for logged in self.slates.values() if logged == where)
+
+    def wait(self, until: Callable[[], bool]) -> None:
+        with self.changed:
+            assert self.changed.wait_for(until, timeout=180), "the load stalled"
+
+    def send(self, base: str, user: int, stop: threading.Event, killed: threading.Event) -> None:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    slate = client.post("/v1/slates", json={"user_id": f"u{user}", "k": 4})
+                    body = slate.json()
+                    if slate.status_code != 200:
+                        self.failures.append(f"slate {slate.status_code}: {body}")
+                        continue
+                    with self.changed:
+                        self.slates[body["event_id"]] = body["logged"]
+                        self.changed.notify_all()
+                    pick = body["items"][0]["item_id"]
+                    reward = client.post(
+                        "/v1/rewards", json={"event_id": body["event_id"], "item_id": pick}
+                    )
+                    if reward.status_code != 202:
+                        self.failures.append(f"reward {reward.status_code}: {reward.json()}")
+                        continue
+                    with self.changed:
+                        self.rewards.append((body["event_id"], pick, reward.json()["logged"]))
+                except httpx.TransportError as exc:
+                    if not killed.is_set():
+                        self.failures.append(f"transport: {exc!r}")
+                    return
+
+
+class Server:
+    def __init__(self, data_dir: Path, url: str, *extra: str) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
+        env.update({f"SLATEBANDIT_{k.upper()}": v for k, v in SETTINGS.items()})
+        self.log = (data_dir.parent / f"serve-{self.port}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "slatebandit.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                "--data-dir",
+                str(data_dir),
+                "--db",
+                url,
+                *extra,
+            ],  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            start_new_session=True,  # its workers share its process group: one kill takes all
+        )
+        try:
+            _wait_healthy(self.process, self.base)
+        except AssertionError as exc:
+            raise AssertionError(self.tail()) from exc
+
+    def tail(self) -> str:
+        return Path(self.log.name).read_text()[-4000:]
+
+    def health(self) -> dict:  # type: ignore[type-arg]
+        return httpx.get(self.base + "/healthz", timeout=10).json()  # type: ignore[no-any-return]
+
+    def wait_health(self, until: Callable[[dict], bool], times: int = 1) -> None:  # type: ignore[type-arg]
+        """Poll /healthz until ``until`` holds on ``times`` answers in a row (the two workers
+        answer in turn, so several in a row are likely to have heard from both)."""
+        in_a_row = 0
+        for _ in range(1200):
+            in_a_row = in_a_row + 1 if until(self.health()) else 0
+            if in_a_row >= times:
+                return
+            threading.Event().wait(0.1)  # polling a process we do not control
+        raise AssertionError(f"/healthz never matched: {self.health()}\n{self.tail()}")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=120)
+        self.log.close()
+
+
+def _loaded(server: Server, load: Load) -> tuple[threading.Event, threading.Event, list]:  # type: ignore[type-arg]
+    stop, killed = threading.Event(), threading.Event()
+    threads = [
+        threading.Thread(target=load.send, args=(server.base, i, stop, killed))
+        for i in range(CLIENTS)
+    ]
+    for thread in threads:
+        thread.start()
+    return stop, killed, threads
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgresql_stopped_under_load_loses_and_duplicates_nothing(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    data_dir = tmp_path / "var"
+    load = Load()
+    server = Server(data_dir, cluster.url, "--demo", "--demo-items", "2000")
+    stop, killed, threads = _loaded(server, load)
+    try:
+        # First outage: PostgreSQL stops mid-load, then comes back.
+        load.wait(lambda: load.logged("database") >= 300)
+        cluster.stop()
+        spooled_before = load.logged("spool")
+        load.wait(lambda: load.logged("spool") >= spooled_before + 300)
+        server.wait_health(lambda h: h["status"] == "degraded" and h["database"] != "ok")
+        cluster.start()
+        server.wait_health(lambda h: h["status"] == "ok" and h["spool"]["segments"] == 0, times=6)
+        after = load.logged("database")
+        load.wait(lambda: load.logged("database") >= after + 300)  # logged directly again
+
+        # Second outage: the whole server is killed with SIGKILL while it spools.
+        cluster.stop()
+        spooled_before = load.logged("spool")
+        load.wait(lambda: load.logged("spool") >= spooled_before + 200)
+        killed.set()
+        server.kill()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        server.stop()
+    cluster.start()
+    spool = data_dir / "spool"
+    assert any(spool.glob("*.spool"))  # the dead workers' segments wait for the next server
+
+    server = Server(data_dir, cluster.url)
+    try:
+        server.wait_health(lambda h: h["status"] == "ok" and h["spool"]["segments"] == 0)
+        assert (
+            httpx.post(server.base + "/v1/slates", json={"user_id": "after"}).json()["logged"]
+            == "database"
+        )
+    finally:
+        server.stop()
+
+    assert load.failures == []  # no request failed, through both outages
+    assert load.logged("none") == 0 and load.logged("spool") >= 500
+    assert {logged for _, _, logged in load.rewards} == {"database", "spool"}
+    engine = create_engine(cluster.url)
+    with engine.connect() as conn:
+        stored = dict(
+            conn.execute(
+                select(decisions.c.event_id, func.count()).group_by(decisions.c.event_id)
+            ).all()
+        )
+        rewarded = dict(
+            conn.execute(
+                select(decisions.c.event_id, func.count(rewards.c.id))
+                .join(rewards, rewards.c.decision_id == decisions.c.id)
+                .group_by(decisions.c.event_id)
+            ).all()
+        )
+        latest = conn.execute(
+            select(model_versions.c.examples, model_versions.c.learned_through)
+            .order_by(model_versions.c.version.desc())
+            .limit(1)
+        ).one()
+        learned_slots = conn.execute(
+            select(func.count())
+            .select_from(slots)
+            .where(slots.c.decision_id <= latest.learned_through)
+        ).scalar_one()
+    engine.dispose()
+    # Every acknowledged decision and reward, spooled or not, is stored exactly once.
+    assert all(stored.get(event_id) == 1 for event_id in load.slates)
+    assert all(rewarded.get(event_id) == 1 for event_id, _, _ in load.rewards)
+    # The learner went on through both outages and learned each slot once.
+    assert latest.learned_through > 0 and latest.examples == learned_slots

@@ -1,0 +1,242 @@
+"""The spool and its shipping, on a real SQLite database and real files.
+
+The database outage itself (a real PostgreSQL stopped under load) is ``test_outage.py``; here
+the worker is told the database is away (``Outage.failed``, what a failed write calls) so each
+step of spooling and shipping can be checked exactly: record format, torn tails, the order of
+shipping across segments, and that shipping resumed after a crash ships nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from starlette.testclient import TestClient
+
+from slatebandit.logging.decisions import DecisionRecord, ShownSlot, insert_event
+from slatebandit.logging.schema import decisions, events, rewards, slots, spool_progress
+from slatebandit.logging.spool import (
+    FRAME,
+    SpooledEvent,
+    SpooledReward,
+    SpoolFull,
+    SpoolWriter,
+    decode,
+    encode,
+    frame,
+    is_held,
+    read,
+    segments,
+)
+from slatebandit.server import create_app, outage
+from slatebandit.server.services import Services
+from tests.conftest import make_settings, seed_catalog
+
+DECISION = DecisionRecord(
+    event_id="e" * 32,
+    created_at=1.5,
+    user_id="u1",
+    policy="vw",
+    model_version=3,
+    payload=b"\x00\x01payload",
+    shown=(ShownSlot(0, 7, 0.25, "exploit", "popular", 0.5),),
+    experiment="exp",
+    arm="b",
+)
+
+
+def test_every_record_kind_round_trips() -> None:
+    for record in (
+        DECISION,
+        SpooledReward("e" * 32, 7, "click", 1.0, 2.5),
+        SpooledEvent("u1", 7, "view", 3.5, "r" * 32),
+    ):
+        assert decode(encode(record)) == record
+
+
+def test_a_torn_or_corrupt_frame_ends_the_segment(tmp_path: Path) -> None:
+    path = tmp_path / "a.spool"
+    whole = [frame(encode(SpooledEvent("u", i, "view", float(i), f"{i:032d}"))) for i in range(3)]
+    path.write_bytes(b"".join(whole) + whole[0][: FRAME.size + 3])  # a kill mid-append
+    found = list(read(path, 0))
+    assert [r.item_key for _, r in found] == [0, 1, 2]  # type: ignore[union-attr]
+    assert found[-1][0] == sum(len(w) for w in whole)
+    corrupt = bytearray(path.read_bytes())
+    corrupt[len(whole[0]) + FRAME.size] ^= 0xFF  # the second record's body, CRC now wrong
+    path.write_bytes(bytes(corrupt))
+    assert len(list(read(path, 0))) == 1
+
+
+def test_spool_writer_holds_its_segment_until_closed_and_refuses_past_its_limit(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        spool = SpoolWriter(tmp_path / "spool", max_bytes=400)
+        await spool.start()
+        await spool.submit(DECISION)
+        (path,) = segments(tmp_path / "spool")
+        assert is_held(path)  # a shipper may read it but not delete it
+        with pytest.raises(SpoolFull):
+            for _ in range(10):
+                await spool.submit(DECISION)
+        await spool.close_segment()
+        assert not is_held(path)
+        await spool.stop()
+        assert [r for _, r in read(path, 0)] == [DECISION] * spool.appended
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def served(tmp_path: Path, small_catalog):  # type: ignore[no-untyped-def]
+    # The watcher is slow so the test decides when the database "returns".
+    settings = make_settings(tmp_path, db_probe_seconds=3600, learner="off")
+    seed_catalog(settings.database_url, small_catalog)
+    with TestClient(create_app(settings)) as client:
+        yield client, client.app_state["services"], settings.database_url
+
+
+def _count(url: str, table) -> int:  # type: ignore[no-untyped-def]
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(table)).scalar_one()
+    engine.dispose()
+    return int(n)
+
+
+def test_while_the_database_is_away_records_are_spooled_then_shipped_once(served) -> None:  # type: ignore[no-untyped-def]
+    client, s, url = served
+    s.outage.failed()
+    slate = client.post("/v1/slates", json={"user_id": "shopper", "k": 4}).json()
+    assert slate["logged"] == "spool" and len(slate["items"]) == 4
+    pick = slate["items"][0]["item_id"]
+    reward = client.post("/v1/rewards", json={"event_id": slate["event_id"], "item_id": pick})
+    assert reward.status_code == 202
+    assert reward.json()["logged"] == "spool" and reward.json()["duplicate"] is None
+    # Not shown in that decision: refused at once, as ever, since this worker knows it.
+    shown = {item["item_id"] for item in slate["items"]}
+    other = next(i for i in s.store.catalog.item_ids if i not in shown)
+    wrong = client.post("/v1/rewards", json={"event_id": slate["event_id"], "item_id": other})
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "item_id"
+    # A decision this worker never made may be in another's spool: checked when shipped.
+    stray = client.post("/v1/rewards", json={"event_id": "f" * 32, "item_id": pick})
+    assert stray.status_code == 202 and stray.json()["logged"] == "spool"
+    event = client.post("/v1/events", json={"user_id": "shopper", "item_id": pick, "type": "view"})
+    assert event.status_code == 202 and event.json()["logged"] == "spool"
+    health = client.get("/healthz").json()
+    assert health["status"] == "degraded" and health["database"] == "unreachable"
+    assert health["spool"]["spooled"] == 4 and health["spool"]["segments"] == 1
+    assert _count(url, decisions) == 0 and _count(url, rewards) == 0  # nothing reached it
+
+    client.portal.call(s.outage.watch, s)  # the database answers: ship
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["spool"]["segments"] == 0
+    assert health["spool"]["shipped"] == 3 and health["spool"]["dropped"] == 1
+    assert _count(url, decisions) == 1 and _count(url, slots) == 4
+    assert _count(url, rewards) == 1 and _count(url, events) == 1
+    assert _count(url, spool_progress) == 0  # deleted segments leave no progress behind
+    # The cached decision now carries its database id: a second reward goes straight there.
+    again = client.post("/v1/rewards", json={"event_id": slate["event_id"], "item_id": pick})
+    assert again.json()["logged"] == "database" and again.json()["duplicate"] is True
+    # The shipped reward and view shaped the shopper's state, as they would have online.
+    state = client.portal.call(s.user, "shopper")[0]
+    assert state.recent_keys(5)[0] == s.store.catalog.key_of[pick]
+
+
+def _spool(s: Services, portal, record) -> None:  # type: ignore[no-untyped-def]
+    portal.call(s.outage.spool.submit, record)
+
+
+def _decision(s: Services, event_id: str, keys: list[int]) -> DecisionRecord:
+    shown = tuple(ShownSlot(j, k, 0.5, "exploit", "popular", 0.0) for j, k in enumerate(keys))
+    return DecisionRecord(event_id, 10.0, "shopper", "vw", 0, b"\x80", shown)
+
+
+def test_a_reward_shipped_from_an_older_segment_finds_its_decision_in_a_newer_one(
+    served,
+) -> None:  # type: ignore[no-untyped-def]
+    client, s, url = served
+    keys = [1, 2]  # item keys of the catalog
+    # Worker A's segment is older (it spooled an event first); B spools the decision, then
+    # A the reward for it. Shipping segment by segment would find A's reward before B's
+    # decision and drop it; shipping every decision first does not.
+    a = s.outage.spool
+    b = SpoolWriter(a.directory, max_bytes=1 << 30)
+    client.portal.call(b.start)
+    _spool(s, client.portal, SpooledEvent("shopper", keys[0], "view", 9.0, "a" * 32))
+    client.portal.call(b.submit, _decision(s, "d" * 32, keys))
+    _spool(s, client.portal, SpooledReward("d" * 32, keys[1], "click", 1.0, 11.0))
+    client.portal.call(b.stop)
+    assert len(segments(a.directory)) == 2
+    client.portal.call(s.outage.watch, s)
+    assert _count(url, rewards) == 1 and s.outage.dropped == 0
+    assert segments(a.directory) == []
+
+
+def test_shipping_resumed_after_a_crash_ships_nothing_twice(
+    served, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    client, s, url = served
+    keys = [1, 2]  # item keys of the catalog
+    for i in range(5):
+        event_id = f"{i:032d}"
+        _spool(s, client.portal, _decision(s, event_id, keys))
+        _spool(s, client.portal, SpooledReward(event_id, keys[0], "click", 1.0, 11.0))
+        _spool(s, client.portal, SpooledEvent("shopper", keys[1], "view", 12.0, event_id))
+    client.portal.call(s.outage.spool.close_segment)
+    (path,) = segments(s.outage.directory)
+    # A crash after two chunks of decisions and one of the rest: their progress is committed.
+    monkeypatch.setattr(outage, "SHIP_CHUNK", 2)
+    for unit in (outage._decisions_unit(path),) * 2 + (outage._others_unit(s, path, 10**9),):
+        assert client.portal.call(s.writer.submit, unit) is not None
+    assert _count(url, decisions) == 4 and _count(url, rewards) == 1 and _count(url, events) == 1
+    # After a restart, everything shipped, then a crash before the file was deleted...
+    for unit in (outage._decisions_unit(path), outage._others_unit(s, path, 10**9)):
+        while client.portal.call(s.writer.submit, unit) is not None:
+            pass
+    assert _count(url, decisions) == 5 and _count(url, rewards) == 5 and _count(url, events) == 5
+    # ...and another restart finds it all shipped, ships nothing again, and deletes it.
+    client.portal.call(s.outage.watch, s)
+    assert _count(url, decisions) == 5 and _count(url, rewards) == 5 and _count(url, events) == 5
+    assert segments(s.outage.directory) == [] and s.outage.shipped == 0
+
+
+def test_records_committed_as_the_connection_broke_are_not_shipped_again(served) -> None:  # type: ignore[no-untyped-def]
+    client, s, url = served
+    record = _decision(s, "c" * 32, [1])
+    event = SpooledEvent("shopper", 1, "view", 5.0, "c" * 32)
+    reward = SpooledReward("c" * 32, 1, "click", 1.0, 6.0)
+
+    def committed(conn) -> None:  # type: ignore[no-untyped-def]
+        insert_event(conn, user_id="shopper", item_key=1, type="view", created_at=5.0, ref="c" * 32)
+
+    # Each did reach the database, but its commit's answer was lost, so it was spooled too.
+    for unit, spooled in ((record, record), (committed, event)):
+        client.portal.call(s.writer.submit, unit)
+        _spool(s, client.portal, spooled)
+    _spool(s, client.portal, reward)
+    _spool(s, client.portal, reward)  # the click tracker retried
+    client.portal.call(s.outage.watch, s)
+    assert _count(url, decisions) == 1 and _count(url, slots) == 1
+    assert _count(url, events) == 1 and _count(url, rewards) == 1
+
+
+def test_a_spooled_reward_of_an_erased_shopper_is_dropped(served) -> None:  # type: ignore[no-untyped-def]
+    client, s, url = served
+    slate = client.post("/v1/slates", json={"user_id": "gone", "k": 3}).json()
+    assert slate["logged"] == "database"
+    pick = slate["items"][0]["item_id"]
+    s.outage.failed()
+    client.post("/v1/rewards", json={"event_id": slate["event_id"], "item_id": pick})
+    erase = client.delete("/v1/users/gone")
+    assert erase.status_code == 503 and erase.headers["Retry-After"] == "1"  # spool first
+    client.portal.call(s.outage.watch, s)
+    assert _count(url, rewards) == 1
+    assert client.delete("/v1/users/gone").status_code == 200
+    s.outage.failed()
+    client.post("/v1/rewards", json={"event_id": slate["event_id"], "item_id": pick})
+    s.decisions.clear()
+    client.portal.call(s.outage.watch, s)
+    assert _count(url, rewards) == 0 and s.outage.dropped == 1
