@@ -79,12 +79,19 @@ class Settings:
     spool_max_mb: float = field(
         default=1024.0,
         metadata=_doc(
-            "most the spool may hold; past it slates are served unlogged and rewards get 503"
+            "most the spool may hold; past it slates are served unlogged, and rewards and "
+            "events get 503"
         ),
     )
     db_probe_seconds: float = field(
         default=1.0,
         metadata=_doc("how often each worker checks that the database answers"),
+    )
+    db_timeout_seconds: float = field(
+        default=5.0,
+        metadata=_doc(
+            "a slate, reward or event whose write or read takes longer is spooled instead"
+        ),
     )
     candidates: int = field(default=200, metadata=_doc("candidates per slate (N)"))
     default_k: int = field(default=10, metadata=_doc("slate size when the request omits k"))
@@ -403,6 +410,7 @@ class Settings:
         need(self.reward_wait >= 0, "reward_wait", "must be >= 0")
         need(0 < self.spool_max_mb < float("inf"), "spool_max_mb", "must be > 0")
         need(0 < self.db_probe_seconds < float("inf"), "db_probe_seconds", "must be > 0")
+        need(0 < self.db_timeout_seconds < float("inf"), "db_timeout_seconds", "must be > 0")
         need(
             self.reward_aggregation in ("sum", "earliest"),
             "reward_aggregation",

@@ -237,7 +237,8 @@ def test_postgresql_stopped_under_load_loses_and_duplicates_nothing(
             .where(slots.c.decision_id <= latest.learned_through)
         ).scalar_one()
     engine.dispose()
-    # Every acknowledged decision and reward, spooled or not, is stored exactly once.
+    # Every acknowledged decision and reward, spooled or not, is stored: at least once here,
+    # at most once by the unique event id and (decision, item, type).
     assert all(stored.get(event_id) == 1 for event_id in load.slates)
     assert all(rewarded.get(event_id) == 1 for event_id, _, _ in load.rewards)
     # The learner went on through both outages and learned each slot once.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
@@ -12,7 +13,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from slatebandit.errors import ConfigError, DatabaseUnavailable
 from slatebandit.logging.schema import SCHEMA_VERSION, metadata, schema_info
 
-CONNECT_TIMEOUT = 3  # seconds a PostgreSQL connection attempt may take
+# A PostgreSQL connection attempt fails after CONNECT_TIMEOUT seconds, and one whose peer
+# stops answering is closed within about USER_TIMEOUT (a write unacknowledged that long) or
+# keepalive probes (when idle), so no thread waits on a vanished server for minutes.
+CONNECT_TIMEOUT = 3
+USER_TIMEOUT_MS = 15_000
+_SQLITE_AWAY = ("locked", "unable to open", "disk i/o", "readonly", "read-only")
 
 # Steps that bring a database of schema version V to V + 1 in place (new tables are created by
 # ``create_all`` afterwards). Each is plain SQL both SQLite and PostgreSQL accept.
@@ -33,15 +39,25 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached, rather than that a statement is wrong.
+    """Whether ``exc`` says the database cannot be reached, rather than that a statement failed.
 
-    Drivers raise OperationalError for refused, dropped and timed-out connections (and SQLite
-    for a database that stays locked or cannot be opened); a connection found dead mid-use is
-    flagged ``connection_invalidated``.
+    PostgreSQL: a connection refused, cut or timed out (no SQLSTATE, class 08, or a server
+    shutting down), not a deadlock or a bad statement. SQLite: a database that stays locked
+    or cannot be opened or read.
     """
-    if isinstance(exc, DatabaseUnavailable | OperationalError | InterfaceError | PoolTimeout):
+    if isinstance(exc, DatabaseUnavailable | PoolTimeout):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    if isinstance(exc.orig, sqlite3.Error):
+        message = str(exc.orig).lower()
+        return any(words in message for words in _SQLITE_AWAY)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def open_engine(url: str, *, create: bool = True) -> Engine:
@@ -64,7 +80,14 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
             pool_pre_ping=True,
             pool_size=8,
             max_overflow=8,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT},
+            connect_args={
+                "connect_timeout": CONNECT_TIMEOUT,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 3,
+                "keepalives_count": 3,
+                "tcp_user_timeout": USER_TIMEOUT_MS,
+            },
         )
     if create:
         _check_schema(engine)

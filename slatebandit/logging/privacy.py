@@ -4,7 +4,8 @@ Erasing a user deletes their events, their online state and batch features, and 
 on their decisions, and redacts the decisions themselves: the user id becomes ``""`` and the
 payload loses the user's features (recent categories, profile) and the request context, but
 keeps what replay needs to recompute propensities (candidates, scores, layout, picks). A
-model already trained on their decisions is not untrained.
+model already trained on their decisions is not untrained. A hash of the erased id is kept
+(``erased_users``) so that a record of theirs still waiting in a spool is dropped when shipped.
 
 The purge deletes decisions (with their slots and rewards) and events older than a cutoff.
 It never deletes the newest decision: SQLite would then hand its id out again, and the
@@ -13,13 +14,16 @@ learner, whose progress is a decision id, would take new decisions for learned o
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass, replace
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from slatebandit.logging.records import DecisionPayload
 from slatebandit.logging.schema import (
     decisions,
+    erased_users,
     events,
     rewards,
     slots,
@@ -50,6 +54,9 @@ def erase_user(conn: Connection, user_id: str) -> Erased:
     """Erase ``user_id`` (as stored: pseudonymised, if the server pseudonymises)."""
     if user_id == REDACTED:
         return Erased(0, 0, 0, False)
+    user_hash = erased_hash(user_id)
+    conn.execute(delete(erased_users).where(erased_users.c.user_hash == user_hash))
+    conn.execute(insert(erased_users).values(user_hash=user_hash, erased_at=time.time()))
     theirs = select(decisions.c.id).where(decisions.c.user_id == user_id)
     removed_rewards = conn.execute(
         delete(rewards).where(rewards.c.decision_id.in_(theirs.scalar_subquery()))
@@ -68,6 +75,17 @@ def erase_user(conn: Connection, user_id: str) -> Erased:
     state = conn.execute(delete(user_states).where(user_states.c.user_id == user_id)).rowcount
     conn.execute(delete(user_profiles).where(user_profiles.c.user_id == user_id))
     return Erased(removed_events, removed_rewards, redacted, bool(state))
+
+
+def erased_hash(user_id: str) -> str:
+    """What ``erased_users`` keeps of an erased user id."""
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def erased_since(conn: Connection, user_id: str) -> float | None:
+    """When ``user_id`` was last erased, or None."""
+    found = select(erased_users.c.erased_at).where(erased_users.c.user_hash == erased_hash(user_id))
+    return conn.execute(found).scalar()
 
 
 def redact(payload: bytes) -> bytes:

@@ -343,6 +343,29 @@ spool_progress = Table(
     Column("others", BigInteger, nullable=False),
 )
 
+# Rewards shipped from a spool before their decision: they wait here, and move into
+# ``rewards`` in the transaction that ships the decision (another machine's spool may hold it).
+spool_orphans = Table(
+    "spool_orphans",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("event_id", String(32), nullable=False, index=True),
+    Column("item_key", Integer, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("reward", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("parked_at", Float, nullable=False),
+)
+
+# Shoppers erased by DELETE /v1/users, as a SHA-256 of the stored user id: a record of theirs
+# made before the erasure and shipped from a spool afterwards is dropped, not stored again.
+erased_users = Table(
+    "erased_users",
+    metadata,
+    Column("user_hash", String(64), primary_key=True),
+    Column("erased_at", Float, nullable=False),
+)
+
 schema_info = Table(
     "schema_info",
     metadata,

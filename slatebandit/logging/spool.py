@@ -18,6 +18,7 @@ twice.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import re
@@ -37,8 +38,10 @@ from slatebandit.logging.decisions import DecisionRecord, ShownSlot
 from slatebandit.logging.schema import spool_progress
 from slatebandit.logging.writer import Batcher
 
-FRAME = struct.Struct("<II")  # body length, CRC32 of the body
+FRAME = struct.Struct("<II")  # body length, CRC32 of the length and the body
+FRAME_LENGTH, FRAME_CRC = struct.Struct("<I"), struct.Struct("<I")
 SUFFIX = ".spool"
+DRAFT = ".draft"  # a segment being created, not yet locked
 MAX_RECORD = 16 * 1024 * 1024  # a length above this is a torn or foreign frame
 
 
@@ -75,32 +78,45 @@ def encode(record: Record) -> bytes:
     return msgpack.packb({"k": _TAGS[type(record)], **asdict(record)}, use_bin_type=True)
 
 
-def decode(body: bytes) -> Record:
-    fields = msgpack.unpackb(body, raw=False)
-    kind = _KINDS[fields.pop("k")]
-    if kind is DecisionRecord:
-        fields["shown"] = tuple(ShownSlot(**slot) for slot in fields["shown"])
-    return kind(**fields)  # type: ignore[no-any-return]
+def decode(body: bytes) -> Record | None:
+    """The record in ``body``, or None if this version cannot read it (a whole frame that
+    another version wrote, say): the shipper counts it and goes on."""
+    try:
+        fields = msgpack.unpackb(body, raw=False)
+        kind = _KINDS[fields.pop("k")]
+        known = {f.name for f in dataclasses.fields(kind)}
+        fields = {name: value for name, value in fields.items() if name in known}
+        if kind is DecisionRecord:
+            fields["shown"] = tuple(ShownSlot(**slot) for slot in fields["shown"])
+        return kind(**fields)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - any malformed content
+        return None
 
 
 def frame(body: bytes) -> bytes:
-    return FRAME.pack(len(body), zlib.crc32(body)) + body
+    length = FRAME_LENGTH.pack(len(body))
+    return length + FRAME_CRC.pack(zlib.crc32(body, zlib.crc32(length))) + body
 
 
-def read(path: Path, start: int, end: int | None = None) -> Iterator[tuple[int, Record]]:
+def read(path: Path, start: int, end: int | None = None) -> Iterator[tuple[int, Record | None]]:
     """The whole records of ``path`` from byte ``start`` (to ``end``), each with the offset just
-    past it; a torn or corrupt frame ends the segment."""
+    past it, read frame by frame; a torn or corrupt frame ends the segment. A record this
+    version cannot decode comes as None."""
     with path.open("rb") as handle:
         handle.seek(start)
-        data = handle.read() if end is None else handle.read(max(0, end - start))
-    at = 0
-    while at + FRAME.size <= len(data):
-        length, crc = FRAME.unpack_from(data, at)
-        body = data[at + FRAME.size : at + FRAME.size + length]
-        if length > MAX_RECORD or len(body) < length or zlib.crc32(body) != crc:
-            return
-        at += FRAME.size + length
-        yield start + at, decode(body)
+        at = start
+        while end is None or at + FRAME.size <= end:
+            header = handle.read(FRAME.size)
+            if len(header) < FRAME.size:
+                return
+            length, crc = FRAME.unpack(header)
+            if not 0 < length <= MAX_RECORD or (end is not None and at + FRAME.size + length > end):
+                return
+            body = handle.read(length)
+            if len(body) < length or zlib.crc32(body, zlib.crc32(header[:4])) != crc:
+                return
+            at += FRAME.size + length
+            yield at, decode(body)
 
 
 def readable_end(path: Path, start: int) -> int:
@@ -150,22 +166,25 @@ class Segment:
         directory.mkdir(parents=True, exist_ok=True)
         host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40]
         self.path = directory / f"{time.time_ns():020d}-{host}-{os.getpid()}{SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # held until close(): a shipper will not delete it
-        self.size = 0
-        _fsync_directory(directory)  # the new name itself survives a power cut
+        # Locked under a name no shipper lists, then renamed: a shipper never sees it unheld.
+        draft = self.path.with_name(self.path.name + DRAFT)
+        self._fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # held until close(): never deleted meanwhile
+            draft.rename(self.path)
+            _fsync_directory(directory)  # the name itself survives a power cut
+        except OSError:
+            os.close(self._fd)
+            raise
 
     def append(self, bodies: list[bytes]) -> None:
+        """Write and fsync ``bodies``. If that fails the caller closes the segment: whatever
+        part was written stays as the segment's torn tail, and nothing follows it."""
         data = b"".join(frame(body) for body in bodies)
-        try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(f"spool: short write ({written} of {len(data)} bytes)")
-            os.fsync(self._fd)
-        except OSError:
-            os.ftruncate(self._fd, self.size)  # no torn frame may sit before later records
-            raise
-        self.size += len(data)
+        written = os.write(self._fd, data)
+        if written != len(data):
+            raise OSError(f"spool: short write ({written} of {len(data)} bytes)")
+        os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -191,12 +210,12 @@ class SpoolWriter(Batcher):
 
     def _commit(self, units: list[Any]) -> list[tuple[bool, Any]]:
         records = [unit for unit in units if unit is not _CLOSE]
-        failure: OSError | None = None
+        failure: Exception | None = None
         try:
             if records:
                 self._append(records)
-        except OSError as exc:
-            failure = exc
+        except Exception as exc:  # noqa: BLE001 - each caller gets it (a 503, or logged: none)
+            failure = exc if isinstance(exc, OSError) else OSError(f"spool: {exc!r}")
         if (failure is not None or len(records) < len(units)) and self._segment is not None:
             self._segment.close()  # a failed segment is not appended to again
             self._segment = None
@@ -246,6 +265,15 @@ def set_progress(conn: Connection, segment: str, decisions: int, others: int) ->
         conn.execute(
             insert(spool_progress).values(segment=segment, decisions=decisions, others=others)
         )
+
+
+def shipping(conn: Connection) -> bool:
+    """Whether some segment's decisions have shipped but not yet all its rewards and events:
+    a learner waits, so it never learns a decision before its rewards arrive."""
+    behind = select(spool_progress.c.segment).where(
+        spool_progress.c.others < spool_progress.c.decisions
+    )
+    return conn.execute(behind.limit(1)).first() is not None
 
 
 def forget(conn: Connection, segment: str) -> None:

@@ -45,6 +45,7 @@ from slatebandit.logging.learning import (
     slot_reward,
     take_lease,
 )
+from slatebandit.logging.spool import shipping
 from slatebandit.retrieval import item_tokens, scorer_features
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,10 @@ class Learner:
         until = now - max(self.settings.reward_wait, lag)
         with self.engine.connect() as conn:
             due = due_decisions(conn, self.position, until, self.settings.learn_batch)
+            # Asked after the decisions were read: if a spool shipped some of them, its
+            # progress row is already visible, and this batch waits for their rewards.
+            if due and shipping(conn):
+                return 0
             if self.apprentice:  # the model ranks every candidate
                 revs = sorted({int(r) for d in due for r in d.payload.candidate_revs})
             else:

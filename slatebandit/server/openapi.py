@@ -40,7 +40,7 @@ _SLATE = {
             "enum": ["database", "spool", "none"],
             "description": "where the decision went: committed, spooled while the database is "
             "unreachable (shipped when it returns), or nowhere (the spool failed too; rewards "
-            "for it are refused)",
+            "for it are dropped)",
         },
         "experiment": {"type": "string", "description": "present when an A/B experiment chose"},
         "arm": {"type": "string"},

@@ -14,33 +14,38 @@ of workers that died, in three steps:
 3. ship every segment's rewards and events, up to the size noted in 1.
 
 A reward is spooled after its decision (its event id exists only once the slate was answered),
-so by step 3 every decision a spooled reward on this machine can name is in the database. Each
-shipping transaction stores how far it got (``spool_progress``), so nothing ships twice.
+so by step 3 every decision a spooled reward on this machine can name is in the database. A
+reward whose decision is still missing (in another machine's spool) waits in
+``spool_orphans`` and moves into ``rewards`` in the transaction that ships its decision. Each
+shipping transaction stores how far it got (``spool_progress``), so nothing ships twice, and
+records of a shopper erased after they were spooled are dropped (``erased_users``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, delete, insert, select, text
 
 from slatebandit.errors import DatabaseUnavailable
 from slatebandit.logging import DecisionRecord, ShownDecision, insert_event, insert_reward
 from slatebandit.logging.decisions import shown_decision
 from slatebandit.logging.engine import is_unavailable
-from slatebandit.logging.privacy import REDACTED
-from slatebandit.logging.schema import decisions
+from slatebandit.logging.privacy import REDACTED, erased_since
+from slatebandit.logging.schema import decisions, spool_orphans
 from slatebandit.logging.spool import (
+    DRAFT,
     SpooledEvent,
     SpooledReward,
     SpoolWriter,
@@ -59,8 +64,12 @@ if TYPE_CHECKING:
     from slatebandit.server.services import Services
 
 log = logging.getLogger(__name__)
-SPOOLED = -1  # the ShownDecision.decision_id of a decision that is still in the spool
+T = TypeVar("T")
+# The ShownDecision.decision_id of a decision this worker spooled: never written anywhere; a
+# reward for it is spooled too, or, once the database is back, looked up there by event id.
+SPOOLED = -1
 SHIP_CHUNK = 500  # records per shipping transaction
+ORPHAN_DAYS = 7.0  # a reward whose decision never ships is dropped after this long
 
 
 @dataclass
@@ -79,8 +88,11 @@ class Effects:
 class Outage:
     """Whether this worker can reach the database, and the spool it writes to when it cannot."""
 
-    def __init__(self, engine: Engine, directory: Path, *, max_bytes: int) -> None:
+    def __init__(
+        self, engine: Engine, directory: Path, *, max_bytes: int, timeout: float = 5.0
+    ) -> None:
         self.engine = engine
+        self.timeout = timeout  # seconds a serving write or read may wait for the database
         self.spool = SpoolWriter(directory, max_bytes=max_bytes)
         self.degraded = False  # the latest attempt to reach the database failed
         self.shipped = 0  # records this worker shipped, for /healthz
@@ -108,7 +120,7 @@ class Outage:
         (the slate is still served)."""
         if not self.degraded:
             try:
-                return await submit(record), "database"
+                return await self.in_time(submit(record)), "database"
             except DatabaseUnavailable:
                 self.failed()
         try:
@@ -119,7 +131,16 @@ class Outage:
         keys = tuple(slot.item_key for slot in record.shown)
         return ShownDecision(SPOOLED, keys, record.user_id), "spool"
 
-    async def spooled(self, record: SpooledReward | SpooledEvent) -> None:
+    async def in_time(self, pending: Awaitable[T]) -> T:
+        """``pending``, or DatabaseUnavailable if the database takes longer than the timeout (a
+        server that stopped answering). A write that commits after all is harmless: its
+        spooled copy is recognised by its id when shipped."""
+        try:
+            return await asyncio.wait_for(pending, self.timeout)
+        except TimeoutError:
+            raise DatabaseUnavailable("database: no answer in time", field="database") from None
+
+    async def append(self, record: SpooledReward | SpooledEvent) -> None:
         """Append ``record`` to the spool, durably; a 503 if even that fails."""
         try:
             await self.spool.submit(record)
@@ -132,7 +153,7 @@ class Outage:
     async def watch(self, s: Services) -> None:
         """One probe; when the database answers, close this worker's segment and ship."""
         try:
-            await asyncio.to_thread(_probe, self.engine)
+            await self.in_time(asyncio.to_thread(_probe, self.engine))
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -151,20 +172,28 @@ class Outage:
         with _ship_lock(self.directory) as mine:
             if not mine:
                 return
+            # 1. Each segment's size now; 2. every decision, from every segment (listed
+            # again: one made since may hold the decision of a reward within those sizes);
+            # 3. the rewards and events within those sizes.
+            limits = {path: path.stat().st_size for path in segments(self.directory)}
             paths = segments(self.directory)
-            limits = {path: path.stat().st_size for path in paths}  # step 1
-            for path in paths:  # step 2
-                while (effects := await s.writer.submit(_decisions_unit(path))) is not None:
+            for path in paths:
+                while (effects := await s.writer.submit(_decisions_unit(s, path))) is not None:
                     self._apply(s, effects)
-            for path in paths:  # step 3
-                unit = _others_unit(s, path, limits[path])
+            for path, limit in limits.items():
+                unit = _others_unit(s, path, limit)
                 while (effects := await s.writer.submit(unit)) is not None:
                     self._apply(s, effects)
+            self._apply(s, await s.writer.submit(_expire_orphans))
             for path in paths:
                 if not is_held(path) and await s.read(partial(_finished, path=path)):
                     path.unlink()
                     await s.writer.submit(partial(forget, segment=path.name))
                     log.info("spool segment %s shipped", path.name)
+            for draft in self.directory.glob(f"*{DRAFT}"):  # left by a crash while created
+                with contextlib.suppress(FileNotFoundError):  # or renamed meanwhile
+                    if time.time() - draft.stat().st_mtime > 60 and not is_held(draft):
+                        draft.unlink()
 
     def _apply(self, s: Services, effects: Effects) -> None:
         for event_id, decision_id in effects.ids.items():
@@ -216,36 +245,40 @@ def _ship_lock(directory: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def _decisions_unit(path: Path) -> Callable[[Connection], Effects | None]:
-    """Ship up to SHIP_CHUNK decisions of ``path``; None when there were none left."""
+def _decisions_unit(s: Services, path: Path) -> Callable[[Connection], Effects | None]:
+    """Ship up to SHIP_CHUNK decisions of ``path``, with any rewards parked for them; None
+    when there were none left."""
 
     def unit(conn: Connection) -> Effects | None:
-        start, others = progress(conn, path.name)
-        end, found = start, []
+        start, others_at = progress(conn, path.name)
+        end, found, effects = start, [], Effects()
         for end, record in read(path, start):  # noqa: B007 - ``end`` is where this chunk stops
-            if isinstance(record, DecisionRecord):
+            if record is None:
+                _unreadable(path, effects)
+            elif isinstance(record, DecisionRecord):
+                if _erased_after(conn, record.user_id, record.created_at):
+                    effects.dropped += 1
+                    continue
                 found.append(record)
                 if len(found) == SHIP_CHUNK:
                     break
         if end == start:
             return None
-        if not found:  # only rewards and events in this stretch: step past them
-            set_progress(conn, path.name, end, others)
-            return Effects()
         # A decision whose commit reached the database just as the connection broke was
-        # spooled too: the event id says it is already there.
-        there = set(
-            conn.execute(
-                select(decisions.c.event_id).where(
-                    decisions.c.event_id.in_([r.event_id for r in found])
-                )
-            ).scalars()
-        )
+        # spooled too: its event id says it is already there.
+        there: dict[str, int] = {}
+        if found:
+            query = select(decisions.c.event_id, decisions.c.id).where(
+                decisions.c.event_id.in_([r.event_id for r in found])
+            )
+            there = {event_id: decision_id for event_id, decision_id in conn.execute(query)}
         fresh = [r for r in found if r.event_id not in there]
         shown = DecisionRecord.write_many(conn, fresh) if fresh else []
-        set_progress(conn, path.name, end, others)
-        effects = Effects(records=len(fresh))
         effects.ids = {r.event_id: d.decision_id for r, d in zip(fresh, shown, strict=True)}
+        effects.ids.update(there)
+        effects.records += len(fresh)
+        _adopt_orphans(conn, s, [r.event_id for r in fresh], effects)
+        set_progress(conn, path.name, end, others_at)
         return effects
 
     return unit
@@ -255,7 +288,7 @@ def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], 
     """Ship up to SHIP_CHUNK rewards and events of ``path`` that lie before ``limit``."""
 
     def unit(conn: Connection) -> Effects | None:
-        shipped, start = progress(conn, path.name)
+        decisions_at, start = progress(conn, path.name)
         end, effects, seen = start, Effects(), 0
         for end, record in read(path, start, limit):  # noqa: B007
             if isinstance(record, SpooledReward):
@@ -263,13 +296,13 @@ def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], 
             elif isinstance(record, SpooledEvent):
                 _ship_event(conn, s, record, effects)
             else:
-                continue
+                continue  # decisions ship in step 2; an unreadable record was counted there
             seen += 1
             if seen == SHIP_CHUNK:
                 break
         if end == start:
             return None
-        set_progress(conn, path.name, shipped, end)
+        set_progress(conn, path.name, decisions_at, end)
         return effects
 
     return unit
@@ -277,8 +310,17 @@ def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], 
 
 def _ship_reward(conn: Connection, s: Services, r: SpooledReward, effects: Effects) -> None:
     decision = shown_decision(conn, r.event_id)
-    if decision is None or decision.user_id == REDACTED or r.item_key not in decision.item_keys:
-        log.warning("spooled reward for %s dropped: no such decision, or not shown", r.event_id)
+    if decision is None:  # its decision may still be in another machine's spool
+        conn.execute(insert(spool_orphans).values(**asdict(r), parked_at=time.time()))
+        return
+    _store_reward(conn, s, decision, r, effects)
+
+
+def _store_reward(
+    conn: Connection, s: Services, decision: ShownDecision, r: SpooledReward, effects: Effects
+) -> None:
+    if decision.user_id == REDACTED or r.item_key not in decision.item_keys:
+        log.warning("spooled reward for %s dropped: decision erased, or item not shown", r.event_id)
         effects.dropped += 1
         return
     stored = insert_reward(
@@ -298,7 +340,36 @@ def _ship_reward(conn: Connection, s: Services, r: SpooledReward, effects: Effec
         effects.context.append((dict(decision.context), r.item_key, r.reward))
 
 
+def _adopt_orphans(conn: Connection, s: Services, event_ids: list[str], effects: Effects) -> None:
+    """Store the parked rewards of decisions just shipped."""
+    if not event_ids:
+        return
+    parked = conn.execute(
+        select(spool_orphans).where(spool_orphans.c.event_id.in_(event_ids))
+    ).all()
+    for row in parked:
+        decision = shown_decision(conn, row.event_id)
+        assert decision is not None  # shipped in this transaction
+        reward = SpooledReward(row.event_id, row.item_key, row.type, row.reward, row.created_at)
+        _store_reward(conn, s, decision, reward, effects)
+    if parked:
+        conn.execute(delete(spool_orphans).where(spool_orphans.c.id.in_([r.id for r in parked])))
+
+
+def _expire_orphans(conn: Connection) -> Effects:
+    """Drop parked rewards whose decision has not shipped in ORPHAN_DAYS (it never will: an
+    unknown event id, or a slate logged nowhere)."""
+    cutoff = time.time() - ORPHAN_DAYS * 86400
+    expired = conn.execute(delete(spool_orphans).where(spool_orphans.c.parked_at < cutoff))
+    if expired.rowcount:
+        log.warning("%d spooled rewards dropped: no decision shipped for them", expired.rowcount)
+    return Effects(dropped=max(expired.rowcount, 0))
+
+
 def _ship_event(conn: Connection, s: Services, e: SpooledEvent, effects: Effects) -> None:
+    if _erased_after(conn, e.user_id, e.created_at):
+        effects.dropped += 1
+        return
     if not insert_event(
         conn,
         user_id=e.user_id,
@@ -314,8 +385,19 @@ def _ship_event(conn: Connection, s: Services, e: SpooledEvent, effects: Effects
     effects.records += 1
 
 
+def _erased_after(conn: Connection, user_id: str, created_at: float) -> bool:
+    """Whether ``user_id`` was erased after a record of theirs made at ``created_at``."""
+    erased_at = erased_since(conn, user_id)
+    return erased_at is not None and erased_at >= created_at
+
+
+def _unreadable(path: Path, effects: Effects) -> None:
+    log.error("spool segment %s: a record this version cannot read was skipped", path.name)
+    effects.dropped += 1
+
+
 def _finished(conn: Connection, path: Path) -> bool:
     """Whether every whole record of ``path`` has been shipped."""
     decisions_at, others_at = progress(conn, path.name)
     end = readable_end(path, min(decisions_at, others_at))
-    return decisions_at == end and others_at == end
+    return decisions_at >= end and others_at >= end

@@ -11,7 +11,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from slatebandit.config import Settings
-from slatebandit.errors import DatabaseUnavailable
 from slatebandit.logging.privacy import Purged, erase_user, purge_before
 from slatebandit.server.codec import respond
 from slatebandit.server.services import for_request
@@ -24,11 +23,6 @@ async def erase(request: Request) -> Response:
     s = for_request(request, "admin")
     raw = request.path_params["user_id"]
     user_id = s.user_key(raw)
-    if s.outage.spooling():  # a spooled record of theirs would come back after the erasure
-        raise DatabaseUnavailable(
-            "database: records from an outage are still being shipped; retry shortly",
-            field="database",
-        )
     erased = await s.writer.submit(lambda conn: erase_user(conn, user_id))
     s.users.drop(user_id)
     for event_id in [e for e, d in s.decisions.items() if d.user_id == user_id]:

@@ -195,11 +195,11 @@ async def post_reward(request: Request) -> Response:
             f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
         )
     now = time.time()
-    spooled = SpooledReward(body.event_id, key, body.type, reward, now)
+    record = SpooledReward(body.event_id, key, body.type, reward, now)
     answer = {**body.model_dump(), "reward": reward}
     if decision is None or decision.decision_id == SPOOLED or outage.degraded:
         # Its decision may be in a spool, or the database is away: checked when shipped.
-        await outage.spooled(spooled)
+        await outage.append(record)
         return respond(request, {**answer, "duplicate": None, "logged": "spool"}, 202)
     # A positive reward is also something the shopper did: it shapes their next slate like an
     # event (a negative one, a dislike, is not folded into what they like).
@@ -221,10 +221,10 @@ async def post_reward(request: Request) -> Response:
         return stored, observe(conn) if stored and reward > 0 else None
 
     try:
-        stored, state = await s.writer.submit(unit)
+        stored, state = await outage.in_time(s.writer.submit(unit))
     except DatabaseUnavailable:
         outage.failed()
-        await outage.spooled(spooled)
+        await outage.append(record)
         return respond(request, {**answer, "duplicate": None, "logged": "spool"}, 202)
     if state is not None:
         s.remember_state(decision.user_id, state)
@@ -251,13 +251,13 @@ async def post_event(request: Request) -> Response:
 
     if not s.outage.degraded:
         try:
-            s.remember_state(user_id, await s.writer.submit(unit))
+            s.remember_state(user_id, await s.outage.in_time(s.writer.submit(unit)))
             catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
             return respond(request, {**body.model_dump(), "logged": "database"}, 202)
         except DatabaseUnavailable:
             s.outage.failed()
     # Folded into the user's state when shipped: until then their slates do not show it.
-    await s.outage.spooled(SpooledEvent(user_id, key, body.type, now, ref))
+    await s.outage.append(SpooledEvent(user_id, key, body.type, now, ref))
     return respond(request, {**body.model_dump(), "logged": "spool"}, 202)
 
 

@@ -29,7 +29,7 @@ from slatebandit.policies import Policy, PolicySet, VWPolicy
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import RateLimiter, require
-from slatebandit.server.outage import Outage
+from slatebandit.server.outage import SPOOLED, Outage
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -71,7 +71,10 @@ class Services:
         self.exclusions = self.settings.exclusions
         self.rewards = self.settings.rewards
         self.outage = Outage(
-            self.engine, self.settings.spool_path, max_bytes=self.settings.spool_max_bytes
+            self.engine,
+            self.settings.spool_path,
+            max_bytes=self.settings.spool_max_bytes,
+            timeout=self.settings.db_timeout_seconds,
         )
 
     async def allowed(self, filters: Filters) -> Allowed:
@@ -91,7 +94,7 @@ class Services:
 
         if not self.outage.degraded:
             try:
-                found, profile = await self.read(query)
+                found, profile = await self.outage.in_time(self.read(query))
                 return self._decoded(user_id, found), profile
             except DatabaseUnavailable:
                 self.outage.failed()
@@ -140,10 +143,14 @@ class Services:
         """The decision behind ``event_id``; read from the database if another process made it
         (unless the database is away: then only this worker's recent decisions are known)."""
         decision = self.decisions.get(event_id)
-        if decision is None and not self.outage.degraded:
-            decision = await self.read(lambda conn: shown_decision(conn, event_id))
-            if decision is not None:
-                self.remember_decision(event_id, decision)
+        stale = decision is None or decision.decision_id == SPOOLED  # it may have shipped
+        if stale and not self.outage.degraded:
+            found = await self.outage.in_time(
+                self.read(lambda conn: shown_decision(conn, event_id))
+            )
+            if found is not None:
+                self.remember_decision(event_id, found)
+                decision = found
         return decision
 
     async def read(self, query: Callable[[Connection], T]) -> T:
