@@ -4,9 +4,10 @@ spool takes to ship.
 `serve --workers 2` (embedded learner) against a PostgreSQL cluster of its own, under open-loop
 load (slates, one click in ten) at a fixed rate. After ``--before`` seconds the cluster is
 stopped (as a crash would), after ``--during`` more it is started again, and the load goes on
-for ``--after`` seconds. Reported per phase: slate p50/p99, errors, and where the decisions
-were logged; then the seconds from the database's return to an empty spool, and whether
-every acknowledged decision is stored exactly once.
+for ``--after`` seconds: while the spool ships ("shipping"), then "after". Reported per phase:
+slate p50/p99, errors, and where the decisions were logged; then the seconds from the
+database's return to an empty spool, and whether every acknowledged decision is stored
+exactly once.
 
     python -m benchmarks.outage [--rate 80] [--items 20000]
 """
@@ -99,15 +100,19 @@ def shipped_after(base: str, since: float) -> float:
 async def outage(base: str, cluster: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     pool = _pool(base, 32)
     await pool.open()
-    phases = [Phase("before"), Phase("during"), Phase("after")]
+    phases = [Phase("before"), Phase("during"), Phase("shipping"), Phase("after")]
     await run_phase(pool, args.rate, args.before, phases[0])
     cluster.stop()
     await run_phase(pool, args.rate, args.during, phases[1])
     cluster.start()
     back = time.monotonic()
-    after = asyncio.create_task(run_phase(pool, args.rate, args.after, phases[2]))
+    # Until the spool has shipped, then the rest of --after: each slate counts in the phase
+    # in which it was sent.
+    shipping = asyncio.create_task(run_phase(pool, args.rate, args.after, phases[2]))
     ship_seconds = await asyncio.to_thread(shipped_after, base, back)
-    await after
+    shipping.cancel()
+    await asyncio.gather(shipping, return_exceptions=True)
+    await run_phase(pool, args.rate, args.after - ship_seconds, phases[3])
     await pool.close()
     return {
         "phases": [p.report() for p in phases],

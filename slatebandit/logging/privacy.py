@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -82,10 +83,15 @@ def erased_hash(user_id: str) -> str:
     return hashlib.sha256(user_id.encode()).hexdigest()
 
 
-def erased_since(conn: Connection, user_id: str) -> float | None:
-    """When ``user_id`` was last erased, or None."""
-    found = select(erased_users.c.erased_at).where(erased_users.c.user_hash == erased_hash(user_id))
-    return conn.execute(found).scalar()
+def erasures(conn: Connection, user_ids: Iterable[str]) -> dict[str, float]:
+    """When each of ``user_ids`` that has been erased was last erased (one query)."""
+    hashes = {erased_hash(user_id): user_id for user_id in set(user_ids)}
+    if not hashes:
+        return {}
+    found = select(erased_users.c.user_hash, erased_users.c.erased_at).where(
+        erased_users.c.user_hash.in_(list(hashes))
+    )
+    return {hashes[user_hash]: erased_at for user_hash, erased_at in conn.execute(found)}
 
 
 def redact(payload: bytes) -> bytes:
