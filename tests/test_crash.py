@@ -74,6 +74,47 @@ class Load:
                     return  # the server is gone: nothing more can be acknowledged
 
 
+@dataclass
+class Stored:
+    """What a database holds, to check acknowledged records and the learner against."""
+
+    decisions: dict[str, int]  # event id -> decision rows
+    rewards: dict[str, int]  # event id -> reward rows
+    learned_through: int  # the newest model version's progress...
+    examples: int  # ...the examples it has learned...
+    learned_slots: int  # ...and the shown slots up to that progress
+
+
+def stored(url: str) -> Stored:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        by_event = select(decisions.c.event_id, func.count()).group_by(decisions.c.event_id)
+        rewarded = (
+            select(decisions.c.event_id, func.count(rewards.c.id))
+            .join(rewards, rewards.c.decision_id == decisions.c.id)
+            .group_by(decisions.c.event_id)
+        )
+        latest = conn.execute(
+            select(model_versions.c.examples, model_versions.c.learned_through)
+            .order_by(model_versions.c.version.desc())
+            .limit(1)
+        ).one()
+        learned_slots = conn.execute(
+            select(func.count())
+            .select_from(slots)
+            .where(slots.c.decision_id <= latest.learned_through)
+        ).scalar_one()
+        found = Stored(
+            dict(conn.execute(by_event).all()),  # type: ignore[arg-type]
+            dict(conn.execute(rewarded).all()),  # type: ignore[arg-type]
+            latest.learned_through,
+            latest.examples,
+            learned_slots,
+        )
+    engine.dispose()
+    return found
+
+
 def _checkpoints(url: str) -> int:
     engine = create_engine(url)
     try:
@@ -164,16 +205,11 @@ def _crash_and_check(tmp_path: Path, url: str, db: list[str]) -> None:
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        champion = conn.execute(
-            select(promotions.c.version).order_by(promotions.c.id.desc()).limit(1)
-        ).scalar()
-        checkpoints = conn.execute(select(func.count()).select_from(model_versions)).scalar_one()
-    assert checkpoints >= KILLS  # the embedded learner learned in every round
+    champion = _champion(url)
+    assert _checkpoints(url) >= KILLS  # the embedded learner learned in every round
     # The restart loaded the champion (or, having learned and promoted since, a newer one).
     assert champion_at_kill is not None and champion_at_kill <= health["model_version"]
-    assert health["model_version"] <= champion
+    assert champion is not None and health["model_version"] <= champion
     learn = subprocess.run(
         [
             sys.executable,
@@ -192,35 +228,12 @@ def _crash_and_check(tmp_path: Path, url: str, db: list[str]) -> None:
     )
     assert learn.returncode == 0, learn.stderr
 
-    with engine.connect() as conn:
-        logged = dict(
-            conn.execute(
-                select(decisions.c.event_id, func.count()).group_by(decisions.c.event_id)
-            ).all()
-        )
-        assert all(logged.get(e) == 1 for e in load.slates)  # every acknowledged slate, once
-        stored = dict(
-            conn.execute(
-                select(decisions.c.event_id, func.count(rewards.c.id))
-                .join(rewards, rewards.c.decision_id == decisions.c.id)
-                .group_by(decisions.c.event_id)
-            ).all()
-        )
-        assert all(stored.get(e) == 1 for e, _ in load.rewards)  # every acknowledged reward
-        latest = conn.execute(
-            select(model_versions.c.examples, model_versions.c.learned_through)
-            .order_by(model_versions.c.version.desc())
-            .limit(1)
-        ).one()
-        learned_slots = conn.execute(
-            select(func.count())
-            .select_from(slots)
-            .where(slots.c.decision_id <= latest.learned_through)
-        ).scalar_one()
-    engine.dispose()
+    found = stored(url)
+    assert all(found.decisions.get(e) == 1 for e in load.slates)  # every acknowledged slate
+    assert all(found.rewards.get(e) == 1 for e, _ in load.rewards)  # every acknowledged reward
     assert len(load.slates) >= KILLS * 300 and len(load.rewards) > 0
     # The lineage learned each slot up to its progress exactly once, across five kills.
-    assert latest.learned_through > 0 and latest.examples == learned_slots
+    assert found.learned_through > 0 and found.examples == found.learned_slots
 
 
 def _env() -> dict[str, str]:

@@ -6,6 +6,7 @@ in 1, 2 or 3 get clicked.
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -19,10 +20,12 @@ from slatebandit.config import Settings
 from slatebandit.logging import models, open_engine
 from slatebandit.logging.learning import due_decisions, revision_snapshots
 from slatebandit.logging.schema import decisions, slots
+from slatebandit.personalizer.loops import Loops
 from slatebandit.policies.learner import Learner, slot_features
 from slatebandit.replay.gate import evaluate, judge
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
+from slatebandit.server.app import EmbeddedLearner
 from tests.conftest import make_settings, seed_catalog, serve_with_clicks
 
 LATER = 3600.0  # learn "an hour later": every reward is in
@@ -249,3 +252,21 @@ def test_the_gate_does_not_judge_what_the_champions_logs_never_show(log: Setting
     assert not verdict.promoted and verdict.coverage is not None and verdict.coverage < 0.8
     assert verdict.reason.startswith("cannot judge: the champion's decisions cover")
     assert f"arm vw@{bad}" in verdict.reason
+
+
+def test_the_embedded_learner_judges_in_a_process_of_its_own(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, reward_wait=0, checkpoint_every=1, gate_holdout_every=4)
+    seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
+    _serve(settings, 40, 0)
+    engine = open_engine(settings.database_url)
+    learning = EmbeddedLearner(engine, settings, Loops(engine, settings.loops, seed=1))
+    learning._turn()  # learns, checkpoints, and the gate judges the checkpoint
+    assert learning._gates is not None
+    gate_pids = set(learning._gates._processes)  # type: ignore[attr-defined]
+    learning.stop()
+    with engine.connect() as conn:
+        verdicts = models.gate_verdicts(conn)
+        champion = models.champion(conn)
+    engine.dispose()
+    assert gate_pids and os.getpid() not in gate_pids
+    assert verdicts and verdicts[-1]["promoted"] and champion == verdicts[-1]["version"]

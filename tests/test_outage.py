@@ -22,10 +22,9 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from sqlalchemy import create_engine, func, select
 
 from benchmarks.pg_cluster import Cluster, initdb, private_cluster
-from slatebandit.logging.schema import decisions, model_versions, rewards, slots
+from tests.test_crash import stored
 from tests.test_e2e import _free_port, _wait_healthy
 
 CLIENTS = 4
@@ -212,34 +211,10 @@ def test_postgresql_stopped_under_load_loses_and_duplicates_nothing(
     assert load.failures == []  # no request failed, through both outages
     assert load.logged("none") == 0 and load.logged("spool") >= 500
     assert {logged for _, _, logged in load.rewards} == {"database", "spool"}
-    engine = create_engine(cluster.url)
-    with engine.connect() as conn:
-        stored = dict(
-            conn.execute(
-                select(decisions.c.event_id, func.count()).group_by(decisions.c.event_id)
-            ).all()
-        )
-        rewarded = dict(
-            conn.execute(
-                select(decisions.c.event_id, func.count(rewards.c.id))
-                .join(rewards, rewards.c.decision_id == decisions.c.id)
-                .group_by(decisions.c.event_id)
-            ).all()
-        )
-        latest = conn.execute(
-            select(model_versions.c.examples, model_versions.c.learned_through)
-            .order_by(model_versions.c.version.desc())
-            .limit(1)
-        ).one()
-        learned_slots = conn.execute(
-            select(func.count())
-            .select_from(slots)
-            .where(slots.c.decision_id <= latest.learned_through)
-        ).scalar_one()
-    engine.dispose()
+    found = stored(cluster.url)
     # Every acknowledged decision and reward, spooled or not, is stored: at least once here,
     # at most once by the unique event id and (decision, item, type).
-    assert all(stored.get(event_id) == 1 for event_id in load.slates)
-    assert all(rewarded.get(event_id) == 1 for event_id, _, _ in load.rewards)
+    assert all(found.decisions.get(event_id) == 1 for event_id in load.slates)
+    assert all(found.rewards.get(event_id) == 1 for event_id, _, _ in load.rewards)
     # The learner went on through both outages and learned each slot once.
-    assert latest.learned_through > 0 and latest.examples == learned_slots
+    assert found.learned_through > 0 and found.examples == found.learned_slots

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine, func, select
 
 from slatebandit.config import Settings
-from slatebandit.logging import models
+from slatebandit.logging import models, open_engine
 from slatebandit.logging.schema import decisions
 from slatebandit.replay.estimators import paired_difference
 from slatebandit.replay.evaluate import ReplayOptions, replay
@@ -207,3 +207,18 @@ def judge(engine: Engine, settings: Settings, version: int, now: float | None = 
         verdict.reason,
     )
     return verdict
+
+
+_engines: dict[str, Engine] = {}
+
+
+def judge_apart(url: str, settings: Settings, version: int) -> Verdict:
+    """``judge``, in a process of the gate's own (``serve`` runs it there: replaying the gate's
+    decisions under two models takes seconds of CPU and a few hundred MB, which in the serving
+    process held the GIL from requests and stayed in its heap). One engine per process."""
+    if url not in _engines:
+        logging.basicConfig(
+            level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+        )
+        _engines[url] = open_engine(url, create=False)
+    return judge(_engines[url], settings, version)

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import multiprocessing
 import os
 import socket
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import PolicySet, VWPolicy, follow_champion
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.policies.learner import LEASE, Learner, hold_lease
-from slatebandit.replay.gate import judge
+from slatebandit.replay.gate import Verdict, judge_apart
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.embedding_job import follow_factors, latest_factors, train_if_leased
 from slatebandit.server import experiments, privacy, routes
@@ -244,6 +246,15 @@ class EmbeddedLearner:
         # A cancelled tick leaves its thread running: stop() waits for that turn to end, so
         # its final checkpoint never lands in the middle of a batch.
         self._turning = threading.Lock()
+        self._gates: ProcessPoolExecutor | None = None  # the promotion gate's own process
+
+    def _judge(self, version: int) -> Verdict:
+        """The promotion gate's verdict on ``version``, reached in a process of its own (this
+        thread waits without the GIL)."""
+        if self._gates is None:
+            self._gates = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        url = self.engine.url.render_as_string(hide_password=False)
+        return self._gates.submit(judge_apart, url, self.settings, version).result()
 
     async def tick(self) -> None:
         await asyncio.to_thread(self._turn)
@@ -258,7 +269,7 @@ class EmbeddedLearner:
             return  # another process learns; don't even load a model
         if self.learner is None:
             self.learner = Learner(self.engine, self.settings, self.holder)
-            self.learner.gate = partial(judge, self.engine, self.settings)
+            self.learner.gate = self._judge
         self.learner.run_due(budget=LEARN_BUDGET)
 
     def stop(self) -> None:
@@ -266,6 +277,8 @@ class EmbeddedLearner:
             self._stop()
 
     def _stop(self) -> None:
+        if self._gates is not None:
+            self._gates.shutdown(wait=True, cancel_futures=True)
         self.personalizer.stop()
         if self.learner is not None and hold_lease(self.engine, self.holder, self.lease):
             self.learner.checkpoint(judge=False)  # shutting down: the next checkpoint is judged
