@@ -9,15 +9,20 @@ shipping across segments, and that shipping resumed after a crash ships nothing 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import msgpack
+import psycopg
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import OperationalError
 from starlette.testclient import TestClient
 
+from slatebandit.errors import DatabaseUnavailable
 from slatebandit.logging.decisions import DecisionRecord, ShownSlot, insert_event
+from slatebandit.logging.engine import is_unavailable
 from slatebandit.logging.schema import (
     decisions,
     events,
@@ -42,6 +47,7 @@ from slatebandit.logging.spool import (
 )
 from slatebandit.policies.learner import Learner
 from slatebandit.server import create_app, outage
+from slatebandit.server.outage import Outage
 from slatebandit.server.services import Services
 from tests.conftest import make_settings, seed_catalog
 
@@ -321,3 +327,35 @@ def test_a_learner_waits_while_a_spool_is_half_shipped(served) -> None:  # type:
         set_progress(conn, "x.spool", decisions=100, others=100)
     engine.dispose()
     assert learner.step() == 1
+
+
+def test_only_connection_failures_count_as_an_outage(tmp_path: Path) -> None:
+    refused = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    with pytest.raises(OperationalError) as away:
+        refused.connect()
+    assert is_unavailable(away.value)
+    lite = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(OperationalError) as wrong, lite.connect() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    assert not is_unavailable(wrong.value)  # a bug, not an outage: a 500, not the spool
+    deadlock = OperationalError("UPDATE ...", {}, psycopg.errors.DeadlockDetected("deadlock"))
+    assert not is_unavailable(deadlock)  # the writer retries its units one by one
+    locked = OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
+    assert is_unavailable(locked)
+
+
+def test_a_database_that_stops_answering_times_out_into_the_spool(tmp_path: Path) -> None:
+    async def run() -> None:
+        outage = Outage(create_engine("sqlite://"), tmp_path / "spool", max_bytes=1 << 20)
+        outage.timeout = 0.05
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with pytest.raises(DatabaseUnavailable):
+            await outage.in_time(never)
+        assert never.cancelled()  # the writer will skip it; its spooled copy ships once
+        await outage.spool.start()
+        hangs = asyncio.get_running_loop().create_future
+        decision, logged = await outage.log_decision(lambda _: hangs(), DECISION)
+        assert logged == "spool" and outage.degraded and decision is not None
+        await outage.spool.stop()
+
+    asyncio.run(run())
