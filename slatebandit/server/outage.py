@@ -69,7 +69,8 @@ T = TypeVar("T")
 # reward for it is spooled too, or, once the database is back, looked up there by event id.
 SPOOLED = -1
 # Records per shipping transaction. Shipping shares the group-commit writer with live traffic:
-# at 500, slate p99 rose to 683 ms while a spool shipped, at 100 to 174 ms (benchmarks/outage.py).
+# at 500, slate p99 rose to 683 ms while a spool shipped, at 100 to 174-339 ms (three runs of
+# benchmarks/outage.py).
 SHIP_CHUNK = 100
 ORPHAN_DAYS = 7.0  # a reward whose decision never ships is dropped after this long
 
@@ -98,7 +99,8 @@ class Outage:
         self.spool = SpoolWriter(directory, max_bytes=max_bytes)
         self.degraded = False  # the latest attempt to reach the database failed
         self.shipped = 0  # records this worker shipped, for /healthz
-        self.dropped = 0  # spooled rewards whose decision was gone or never made
+        self.dropped = 0  # records not stored: unreadable, of an erased shopper, or rewards
+        # whose decision never shipped or does not show their item
 
     @property
     def directory(self) -> Path:
