@@ -46,7 +46,7 @@ from slatebandit.logging.spool import (
     set_progress,
 )
 from slatebandit.policies.learner import Learner
-from slatebandit.server import create_app, outage
+from slatebandit.server import create_app, shipping
 from slatebandit.server.outage import Outage
 from slatebandit.server.services import Services
 from tests.conftest import make_settings, seed_catalog
@@ -206,12 +206,12 @@ def test_shipping_resumed_after_a_crash_ships_nothing_twice(
     client.portal.call(s.outage.spool.close_segment)
     (path,) = segments(s.outage.directory)
     # A crash after two chunks of decisions and one of the rest: their progress is committed.
-    monkeypatch.setattr(outage, "SHIP_CHUNK", 2)
-    for unit in (outage._decisions_unit(s, path),) * 2 + (outage._others_unit(s, path, 10**9),):
+    monkeypatch.setattr(shipping, "SHIP_CHUNK", 2)
+    for unit in (shipping._decisions_unit(s, path),) * 2 + (shipping._others_unit(s, path, 10**9),):
         assert client.portal.call(s.writer.submit, unit) is not None
     assert _count(url, decisions) == 4 and _count(url, rewards) == 1 and _count(url, events) == 1
     # After a restart, everything shipped, then a crash before the file was deleted...
-    for unit in (outage._decisions_unit(s, path), outage._others_unit(s, path, 10**9)):
+    for unit in (shipping._decisions_unit(s, path), shipping._others_unit(s, path, 10**9)):
         while client.portal.call(s.writer.submit, unit) is not None:
             pass
     assert _count(url, decisions) == 5 and _count(url, rewards) == 5 and _count(url, events) == 5
@@ -289,7 +289,7 @@ def test_a_reward_waits_for_a_decision_shipped_later_from_elsewhere(
     client.portal.call(s.outage.watch, s)
     assert _count(url, rewards) == 1 and _count(url, spool_orphans) == 1
     # A week later the other is given up on, and counted.
-    monkeypatch.setattr(outage, "ORPHAN_DAYS", 0.0)
+    monkeypatch.setattr(shipping, "ORPHAN_DAYS", 0.0)
     other = SpoolWriter(other.directory, max_bytes=1 << 30)
     client.portal.call(other.start)
     client.portal.call(other.submit, SpooledEvent("shopper", 1, "view", 5.0, "e" * 32))

@@ -1,0 +1,283 @@
+"""Shipping the spool into the database once it answers again (see ``server.outage``).
+
+One worker of a machine at a time (a ``flock`` on the spool directory) ships every segment,
+its own and those of workers that died, in three steps:
+
+1. note each segment's size;
+2. ship every segment's decisions, to its current end;
+3. ship every segment's rewards and events, up to the size noted in 1.
+
+A reward is spooled after its decision (its event id exists only once the slate was answered),
+so by step 3 every decision a spooled reward on this machine can name is in the database. A
+reward whose decision is still missing (in another machine's spool) waits in
+``spool_orphans`` and moves into ``rewards`` in the transaction that ships its decision. Each
+shipping transaction stores how far it got (``spool_progress``), so nothing ships twice, and
+records of a shopper erased after they were spooled are dropped (``erased_users``).
+
+Each transaction is a unit of the group-commit writer; what it changed that the serving
+process keeps in memory comes back as ``Effects``, applied by the caller once committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from slatebandit.logging import DecisionRecord, ShownDecision, insert_event, insert_reward
+from slatebandit.logging.decisions import shown_decision
+from slatebandit.logging.privacy import REDACTED, erasures
+from slatebandit.logging.schema import decisions, spool_orphans
+from slatebandit.logging.spool import (
+    DRAFT,
+    SpooledEvent,
+    SpooledReward,
+    forget,
+    is_held,
+    progress,
+    read,
+    readable_end,
+    segments,
+    set_progress,
+)
+from slatebandit.retrieval import EVENT_WEIGHTS
+
+if TYPE_CHECKING:
+    from slatebandit.server.services import Services
+
+log = logging.getLogger(__name__)
+# Records per shipping transaction. Shipping shares the group-commit writer with live traffic:
+# slate p99 over the 30 s after the database returned was 683 ms at 500, and 174 to 291 ms in
+# three runs at 100 (benchmarks/outage.py, before it timed the shipping seconds apart).
+SHIP_CHUNK = 100
+ORPHAN_DAYS = 7.0  # a reward whose decision never ships is dropped after this long
+
+
+@dataclass
+class Effects:
+    """What a shipping transaction changed that the serving process keeps in memory, applied
+    once it has committed."""
+
+    ids: dict[str, int] = field(default_factory=dict)  # event id -> decision id
+    states: list[tuple[str, tuple[int, bytes]]] = field(default_factory=list)
+    popularity: list[tuple[int, float, float]] = field(default_factory=list)  # key, weight, at
+    context: list[tuple[dict[str, Any], int, float]] = field(default_factory=list)
+    records: int = 0
+    dropped: int = 0
+
+
+async def ship(s: Services, directory: Path, apply: Callable[[Effects], None]) -> None:
+    """Ship every segment in ``directory``, unless another worker is shipping; ``apply`` gets
+    each committed transaction's effects."""
+    with _ship_lock(directory) as mine:
+        if not mine:
+            return
+        started, shipped = time.monotonic(), 0
+
+        def applied(effects: Effects) -> None:
+            nonlocal shipped
+            shipped += effects.records
+            apply(effects)
+
+        # 1. Each segment's size now; 2. every decision, from every segment (listed again: one
+        # made since may hold the decision of a reward within those sizes); 3. the rewards and
+        # events within those sizes.
+        limits = {path: path.stat().st_size for path in segments(directory)}
+        paths = segments(directory)
+        for path in paths:
+            while (effects := await s.writer.submit(_decisions_unit(s, path))) is not None:
+                applied(effects)
+        for path, limit in limits.items():
+            unit = _others_unit(s, path, limit)
+            while (effects := await s.writer.submit(unit)) is not None:
+                applied(effects)
+        applied(await s.writer.submit(_expire_orphans))
+        for path in paths:
+            if not is_held(path) and await s.read(partial(_finished, path=path)):
+                path.unlink()
+                await s.writer.submit(partial(forget, segment=path.name))
+                log.info("spool segment %s shipped", path.name)
+        if shipped:
+            log.warning("shipped %d spooled records in %.1f s", shipped, time.monotonic() - started)
+        for draft in directory.glob(f"*{DRAFT}"):  # left by a crash while created
+            with contextlib.suppress(FileNotFoundError):  # or renamed meanwhile
+                if time.time() - draft.stat().st_mtime > 60 and not is_held(draft):
+                    draft.unlink()
+
+
+@contextmanager
+def _ship_lock(directory: Path) -> Iterator[bool]:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".ship.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _decisions_unit(s: Services, path: Path) -> Callable[[Connection], Effects | None]:
+    """Ship up to SHIP_CHUNK decisions of ``path``, with any rewards parked for them; None
+    when there were none left."""
+
+    def unit(conn: Connection) -> Effects | None:
+        start, others_at = progress(conn, path.name)
+        end, found, effects = start, [], Effects()
+        for end, record in read(path, start):  # noqa: B007 - ``end`` is where this chunk stops
+            if record is None:
+                _unreadable(path, effects)
+            elif isinstance(record, DecisionRecord):
+                found.append(record)
+                if len(found) == SHIP_CHUNK:
+                    break
+        if end == start:
+            return None
+        erased = erasures(conn, [r.user_id for r in found])
+        kept = [r for r in found if erased.get(r.user_id, -1.0) < r.created_at]
+        effects.dropped += len(found) - len(kept)
+        found = kept
+        # A decision whose commit reached the database just as the connection broke was
+        # spooled too: its event id says it is already there.
+        there: dict[str, int] = {}
+        if found:
+            query = select(decisions.c.event_id, decisions.c.id).where(
+                decisions.c.event_id.in_([r.event_id for r in found])
+            )
+            there = {event_id: decision_id for event_id, decision_id in conn.execute(query)}
+        fresh = [r for r in found if r.event_id not in there]
+        shown = DecisionRecord.write_many(conn, fresh) if fresh else []
+        effects.ids = {r.event_id: d.decision_id for r, d in zip(fresh, shown, strict=True)}
+        effects.ids.update(there)
+        effects.records += len(fresh)
+        _adopt_orphans(conn, s, [r.event_id for r in fresh], effects)
+        set_progress(conn, path.name, end, others_at)
+        return effects
+
+    return unit
+
+
+def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], Effects | None]:
+    """Ship up to SHIP_CHUNK rewards and events of ``path`` that lie before ``limit``."""
+
+    def unit(conn: Connection) -> Effects | None:
+        decisions_at, start = progress(conn, path.name)
+        end, effects, seen = start, Effects(), 0
+        for end, record in read(path, start, limit):  # noqa: B007
+            if isinstance(record, SpooledReward):
+                _ship_reward(conn, s, record, effects)
+            elif isinstance(record, SpooledEvent):
+                _ship_event(conn, s, record, effects)
+            else:
+                continue  # decisions ship in step 2; an unreadable record was counted there
+            seen += 1
+            if seen == SHIP_CHUNK:
+                break
+        if end == start:
+            return None
+        set_progress(conn, path.name, decisions_at, end)
+        return effects
+
+    return unit
+
+
+def _ship_reward(conn: Connection, s: Services, r: SpooledReward, effects: Effects) -> None:
+    decision = shown_decision(conn, r.event_id)
+    if decision is None:  # its decision may still be in another machine's spool
+        conn.execute(insert(spool_orphans).values(**asdict(r), parked_at=time.time()))
+        return
+    _store_reward(conn, s, decision, r, effects)
+
+
+def _store_reward(
+    conn: Connection, s: Services, decision: ShownDecision, r: SpooledReward, effects: Effects
+) -> None:
+    if decision.user_id == REDACTED or r.item_key not in decision.item_keys:
+        log.warning("spooled reward for %s dropped: decision erased, or item not shown", r.event_id)
+        effects.dropped += 1
+        return
+    stored = insert_reward(
+        conn,
+        decision_id=decision.decision_id,
+        item_key=r.item_key,
+        type=r.type,
+        reward=r.reward,
+        created_at=r.created_at,
+    )
+    effects.records += 1
+    if stored and r.reward > 0:  # as POST /v1/rewards does
+        kind = r.type if r.type in EVENT_WEIGHTS else "click"
+        state = s.observation(decision.user_id, r.item_key, kind, r.created_at)(conn)
+        effects.states.append((decision.user_id, state))
+        effects.popularity.append((r.item_key, r.reward, time.time()))
+        effects.context.append((dict(decision.context), r.item_key, r.reward))
+
+
+def _adopt_orphans(conn: Connection, s: Services, event_ids: list[str], effects: Effects) -> None:
+    """Store the parked rewards of decisions just shipped."""
+    if not event_ids:
+        return
+    parked = conn.execute(
+        select(spool_orphans).where(spool_orphans.c.event_id.in_(event_ids))
+    ).all()
+    for row in parked:
+        decision = shown_decision(conn, row.event_id)
+        assert decision is not None  # shipped in this transaction
+        reward = SpooledReward(row.event_id, row.item_key, row.type, row.reward, row.created_at)
+        _store_reward(conn, s, decision, reward, effects)
+    if parked:
+        conn.execute(delete(spool_orphans).where(spool_orphans.c.id.in_([r.id for r in parked])))
+
+
+def _expire_orphans(conn: Connection) -> Effects:
+    """Drop parked rewards whose decision has not shipped in ORPHAN_DAYS (it never will: an
+    unknown event id, or a slate logged nowhere)."""
+    cutoff = time.time() - ORPHAN_DAYS * 86400
+    expired = conn.execute(delete(spool_orphans).where(spool_orphans.c.parked_at < cutoff))
+    if expired.rowcount:
+        log.warning("%d spooled rewards dropped: no decision shipped for them", expired.rowcount)
+    return Effects(dropped=max(expired.rowcount, 0))
+
+
+def _ship_event(conn: Connection, s: Services, e: SpooledEvent, effects: Effects) -> None:
+    if erasures(conn, [e.user_id]).get(e.user_id, -1.0) >= e.created_at:
+        effects.dropped += 1  # the shopper was erased after this event
+        return
+    if not insert_event(
+        conn,
+        user_id=e.user_id,
+        item_key=e.item_key,
+        type=e.type,
+        created_at=e.created_at,
+        ref=e.ref,
+    ):
+        return  # its commit reached the database as the connection broke
+    state = s.observation(e.user_id, e.item_key, e.type, e.created_at)(conn)
+    effects.states.append((e.user_id, state))
+    effects.popularity.append((e.item_key, EVENT_WEIGHTS[e.type], time.time()))
+    effects.records += 1
+
+
+def _unreadable(path: Path, effects: Effects) -> None:
+    log.error("spool segment %s: a record this version cannot read was skipped", path.name)
+    effects.dropped += 1
+
+
+def _finished(conn: Connection, path: Path) -> bool:
+    """Whether every whole record of ``path`` has been shipped."""
+    decisions_at, others_at = progress(conn, path.name)
+    end = readable_end(path, min(decisions_at, others_at))
+    return decisions_at >= end and others_at >= end
