@@ -187,8 +187,22 @@ class Settings:
     promotion: str = field(
         default="gated",
         metadata=_doc(
-            "how a checkpoint becomes champion: gated (only if replay on held-out decisions "
-            "finds it no worse), always, or manual"
+            "how a checkpoint becomes champion: gated (an offline guard, then a canary "
+            "judged live by a confidence sequence, then a watch), always, or manual"
+        ),
+    )
+    canary_share: float = field(
+        default=0.1,
+        metadata=_doc(
+            "with gated promotion, share of shoppers (outside experiments) the newest "
+            "checkpoint serves beside the champion while it is judged, in (0, 0.5]"
+        ),
+    )
+    canary_slates: int = field(
+        default=1000,
+        metadata=_doc(
+            "canary slates after which a canary with no evidence of harm is promoted "
+            "(the most a verdict waits for)"
         ),
     )
     gate_holdout_every: int = field(
@@ -217,8 +231,8 @@ class Settings:
     gate_margin: float = field(
         default=0.05,
         metadata=_doc(
-            "promote if the lower 95% bound of (challenger - champion) is at least -MARGIN x "
-            "the champion's value"
+            "how much worse than the champion (a share of its value) still counts as no "
+            "worse: for the guard, the canary and the watch"
         ),
     )
     learning_mode: str = field(
@@ -434,6 +448,8 @@ class Settings:
         )
         need(0 <= self.gate_margin < 1, "gate_margin", "must be in [0, 1)")
         need(0 < self.gate_min_coverage <= 1, "gate_min_coverage", "must be in (0, 1]")
+        need(0 < self.canary_share <= 0.5, "canary_share", "must be in (0, 0.5]")
+        need(self.canary_slates >= 100, "canary_slates", "must be at least 100")
         need(
             self.learning_mode in ("online", "apprentice"),
             "learning_mode",

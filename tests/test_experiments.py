@@ -12,6 +12,7 @@ import pytest
 
 from slatebandit.cli import main
 from slatebandit.policies.experiments import (
+    ANYTIME_HORIZON,
     BUCKETS,
     FREE,
     Arm,
@@ -20,6 +21,7 @@ from slatebandit.policies.experiments import (
     reallocate,
     report,
 )
+from slatebandit.stats import margin
 
 ADMIN, SERVE, ANALYST = {"x-api-key": "root"}, {"x-api-key": "s"}, {"x-api-key": "a"}
 USERS = [f"user-{i}" for i in range(4000)]
@@ -96,6 +98,55 @@ def test_arm_ctr_interval_is_the_delta_method_over_slates() -> None:
     assert diff["difference"] == pytest.approx(worse.ctr - result.ctr)
     half = 1.959964 * math.sqrt(result.se**2 + worse.se**2)
     assert diff["high"] - diff["low"] == pytest.approx(2 * half)
+    # the anytime interval holds the fixed-horizon one, both centred on the difference
+    assert diff["anytime_low"] < diff["low"] <= diff["high"] < diff["anytime_high"]
+    centre = diff["difference"]
+    assert (diff["low"] + diff["high"]) / 2 == pytest.approx(centre)
+    assert (diff["anytime_low"] + diff["anytime_high"]) / 2 == pytest.approx(centre)
+    assert diff["significant"] and diff["anytime_significant"]  # CTR 0.04 against 0.1
+
+
+@pytest.mark.parametrize("slates", [2, 100, 1_000, 5_000, 100_000])  # per arm
+def test_the_anytime_interval_holds_the_fixed_one_at_every_sample_size(slates: int) -> None:
+    arms = (Arm("a", "popular", 0.5), Arm("b", "vw", 0.5))
+    experiment = _experiment(arms, reallocate(arms))
+    rng = np.random.default_rng(slates)
+    results = {}
+    for name, p in (("a", 0.05), ("b", 0.06)):
+        clicks = rng.binomial(5, p, size=slates).astype(float)
+        results[name] = arm_result(
+            name,
+            "vw",
+            slates,
+            5.0 * slates,
+            clicks.sum(),
+            25.0 * slates,
+            (clicks**2).sum(),
+            5 * clicks.sum(),
+        )
+    diff = report(experiment, results)["arms"][1]["vs_control"]  # type: ignore[index]
+    if diff["low"] is None:  # no clicks at all: no standard error, no interval of either kind
+        assert diff["anytime_low"] is None and not diff["anytime_significant"]
+        return
+    assert diff["anytime_low"] < diff["low"] <= diff["high"] < diff["anytime_high"]
+    fixed, anytime = diff["high"] - diff["low"], diff["anytime_high"] - diff["anytime_low"]
+    assert (diff["anytime_low"] + diff["anytime_high"]) / 2 == pytest.approx(diff["difference"])
+    # the ratio is the sequence's margin against 1.96 / sqrt(n), n = both arms' slates
+    n = 2 * slates
+    ratio = margin(n, t_opt=ANYTIME_HORIZON) * math.sqrt(n) / 1.959964
+    assert anytime / fixed == pytest.approx(ratio, rel=1e-9) and ratio > 1
+    if n == ANYTIME_HORIZON:  # tightest there: the price of looking at every sample size
+        assert ratio == pytest.approx(1.55, abs=0.01)
+    # significant at every look implies significant at one look, not the other way round
+    assert not diff["anytime_significant"] or diff["significant"]
+
+
+def test_a_report_without_the_control_arm_has_no_interval_of_either_kind() -> None:
+    arms = (Arm("a", "popular", 0.5), Arm("b", "vw", 0.5))
+    only = arm_result("b", "vw", 100, 500, 30, 2500.0, 40.0, 150.0)
+    diff = report(_experiment(arms, reallocate(arms)), {"b": only})["arms"][1]["vs_control"]  # type: ignore[index]
+    assert diff["low"] is diff["anytime_low"] is diff["anytime_high"] is None
+    assert diff["significant"] is diff["anytime_significant"] is False
 
 
 def test_the_cli_defines_reports_and_stops_experiments(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -73,8 +73,11 @@ def test_experiments_over_http_assign_log_and_report(server) -> None:  # type: i
     assert sum(a["clicks"] for a in arms.values()) == 20
     assert sum(a["impressions"] for a in arms.values()) == 240
     assert "vs_control" in arms["treatment"] and "vs_control" not in arms["control"]
-    low, high = arms["treatment"]["vs_control"]["low"], arms["treatment"]["vs_control"]["high"]
-    assert low <= arms["treatment"]["vs_control"]["difference"] <= high
+    vs_control = arms["treatment"]["vs_control"]
+    low, high = vs_control["low"], vs_control["high"]
+    assert low <= vs_control["difference"] <= high
+    assert vs_control["anytime_low"] < low and high < vs_control["anytime_high"]
+    assert vs_control["anytime_significant"] in (True, False)
 
     # A second experiment must wait; a share change keeps control's users in control.
     other = client.put("/v1/experiments/other", json=AB, headers=ADMIN)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,15 @@ from starlette.testclient import TestClient
 
 from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
 from slatebandit.config import Settings
+from slatebandit.learning import LearnerProcess
 from slatebandit.logging import models, open_engine
 from slatebandit.logging.learning import due_decisions, revision_snapshots
 from slatebandit.logging.schema import decisions, slots
-from slatebandit.personalizer.loops import Loops
 from slatebandit.policies.learner import Learner, slot_features
 from slatebandit.replay.gate import evaluate, judge
+from slatebandit.replay.release import Release
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
-from slatebandit.server.app import EmbeddedLearner
 from tests.conftest import make_settings, seed_catalog, serve_with_clicks
 
 LATER = 3600.0  # learn "an hour later": every reward is in
@@ -87,9 +86,9 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
     engine = open_engine(log.database_url)
     learner = Learner(engine, log, holder="test")
-    learner.gate = partial(judge, engine, log)
     learner.run_due(now=time.time() + LATER)
     version = learner.checkpoint()
+    Release(engine, log).turn(now=time.time() + LATER)
     with engine.connect() as conn:
         held_out = conn.execute(
             select(func.count()).select_from(slots).where(slots.c.decision_id % 4 == 0)
@@ -162,26 +161,12 @@ def test_the_gate_replays_held_out_decisions_only(log: Settings) -> None:
     assert (report.n_slots, report.n_decisions) == tuple(held_out)
 
 
-def test_the_gate_judges_only_held_out_decisions_and_survives_its_failures(log: Settings) -> None:
+def test_the_gate_refuses_to_judge_without_held_out_decisions(log: Settings) -> None:
     engine = open_engine(log.database_url)
-    with engine.connect() as conn:
-        champion = models.champion(conn)
     always = Settings(**{**log.__dict__, "promotion": "always"})
     verdict = evaluate(engine, always, 10_000)
-    assert not verdict.promoted and "no decisions were held out" in verdict.reason
-
-    def broken(version: int) -> None:
-        raise RuntimeError("the gate fell over")
-
-    learner = Learner(engine, log, holder="test-broken-gate")
-    learner.gate = broken
-    _serve(log, 20, 9000)
-    learner.run_due(now=time.time() + LATER)
-    version = learner.checkpoint()  # saved; the failure is logged, not raised
-    with engine.connect() as conn:
-        assert models.get_version(conn, version) is not None  # type: ignore[arg-type]
-        assert models.champion(conn) == champion  # not promoted by accident
     engine.dispose()
+    assert not verdict.promoted and "no decisions were held out" in verdict.reason
 
 
 def test_the_old_auto_promote_setting_is_refused_not_ignored() -> None:
@@ -254,19 +239,22 @@ def test_the_gate_does_not_judge_what_the_champions_logs_never_show(log: Setting
     assert f"arm vw@{bad}" in verdict.reason
 
 
-def test_the_embedded_learner_judges_in_a_process_of_its_own(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, reward_wait=0, checkpoint_every=1, gate_holdout_every=4)
+def test_the_embedded_learner_learns_and_releases_in_a_process_of_its_own(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, learner="off", reward_wait=0, checkpoint_every=1, gate_holdout_every=4
+    )
     seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
     _serve(settings, 40, 0)
     engine = open_engine(settings.database_url)
-    learning = EmbeddedLearner(engine, settings, Loops(engine, settings.loops, seed=1))
-    learning._turn()  # learns, checkpoints, and the gate judges the checkpoint
-    assert learning._gates is not None
-    gate_pids = set(learning._gates._processes)  # type: ignore[attr-defined]
+    learning = LearnerProcess(engine, settings, holder="test-process")
+    learning.tick()  # renews the lease and starts a turn in the child
+    assert learning.wait() > 0  # it learned, checkpointed, and the release promoted it
+    child = learning.pid
     learning.stop()
     with engine.connect() as conn:
         verdicts = models.gate_verdicts(conn)
         champion = models.champion(conn)
     engine.dispose()
-    assert gate_pids and os.getpid() not in gate_pids
+    assert child is not None and child != os.getpid()
     assert verdicts and verdicts[-1]["promoted"] and champion == verdicts[-1]["version"]
+    assert verdicts[-1]["stage"] == "guard" and verdicts[-1]["outcome"] == "promote"

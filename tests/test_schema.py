@@ -1,6 +1,6 @@
 """A database made by schema version 2 is brought to today's version in place (SQLite,
 PostgreSQL): version 3 added columns and tables, version 4 the Personalizer tables, version 5
-the spool's progress and event refs."""
+the spool's progress and event refs, version 6 canaries and the verdicts' stage and outcome."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ _SINCE_V2 = (
     "DROP TABLE pz_loops",
     "DROP TABLE pz_evaluations",
     "DROP TABLE spool_progress",
+    "DROP TABLE canaries",
     "DROP INDEX ux_events_ref",
     "ALTER TABLE events DROP COLUMN ref",
     "UPDATE schema_info SET value = 2 WHERE name = 'version'",
@@ -56,12 +57,48 @@ def _check_migrates(url: str) -> None:
     columns = {c["name"] for c in inspect(engine).get_columns("model_versions")}
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
     assert tuple(row) == ("e1", None, None)  # old decisions belong to no experiment
     assert {"compared", "agreed"} <= columns and {"experiments", "model_gates"} <= tables
     assert {"pz_loops", "pz_events", "pz_rewards", "pz_models", "pz_evaluations"} <= tables
-    assert "spool_progress" in tables
+    assert "spool_progress" in tables and "canaries" in tables
     assert "ref" in {c["name"] for c in inspect(engine).get_columns("events")}
+    assert {"stage", "outcome"} <= {c["name"] for c in inspect(engine).get_columns("model_gates")}
+
+
+def _check_migrates_from_5(url: str) -> None:
+    """Version 5 had model_gates without stage and outcome: its verdicts become the guard's."""
+    open_engine(url).dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE canaries"))
+        conn.execute(text("ALTER TABLE model_gates DROP COLUMN stage"))
+        conn.execute(text("ALTER TABLE model_gates DROP COLUMN outcome"))
+        conn.execute(text("UPDATE schema_info SET value = 5 WHERE name = 'version'"))
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (version, vw_args, feature_spec, examples, "
+                "learned_through, created_at, model) VALUES (1, '', 1, 0, 0, 1.0, :m)"
+            ),
+            {"m": b"x"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_gates (version, created_at, promoted, reason, details) "
+                "VALUES (1, 1.0, true, 'old', '{}')"
+            )
+        )
+    engine.dispose()
+    engine = open_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT stage, outcome FROM model_gates")).one()
+        assert conn.execute(text("SELECT count(*) FROM canaries")).scalar() == 0
+    engine.dispose()
+    assert tuple(row) == ("guard", "")
+
+
+def test_sqlite_database_of_version_5_migrates(tmp_path: Path) -> None:
+    _check_migrates_from_5(f"sqlite:///{tmp_path / 'old5.db'}")
 
 
 def test_sqlite_database_of_version_2_migrates(tmp_path: Path) -> None:
@@ -71,3 +108,8 @@ def test_sqlite_database_of_version_2_migrates(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_postgres_database_of_version_2_migrates(pg_url: str) -> None:
     _check_migrates(pg_url)
+
+
+@pytest.mark.postgres
+def test_postgres_database_of_version_5_migrates(pg_url: str) -> None:
+    _check_migrates_from_5(pg_url)

@@ -24,7 +24,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -179,40 +178,36 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from slatebandit.personalizer.learner import PersonalizerLearner, stored_configurations
-    from slatebandit.policies.learner import Learner
-    from slatebandit.replay.gate import judge
+    from slatebandit.learning import LearningLoop
 
     settings = settings_from(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(message)s")
     engine = open_engine(settings.database_url)
     holder = f"learn-{socket.gethostname()}-{os.getpid()}"
-    learner = Learner(engine, settings, holder=holder)
-    learner.gate = partial(judge, engine, settings)
-    learner.on_checkpoint = lambda version: print(
-        f"checkpoint {version} through decision {learner.position}", flush=True
+    loop = LearningLoop(
+        engine,
+        settings,
+        holder,
+        on_checkpoint=lambda learner, version: print(
+            f"checkpoint {version} through decision {learner.position}", flush=True
+        ),
     )
-    # every Personalizer loop, under its own lease
-    loops = PersonalizerLearner(engine, holder, settings.learner_lease_seconds)
     budget = min(LEASE_RENEW_SECONDS, settings.learner_lease_seconds / 3)  # renew in time
     try:
         while True:
-            held = learner.hold_lease()
-            taken = learner.run_due(budget=budget) if held else 0
-            configurations = stored_configurations(engine, settings.loops)
-            taken += loops.turn(configurations, budget=budget)
+            held, taken = loop.turn(budget)
             if args.once and not held:
                 print("slatebandit: another learner holds the lease", file=sys.stderr)
                 return 1
             if args.once and taken == 0:
-                learner.checkpoint()
-                loops.stop()
+                loop.checkpoint()
+                loop.personalizer.stop()
+                loop.release.turn()  # the new checkpoint's release starts now
                 return 0
             if not taken:
                 time.sleep(1.0)  # nothing due yet: poll the log again
     except KeyboardInterrupt:
-        learner.checkpoint()
-        loops.stop()
+        loop.stop()
         return 0
     finally:
         engine.dispose()

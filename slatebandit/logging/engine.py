@@ -35,6 +35,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE events ADD COLUMN ref VARCHAR(32)",
         "CREATE UNIQUE INDEX ux_events_ref ON events (ref)",
     ),
+    5: (  # canaries is new
+        "ALTER TABLE model_gates ADD COLUMN stage VARCHAR(16) NOT NULL DEFAULT 'guard'",
+        "ALTER TABLE model_gates ADD COLUMN outcome VARCHAR(16) NOT NULL DEFAULT ''",
+    ),
 }
 
 
@@ -108,8 +112,11 @@ def _check_schema(engine: Engine) -> None:
                 select(schema_info.c.value).where(schema_info.c.name == "version")
             ).scalar()
         while found in MIGRATIONS and found < SCHEMA_VERSION:
+            tables = set(inspect(conn).get_table_names())
             for statement in MIGRATIONS[found]:
-                conn.execute(text(statement))
+                altered = statement.split()[2] if statement.startswith("ALTER TABLE") else None
+                if altered is None or altered in tables:  # a table still to come is made whole
+                    conn.execute(text(statement))
             found += 1
             conn.execute(
                 update(schema_info).where(schema_info.c.name == "version").values(value=found)

@@ -121,8 +121,12 @@ def record_gate(
     promoted: bool,
     reason: str,
     details: dict[str, object],
+    stage: str = "guard",
+    outcome: str = "",
 ) -> None:
-    """Keep the promotion gate's verdict on ``version`` (and promote it if it passed)."""
+    """Keep a release verdict on ``version`` (and promote it if it passed): ``stage`` is the
+    step that spoke (guard, canary, watch, manual), ``outcome`` what it said."""
+    outcome = outcome or ("promote" if promoted else "reject")
     conn.execute(
         insert(model_gates).values(
             version=version,
@@ -131,10 +135,12 @@ def record_gate(
             promoted=promoted,
             reason=reason[:512],
             details=details,
+            stage=stage,
+            outcome=outcome,
         )
     )
     if promoted:
-        promote(conn, version, reason=f"gate: {reason}"[:256])
+        promote(conn, version, reason=f"{stage}: {reason}"[:256])
 
 
 def gate_verdicts(

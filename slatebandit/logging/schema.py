@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 5  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
+SCHEMA_VERSION = 6  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -163,7 +163,38 @@ model_gates = Table(
     Column("promoted", Boolean, nullable=False),
     Column("reason", String(512), nullable=False),
     Column("details", JSON, nullable=False),
+    # Which step of a release spoke: guard (offline, before a canary), canary, watch (after a
+    # promotion) or manual; and what it said: promote, reject, canary, rollback, keep, wait.
+    Column("stage", String(16), nullable=False, default="guard", server_default="guard"),
+    Column("outcome", String(16), nullable=False, default="", server_default=""),
 )
+
+# Each canary: a version serving ``share`` of the shoppers beside ``champion`` from decision
+# ``first_decision`` on (``policies.canary``, ``replay.release``). ``stats`` holds the running
+# moments of each arm's per-slot reward over the decisions counted so far (through
+# ``counted_through``), so each turn reads only new decisions; after a promotion the watch
+# keeps the new champion's live moments the same way (``watch_*``).
+canaries = Table(
+    "canaries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("version", Integer, ForeignKey("model_versions.version"), nullable=False),
+    Column("champion", Integer, nullable=False),
+    Column("share", Float, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("first_decision", BigInteger, nullable=False),
+    # running, promoted, rejected, or superseded (the champion changed under it)
+    Column("status", String(16), nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("counted_through", BigInteger, nullable=False),
+    Column("stats", JSON, nullable=False),
+    # after a promotion: watching, kept, or rolled_back
+    Column("watch", String(16), nullable=True),
+    Column("watch_from", BigInteger, nullable=True),
+    Column("watch_through", BigInteger, nullable=True),
+    Column("watch_stats", JSON, nullable=True),
+)
+Index("ix_canaries_status", canaries.c.status)
 
 # Which version serves: the latest row wins. Rollback promotes the one before again.
 promotions = Table(

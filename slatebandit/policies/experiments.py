@@ -24,10 +24,14 @@ import numpy as np
 
 from slatebandit.errors import InvalidInput
 from slatebandit.policies.specs import parse_spec
+from slatebandit.stats import anytime_halfwidth
 
 BUCKETS = 10_000  # shares are multiples of 0.01%
 FREE = 255  # a bucket no arm owns: its users get the default policy
 MAX_ARMS = 16
+# Slates of both arms where the anytime interval is tightest (1.55 x the fixed one there); it
+# is valid at every sample size, this only says where to spend its width.
+ANYTIME_HORIZON = 10_000
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -196,7 +200,12 @@ def arm_result(
 
 def report(experiment: Experiment, results: dict[str, ArmResult]) -> dict[str, object]:
     """Per arm: slates, impressions, clicks, CTR with its 95% interval, and the difference to
-    the control arm with its interval (independent arms: the variances add)."""
+    the control arm with two 95% intervals (independent arms: the variances add).
+
+    Which to read: ``low``/``high`` (fixed-horizon) once, at a sample size chosen before the
+    experiment started; ``anytime_low``/``anytime_high`` when the report is looked at every
+    day or the experiment stops as soon as it is significant (a fixed interval watched that
+    way will, sooner or later, show a difference that is not there)."""
     control = results.get(experiment.control)
     arms = []
     for arm in experiment.arms:
@@ -220,19 +229,38 @@ def report(experiment: Experiment, results: dict[str, ArmResult]) -> dict[str, o
 
 
 def _difference(arm: ArmResult, control: ArmResult | None) -> dict[str, object]:
+    """The arm's CTR minus the control's, with both intervals on the same standard error.
+
+    ``low``/``high``/``significant``: the fixed-horizon 95% interval, valid at one look.
+    ``anytime_*``: the confidence sequence (``stats.anytime_halfwidth``, n = both arms'
+    slates), valid at every look at once, so wider (about 1.55 times at ``ANYTIME_HORIZON``).
+    """
     if control is None:
-        return {"difference": None, "low": None, "high": None, "significant": False}
+        return {
+            "difference": None,
+            "low": None,
+            "high": None,
+            "significant": False,
+            "anytime_low": None,
+            "anytime_high": None,
+            "anytime_significant": False,
+        }
     difference = arm.ctr - control.ctr
     se = math.sqrt(arm.se**2 + control.se**2)
     low, high = difference - 1.959964 * se, difference + 1.959964 * se
     lift = difference / control.ctr if control.ctr else math.nan
     significant = math.isfinite(se) and (low > 0 or high < 0)
+    half = anytime_halfwidth(se, arm.slates + control.slates, t_opt=ANYTIME_HORIZON)
+    anytime_low, anytime_high = difference - half, difference + half
     return {
         "difference": _number(difference),
         "low": _number(low),
         "high": _number(high),
         "lift": _number(lift),
         "significant": significant,
+        "anytime_low": _number(anytime_low),
+        "anytime_high": _number(anytime_high),
+        "anytime_significant": math.isfinite(half) and (anytime_low > 0 or anytime_high < 0),
     }
 
 

@@ -6,7 +6,7 @@ revision, cost = -reward (the table's aggregate, or the default reward) and prob
 logged propensity.
 
 Held out: with gated promotion, every ``gate_holdout_every``-th decision (by id) is never
-learned, by any version, so the promotion gate (``replay.gate``) can compare a new version with
+learned, by any version, so the release guard (``replay.gate``) can compare a new version with
 the champion on decisions neither has seen.
 
 Apprentice mode: before learning a decision, the learner asks the model which candidate it
@@ -104,9 +104,6 @@ class Learner:
         self.compared = self.agreed = 0  # apprentice counts since the last checkpoint
         self.last_checkpoint = time.monotonic()
         self.on_checkpoint: Callable[[int], None] | None = None
-        # Decides whether a gated checkpoint becomes champion (``replay.gate.judge``); the
-        # caller wires it, since replay sits above the policies.
-        self.gate: Callable[[int], object] | None = None
         self.apprentice = settings.learning_mode == "apprentice"
         gated = settings.promotion == "gated" and not self.apprentice  # an apprentice never serves
         self.holdout = settings.gate_holdout_every if gated else 0
@@ -174,9 +171,10 @@ class Learner:
         self.compared += 1
         self.agreed += int(np.argmax(scores)) == int(payload.chosen[0])
 
-    def checkpoint(self, judge: bool = True) -> int | None:
-        """Store the model with its progress (one row, one transaction); promote it if asked
-        (``judge``: let the gate judge it now, when promotion is gated)."""
+    def checkpoint(self) -> int | None:
+        """Store the model with its progress (one row, one transaction); with
+        ``promotion=always`` promote it too. Gated releases judge it later
+        (``replay.release``)."""
         if self.pending == 0:
             return None
         data = self.scorer.to_bytes()
@@ -203,11 +201,6 @@ class Learner:
             self.examples,
             self.position,
         )
-        if judge and self.settings.promotion == "gated" and not self.apprentice and self.gate:
-            try:
-                self.gate(version)
-            except Exception:  # the version is saved; it stays a challenger
-                log.exception("gate: judging version %d failed", version)
         if self.on_checkpoint is not None:
             self.on_checkpoint(version)
         return version

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine, func, select
 
 from slatebandit.config import Settings
-from slatebandit.logging import models, open_engine
+from slatebandit.logging import models
 from slatebandit.logging.schema import decisions
 from slatebandit.replay.estimators import paired_difference
 from slatebandit.replay.evaluate import ReplayOptions, replay
@@ -209,16 +209,17 @@ def judge(engine: Engine, settings: Settings, version: int, now: float | None = 
     return verdict
 
 
-_engines: dict[str, Engine] = {}
-
-
-def judge_apart(url: str, settings: Settings, version: int) -> Verdict:
-    """``judge``, in a process of the gate's own (``serve`` runs it there: replaying the gate's
-    decisions under two models takes seconds of CPU and a few hundred MB, which in the serving
-    process held the GIL from requests and stayed in its heap). One engine per process."""
-    if url not in _engines:
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-        )
-        _engines[url] = open_engine(url, create=False)
-    return judge(_engines[url], settings, version)
+def guard(engine: Engine, settings: Settings, version: int, now: float | None = None) -> Verdict:
+    """The offline guard a version passes before its canary: ``promoted`` here means "may
+    serve a canary". It rejects only confident harm (the difference's upper bound below the
+    margin, with enough held-out decisions and coverage to judge); wherever the held-out
+    decisions cannot tell, the canary's live traffic decides."""
+    verdict = evaluate(engine, settings, version, now)
+    judged = verdict.coverage is not None and verdict.threshold is not None
+    least = settings.gate_min_coverage
+    covered = judged and least <= (verdict.coverage or 0.0) <= 1 / max(least, 1e-9)
+    high = verdict.high if verdict.high is not None else math.inf
+    if covered and math.isfinite(high) and high < (verdict.threshold or 0.0):
+        reason = f"confidently worse offline, no canary: {verdict.reason}"
+        return dataclasses.replace(verdict, promoted=False, reason=reason)
+    return dataclasses.replace(verdict, promoted=True, reason=f"to a canary: {verdict.reason}")

@@ -11,17 +11,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
 import os
 import socket
-import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,16 +33,13 @@ from slatebandit.errors import (
     NotFound,
     SlatebanditError,
 )
+from slatebandit.learning import LearnerProcess
 from slatebandit.logging import GroupCommitWriter, open_engine
 from slatebandit.logging.engine import is_unavailable
-from slatebandit.logging.learning import release_lease
-from slatebandit.personalizer.learner import LEASE as PERSONALIZER_LEASE
-from slatebandit.personalizer.learner import PersonalizerLearner
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import PolicySet, VWPolicy, follow_champion
+from slatebandit.policies.canary import CanaryBook
 from slatebandit.policies.experiment_book import ExperimentBook
-from slatebandit.policies.learner import LEASE, Learner, hold_lease
-from slatebandit.replay.gate import Verdict, judge_apart
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.embedding_job import follow_factors, latest_factors, train_if_leased
 from slatebandit.server import experiments, privacy, routes
@@ -59,8 +52,7 @@ from slatebandit.server.personalizer_evaluations import evaluation_routes
 from slatebandit.server.services import Services
 
 log = logging.getLogger("slatebandit.server")
-LEARN_SECONDS = 1.0  # the embedded learner looks for due decisions this often...
-LEARN_BUDGET = 0.5  # ...and works at most this long each time, on its own thread
+LEARN_SECONDS = 1.0  # the embedded learner's lease is renewed and a turn started this often
 
 
 def index_path(settings: Settings) -> Path:
@@ -94,6 +86,8 @@ def create_app(settings: Settings) -> Starlette:
             raise ConfigError(f"SLATEBANDIT_POLICY: {exc.message}", field="policy") from None
         experiments = ExperimentBook(engine, prepare=policies.get)
         await asyncio.to_thread(experiments.refresh)
+        canaries = CanaryBook(engine, prepare=policies.get)
+        await asyncio.to_thread(canaries.refresh)
         writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
         services = Services(
             settings,
@@ -104,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
             np.random.default_rng(settings.seed),
             policies,
             experiments,
+            canaries,
         )
         services.evaluations = Evaluations(engine, settings)
         services.loops = Loops(engine, settings.loops, settings.seed)
@@ -143,6 +138,11 @@ def create_app(settings: Settings) -> Starlette:
                 every(settings.model_poll_seconds, lambda: asyncio.to_thread(experiments.refresh))
             )
         )
+        tasks.append(
+            asyncio.create_task(
+                every(settings.model_poll_seconds, lambda: asyncio.to_thread(canaries.refresh))
+            )
+        )
         loops = services.loops
         tasks.append(
             asyncio.create_task(
@@ -169,12 +169,13 @@ def create_app(settings: Settings) -> Starlette:
                     )
                 )
             )
-        learning = EmbeddedLearner(engine, settings, loops)
+        holder = f"serve-{socket.gethostname()}-{os.getpid()}"
+        learning = LearnerProcess(engine, settings, holder)
         if settings.learner == "embedded":
             # Not while records wait in the spool: a shipped decision must not be learned
             # before the rewards that ship after it.
-            spooling = outage.spooling
-            tasks.append(asyncio.create_task(_every(LEARN_SECONDS, learning.tick, spooling)))
+            tick = partial(asyncio.to_thread, learning.tick)
+            tasks.append(asyncio.create_task(_every(LEARN_SECONDS, tick, outage.spooling)))
         log.info("serving %d items from %s", len(store.index), engine.url.render_as_string())
         try:
             yield {"services": services}
@@ -231,60 +232,6 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
-
-
-class EmbeddedLearner:
-    """The learners inside ``serve``: a thread that works in short turns while it holds the
-    lease, for the storefront's model and for every Personalizer loop."""
-
-    def __init__(self, engine: Engine, settings: Settings, loops: Loops) -> None:
-        self.engine, self.settings, self.loops = engine, settings, loops
-        self.learner: Learner | None = None
-        self.holder = f"serve-{socket.gethostname()}-{os.getpid()}"
-        self.lease = settings.learner_lease_seconds
-        self.personalizer = PersonalizerLearner(engine, self.holder, self.lease)
-        # A cancelled tick leaves its thread running: stop() waits for that turn to end, so
-        # its final checkpoint never lands in the middle of a batch.
-        self._turning = threading.Lock()
-        self._gates: ProcessPoolExecutor | None = None  # the promotion gate's own process
-
-    def _judge(self, version: int) -> Verdict:
-        """The promotion gate's verdict on ``version``, reached in a process of its own (this
-        thread waits without the GIL)."""
-        if self._gates is None:
-            self._gates = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        url = self.engine.url.render_as_string(hide_password=False)
-        return self._gates.submit(judge_apart, url, self.settings, version).result()
-
-    async def tick(self) -> None:
-        await asyncio.to_thread(self._turn)
-
-    def _turn(self) -> None:
-        with self._turning:
-            self._learn()
-
-    def _learn(self) -> None:
-        self.personalizer.turn(self.loops.configurations(), budget=LEARN_BUDGET)
-        if not hold_lease(self.engine, self.holder, self.lease):
-            return  # another process learns; don't even load a model
-        if self.learner is None:
-            self.learner = Learner(self.engine, self.settings, self.holder)
-            self.learner.gate = self._judge
-        self.learner.run_due(budget=LEARN_BUDGET)
-
-    def stop(self) -> None:
-        with self._turning:
-            self._stop()
-
-    def _stop(self) -> None:
-        if self._gates is not None:
-            self._gates.shutdown(wait=True, cancel_futures=True)
-        self.personalizer.stop()
-        if self.learner is not None and hold_lease(self.engine, self.holder, self.lease):
-            self.learner.checkpoint(judge=False)  # shutting down: the next checkpoint is judged
-        with self.engine.begin() as conn:  # a successor need not wait for the lease to lapse
-            release_lease(conn, LEASE, self.holder)
-            release_lease(conn, PERSONALIZER_LEASE, self.holder)
 
 
 def app_from_env() -> Starlette:

@@ -26,6 +26,8 @@ from slatebandit.logging.engine import is_unavailable
 from slatebandit.logging.users import read_user_profile, read_user_state, update_user_state
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
+from slatebandit.policies.canary import ARM as CANARY_ARM
+from slatebandit.policies.canary import CanaryBook
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
 from slatebandit.server.auth import RateLimiter, require
@@ -54,6 +56,7 @@ class Services:
     rng: np.random.Generator
     policies: PolicySet
     experiments: ExperimentBook
+    canaries: CanaryBook
     users: UserStates = field(default_factory=UserStates)
     decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
     evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
@@ -66,8 +69,11 @@ class Services:
     _user_id_key: bytes = field(init=False, repr=False)
     exclusions: dict[str, float | None] = field(init=False)
     rewards: dict[str, float] = field(init=False)
+    canary_serves: bool = field(init=False)  # canaries run beside a ``vw`` default policy
 
     def __post_init__(self) -> None:
+        s = self.settings
+        self.canary_serves = s.promotion == "gated" and s.policy == "vw"
         self.keys = self.settings.keys
         self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
         self._user_id_key = self.settings.user_id_key.encode()
@@ -116,6 +122,11 @@ class Services:
         """The policy that serves ``user_id``, with the experiment and arm that chose it."""
         assigned = self.experiments.assign(user_id)
         if assigned is None:
+            canary = self.canaries.running  # one read: a refresh mid-request cannot mix
+            if canary is not None and self.canary_serves and canary.serves(user_id):
+                spec = f"vw@{canary.version}"
+                if self.policies.is_ready(spec):  # loaded by the book's refresh
+                    return self.policies.get(spec), None, CANARY_ARM
             return self.policies.default, None, None
         experiment, arm = assigned
         try:

@@ -1,0 +1,147 @@
+"""The canary: the newest checkpoint serves a share of shoppers beside the champion, and a
+confidence sequence decides, while it serves, whether it replaces the champion.
+
+Who is in it: shoppers outside any running experiment whose bucket, a BLAKE2b hash of the
+canary's id and their user id modulo 10,000, falls below ``share`` x 10,000. Every worker and
+restart assigns a shopper the same way for the whole canary; the next canary (another id)
+draws another group, so no shopper carries every new version. Its decisions are logged with
+its version and arm ``canary``.
+
+The rule (``CanaryRule.judge``), on the per-slot reward of each slate (its rewards over its
+shown slots), canary minus champion over the slates both served since the canary started,
+with the anytime-valid interval of ``stats.difference`` looked at every turn:
+
+    reject   as soon as its upper bound < -margin x champion   (confidently worse by more
+             than the margin)
+    promote  as soon as its lower bound >= -margin x champion  (confidently no worse)
+    at the budget of canary slates: promote unless its upper bound < 0 (harm, if within the
+             margin), else reject
+
+So every canary ends in a verdict within ``budget`` canary slates (plus the reward wait). Both
+bounds come from one sequence that holds at every look with probability 0.95: equal arms are
+rejected at most 2.5% of the time, however often the rule looks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from slatebandit.logging.releases import running_canary
+from slatebandit.stats import Difference, Moments, difference
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 10_000
+MIN_SLATES = 100  # each arm has this many slates before any verdict: the variance settles
+ARM = "canary"
+
+
+def canary_bucket(canary_id: int, user_id: str) -> int:
+    digest = hashlib.blake2b(f"canary-{canary_id}:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def in_canary(canary_id: int, share: float, user_id: str) -> bool:
+    return canary_bucket(canary_id, user_id) < round(share * BUCKETS)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str | None  # "promote", "reject", or None: keep serving the canary
+    reason: str
+    interval: Difference
+    threshold: float
+
+    def figures(self) -> dict[str, object]:
+        threshold = self.threshold if math.isfinite(self.threshold) else None
+        return {**self.interval.to_dict(), "threshold": threshold}
+
+
+@dataclass(frozen=True)
+class CanaryRule:
+    """When a canary (treatment) is confidently worse, confidently no worse, or out of
+    budget, against the champion (control). ``margin`` is relative to the champion's mean."""
+
+    margin: float
+    budget: int  # canary slates
+    share: float
+    alpha: float = 0.05
+    min_slates: int = MIN_SLATES
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin < 1:
+            raise ValueError("margin must be in [0, 1)")
+        if not 0 < self.share <= 0.5:
+            raise ValueError("share must be in (0, 0.5]")
+        if self.budget < self.min_slates:
+            raise ValueError(f"budget must be at least min_slates ({self.min_slates})")
+
+    @property
+    def horizon(self) -> float:
+        """Slates of both arms by the time the budget is spent: where the sequence is tightest."""
+        return self.budget / self.share
+
+    def judge(self, canary: Moments, champion: Moments) -> Judgement:
+        d = difference(canary, champion, self.alpha, self.horizon)
+        threshold = -self.margin * abs(champion.mean)
+        figures = (
+            f"canary {canary.mean:.4f} ({canary.n} slates) vs champion {champion.mean:.4f} "
+            f"({champion.n}): difference {d.estimate:+.4f}, anytime 95% [{d.low:+.4f}, "
+            f"{d.high:+.4f}], threshold {threshold:+.4f}"
+        )
+        if min(canary.n, champion.n) < self.min_slates:
+            return Judgement(None, f"collecting: {figures}", d, threshold)
+        if d.high < threshold:
+            why = f"confidently worse than the champion by more than {self.margin:.0%}"
+            return Judgement("reject", f"{why}: {figures}", d, threshold)
+        if d.low >= threshold:
+            return Judgement("promote", f"confidently no worse: {figures}", d, threshold)
+        if canary.n >= self.budget:
+            if d.high < 0:
+                why = f"budget of {self.budget} canary slates spent, confidently worse"
+                return Judgement("reject", f"{why}: {figures}", d, threshold)
+            why = f"budget of {self.budget} canary slates spent without evidence of harm"
+            return Judgement("promote", f"{why}: {figures}", d, threshold)
+        return Judgement(None, f"serving: {figures}", d, threshold)
+
+
+@dataclass(frozen=True)
+class Running:
+    id: int
+    version: int
+    share: float
+
+    def serves(self, user_id: str) -> bool:
+        return in_canary(self.id, self.share, user_id)
+
+
+class CanaryBook:
+    """The running canary, as one serving process knows it; ``refresh`` re-reads it (every
+    ``SLATEBANDIT_MODEL_POLL_SECONDS``) and has ``prepare`` load its model off the request path
+    before any shopper is sent to it."""
+
+    def __init__(self, engine: Engine, prepare: Callable[[str], object] | None = None) -> None:
+        self.engine = engine
+        self.prepare = prepare
+        self.running: Running | None = None
+
+    def refresh(self) -> None:
+        with self.engine.connect() as conn:
+            found = running_canary(conn)
+        if found is None:
+            self.running = None
+            return
+        running = Running(found.id, found.version, found.share)
+        if running != self.running and self.prepare is not None:
+            try:
+                self.prepare(f"vw@{running.version}")
+            except Exception:  # its shoppers get the champion meanwhile
+                log.exception("canary %d: version %d cannot load", running.id, running.version)
+                return
+        self.running = running

@@ -1,0 +1,320 @@
+"""Releases: every new checkpoint ends in a verdict (promote, reject or roll back), in bounded
+traffic, with ``SLATEBANDIT_PROMOTION=gated``.
+
+One ``Release.turn`` at a time, in the learner's process, after each learning turn:
+
+1. **Guard.** With no canary running, the newest checkpoint that nothing has judged yet is
+   replayed offline against the champion on held-out decisions (``replay.gate.guard``). If
+   replay is confident it is worse by more than the margin, it is rejected there and never
+   serves. Otherwise (no worse, or the champion's logs cannot tell, which with epsilon-greedy
+   over 200 candidates is the usual case) it becomes the canary. The first version, with no
+   champion to beat, is promoted at once.
+2. **Canary.** The version serves ``canary_share`` of the shoppers outside experiments
+   (``policies.canary``). Each turn adds the per-slot reward of every slate whose rewards are
+   in (older than the reward wait) to the running moments of its arm, and
+   ``CanaryRule.judge`` looks at the anytime-valid interval on canary minus champion:
+   reject, promote, or keep serving; at ``canary_slates`` canary slates it always decides.
+   Checkpoints keep coming meanwhile; once a verdict is in, the next canary is the newest.
+   A canary whose champion changed under it (a manual promotion or rollback, a watch's
+   rollback) is superseded.
+3. **Watch.** After a promotion the new champion's live per-slot reward is compared, the same
+   way, with what its canary earned. If it is confidently worse by more than the margin, the
+   watch rolls back to the champion before it and records why; after as many live slates as
+   the canary's horizon (``canary_slates / canary_share``) it is kept.
+
+Each verdict, with its figures, is a row of ``model_gates`` (stage guard, canary or watch).
+Work per turn is bounded: at most ``READ_LIMIT`` new decisions per canary or watch, read by
+id range; the guard replays at most ``gate_decisions`` held-out decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import Connection, Engine
+
+from slatebandit.config import Settings
+from slatebandit.logging import models
+from slatebandit.logging import releases as store
+from slatebandit.policies.canary import ARM, CanaryRule
+from slatebandit.policies.learner import COMMIT_LAG
+from slatebandit.replay.gate import guard
+from slatebandit.stats import Moments, difference
+
+log = logging.getLogger(__name__)
+READ_LIMIT = 20_000  # decisions one turn adds to a canary's or a watch's figures
+
+
+def rule_of(settings: Settings) -> CanaryRule:
+    return CanaryRule(settings.gate_margin, settings.canary_slates, settings.canary_share)
+
+
+class Release:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.rule = rule_of(settings)
+        self.active = settings.promotion == "gated" and settings.learning_mode == "online"
+        # Canaries compare with the champion where it serves shoppers outside experiments.
+        self.canaries = settings.policy == "vw"
+
+    def turn(self, now: float | None = None) -> None:
+        """One step of every release in progress; does nothing unless promotion is gated."""
+        if not self.active:
+            return
+        now = time.time() if now is None else now
+        lag = 0.0 if self.engine.dialect.name == "sqlite" else COMMIT_LAG
+        until = now - max(self.settings.reward_wait, lag)
+        self._watch(until)
+        with self.engine.connect() as conn:
+            running = store.running_canary(conn)
+        if running is not None:
+            self._canary(running, until)
+        else:
+            self._next(now)
+
+    # 1. guard ---------------------------------------------------------------------------------
+
+    def _next(self, now: float) -> None:
+        with self.engine.connect() as conn:
+            champion = models.champion(conn)
+            latest = models.latest_version(conn)
+            if latest is None or latest.version == champion:
+                return
+            if models.gate_verdicts(conn, latest.version, limit=1):
+                return  # judged already: wait for a newer checkpoint
+        version = latest.version
+        if champion is None:
+            with self.engine.begin() as conn:
+                models.record_gate(
+                    conn,
+                    version=version,
+                    champion=None,
+                    promoted=True,
+                    reason="no champion yet: the first version serves",
+                    details={},
+                    stage="guard",
+                    outcome="promote",
+                )
+            log.info("release: version %d is the first champion", version)
+            return
+        verdict = guard(self.engine, self.settings, version, now)
+        with self.engine.begin() as conn:
+            if models.champion(conn) != champion:
+                return  # promoted or rolled back meanwhile: judge again next turn
+            if not verdict.promoted or not self.canaries:
+                # Without canaries (the default policy is not ``vw``) the guard decides alone,
+                # as the offline gate did: promote only if replay found it no worse.
+                promoted = verdict.promoted and not self.canaries and _no_worse(verdict)
+                models.record_gate(
+                    conn,
+                    version=version,
+                    champion=champion,
+                    promoted=promoted,
+                    reason=verdict.reason,
+                    details=verdict.details(),
+                    stage="guard",
+                )
+                log.info(
+                    "release: guard %s version %d", "promoted" if promoted else "rejected", version
+                )
+                return
+            canary = store.start_canary(conn, version, champion, self.settings.canary_share)
+            models.record_gate(
+                conn,
+                version=version,
+                champion=champion,
+                promoted=False,
+                reason=verdict.reason,
+                details={**verdict.details(), "canary": canary},
+                stage="guard",
+                outcome="canary",
+            )
+        log.info(
+            "release: version %d serves canary %d beside champion %d", version, canary, champion
+        )
+
+    # 2. canary --------------------------------------------------------------------------------
+
+    def _canary(self, canary: store.Canary, until: float) -> None:
+        with self.engine.connect() as conn:
+            champion = models.champion(conn)
+            new, through = self._read(conn, canary.counted_through, until)
+        if champion != canary.champion:
+            self._end(canary, "superseded", f"the champion changed to {champion} under it")
+            return
+        arms = {
+            ARM: Moments.from_list(canary.stats.get(ARM)),
+            "champion": Moments.from_list(canary.stats.get("champion")),
+        }
+        canary_rewards = [
+            r.reward for r in new if r.arm == ARM and r.model_version == canary.version
+        ]
+        champion_rewards = [
+            r.reward for r in new if r.arm is None and r.model_version == canary.champion
+        ]
+        arms[ARM] += Moments.of(canary_rewards)
+        arms["champion"] += Moments.of(champion_rewards)
+        judgement = self.rule.judge(arms[ARM], arms["champion"])
+        stats = {name: m.to_list() for name, m in arms.items()}
+        if judgement.verdict is None:
+            if through != canary.counted_through:
+                with self.engine.begin() as conn:
+                    store.update_canary(conn, canary.id, counted_through=through, stats=stats)
+            return
+        promoted = judgement.verdict == "promote"
+        details = {**judgement.figures(), "canary": canary.id}
+        with self.engine.begin() as conn:
+            if models.champion(conn) != canary.champion:
+                return  # changed since it was read: superseded next turn
+            store.update_canary(
+                conn,
+                canary.id,
+                counted_through=through,
+                stats=stats,
+                status="promoted" if promoted else "rejected",
+                ended_at=time.time(),
+                **(
+                    {
+                        "watch": "watching",
+                        "watch_from": store.last_decision_id(conn),
+                        "watch_through": store.last_decision_id(conn),
+                        "watch_stats": {},
+                    }
+                    if promoted
+                    else {}
+                ),
+            )
+            if promoted:  # one watch at a time: the newest champion's
+                for other in store.list_canaries(conn, limit=20):
+                    if other.watch == "watching" and other.id != canary.id:
+                        store.update_canary(conn, other.id, watch="kept")
+            models.record_gate(
+                conn,
+                version=canary.version,
+                champion=canary.champion,
+                promoted=promoted,
+                reason=judgement.reason,
+                details=details,
+                stage="canary",
+            )
+        log.info(
+            "release: canary %d (version %d) %s: %s",
+            canary.id,
+            canary.version,
+            judgement.verdict,
+            judgement.reason,
+        )
+
+    def _end(self, canary: store.Canary, status: str, why: str) -> None:
+        with self.engine.begin() as conn:
+            store.update_canary(conn, canary.id, status=status, ended_at=time.time())
+            models.record_gate(
+                conn,
+                version=canary.version,
+                champion=canary.champion,
+                promoted=False,
+                reason=f"canary {status}: {why}",
+                details={"canary": canary.id},
+                stage="canary",
+                outcome=status,
+            )
+        log.info("release: canary %d %s: %s", canary.id, status, why)
+
+    # 3. watch ---------------------------------------------------------------------------------
+
+    def _watch(self, until: float) -> None:
+        with self.engine.connect() as conn:
+            watched = store.watched_canary(conn)
+            if watched is None:
+                return
+            champion = models.champion(conn)
+            new, through = self._read(conn, watched.watch_through or 0, until)
+        if champion != watched.version:  # replaced by a later release or by an operator
+            with self.engine.begin() as conn:
+                store.update_canary(conn, watched.id, watch="kept")
+            return
+        live = Moments.from_list((watched.watch_stats or {}).get("live"))
+        live += Moments.of(
+            [r.reward for r in new if r.arm is None and r.model_version == watched.version]
+        )
+        during = Moments.from_list(watched.stats.get(ARM))
+        d = difference(live, during, self.rule.alpha, self.rule.horizon)
+        threshold = -self.settings.gate_margin * abs(during.mean)
+        figures = (
+            f"live {live.mean:.4f} ({live.n} slates) vs its canary {during.mean:.4f} "
+            f"({during.n}): difference {d.estimate:+.4f}, anytime 95% [{d.low:+.4f}, "
+            f"{d.high:+.4f}], threshold {threshold:+.4f}"
+        )
+        details: dict[str, object] = {**d.to_dict(), "threshold": threshold, "canary": watched.id}
+        with self.engine.begin() as conn:
+            if live.n >= self.rule.min_slates and d.high < threshold:
+                store.update_canary(
+                    conn,
+                    watched.id,
+                    watch="rolled_back",
+                    watch_through=through,
+                    watch_stats={"live": live.to_list()},
+                )
+                back = watched.champion
+                models.promote(conn, back, reason=f"watch: rolled back from {watched.version}")
+                models.record_gate(
+                    conn,
+                    version=watched.version,
+                    champion=back,
+                    promoted=False,
+                    reason=f"rolled back to {back}: confidently worse live than in its canary: "
+                    f"{figures}",
+                    details=details,
+                    stage="watch",
+                    outcome="rollback",
+                )
+                log.warning(
+                    "release: watch rolled version %d back to %d: %s",
+                    watched.version,
+                    back,
+                    figures,
+                )
+            elif live.n >= self.rule.horizon:
+                store.update_canary(
+                    conn,
+                    watched.id,
+                    watch="kept",
+                    watch_through=through,
+                    watch_stats={"live": live.to_list()},
+                )
+                models.record_gate(
+                    conn,
+                    version=watched.version,
+                    champion=watched.champion,
+                    promoted=False,
+                    reason=f"kept: live no worse than its canary after {live.n} slates: {figures}",
+                    details=details,
+                    stage="watch",
+                    outcome="keep",
+                )
+            elif through != watched.watch_through:
+                store.update_canary(
+                    conn, watched.id, watch_through=through, watch_stats={"live": live.to_list()}
+                )
+
+    def _read(
+        self, conn: Connection, after: int, until: float
+    ) -> tuple[list[store.SlateReward], int]:
+        """New slates outside experiments whose rewards are in, and the last id read."""
+        rows, through = store.slate_rewards(
+            conn,
+            after,
+            until,
+            READ_LIMIT,
+            self.settings.reward_aggregation,
+            self.settings.default_reward,
+        )
+        return [r for r in rows if r.experiment is None], through
+
+
+def _no_worse(verdict: object) -> bool:
+    low = getattr(verdict, "low", None)
+    threshold = getattr(verdict, "threshold", None)
+    return low is not None and threshold is not None and low >= threshold
