@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +13,11 @@ import uvicorn
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
+from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
 from slatebandit.config import Settings
-from slatebandit.logging import Item, open_engine, upsert_items
+from slatebandit.logging import Item, models, open_engine, upsert_items
+from slatebandit.logging.learning import due_decisions, revision_snapshots
+from slatebandit.policies.learner import slot_features
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
 
@@ -116,3 +120,37 @@ def live_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def train_version(settings: Settings, flip: bool, now: float | None = None) -> int:
+    """A model version trained on every non-held-out decision made by ``now``, registered
+    (not promoted); ``flip`` teaches the opposite of what shoppers clicked."""
+    engine = open_engine(settings.database_url)
+    scorer = VWScorer(settings.vw_args)
+    with engine.connect() as conn:
+        due = due_decisions(conn, 0, time.time() if now is None else now, 100_000)
+        revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
+        snapshots = revision_snapshots(conn, revs)
+    learned = 0
+    for decision in due:
+        if decision.decision_id % settings.gate_holdout_every == 0:
+            continue
+        shared = SharedFeatures.from_log(decision.payload.context)
+        for slot, key, propensity in decision.slots:
+            reward = float(key in decision.rewards)
+            reward = 1.0 - reward if flip else reward
+            features = slot_features(decision.payload, slot, snapshots)
+            scorer.learn(slot_example(shared, slot, features, reward, propensity))
+            learned += 1
+    with engine.begin() as conn:
+        version = models.save_version(
+            conn,
+            parent=None,
+            vw_args=scorer.args,
+            feature_spec=FEATURE_SPEC_VERSION,
+            examples=learned,
+            learned_through=due[-1].decision_id,
+            model=scorer.to_bytes(),
+        )
+    engine.dispose()
+    return version

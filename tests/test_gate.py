@@ -14,18 +14,16 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
 from slatebandit.config import Settings
 from slatebandit.learning import LearnerProcess
 from slatebandit.logging import models, open_engine
-from slatebandit.logging.learning import due_decisions, revision_snapshots
 from slatebandit.logging.schema import decisions, slots
-from slatebandit.policies.learner import Learner, slot_features
+from slatebandit.policies.learner import Learner
 from slatebandit.replay.gate import evaluate, judge
 from slatebandit.replay.release import Release
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
-from tests.conftest import make_settings, seed_catalog, serve_with_clicks
+from tests.conftest import make_settings, seed_catalog, serve_with_clicks, train_version
 
 LATER = 3600.0  # learn "an hour later": every reward is in
 
@@ -35,36 +33,7 @@ def _serve(settings: Settings, n: int, offset: int) -> None:
 
 
 def _version_from_log(settings: Settings, flip: bool) -> int:
-    """A model trained on every non-held-out decision; ``flip`` teaches the opposite taste."""
-    engine = open_engine(settings.database_url)
-    scorer = VWScorer(settings.vw_args)
-    with engine.connect() as conn:
-        due = due_decisions(conn, 0, time.time() + LATER, 100_000)
-        revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
-        snapshots = revision_snapshots(conn, revs)
-    learned = 0
-    for decision in due:
-        if decision.decision_id % settings.gate_holdout_every == 0:
-            continue
-        shared = SharedFeatures.from_log(decision.payload.context)
-        for slot, key, propensity in decision.slots:
-            reward = float(key in decision.rewards)
-            reward = 1.0 - reward if flip else reward
-            features = slot_features(decision.payload, slot, snapshots)
-            scorer.learn(slot_example(shared, slot, features, reward, propensity))
-            learned += 1
-    with engine.begin() as conn:
-        version = models.save_version(
-            conn,
-            parent=None,
-            vw_args=scorer.args,
-            feature_spec=FEATURE_SPEC_VERSION,
-            examples=learned,
-            learned_through=due[-1].decision_id,
-            model=scorer.to_bytes(),
-        )
-    engine.dispose()
-    return version
+    return train_version(settings, flip, now=time.time() + LATER)
 
 
 @pytest.fixture(scope="module")

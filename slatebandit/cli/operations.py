@@ -24,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
             "gate",
             "replay a version against the champion on held-out decisions; promote if no worse",
         ),
-        ("gates", "the promotion gate's verdicts, newest first"),
+        ("gates", "every release verdict (guard, canary, watch, manual), newest first"),
     ):
         action = group.add_parser(name, help=help_text)
         add_db_options(action)
@@ -86,14 +86,17 @@ def _models(args: argparse.Namespace) -> int:
             return 0
         if args.action == "gates":
             for row in models.gate_verdicts(conn):
-                outcome = "promoted" if row["promoted"] else "challenger"
-                print(f"version {row['version']}: {outcome}: {row['reason']}")
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(row["created_at"])))  # type: ignore[arg-type]
+                print(
+                    f"{created}  version {row['version']}  {row['stage']:>6}  "
+                    f"{row['outcome'] or '-':>10}  {row['reason']}"
+                )
             return 0
         if args.action == "rollback":
             target = models.previous_champion(conn)
             if target is None:
                 raise InvalidInput("no earlier champion to roll back to", field="version")
-            models.promote(conn, target, reason=f"rollback from {current}")
+            models.operator_release(conn, target, "rollback", f"rollback from {current} (CLI)")
             print(f"champion is now version {target} (was {current})")
             return 0
         info = models.get_version(conn, args.version)
@@ -107,7 +110,7 @@ def _models(args: argparse.Namespace) -> int:
             }
             print(json.dumps(shown, indent=2))
         else:
-            models.promote(conn, info.version, reason="promoted by an operator (CLI)")
+            models.operator_release(conn, info.version, "promote", "promoted by an operator (CLI)")
             print(f"champion is now version {info.version} (was {current})")
     engine.dispose()
     return 0

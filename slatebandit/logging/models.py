@@ -143,6 +143,23 @@ def record_gate(
         promote(conn, version, reason=f"{stage}: {reason}"[:256])
 
 
+def operator_release(conn: Connection, version: int, outcome: str, reason: str) -> None:
+    """An operator's promotion or rollback to ``version``: it serves, and the release timeline
+    records it beside the automatic verdicts (stage ``manual``)."""
+    current = champion(conn)
+    promote(conn, version, reason=reason)
+    record_gate(
+        conn,
+        version=version,
+        champion=current,
+        promoted=False,  # promoted above, under the operator's reason
+        reason=reason,
+        details={},
+        stage="manual",
+        outcome=outcome,
+    )
+
+
 def gate_verdicts(
     conn: Connection, version: int | None = None, limit: int | None = None
 ) -> list[dict[str, object]]:

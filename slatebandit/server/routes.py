@@ -32,10 +32,11 @@ from slatebandit.logging.models import (
     gate_verdicts,
     get_version,
     list_versions,
+    operator_release,
     previous_champion,
-    promote,
 )
 from slatebandit.logging.privacy import REDACTED
+from slatebandit.logging.releases import list_canaries
 from slatebandit.logging.schema import items as items_table
 from slatebandit.logging.spool import SpooledEvent, SpooledReward
 from slatebandit.policies import Query, follow_champion
@@ -60,7 +61,8 @@ from slatebandit.server.services import for_request
 
 PROFILE_TOP = 3  # top categories and brands of the user's state that reach the scorer
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
-GATE_VERDICTS = 20  # the promotion gate's latest verdicts shown by GET /v1/models
+GATE_VERDICTS = 20  # the latest release verdicts shown by GET /v1/models
+CANARIES = 10  # ...and the latest canaries, with their figures
 
 
 _services = for_request
@@ -157,7 +159,9 @@ async def create_slate(request: Request) -> Response:
         "items": items,
     }
     if experiment is not None:
-        answer["experiment"], answer["arm"] = experiment, arm
+        answer["experiment"] = experiment
+    if arm is not None:  # an experiment's arm, or ``canary``
+        answer["arm"] = arm
     return respond(request, answer)
 
 
@@ -312,10 +316,13 @@ async def list_models(request: Request) -> Response:
             "late_rewards": late_rewards(conn),
             "versions": [v.to_dict() for v in list_versions(conn)],
             "gate": gate_verdicts(conn, limit=GATE_VERDICTS),
+            "canaries": [c.to_dict() for c in list_canaries(conn, limit=CANARIES)],
         }
 
     body = await s.read(read)
-    return respond(request, {**body, "serving": s.policy.scorer.version})
+    running = s.canaries.running
+    canary = None if running is None else {"id": running.id, "version": running.version}
+    return respond(request, {**body, "serving": s.policy.scorer.version, "canary": canary})
 
 
 async def rollback_model(request: Request) -> Response:
@@ -324,7 +331,7 @@ async def rollback_model(request: Request) -> Response:
     def unit(conn: Connection) -> int | None:
         previous = previous_champion(conn)
         if previous is not None:
-            promote(conn, previous, reason="rolled back by an operator (HTTP)")
+            operator_release(conn, previous, "rollback", "rolled back by an operator (HTTP)")
         return previous
 
     previous = await s.writer.submit(unit)
@@ -343,7 +350,7 @@ async def promote_model(request: Request) -> Response:
     def unit(conn: Connection) -> bool:
         if get_version(conn, version) is None:
             return False
-        promote(conn, version, reason="promoted by an operator (HTTP)")
+        operator_release(conn, version, "promote", "promoted by an operator (HTTP)")
         return True
 
     if not await s.writer.submit(unit):

@@ -1,0 +1,235 @@
+"""Releases on a real SQLite log: guard -> canary -> verdict -> watch, each step recorded.
+
+The decisions here are written straight into the log with the arms, versions and rewards a
+canary would produce (seeded Bernoulli clicks), so the release's bookkeeping is tested apart
+from serving: which slates count for which arm, that every turn reads only new decisions, and
+that every canary ends in a verdict. Serving's side (who is assigned, what is logged) and the
+whole loop against a real server are tested in ``test_canary_serving.py``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, insert, select
+
+from slatebandit.bandit import FEATURE_SPEC_VERSION, VWScorer
+from slatebandit.config import Settings
+from slatebandit.logging import models, open_engine
+from slatebandit.logging import releases as store
+from slatebandit.logging.schema import decisions, items, promotions, rewards, slots
+from slatebandit.policies.canary import ARM
+from slatebandit.replay.release import Release
+from slatebandit.retrieval.demo import demo_items
+from tests.conftest import make_settings, seed_catalog
+
+K = 4
+LATER = 3600.0  # every reward is in
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[Settings, Engine]:
+    settings = make_settings(tmp_path, learner="off", reward_wait=0, canary_slates=200)
+    seed_catalog(settings.database_url, list(demo_items(50, seed=2)))
+    engine = open_engine(settings.database_url)
+    yield settings, engine
+    engine.dispose()
+
+
+def _version(engine: Engine, settings: Settings) -> int:
+    scorer = VWScorer(settings.vw_args)  # a real (untrained) model: the guard loads it
+    with engine.begin() as conn:
+        return models.save_version(
+            conn,
+            parent=None,
+            vw_args=scorer.args,
+            feature_spec=FEATURE_SPEC_VERSION,
+            examples=0,
+            learned_through=0,
+            model=scorer.to_bytes(),
+        )
+
+
+def _log(
+    engine: Engine,
+    n: int,
+    version: int,
+    arm: str | None,
+    p_click: float,
+    rng: np.random.Generator,
+    experiment: str | None = None,
+) -> None:
+    """``n`` slates of ``K`` slots by ``version`` in ``arm``, each slot clicked with ``p_click``."""
+    with engine.begin() as conn:
+        keys = list(conn.execute(select(items.c.key).limit(K)).scalars())
+        for _ in range(n):
+            decision = conn.execute(
+                insert(decisions)
+                .values(
+                    event_id=uuid.uuid4().hex,
+                    created_at=time.time(),
+                    user_id="u",
+                    policy=f"vw@{version}" if arm else "vw",
+                    model_version=version,
+                    payload=b"-",  # the release never decodes it
+                    experiment=experiment,
+                    arm=arm,
+                )
+                .returning(decisions.c.id)
+            ).scalar_one()
+            for slot, key in enumerate(keys):
+                conn.execute(
+                    insert(slots).values(
+                        decision_id=decision,
+                        slot=slot,
+                        item_key=key,
+                        propensity=0.5,
+                        kind="exploit",
+                        source="popular",
+                        score=0.0,
+                    )
+                )
+                if rng.random() < p_click:
+                    conn.execute(
+                        insert(rewards).values(
+                            decision_id=decision,
+                            item_key=key,
+                            type="click",
+                            reward=1.0,
+                            created_at=time.time(),
+                        )
+                    )
+
+
+def _canary_started(engine: Engine, settings: Settings) -> tuple[int, int, store.Canary]:
+    champion, challenger = _version(engine, settings), _version(engine, settings)
+    with engine.begin() as conn:
+        models.promote(conn, champion, reason="test: the champion")
+    release = Release(engine, settings)
+    release.turn(now=time.time() + LATER)  # guard: no held-out decisions, so a canary
+    with engine.connect() as conn:
+        canary = store.running_canary(conn)
+        guard = models.gate_verdicts(conn, challenger)
+    assert canary is not None and canary.version == challenger and canary.champion == champion
+    assert [(v["stage"], v["outcome"]) for v in guard] == [("guard", "canary")]
+    return champion, challenger, canary
+
+
+def _turns(engine: Engine, settings: Settings) -> None:
+    release = Release(engine, settings)
+    for _ in range(5):
+        release.turn(now=time.time() + LATER)
+
+
+def test_the_first_version_is_promoted_without_a_canary(world: tuple[Settings, Engine]) -> None:
+    settings, engine = world
+    version = _version(engine, settings)
+    Release(engine, settings).turn()
+    with engine.connect() as conn:
+        assert models.champion(conn) == version
+        assert store.running_canary(conn) is None
+        verdict = models.gate_verdicts(conn, version)[0]
+    assert (verdict["stage"], verdict["outcome"], verdict["promoted"]) == ("guard", "promote", True)
+
+
+def test_a_confidently_worse_canary_is_rejected_early(world: tuple[Settings, Engine]) -> None:
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    rng = np.random.default_rng(1)
+    for _ in range(4):  # interleaved, as a 10% split would arrive
+        _log(engine, 400, champion, None, 0.30, rng)
+        _log(engine, 40, challenger, ARM, 0.05, rng)
+    _turns(engine, settings)
+    with engine.connect() as conn:
+        assert models.champion(conn) == champion
+        ended = store.list_canaries(conn)[0]
+        verdict = models.gate_verdicts(conn, challenger)[0]
+    assert ended.status == "rejected" and ended.watch is None
+    assert (verdict["stage"], verdict["outcome"], verdict["promoted"]) == (
+        "canary",
+        "reject",
+        False,
+    )
+    assert verdict["details"]["high"] < verdict["details"]["threshold"]
+    assert ended.stats[ARM][0] < settings.canary_slates  # before the budget: confident early
+
+
+def test_an_equal_canary_is_promoted_at_the_budget_and_watched(
+    world: tuple[Settings, Engine],
+) -> None:
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    rng = np.random.default_rng(2)
+    _log(engine, 100, challenger, ARM, 0.2, rng)
+    _log(engine, 1000, champion, None, 0.2, rng)
+    _log(engine, 50, challenger, ARM, 0.2, rng, experiment="other")  # not the canary's
+    _turns(engine, settings)
+    with engine.connect() as conn:
+        assert store.running_canary(conn) is not None  # 100 of 200 canary slates: no verdict
+    _log(engine, 110, challenger, ARM, 0.2, rng)
+    _turns(engine, settings)
+    with engine.connect() as conn:
+        assert models.champion(conn) == challenger
+        ended = store.list_canaries(conn)[0]
+        verdict = models.gate_verdicts(conn, challenger)[0]
+    assert ended.status == "promoted" and ended.watch == "watching"
+    assert ended.stats[ARM][0] == 210 and ended.stats["champion"][0] == 1000  # none twice
+    assert (verdict["stage"], verdict["outcome"]) == ("canary", "promote")
+    assert "budget" in verdict["reason"] or "no worse" in verdict["reason"]
+
+
+def test_the_watch_rolls_back_a_champion_that_does_worse_live(
+    world: tuple[Settings, Engine],
+) -> None:
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    rng = np.random.default_rng(3)
+    _log(engine, 250, challenger, ARM, 0.3, rng)
+    _log(engine, 2000, champion, None, 0.3, rng)
+    _turns(engine, settings)
+    with engine.connect() as conn:
+        assert models.champion(conn) == challenger
+    _log(engine, 800, challenger, None, 0.05, rng)  # live, it does far worse
+    _turns(engine, settings)
+    with engine.connect() as conn:
+        assert models.champion(conn) == champion
+        watched = store.list_canaries(conn)[0]
+        verdict = models.gate_verdicts(conn, challenger)[0]
+        promotion = conn.execute(
+            select(promotions.c.reason).order_by(promotions.c.id.desc())
+        ).scalar()
+    assert watched.watch == "rolled_back"
+    assert (verdict["stage"], verdict["outcome"]) == ("watch", "rollback")
+    assert verdict["reason"].startswith(f"rolled back to {champion}")
+    assert promotion == f"watch: rolled back from {challenger}"
+
+
+def test_a_canary_whose_champion_changes_is_superseded(world: tuple[Settings, Engine]) -> None:
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    other = _version(engine, settings)
+    with engine.begin() as conn:
+        models.operator_release(conn, other, "promote", "test: an operator")
+    Release(engine, settings).turn(now=time.time() + LATER)
+    with engine.connect() as conn:
+        ended = store.list_canaries(conn)
+        verdicts = models.gate_verdicts(conn)
+    assert ended[0].status == "superseded"
+    assert (verdicts[0]["stage"], verdicts[0]["outcome"]) == ("canary", "superseded")
+    assert (verdicts[1]["stage"], verdicts[1]["outcome"]) == ("manual", "promote")
+
+
+@pytest.mark.parametrize("promotion", ["always", "manual"])
+def test_releases_do_nothing_unless_promotion_is_gated(
+    world: tuple[Settings, Engine], promotion: str
+) -> None:
+    settings, engine = world
+    settings = Settings(**{**settings.__dict__, "promotion": promotion})
+    _version(engine, settings)
+    Release(engine, settings).turn()
+    with engine.connect() as conn:
+        assert models.champion(conn) is None and not models.gate_verdicts(conn)
