@@ -1,5 +1,5 @@
-"""Soak: a real `slatebandit serve --workers 2` with the embedded learner, at half its measured
-capacity for ten minutes.
+"""Soak: a real `slatebandit serve --workers 2` with the embedded learner and gated releases
+(canaries on), at half its measured capacity for twenty minutes.
 
 First a closed-loop burst (``--probe-seconds``, ``--connections`` at once) measures how many
 slates a second the server answers; then an open-loop load sends half that rate, each slate
@@ -7,9 +7,11 @@ followed by a click on its first item one time in ten. Every minute it reports:
 
 - the client's p50 and p99 latency, and the requests and errors in that minute;
 - the RSS of the server's processes (the supervisor and its workers, summed);
-- the decisions logged and the database's size on disk.
+- the decisions logged and the database's size on disk;
+- learner lag (the newest due decision against the newest checkpoint's), and the versions,
+  canaries and release verdicts so far.
 
-    python -m benchmarks.soak [--minutes 10] [--items 20000] [--env LEARNER=off] [--out FILE]
+    python -m benchmarks.soak [--minutes 20] [--items 20000] [--env LEARNER=off] [--out FILE]
 
 Writes ``benchmarks/results/soak.json``. The load generator runs on the same two cores as the
 server, so the capacity it measures is the pair's, not the server's alone.
@@ -33,7 +35,7 @@ import numpy as np
 from sqlalchemy import create_engine, func, select
 
 from benchmarks.learning_curve import serving_process
-from slatebandit.logging.schema import decisions
+from slatebandit.logging.schema import canaries, decisions, model_gates, model_versions
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
 
@@ -169,8 +171,44 @@ async def capacity(base: str, connections: int, seconds: float) -> float:
     return len(load.latencies) / (time.monotonic() - started)
 
 
+def learner_state(conn: Any, due_by: float) -> dict[str, Any]:
+    """Learner lag: the newest decision due to be learned (older than the reward wait) against
+    the learned watermark (the newest checkpoint's last decision), in decisions and in
+    seconds of decision time; and how far the releases got."""
+    due = conn.execute(
+        select(func.max(decisions.c.id)).where(decisions.c.created_at <= due_by)
+    ).scalar()
+    learned = conn.execute(select(func.max(model_versions.c.learned_through))).scalar() or 0
+    at = dict(
+        conn.execute(
+            select(decisions.c.id, decisions.c.created_at).where(
+                decisions.c.id.in_([due or 0, learned])
+            )
+        ).all()
+    )
+    lag = max(0.0, at.get(due or 0, 0.0) - at.get(learned, at.get(due or 0, 0.0)))
+    verdicts = dict(
+        conn.execute(
+            select(model_gates.c.outcome, func.count()).group_by(model_gates.c.outcome)
+        ).all()
+    )
+    return {
+        "learner_lag_decisions": max(0, (due or 0) - learned),
+        "learner_lag_seconds": round(lag, 1),
+        "versions": conn.execute(select(func.count()).select_from(model_versions)).scalar_one(),
+        "canaries": conn.execute(select(func.count()).select_from(canaries)).scalar_one(),
+        "verdicts": verdicts,
+    }
+
+
 async def soak(
-    base: str, rate: float, minutes: int, server_pid: int, data_dir: Path, url: str
+    base: str,
+    rate: float,
+    minutes: int,
+    server_pid: int,
+    data_dir: Path,
+    url: str,
+    reward_wait: float,
 ) -> list[dict[str, Any]]:
     engine = create_engine(url)
     report = []
@@ -192,12 +230,14 @@ async def soak(
             await asyncio.sleep(0.005)  # the schedule's tick, not a wait for the server
         with engine.connect() as conn:
             logged = conn.execute(select(func.count()).select_from(decisions)).scalar_one()
+            learning = learner_state(conn, time.time() - reward_wait)
         row = {
             "minute": minute,
             **load.minute(),
             "rss_mb": tree_rss(server_pid) / 2**20,
             "decisions": logged,
             "db_mb": db_bytes(data_dir) / 2**20,
+            **learning,
         }
         report.append(row)
         print(json.dumps(row), flush=True)
@@ -209,7 +249,7 @@ async def soak(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--minutes", type=int, default=20)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--probe-seconds", type=float, default=30.0)
@@ -249,11 +289,12 @@ def main() -> None:
             rate = probe / 2
             print(f"capacity {probe:.0f} slates/s; soaking at {rate:.0f}/s", flush=True)
             url = f"sqlite:///{data_dir / 'slatebandit.db'}"
-            report = asyncio.run(soak(base, rate, args.minutes, pid, data_dir, url))
+            wait = float(settings["REWARD_WAIT"])
+            report = asyncio.run(soak(base, rate, args.minutes, pid, data_dir, url, wait))
         if learner is not None:
             learner.send_signal(signal.SIGINT)
             learner.wait(timeout=120)
-    warm, last = report[1] if len(report) > 1 else report[0], report[-1]
+    warm, last = report[2] if len(report) > 2 else report[0], report[-1]  # from minute 3
     grown = report[-1]["decisions"] - report[0]["decisions"]
     results = {
         "capacity_slates_per_s": probe,
@@ -261,6 +302,9 @@ def main() -> None:
         "minutes": report,
         "errors": sum(r["errors"] for r in report),
         "rss_growth_after_warmup": (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"],
+        "worst_p99_ms": max(r["p99_ms"] for r in report),
+        "last_p50_over_first": report[-1]["p50_ms"] / report[0]["p50_ms"],
+        "largest_learner_lag_seconds": max(r["learner_lag_seconds"] for r in report),
         "db_mb_per_1000_decisions": 1000 * (report[-1]["db_mb"] - report[0]["db_mb"]) / grown
         if grown
         else None,

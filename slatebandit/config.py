@@ -199,7 +199,7 @@ class Settings:
         ),
     )
     canary_slates: int = field(
-        default=1000,
+        default=500,
         metadata=_doc(
             "canary slates after which a canary with no evidence of harm is promoted "
             "(the most a verdict waits for)"

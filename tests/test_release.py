@@ -40,7 +40,7 @@ def world(tmp_path: Path) -> tuple[Settings, Engine]:
     engine.dispose()
 
 
-def _version(engine: Engine, settings: Settings) -> int:
+def _version(engine: Engine, settings: Settings, learned_through: int = 0) -> int:
     scorer = VWScorer(settings.vw_args)  # a real (untrained) model: the guard loads it
     with engine.begin() as conn:
         return models.save_version(
@@ -48,8 +48,8 @@ def _version(engine: Engine, settings: Settings) -> int:
             parent=None,
             vw_args=scorer.args,
             feature_spec=FEATURE_SPEC_VERSION,
-            examples=0,
-            learned_through=0,
+            examples=learned_through,
+            learned_through=learned_through,
             model=scorer.to_bytes(),
         )
 
@@ -106,7 +106,7 @@ def _log(
 
 
 def _canary_started(engine: Engine, settings: Settings) -> tuple[int, int, store.Canary]:
-    champion, challenger = _version(engine, settings), _version(engine, settings)
+    champion, challenger = _version(engine, settings, 10), _version(engine, settings, 100)
     with engine.begin() as conn:
         models.promote(conn, champion, reason="test: the champion")
     release = Release(engine, settings)
@@ -206,6 +206,24 @@ def test_the_watch_rolls_back_a_champion_that_does_worse_live(
     assert (verdict["stage"], verdict["outcome"]) == ("watch", "rollback")
     assert verdict["reason"].startswith(f"rolled back to {champion}")
     assert promotion == f"watch: rolled back from {challenger}"
+
+
+def test_a_canary_waits_for_a_version_that_learned_enough_since_the_champion(
+    world: tuple[Settings, Engine],
+) -> None:
+    settings, engine = world
+    champion = _version(engine, settings, 1000)
+    with engine.begin() as conn:
+        models.promote(conn, champion, reason="test: the champion")
+    _version(engine, settings, 1500)  # half the champion's decisions more: not yet
+    Release(engine, settings).turn(now=time.time() + LATER)
+    with engine.connect() as conn:
+        assert store.running_canary(conn) is None and not models.gate_verdicts(conn)
+    twice = _version(engine, settings, 2000)  # twice the champion's
+    Release(engine, settings).turn(now=time.time() + LATER)
+    with engine.connect() as conn:
+        canary = store.running_canary(conn)
+    assert canary is not None and canary.version == twice
 
 
 def test_a_canary_whose_champion_changes_is_superseded(world: tuple[Settings, Engine]) -> None:

@@ -84,6 +84,9 @@ class Release:
                 return
             if models.gate_verdicts(conn, latest.version, limit=1):
                 return  # judged already: wait for a newer checkpoint
+            serving = None if champion is None else models.get_version(conn, champion)
+            if serving is not None and not self._news(serving, latest):
+                return  # too little learned since the champion to be worth a canary yet
         version = latest.version
         if champion is None:
             with self.engine.begin() as conn:
@@ -134,6 +137,14 @@ class Release:
         log.info(
             "release: version %d serves canary %d beside champion %d", version, canary, champion
         )
+
+    def _news(self, champion: models.ModelVersion, latest: models.ModelVersion) -> bool:
+        """Whether ``latest`` learned enough since ``champion`` to spend a canary on: twice
+        the champion's decisions early on (two versions a few seconds apart only waste a
+        canary's budget proving they are equal), later one canary horizon's worth of
+        decisions, so that in steady state the next candidate is ready as a verdict comes."""
+        learned = latest.learned_through - champion.learned_through
+        return learned >= min(max(champion.learned_through, 1), self.rule.horizon)
 
     # 2. canary --------------------------------------------------------------------------------
 
@@ -239,23 +250,37 @@ class Release:
         live += Moments.of(
             [r.reward for r in new if r.arm is None and r.model_version == watched.version]
         )
-        during = Moments.from_list(watched.stats.get(ARM))
-        d = difference(live, during, self.rule.alpha, self.rule.horizon)
-        threshold = -self.settings.gate_margin * abs(during.mean)
-        figures = (
-            f"live {live.mean:.4f} ({live.n} slates) vs its canary {during.mean:.4f} "
-            f"({during.n}): difference {d.estimate:+.4f}, anytime 95% [{d.low:+.4f}, "
-            f"{d.high:+.4f}], threshold {threshold:+.4f}"
-        )
-        details: dict[str, object] = {**d.to_dict(), "threshold": threshold, "canary": watched.id}
+        # Live against what the canary period showed: the version's own canary slates (did it
+        # do worse once it served everyone?), and the champion it replaced, then (a version
+        # that slipped through a short canary is judged again on nine times the traffic).
+        references = {
+            "its canary": Moments.from_list(watched.stats.get(ARM)),
+            f"version {watched.champion} before it": Moments.from_list(
+                watched.stats.get("champion")
+            ),
+        }
+        checks = []
+        for name, reference in references.items():
+            d = difference(live, reference, self.rule.alpha, self.rule.horizon)
+            threshold = -self.settings.gate_margin * abs(reference.mean)
+            figures = (
+                f"live {live.mean:.4f} ({live.n} slates) vs {name} {reference.mean:.4f} "
+                f"({reference.n}): difference {d.estimate:+.4f}, anytime 95% [{d.low:+.4f}, "
+                f"{d.high:+.4f}], threshold {threshold:+.4f}"
+            )
+            checks.append((d, threshold, figures))
+        worse = [c for c in checks if live.n >= self.rule.min_slates and c[0].high < c[1]]
+        stats = {"live": live.to_list()}
         with self.engine.begin() as conn:
-            if live.n >= self.rule.min_slates and d.high < threshold:
+            if worse:
+                d, threshold, figures = worse[0]
+                details: dict[str, object] = {
+                    **d.to_dict(),
+                    "threshold": threshold,
+                    "canary": watched.id,
+                }
                 store.update_canary(
-                    conn,
-                    watched.id,
-                    watch="rolled_back",
-                    watch_through=through,
-                    watch_stats={"live": live.to_list()},
+                    conn, watched.id, watch="rolled_back", watch_through=through, watch_stats=stats
                 )
                 back = watched.champion
                 models.promote(conn, back, reason=f"watch: rolled back from {watched.version}")
@@ -264,40 +289,30 @@ class Release:
                     version=watched.version,
                     champion=back,
                     promoted=False,
-                    reason=f"rolled back to {back}: confidently worse live than in its canary: "
-                    f"{figures}",
+                    reason=f"rolled back to {back}: confidently worse: {figures}",
                     details=details,
                     stage="watch",
                     outcome="rollback",
                 )
                 log.warning(
-                    "release: watch rolled version %d back to %d: %s",
-                    watched.version,
-                    back,
-                    figures,
+                    "release: watch rolled %d back to %d: %s", watched.version, back, figures
                 )
             elif live.n >= self.rule.horizon:
                 store.update_canary(
-                    conn,
-                    watched.id,
-                    watch="kept",
-                    watch_through=through,
-                    watch_stats={"live": live.to_list()},
+                    conn, watched.id, watch="kept", watch_through=through, watch_stats=stats
                 )
                 models.record_gate(
                     conn,
                     version=watched.version,
                     champion=watched.champion,
                     promoted=False,
-                    reason=f"kept: live no worse than its canary after {live.n} slates: {figures}",
-                    details=details,
+                    reason=f"kept after {live.n} live slates: " + "; ".join(c[2] for c in checks),
+                    details={**checks[0][0].to_dict(), "canary": watched.id},
                     stage="watch",
                     outcome="keep",
                 )
             elif through != watched.watch_through:
-                store.update_canary(
-                    conn, watched.id, watch_through=through, watch_stats={"live": live.to_list()}
-                )
+                store.update_canary(conn, watched.id, watch_through=through, watch_stats=stats)
 
     def _read(
         self, conn: Connection, after: int, until: float

@@ -12,7 +12,7 @@ the slot. A policy that learns who likes what beats one that shows the same item
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,3 +67,70 @@ class Storefront:
     def click_probability(self, user: int, item_id: str, slot: int) -> float:
         taste = self.tastes[user, self.category_of[item_id]]
         return min(0.9, self.base * taste * self.appeal[item_id] * self.position_bias[slot])
+
+    def with_new_tastes(self, seed: int) -> Storefront:
+        """The same catalog, with every shopper's tastes drawn anew (a change of season)."""
+        rng = np.random.default_rng(seed)
+        tastes = rng.dirichlet(np.full(self.tastes.shape[1], 0.3), size=self.tastes.shape[0])
+        return replace(self, tastes=tastes)
+
+    def _values(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each shopper's base * taste * appeal for every item (users x items), and the items'
+        categories."""
+        categories = np.array([self.category_of[item.item_id] for item in self.items])
+        appeal = np.array([self.appeal[item.item_id] for item in self.items])
+        return self.base * self.tastes[:, categories] * appeal, categories
+
+    def oracle_ctr(self, k: int) -> float:
+        """The CTR of showing each shopper their k best items, best first (no layout)."""
+        return self.layout_ceiling(k, explore_slots=(), diverse_slots=())
+
+    def layout_ceiling(
+        self,
+        k: int,
+        explore_slots: tuple[int, ...],
+        diverse_slots: tuple[int, ...],
+        epsilon: float = 0.0,
+    ) -> float:
+        """The best CTR a policy can reach with slatebandit's slot layout, knowing every
+        shopper's tastes: exploit slots take the best remaining item (with probability
+        ``epsilon`` a uniformly random one instead), a diverse slot the best remaining item of
+        a category not yet in the slate, an explore slot a uniformly random remaining item.
+
+        Random items are counted at the catalog's mean value for the shopper; within a
+        slate's few slots the items already taken barely move that mean."""
+        values, categories = self._values()
+        total = 0.0
+        for user_values in values:
+            order = np.argsort(-user_values)
+            mean = float(user_values.mean())
+            taken: set[int] = set()
+            shown: set[int] = set()
+            clicks = 0.0
+            for slot in range(k):
+                bias = float(self.position_bias[slot])
+                if slot in explore_slots:
+                    clicks += min(0.9, mean * bias)
+                    continue
+                allowed = (
+                    (i for i in order if i not in taken and categories[i] not in shown)
+                    if slot in diverse_slots
+                    else (i for i in order if i not in taken)
+                )
+                best = next(allowed, None)
+                if best is None:  # every category shown: the best remaining item
+                    best = next(i for i in order if i not in taken)
+                p = min(0.9, float(user_values[best]) * bias)
+                if slot not in diverse_slots and epsilon:
+                    p = (1 - epsilon) * p + epsilon * min(0.9, mean * bias)
+                clicks += p
+                taken.add(int(best))
+                shown.add(int(categories[best]))
+            total += clicks / k
+        return total / len(values)
+
+    def random_ctr(self, k: int) -> float:
+        """The CTR of k uniformly random items."""
+        values, _ = self._values()
+        bias = self.position_bias[:k]
+        return float(np.minimum(0.9, values.mean(1)[:, None] * bias).mean())
