@@ -89,3 +89,24 @@ def test_baselines_need_no_server_and_write_csv_and_png(tmp_path) -> None:  # ty
     lines = (tmp_path / "simulate-random-seed0.csv").read_text().splitlines()
     assert lines[0] == "window,slates,impressions,clicks,ctr" and len(lines) == 5
     assert (tmp_path / "simulate-random-seed0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_layout_ceiling_sits_between_random_and_the_oracle() -> None:
+    store = Storefront.generate(120, 40, seed=2)
+    k = 5
+    random, oracle = store.random_ctr(k), store.oracle_ctr(k)
+    ceiling = store.layout_ceiling(k, explore_slots=(4,), diverse_slots=(2,))
+    exploring = store.layout_ceiling(k, explore_slots=(4,), diverse_slots=(2,), epsilon=0.05)
+    assert random < exploring < ceiling < oracle
+    assert store.layout_ceiling(k, (), ()) == oracle  # no reserved slots: the oracle itself
+    # Every slot exploring: a random slate, up to the items already taken (none here).
+    assert store.layout_ceiling(k, tuple(range(k)), ()) == pytest.approx(random)
+
+
+def test_new_tastes_keep_the_catalog_and_change_the_shoppers() -> None:
+    store = Storefront.generate(50, 20, seed=4)
+    changed = store.with_new_tastes(seed=5)
+    assert changed.items == store.items and changed.appeal == store.appeal
+    assert changed.tastes.shape == store.tastes.shape
+    assert not (changed.tastes == store.tastes).all()
+    assert changed.tastes.sum(axis=1) == pytest.approx(1.0)
