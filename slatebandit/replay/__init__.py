@@ -4,6 +4,7 @@ from slatebandit.replay import IPS, Bootstrap, ReplayOptions, replay
 """
 
 from slatebandit.replay.bootstrap import Bootstrap
+from slatebandit.replay.context_model import ContextRewardModel
 from slatebandit.replay.estimators import (
     DEFAULT_ESTIMATORS,
     DM,
@@ -17,7 +18,8 @@ from slatebandit.replay.estimators import (
     Estimator,
     make_estimator,
 )
-from slatebandit.replay.evaluate import NOTE, ReplayOptions, Report, replay
+from slatebandit.replay.evaluate import NOTE, ItemRewardModel, ReplayOptions, Report, replay
+from slatebandit.replay.release import Release
 from slatebandit.replay.reward_model import RewardModel
 from slatebandit.replay.targets import Target, parse_target
 
@@ -32,8 +34,11 @@ __all__ = [
     "Bootstrap",
     "CascadeDR",
     "CascadeIPS",
+    "ContextRewardModel",
     "Estimate",
     "Estimator",
+    "ItemRewardModel",
+    "Release",
     "Report",
     "ReplayOptions",
     "RewardModel",

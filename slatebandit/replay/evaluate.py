@@ -5,7 +5,8 @@ Three streaming passes over the window, chunk by chunk, in bounded memory:
 1. (only for ``vw:"ARGS"`` targets) train them on the first ``train_fraction`` of the window's
    decisions; every target is then evaluated on the rest only, so all are compared on the
    same held-out decisions;
-2. fit the cross-fitted reward model (``RewardModel``) on the evaluated decisions;
+2. fit the cross-fitted reward model (``RewardModel``) on the evaluated decisions, unless the
+   caller brings one (the gate brings ``ContextRewardModel``, fitted on other decisions);
 3. recompute every target's slot probabilities and feed the estimators.
 """
 
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Engine
@@ -43,6 +44,22 @@ from slatebandit.replay.log import (
 )
 from slatebandit.replay.reward_model import RewardModel
 from slatebandit.replay.targets import Target, parse_target
+
+
+class ItemRewardModel(Protocol):
+    """What DM, DR and the cascade estimators ask of a reward model (``RewardModel``,
+    ``replay.context_model.ContextRewardModel``)."""
+
+    def item_values(self, decision_ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """q of each candidate (``keys``, one row per decision) given its decision."""
+        ...
+
+    def continuation(
+        self, decision_ids: np.ndarray, slot: np.ndarray, depth: np.ndarray
+    ) -> np.ndarray:
+        """Expected reward of the slots below ``slot`` in a slate of ``depth`` slots."""
+        ...
+
 
 Progress = Callable[[str, int, int], None]  # (phase, decisions done, decisions in the phase)
 SUPPORT_WARNING = 0.01  # mean target mass outside the logger's support
@@ -177,15 +194,17 @@ def replay(
     options: ReplayOptions,
     progress: Progress | None = None,
     window: Window | None = None,
+    reward_model: ItemRewardModel | None = None,
 ) -> Report:
-    """Replay ``options.policies`` over the window the options give (or ``window``)."""
+    """Replay ``options.policies`` over the window the options give (or ``window``); DM and DR
+    use ``reward_model`` if given, else item means fitted on the evaluated decisions."""
     options.validate()
     until = options.until if options.until is not None else time.time() - settings.reward_wait
     since = options.since if options.since is not None else float("-inf")
     window = window or Window(since, until)
     targets = [parse_target(spec, engine) for spec in options.policies]
     try:
-        return _replay(engine, settings, options, window, targets, progress or _quiet)
+        return _replay(engine, settings, options, window, targets, progress or _quiet, reward_model)
     finally:
         for target in targets:
             target.close()
@@ -202,6 +221,7 @@ def _replay(
     window: Window,
     targets: Sequence[Target],
     progress: Progress,
+    reward_model: ItemRewardModel | None = None,
 ) -> Report:
     rule = {"aggregation": settings.reward_aggregation, "default_reward": settings.default_reward}
 
@@ -244,13 +264,9 @@ def _replay(
     # more commit meanwhile (an ``until`` in the future).
     window = dataclasses.replace(window, through=evaluated.last_id or window.after)
 
-    model = RewardModel()
-    if evaluated.decisions and any(make_estimator(n).uses_model for n in options.estimators):
-        done = 0
-        for shown in read_shown(engine, window, **rule):  # type: ignore[arg-type]
-            model.add(shown.decision, shown.slot, shown.item, shown.reward)
-            done += shown.decisions
-            progress("reward model", done, evaluated.decisions)
+    model = reward_model
+    if model is None:
+        model = _item_means(engine, window, rule, options, evaluated.decisions, progress)
 
     bootstrap = Bootstrap(options.bootstrap, options.seed) if options.bootstrap else None
     estimators = {
@@ -295,13 +311,32 @@ def _replay(
     )
 
 
+def _item_means(
+    engine: Engine,
+    window: Window,
+    rule: dict[str, Any],
+    options: ReplayOptions,
+    decisions: int,
+    progress: Progress,
+) -> RewardModel:
+    """The default reward model: item means, cross-fitted on the evaluated decisions."""
+    model = RewardModel()
+    if decisions and any(make_estimator(n).uses_model for n in options.estimators):
+        done = 0
+        for shown in read_shown(engine, window, **rule):
+            model.add(shown.decision, shown.slot, shown.item, shown.reward)
+            done += shown.decisions
+            progress("reward model", done, decisions)
+    return model
+
+
 def _evaluate_chunk(
     chunk: Chunk,
     revisions: Revisions,
     targets: Sequence[Target],
     estimators: dict[str, list[Estimator]],
     outside: dict[str, float],
-    model: RewardModel,
+    model: ItemRewardModel,
     fallback: Exploration,
 ) -> None:
     ids = chunk.slot_decisions

@@ -1,7 +1,10 @@
-"""The promotion gate: a new model version serves only if replay says it is no worse.
+"""The offline gate: replay a new model version against the champion on held-out decisions.
+
+Releases (``replay.release``) use it as a guard before a canary (``guard``: reject only
+confident harm); ``slatebandit models gate V`` runs ``judge``, the full verdict below, by hand.
 
 With ``SLATEBANDIT_PROMOTION=gated`` the learner never learns every ``gate_holdout_every``-th
-decision (by id), in any version. When it checkpoints a version, ``judge`` replays the champion
+decision (by id), in any version. ``judge`` replays the champion
 (``vw@C``) and the new version (``vw@V``) on the most recent of those held-out decisions that
 the champion scored and whose rewards are in, with the same bootstrap, and looks at the paired
 difference V - C:
@@ -22,7 +25,8 @@ logger can show everything the target would. Their realised mean (``coverage``) 
 candidates gives each non-greedy one 0.05 / 200, so in a few thousand slots a challenger's
 favourite items are simply never seen. Measured against the simulator's true click model, a
 challenger 53% better than the champion had coverage 0.25 there, IPS saw a tenth of its value
-and DR, falling back on its item-mean reward model, put it 11% below the champion. Outside
+and DR, with an item-mean reward model, put it 11% below the champion (DR now uses a reward
+model that knows the context, ``replay.context_model``, trained on learned decisions only). Outside
 [``gate_min_coverage``, 1 / ``gate_min_coverage``] (above: a few rare slots with enormous
 weights dominate) the gate does not judge: the verdict says so, and the way to compare them
 is an A/B experiment (an arm ``vw@V``) or an operator's promotion.
@@ -45,7 +49,8 @@ from sqlalchemy import Engine, func, select
 from slatebandit.config import Settings
 from slatebandit.logging import models
 from slatebandit.logging.schema import decisions
-from slatebandit.replay.estimators import paired_difference
+from slatebandit.replay.context_model import ContextRewardModel
+from slatebandit.replay.estimators import make_estimator, paired_difference
 from slatebandit.replay.evaluate import ReplayOptions, replay
 from slatebandit.replay.log import Window
 
@@ -130,7 +135,13 @@ def evaluate(engine: Engine, settings: Settings, version: int, now: float | None
         bootstrap=BOOTSTRAP,
         seed=version,
     )
-    report = replay(engine, settings, options, window=window)
+    report = replay(
+        engine,
+        settings,
+        options,
+        window=window,
+        reward_model=_reward_model(engine, settings, window),
+    )
     n = report.n_decisions
     if n < settings.gate_min_decisions:
         return Verdict(
@@ -223,3 +234,12 @@ def guard(engine: Engine, settings: Settings, version: int, now: float | None = 
         reason = f"confidently worse offline, no canary: {verdict.reason}"
         return dataclasses.replace(verdict, promoted=False, reason=reason)
     return dataclasses.replace(verdict, promoted=True, reason=f"to a canary: {verdict.reason}")
+
+
+def _reward_model(engine: Engine, settings: Settings, window: Window) -> ContextRewardModel | None:
+    """DR's reward model on the held-out window: one that knows the context, learned from the
+    decisions before and among them that the versions learned (``replay.context_model``);
+    None for an estimator without a model."""
+    if not make_estimator(settings.gate_estimator).uses_model:
+        return None
+    return ContextRewardModel.fit(engine, settings, window)
