@@ -122,7 +122,7 @@ class Settings:
         default=50, metadata=_doc("items shown fewer times than this count as fresh")
     )
     vw_args: str = field(
-        default="--cb_adf --cb_type mtr -q ui -q ci -b 20",
+        default="--cb_adf --cb_type dm -q ui -q ci -b 20",
         metadata=_doc("Vowpal Wabbit arguments of the scoring model"),
     )
     commit_batch: int = field(

@@ -122,13 +122,17 @@ def live_server(settings: Settings) -> Iterator[str]:
         thread.join(timeout=60)
 
 
-def train_version(settings: Settings, flip: bool, now: float | None = None) -> int:
-    """A model version trained on every non-held-out decision made by ``now``, registered
-    (not promoted); ``flip`` teaches the opposite of what shoppers clicked."""
+def train_version(
+    settings: Settings, flip: bool, now: float | None = None, share: float = 1.0
+) -> int:
+    """A model version trained on every non-held-out decision made by ``now`` (the first
+    ``share`` of them), registered (not promoted); ``flip`` teaches the opposite of what
+    shoppers clicked."""
     engine = open_engine(settings.database_url)
     scorer = VWScorer(settings.vw_args)
     with engine.connect() as conn:
         due = due_decisions(conn, 0, time.time() if now is None else now, 100_000)
+        due = due[: max(1, int(len(due) * share))]
         revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
         snapshots = revision_snapshots(conn, revs)
     learned = 0

@@ -27,7 +27,9 @@ def test_a_share_of_shoppers_outside_experiments_is_served_the_canary(tmp_path: 
     settings = make_settings(tmp_path, learner="off", reward_wait=0, canary_share=0.2)
     seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
     serve_with_clicks(settings, 200, 0, k=4)
-    champion, challenger = (train_version(settings, flip) for flip in (False, True))
+    # The challenger learned twice the champion's decisions: enough to be worth a canary.
+    champion = train_version(settings, flip=False, share=0.5)
+    challenger = train_version(settings, flip=True)
     engine = open_engine(settings.database_url)
     with engine.begin() as conn:
         models.promote(conn, champion, reason="test")
@@ -103,9 +105,9 @@ def test_a_bad_version_never_serves_everyone_and_a_good_one_is_promoted(tmp_path
             sim = Simulation(client, storefront, "vw", k=5, seed=5)
             sim.upload_catalog()
             sim.run_window(1500)  # a log to train on
-            good = train_version(settings, flip=False)
+            good = train_version(settings, flip=False, share=0.4)
             assert client.post(f"/v1/models/{good}/promote").status_code == 200
-            bad = train_version(settings, flip=True)
+            bad = train_version(settings, flip=True)  # all of it: worth a canary
 
             refused = _until_verdict(sim, client, bad, visits=4000)
             assert bad not in refused["champions"]  # it never served everyone

@@ -256,3 +256,55 @@ def test_due_decisions_stop_at_the_first_not_due_id_instead_of_skipping_it(tmp_p
         assert due_decisions(conn, 0, until=75.0, limit=10) == []
         assert [d.decision_id for d in due_decisions(conn, 0, until=100.0, limit=10)] == [1, 2]
     engine.dispose()
+
+
+def test_late_rewards_counts_what_a_scan_of_every_version_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The range join against the definition: a reward is late if any checkpoint that learned
+    its decision was made before it (seeded random versions and rewards)."""
+    import numpy as np
+    from sqlalchemy import insert
+
+    from slatebandit.logging.schema import decisions, items, model_versions, rewards
+
+    rng = np.random.default_rng(7)
+    engine = open_engine(f"sqlite:///{tmp_path / 'late.db'}")
+    with engine.begin() as conn:
+        conn.execute(insert(items).values(item_id="a", rev=1, created_at=0.0, updated_at=0.0))
+        for i in range(1, 301):
+            conn.execute(
+                insert(decisions).values(
+                    id=i,
+                    event_id=f"e{i}",
+                    created_at=float(i),
+                    user_id="u",
+                    policy="vw",
+                    model_version=0,
+                    payload=b"-",
+                )
+            )
+        versions = [(int(rng.integers(0, 300)), float(rng.uniform(0, 400))) for _ in range(25)]
+        for v, (through, at) in enumerate(versions, start=1):
+            conn.execute(
+                insert(model_versions).values(
+                    version=v,
+                    vw_args="",
+                    feature_spec=1,
+                    examples=0,
+                    learned_through=through,
+                    created_at=at,
+                    model=b"",
+                )
+            )
+        got = [(int(rng.integers(1, 301)), float(rng.uniform(0, 400))) for _ in range(500)]
+        for decision, at in got:
+            conn.execute(
+                insert(rewards).values(
+                    decision_id=decision, item_key=1, type=f"t{at}", reward=1.0, created_at=at
+                )
+            )
+        counted = late_rewards(conn)
+    engine.dispose()
+    expected = sum(
+        any(through >= decision and made < at for through, made in versions) for decision, at in got
+    )
+    assert counted == expected and 0 < expected < len(got)

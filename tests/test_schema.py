@@ -14,6 +14,7 @@ from slatebandit.logging.schema import SCHEMA_VERSION
 
 _SINCE_V2 = (
     "DROP INDEX ix_decisions_experiment",
+    "DROP INDEX ix_decisions_model_version",
     "ALTER TABLE decisions DROP COLUMN experiment",
     "ALTER TABLE decisions DROP COLUMN arm",
     "ALTER TABLE model_versions DROP COLUMN compared",
@@ -72,6 +73,7 @@ def _check_migrates_from_5(url: str) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE canaries"))
+        conn.execute(text("DROP INDEX ix_decisions_model_version"))
         conn.execute(text("ALTER TABLE model_gates DROP COLUMN stage"))
         conn.execute(text("ALTER TABLE model_gates DROP COLUMN outcome"))
         conn.execute(text("UPDATE schema_info SET value = 5 WHERE name = 'version'"))
@@ -93,7 +95,9 @@ def _check_migrates_from_5(url: str) -> None:
     with engine.connect() as conn:
         row = conn.execute(text("SELECT stage, outcome FROM model_gates")).one()
         assert conn.execute(text("SELECT count(*) FROM canaries")).scalar() == 0
+    indexes = {i["name"] for i in inspect(engine).get_indexes("decisions")}
     engine.dispose()
+    assert "ix_decisions_model_version" in indexes
     assert tuple(row) == ("guard", "")
 
 

@@ -38,6 +38,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: (  # canaries is new
         "ALTER TABLE model_gates ADD COLUMN stage VARCHAR(16) NOT NULL DEFAULT 'guard'",
         "ALTER TABLE model_gates ADD COLUMN outcome VARCHAR(16) NOT NULL DEFAULT ''",
+        "CREATE INDEX ix_decisions_model_version ON decisions (model_version, id)",
     ),
 }
 

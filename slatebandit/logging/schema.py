@@ -80,6 +80,9 @@ decisions = Table(
     Column("arm", String(64), nullable=True),
 )
 Index("ix_decisions_experiment", decisions.c.experiment, decisions.c.arm)
+# The gate's held-out window reads one champion's newest decisions: without it, a champion
+# young enough to have few of them made the query walk the whole log back to id 0.
+Index("ix_decisions_model_version", decisions.c.model_version, decisions.c.id)
 
 slots = Table(
     "slots",
