@@ -1,7 +1,7 @@
 """The canary's sequential test alone, simulated: how often it rejects an equal canary, how
 often and how soon it catches a worse one, against a naive fixed-horizon test that peeks.
 
-    python -m benchmarks.sequential [--runs 1000] [--budget 1000] [--share 0.1] [--margin 0.05]
+    python -m benchmarks.sequential [--runs 1000] [--budget 500] [--share 0.1] [--margin 0.05]
 
 A stream of slates; each goes to the canary with probability ``--share``, else to the
 champion. A slate's per-slot reward is (clicks among k = 10 slots) / 10, each slot clicked
@@ -141,7 +141,7 @@ def summary(outcomes: Outcomes) -> dict[str, float | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--budget", type=int, default=1000, help="canary slates")
+    parser.add_argument("--budget", type=int, default=500, help="canary slates (the default)")
     parser.add_argument("--share", type=float, default=0.1)
     parser.add_argument("--margin", type=float, default=0.05)
     args = parser.parse_args()

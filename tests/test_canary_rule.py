@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from benchmarks.sequential import CHAMPION_P, EVERY, Outcomes, simulate
-from slatebandit.policies.canary import MIN_SLATES, CanaryRule
+from slatebandit.config import Settings
+from slatebandit.policies.canary import MIN_SLATES
+from slatebandit.replay.release import rule_of
 from slatebandit.stats import Moments, difference
 
-RULE = CanaryRule(margin=0.05, budget=1000, share=0.1)  # what the service will use
+RULE = rule_of(Settings())  # what the service uses by default
 RUNS = 300
 SEEDS = {0.0: 20, -0.3: 21}  # canary lift: seed
 
@@ -83,7 +85,7 @@ def test_at_the_budget_an_undecided_canary_is_promoted_unless_confidently_worse(
     spent = RULE.judge(_moments(RULE.budget, 0.059), champion)
     assert spent.verdict == "promote" and "budget" in spent.reason
 
-    harmful = _moments(RULE.budget, 0.0505)  # worse, but not confidently beyond the margin
+    harmful = _moments(RULE.budget, 0.048)  # worse, but not confidently beyond the margin
     d = difference(harmful, champion, RULE.alpha, RULE.horizon)
     assert threshold <= d.high < 0
     judged = RULE.judge(harmful, champion)
