@@ -150,6 +150,7 @@ def test_the_embedded_learner_checkpoints_and_serving_swaps_the_model_in(tmp_pat
         reward_wait="0",
         checkpoint_seconds="0.5",
         model_poll_seconds="0.5",
+        promotion="always",  # the swap, not the release (tests/test_canary_serving.py)
     )
     base = f"http://127.0.0.1:{port}"
     try:

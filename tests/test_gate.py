@@ -57,7 +57,9 @@ def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
     learner = Learner(engine, log, holder="test")
     learner.run_due(now=time.time() + LATER)
     version = learner.checkpoint()
-    Release(engine, log).turn(now=time.time() + LATER)
+    Release(engine, log).turn(now=time.time() + LATER)  # a canary against the untrained model
+    with engine.begin() as conn:  # the tests below need a champion
+        models.promote(conn, version, reason="test: the first version")
     with engine.connect() as conn:
         held_out = conn.execute(
             select(func.count()).select_from(slots).where(slots.c.decision_id % 4 == 0)
@@ -71,7 +73,7 @@ def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
     assert info is not None and info.examples == every - held_out
     assert champion == version  # the first version has no champion to beat
     assert [(v["version"], v["promoted"], v["reason"]) for v in verdicts] == [
-        (version, True, "no champion yet: the first version serves")
+        (version, False, "no champion yet: a canary against the untrained model")
     ]
 
 
@@ -217,7 +219,7 @@ def test_the_embedded_learner_learns_and_releases_in_a_process_of_its_own(tmp_pa
     engine = open_engine(settings.database_url)
     learning = LearnerProcess(engine, settings, holder="test-process")
     learning.tick()  # renews the lease and starts a turn in the child
-    assert learning.wait() > 0  # it learned, checkpointed, and the release promoted it
+    assert learning.wait() > 0  # it learned, checkpointed, and the release started a canary
     child = learning.pid
     learning.stop()
     with engine.connect() as conn:
@@ -225,5 +227,5 @@ def test_the_embedded_learner_learns_and_releases_in_a_process_of_its_own(tmp_pa
         champion = models.champion(conn)
     engine.dispose()
     assert child is not None and child != os.getpid()
-    assert verdicts and verdicts[-1]["promoted"] and champion == verdicts[-1]["version"]
-    assert verdicts[-1]["stage"] == "guard" and verdicts[-1]["outcome"] == "promote"
+    assert champion is None and verdicts and not verdicts[-1]["promoted"]
+    assert verdicts[-1]["stage"] == "guard" and verdicts[-1]["outcome"] == "canary"

@@ -125,15 +125,25 @@ def _turns(engine: Engine, settings: Settings) -> None:
         release.turn(now=time.time() + LATER)
 
 
-def test_the_first_version_is_promoted_without_a_canary(world: tuple[Settings, Engine]) -> None:
+def test_the_first_version_meets_the_untrained_model_in_a_canary(
+    world: tuple[Settings, Engine],
+) -> None:
     settings, engine = world
-    version = _version(engine, settings)
+    version = _version(engine, settings, 100)
     Release(engine, settings).turn()
     with engine.connect() as conn:
+        canary = store.running_canary(conn)
+        guard = models.gate_verdicts(conn, version)[0]
+    assert canary is not None and (canary.version, canary.champion) == (version, 0)
+    assert (guard["stage"], guard["outcome"], guard["promoted"]) == ("guard", "canary", False)
+    rng = np.random.default_rng(4)
+    _log(engine, 2000, 0, None, 0.2, rng)  # the untrained model serves everyone else
+    _log(engine, 210, version, ARM, 0.2, rng)
+    _turns(engine, settings)
+    with engine.connect() as conn:
         assert models.champion(conn) == version
-        assert store.running_canary(conn) is None
-        verdict = models.gate_verdicts(conn, version)[0]
-    assert (verdict["stage"], verdict["outcome"], verdict["promoted"]) == ("guard", "promote", True)
+        ended = store.list_canaries(conn)[0]
+    assert ended.status == "promoted" and ended.watch is None  # nothing to roll back to
 
 
 def test_a_confidently_worse_canary_is_rejected_early(world: tuple[Settings, Engine]) -> None:

@@ -7,8 +7,8 @@ One ``Release.turn`` at a time, in the learner's process, after each learning tu
    replayed offline against the champion on held-out decisions (``replay.gate.guard``). If
    replay is confident it is worse by more than the margin, it is rejected there and never
    serves. Otherwise (no worse, or the champion's logs cannot tell, which with epsilon-greedy
-   over 200 candidates is the usual case) it becomes the canary. The first version, with no
-   champion to beat, is promoted at once.
+   over 200 candidates is the usual case) it becomes the canary. The first version's canary
+   is against the untrained model (version 0), which has nothing to roll back to.
 2. **Canary.** The version serves ``canary_share`` of the shoppers outside experiments
    (``policies.canary``). Each turn adds the per-slot reward of every slate whose rewards are
    in (older than the reward wait) to the running moments of its arm, and
@@ -44,6 +44,7 @@ from slatebandit.stats import Moments, difference
 
 log = logging.getLogger(__name__)
 READ_LIMIT = 20_000  # decisions one turn adds to a canary's or a watch's figures
+UNTRAINED = 0  # the version an empty registry serves: the retrieval order plus exploration
 
 
 def rule_of(settings: Settings) -> CanaryRule:
@@ -88,6 +89,27 @@ class Release:
             if serving is not None and not self._news(serving, latest):
                 return  # too little learned since the champion to be worth a canary yet
         version = latest.version
+        if champion is None and self.canaries:
+            # The first version meets the untrained model (retrieval order plus exploration)
+            # in a canary too: a model trained on a few seconds of traffic can serve worse.
+            with self.engine.begin() as conn:
+                if models.champion(conn) is not None:
+                    return
+                canary = store.start_canary(conn, version, UNTRAINED, self.settings.canary_share)
+                models.record_gate(
+                    conn,
+                    version=version,
+                    champion=None,
+                    promoted=False,
+                    reason="no champion yet: a canary against the untrained model",
+                    details={"canary": canary},
+                    stage="guard",
+                    outcome="canary",
+                )
+            log.info(
+                "release: version %d serves canary %d beside the untrained model", version, canary
+            )
+            return
         if champion is None:
             with self.engine.begin() as conn:
                 models.record_gate(
@@ -140,17 +162,18 @@ class Release:
 
     def _news(self, champion: models.ModelVersion, latest: models.ModelVersion) -> bool:
         """Whether ``latest`` learned enough since ``champion`` to spend a canary on: twice
-        the champion's decisions early on (two versions a few seconds apart only waste a
-        canary's budget proving they are equal), later one canary horizon's worth of
-        decisions, so that in steady state the next candidate is ready as a verdict comes."""
+        the champion's decisions early on (two versions a few seconds apart only use up a
+        canary's budget proving they are equal), later as many decisions as the quickest
+        verdict takes (``min_slates`` canary slates at the canary's share)."""
         learned = latest.learned_through - champion.learned_through
-        return learned >= min(max(champion.learned_through, 1), self.rule.horizon)
+        quickest = self.rule.min_slates / self.rule.share
+        return learned >= min(max(champion.learned_through, 1), quickest)
 
     # 2. canary --------------------------------------------------------------------------------
 
     def _canary(self, canary: store.Canary, until: float) -> None:
         with self.engine.connect() as conn:
-            champion = models.champion(conn)
+            champion = models.champion(conn) or UNTRAINED
             new, through = self._read(conn, canary.counted_through, until)
         if champion != canary.champion:
             self._end(canary, "superseded", f"the champion changed to {champion} under it")
@@ -176,8 +199,9 @@ class Release:
             return
         promoted = judgement.verdict == "promote"
         details = {**judgement.figures(), "canary": canary.id}
+        watch = promoted and canary.champion != UNTRAINED  # nothing earlier to roll back to
         with self.engine.begin() as conn:
-            if models.champion(conn) != canary.champion:
+            if (models.champion(conn) or UNTRAINED) != canary.champion:
                 return  # changed since it was read: superseded next turn
             store.update_canary(
                 conn,
@@ -193,7 +217,7 @@ class Release:
                         "watch_through": store.last_decision_id(conn),
                         "watch_stats": {},
                     }
-                    if promoted
+                    if watch
                     else {}
                 ),
             )
@@ -204,7 +228,7 @@ class Release:
             models.record_gate(
                 conn,
                 version=canary.version,
-                champion=canary.champion,
+                champion=canary.champion or None,
                 promoted=promoted,
                 reason=judgement.reason,
                 details=details,
