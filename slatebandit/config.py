@@ -137,7 +137,10 @@ class Settings:
     )
     learner: str = field(
         default="embedded",
-        metadata=_doc("embedded: `serve` learns beside serving; off: run `slatebandit learn`"),
+        metadata=_doc(
+            "embedded: `serve` learns beside serving, in a child process at low priority; "
+            "off: run `slatebandit learn`"
+        ),
     )
     reward_wait: float = field(
         default=600.0, metadata=_doc("seconds a decision waits for rewards before it is learned")
