@@ -261,3 +261,29 @@ def test_releases_do_nothing_unless_promotion_is_gated(
     Release(engine, settings).turn()
     with engine.connect() as conn:
         assert models.champion(conn) is None and not models.gate_verdicts(conn)
+
+
+def test_serving_forgets_the_model_of_a_canary_that_ended(world: tuple[Settings, Engine]) -> None:
+    """Each canary loads a model in every worker; an ended one's is dropped, or a worker would
+    grow by a model per canary (the soak saw it)."""
+    from slatebandit.policies import PolicySet, VWPolicy
+    from slatebandit.policies.canary import CanaryBook
+
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    policies = PolicySet(settings, engine, VWPolicy(VWScorer(settings.vw_args), *_layout()))
+    book = CanaryBook(engine, prepare=policies.get, forget=policies.forget)
+    book.refresh()
+    spec = f"vw@{challenger}"
+    assert book.running is not None and book.running.version == challenger
+    assert policies.built(spec) is not None
+    with engine.begin() as conn:
+        store.update_canary(conn, canary.id, status="rejected")
+    book.refresh()
+    assert book.running is None and policies.built(spec) is None
+
+
+def _layout() -> tuple[object, tuple[int, ...], tuple[int, ...]]:
+    from slatebandit.bandit import Exploration
+
+    return Exploration("epsilon", 0.05, 50.0, 0.1), (4, 9), (2, 7)

@@ -126,22 +126,28 @@ class CanaryBook:
     ``SLATEBANDIT_MODEL_POLL_SECONDS``) and has ``prepare`` load its model off the request path
     before any shopper is sent to it."""
 
-    def __init__(self, engine: Engine, prepare: Callable[[str], object] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prepare: Callable[[str], object] | None = None,
+        forget: Callable[[str], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.prepare = prepare
+        self.forget = forget  # called with an ended canary's spec, to free its model
         self.running: Running | None = None
 
     def refresh(self) -> None:
         with self.engine.connect() as conn:
             found = running_canary(conn)
-        if found is None:
-            self.running = None
-            return
-        running = Running(found.id, found.version, found.share)
-        if running != self.running and self.prepare is not None:
+        running = None if found is None else Running(found.id, found.version, found.share)
+        if running is not None and running != self.running and self.prepare is not None:
             try:
                 self.prepare(f"vw@{running.version}")
             except Exception:  # its shoppers get the champion meanwhile
                 log.exception("canary %d: version %d cannot load", running.id, running.version)
                 return
-        self.running = running
+        ended, self.running = self.running, running
+        if ended is not None and self.forget is not None:
+            if running is None or ended.version != running.version:
+                self.forget(f"vw@{ended.version}")

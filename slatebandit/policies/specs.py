@@ -112,6 +112,17 @@ class PolicySet:
     def is_ready(self, spec: str) -> bool:
         return spec in self._built
 
+    def built(self, spec: str) -> Policy | None:
+        """The policy for ``spec`` if it is built already (never reads the registry)."""
+        return self._built.get(spec)
+
+    def forget(self, spec: str) -> None:
+        """Drop a pinned ``vw@V`` no longer served (an ended canary): each holds a VW model, and
+        a canary a minute would otherwise grow every worker by one model a minute."""
+        if VERSION.fullmatch(spec):
+            with self._lock:
+                self._built.pop(spec, None)
+
     def _build(self, spec: str, parts: list[tuple[str, float]], field: str) -> Policy:
         s = self.settings
         layout = (_exploration(s), s.explore_slots, s.diverse_slots)

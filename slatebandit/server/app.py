@@ -86,7 +86,14 @@ def create_app(settings: Settings) -> Starlette:
             raise ConfigError(f"SLATEBANDIT_POLICY: {exc.message}", field="policy") from None
         experiments = ExperimentBook(engine, prepare=policies.get)
         await asyncio.to_thread(experiments.refresh)
-        canaries = CanaryBook(engine, prepare=policies.get)
+
+        # An ended canary's model is dropped, unless an experiment arm serves it too.
+        def forget(spec: str) -> None:
+            running = experiments.running
+            if running is None or spec not in {arm.policy for arm in running.arms}:
+                policies.forget(spec)
+
+        canaries = CanaryBook(engine, prepare=policies.get, forget=forget)
         await asyncio.to_thread(canaries.refresh)
         writer = GroupCommitWriter(engine, max_batch=settings.commit_batch)
         services = Services(

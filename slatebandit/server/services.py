@@ -124,9 +124,9 @@ class Services:
         if assigned is None:
             canary = self.canaries.running  # one read: a refresh mid-request cannot mix
             if canary is not None and self.canary_serves and canary.serves(user_id):
-                spec = f"vw@{canary.version}"
-                if self.policies.is_ready(spec):  # loaded by the book's refresh
-                    return self.policies.get(spec), None, CANARY_ARM
+                policy = self.policies.built(f"vw@{canary.version}")  # loaded by the book
+                if policy is not None:
+                    return policy, None, CANARY_ARM
             return self.policies.default, None, None
         experiment, arm = assigned
         try:
