@@ -78,3 +78,25 @@ def test_dynamic_codes_pack_popularity_and_age_bands() -> None:
     assert [code & 15 for code in codes] == [0, 3]  # new; log2(1 + 7 days)
     later = catalog.dynamic_codes(np.array([2]), now=now + 86_400).tolist()[0]
     assert later >> 4 == 2  # a day later the 7 interactions count half: log2(1 + 3.5)
+
+
+def test_context_rankings_are_reused_until_a_click_and_never_show_a_removed_item() -> None:
+    catalog = Catalog()
+
+    class Row:
+        def __init__(self, key: int, rev: int, deleted: bool = False) -> None:
+            self.key, self.rev, self.item_id, self.deleted = key, rev, f"i{key}", deleted
+            self.category, self.brand, self.price, self.attributes = "a", "x", 1.0, {}
+            self.title, self.available, self.created_at = "t", True, 0.0
+
+    catalog.apply([Row(k, k) for k in range(1, 6)])
+    catalog.bump_context(["device=tablet"], 2, 2.0)
+    catalog.bump_context(["device=tablet"], 4, 1.0)
+    first = catalog.context_popular(["device=tablet"], 10)
+    assert first.tolist() == [2, 4]
+    assert catalog.context_popular(["device=tablet"], 10) is not first  # filtered anew...
+    assert ("device=tablet",) in catalog._context_rankings  # ...from one cached ranking
+    catalog.apply([Row(2, 6, deleted=True)])  # removed: gone at once, cache or not
+    assert catalog.context_popular(["device=tablet"], 10).tolist() == [4]
+    catalog.bump_context(["device=tablet"], 5, 5.0)  # a click re-ranks the next slate
+    assert catalog.context_popular(["device=tablet"], 10).tolist() == [5, 4]

@@ -221,6 +221,7 @@ def test_the_embedded_learner_learns_and_releases_in_a_process_of_its_own(tmp_pa
     learning.tick()  # renews the lease and starts a turn in the child
     assert learning.wait() > 0  # it learned, checkpointed, and the release started a canary
     child = learning.pid
+    assert child is not None and os.sched_getscheduler(child) == os.SCHED_IDLE  # spare CPU only
     learning.stop()
     with engine.connect() as conn:
         verdicts = models.gate_verdicts(conn)

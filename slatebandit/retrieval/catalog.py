@@ -48,6 +48,10 @@ class Catalog:
         # Interactions per context token ("device=mobile", "hour=b20", ...): what shoppers in
         # that context engage with. Pruned to the best CONTEXT_ITEMS per token on refresh.
         self.context_popularity: dict[str, dict[int, float]] = {}
+        # Each context's ranking, computed once until the next interaction or refresh: summing
+        # and sorting up to CONTEXT_ITEMS per token on every slate took a growing share of the
+        # soak's CPU while the tokens filled up.
+        self._context_rankings: dict[tuple[str, ...], np.ndarray] = {}
         self._pop_origin = time.time()
 
     def __len__(self) -> int:
@@ -140,12 +144,14 @@ class Catalog:
     def refresh_popular(self, limit: int = 1000) -> None:
         """Recompute the cached ranking; off the request path (it scans every item)."""
         self.popular = self.top_popular(limit)
+        self._context_rankings = {}
         for token, scores in list(self.context_popularity.items()):
             if len(scores) > 2 * CONTEXT_ITEMS:
                 best = sorted(scores, key=scores.__getitem__, reverse=True)[:CONTEXT_ITEMS]
                 self.context_popularity[token] = {key: scores[key] for key in best}
 
     def bump_context(self, tokens: Iterable[str], key: int, weight: float) -> None:
+        self._context_rankings.clear()  # the next slate in any context sees the click
         for token in tokens:
             if token not in self.context_popularity and len(self.context_popularity) >= CONTEXTS:
                 continue  # a bounded number of contexts; the first seen are kept
@@ -153,14 +159,23 @@ class Catalog:
             scores[key] = scores.get(key, 0.0) + weight
 
     def context_popular(self, tokens: Iterable[str], limit: int) -> np.ndarray:
-        """Available items most engaged with in this context (summed over its tokens)."""
+        """Available items most engaged with in this context (summed over its tokens);
+        availability is as of now (a removed item never comes back from a cached ranking)."""
+        key = tuple(tokens)
+        ranked = self._context_rankings.get(key)
+        if ranked is None:
+            ranked = self._context_ranking(key)
+            if len(self._context_rankings) < CONTEXTS:
+                self._context_rankings[key] = ranked
+        return ranked[self.available[ranked]][:limit] if len(ranked) else ranked
+
+    def _context_ranking(self, tokens: tuple[str, ...]) -> np.ndarray:
         total: dict[int, float] = {}
         for token in tokens:
             for key, score in self.context_popularity.get(token, {}).items():
                 total[key] = total.get(key, 0.0) + score
         ranked = sorted(total, key=lambda key: (-total[key], -key))
-        keys = np.asarray([k for k in ranked if k < len(self.available)], dtype=np.int64)
-        return keys[self.available[keys]][:limit] if len(keys) else keys
+        return np.asarray([k for k in ranked if k < len(self.available)], dtype=np.int64)
 
     def top_popular(self, limit: int) -> np.ndarray:
         """Keys of the most popular available items, best first (ties: newest first)."""
