@@ -11,7 +11,8 @@ followed by a click on its first item one time in ten. Every minute it reports:
 - learner lag (the newest due decision against the newest checkpoint's), and the versions,
   canaries and release verdicts so far.
 
-    python -m benchmarks.soak [--minutes 20] [--items 20000] [--env LEARNER=off] [--out FILE]
+    python -m benchmarks.soak [--minutes 20] [--items 20000] [--env LEARNER=off] [--rate R]
+                              [--out FILE]
 
 Writes ``benchmarks/results/soak.json``. The load generator runs on the same two cores as the
 server, so the capacity it measures is the pair's, not the server's alone.
@@ -254,6 +255,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--probe-seconds", type=float, default=30.0)
     parser.add_argument(
+        "--rate", type=float, default=0.0, help="slates/s to soak at (default: half the probe)"
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -286,7 +290,7 @@ def main() -> None:
         with serving_process(settings, tmp) as (base, server):
             pid = server.pid
             probe = asyncio.run(capacity(base, args.connections, args.probe_seconds))
-            rate = probe / 2
+            rate = args.rate or probe / 2
             print(f"capacity {probe:.0f} slates/s; soaking at {rate:.0f}/s", flush=True)
             url = f"sqlite:///{data_dir / 'slatebandit.db'}"
             wait = float(settings["REWARD_WAIT"])
