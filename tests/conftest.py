@@ -123,11 +123,15 @@ def live_server(settings: Settings) -> Iterator[str]:
 
 
 def train_version(
-    settings: Settings, flip: bool, now: float | None = None, share: float = 1.0
+    settings: Settings,
+    flip: bool,
+    now: float | None = None,
+    share: float = 1.0,
+    passes: int = 1,
 ) -> int:
     """A model version trained on every non-held-out decision made by ``now`` (the first
-    ``share`` of them), registered (not promoted); ``flip`` teaches the opposite of what
-    shoppers clicked."""
+    ``share`` of them, ``passes`` times), registered (not promoted); ``flip`` teaches the
+    opposite of what shoppers clicked."""
     engine = open_engine(settings.database_url)
     scorer = VWScorer(settings.vw_args)
     with engine.connect() as conn:
@@ -136,7 +140,7 @@ def train_version(
         revs = sorted({int(d.payload.candidate_revs[i]) for d in due for i in d.payload.chosen})
         snapshots = revision_snapshots(conn, revs)
     learned = 0
-    for decision in due:
+    for decision in due * passes:
         if decision.decision_id % settings.gate_holdout_every == 0:
             continue
         shared = SharedFeatures.from_log(decision.payload.context)

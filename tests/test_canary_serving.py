@@ -92,7 +92,7 @@ def test_a_bad_version_never_serves_everyone_and_a_good_one_is_promoted(tmp_path
         "CHECKPOINT_SECONDS": "3600",  # the learner checkpoints nothing of its own here
         "CHECKPOINT_EVERY": "1000000000",
         "CANARY_SHARE": "0.3",
-        "CANARY_SLATES": "150",
+        "CANARY_SLATES": "300",
         "MODEL_POLL_SECONDS": "0.5",
         "SEED": "5",
         "LOG_LEVEL": "warning",
@@ -107,7 +107,8 @@ def test_a_bad_version_never_serves_everyone_and_a_good_one_is_promoted(tmp_path
             sim.run_window(1500)  # a log to train on
             good = train_version(settings, flip=False, share=0.4)
             assert client.post(f"/v1/models/{good}/promote").status_code == 200
-            bad = train_version(settings, flip=True)  # all of it: worth a canary
+            # All of the log (worth a canary), three times over: sure of the wrong taste.
+            bad = train_version(settings, flip=True, passes=3)
 
             refused = _until_verdict(sim, client, bad, visits=4000)
             assert bad not in refused["champions"]  # it never served everyone
