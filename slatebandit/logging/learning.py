@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, insert, or_, select, text, update
+from sqlalchemy import Connection, Row, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from slatebandit.logging.records import DecisionPayload, unpack
@@ -28,23 +29,34 @@ class DueDecision:
     rewards: dict[int, list[float]]  # item_key -> rewards in arrival order
 
 
-def due_decisions(conn: Connection, after: int, until: float, limit: int) -> list[DueDecision]:
-    """The decisions after id ``after``, in id order, up to the first one made after ``until``.
+def due_heads(
+    conn: Connection, after: int, until: float, limit: int, *columns: Any
+) -> list[Row[Any]]:
+    """``id`` and ``columns`` of the decisions after id ``after``, in id order, up to the first
+    one made after ``until``.
 
-    The learner's progress is an id, so it must take decisions as an unbroken run of ids: a
-    decision whose clock reads a little later than the next id's must not be passed over.
+    Progress kept as an id (the learner's, a canary's) must take decisions as an unbroken run
+    of ids: a decision whose clock reads a little later than the next id's must not be
+    passed over.
     """
     heads = conn.execute(
-        select(decisions.c.id, decisions.c.created_at)
+        select(decisions.c.id, decisions.c.created_at, *columns)
         .where(decisions.c.id > after)
         .order_by(decisions.c.id)
         .limit(limit)
     ).all()
-    ids = []
+    taken = []
     for head in heads:
         if head.created_at > until:
             break
-        ids.append(head.id)
+        taken.append(head)
+    return taken
+
+
+def due_decisions(conn: Connection, after: int, until: float, limit: int) -> list[DueDecision]:
+    """The decisions after id ``after``, in id order, up to the first one made after ``until``
+    (``due_heads``), with their shown slots and rewards."""
+    ids = [head.id for head in due_heads(conn, after, until, limit)]
     if not ids:
         return []
     rows = conn.execute(

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from slatebandit.logging.learning import slot_reward
+from slatebandit.logging.learning import due_heads, slot_reward
 from slatebandit.logging.schema import canaries, decisions, rewards, slots
 
 
@@ -108,23 +108,15 @@ def slate_rewards(
     learner takes them), each with its per-slot reward: its shown slots' rewards (aggregated
     as the learner does, ``default_reward`` for a slot without one), averaged over its slots;
     and the last id read (``after`` if none)."""
-    heads = conn.execute(
-        select(
-            decisions.c.id,
-            decisions.c.created_at,
-            decisions.c.arm,
-            decisions.c.experiment,
-            decisions.c.model_version,
-        )
-        .where(decisions.c.id > after)
-        .order_by(decisions.c.id)
-        .limit(limit)
-    ).all()
-    taken = []
-    for head in heads:
-        if head.created_at > until:
-            break
-        taken.append(head)
+    taken = due_heads(
+        conn,
+        after,
+        until,
+        limit,
+        decisions.c.arm,
+        decisions.c.experiment,
+        decisions.c.model_version,
+    )
     if not taken:
         return [], after
     first, last = taken[0].id, taken[-1].id
