@@ -85,16 +85,14 @@ class LearningLoop:
 _loop: LearningLoop | None = None  # the child's loop (one per learner process)
 
 
-def _lower_priority() -> str:
+def _lower_priority() -> None:
     """Run only on CPU the serving workers leave idle (Linux SCHED_IDLE); elsewhere nice 10.
     At nice 10 the soak still saw the learner's turns, a guard's replay above all, queue
     requests behind them on two cores."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
-        return "idle"
     except (AttributeError, OSError):
         os.nice(NICE)
-        return f"nice {NICE}"
 
 
 def _start_child(url: str, settings: Settings, holder: str, parent: int) -> None:

@@ -39,7 +39,7 @@ from slatebandit.logging import models
 from slatebandit.logging import releases as store
 from slatebandit.policies.canary import ARM, CanaryRule
 from slatebandit.policies.learner import COMMIT_LAG
-from slatebandit.replay.gate import guard
+from slatebandit.replay.gate import Verdict, guard
 from slatebandit.stats import Moments, difference
 
 log = logging.getLogger(__name__)
@@ -93,22 +93,9 @@ class Release:
             # The first version meets the untrained model (retrieval order plus exploration)
             # in a canary too: a model trained on a few seconds of traffic can serve worse.
             with self.engine.begin() as conn:
-                if models.champion(conn) is not None:
-                    return
-                canary = store.start_canary(conn, version, UNTRAINED, self.settings.canary_share)
-                models.record_gate(
-                    conn,
-                    version=version,
-                    champion=None,
-                    promoted=False,
-                    reason="no champion yet: a canary against the untrained model",
-                    details={"canary": canary},
-                    stage="guard",
-                    outcome="canary",
-                )
-            log.info(
-                "release: version %d serves canary %d beside the untrained model", version, canary
-            )
+                if models.champion(conn) is None:
+                    reason = "no champion yet: a canary against the untrained model"
+                    self._start(conn, version, UNTRAINED, reason, {})
             return
         if champion is None:
             with self.engine.begin() as conn:
@@ -145,20 +132,29 @@ class Release:
                     "release: guard %s version %d", "promoted" if promoted else "rejected", version
                 )
                 return
-            canary = store.start_canary(conn, version, champion, self.settings.canary_share)
-            models.record_gate(
-                conn,
-                version=version,
-                champion=champion,
-                promoted=False,
-                reason=verdict.reason,
-                details={**verdict.details(), "canary": canary},
-                stage="guard",
-                outcome="canary",
-            )
-        log.info(
-            "release: version %d serves canary %d beside champion %d", version, canary, champion
+            self._start(conn, version, champion, verdict.reason, verdict.details())
+
+    def _start(
+        self,
+        conn: Connection,
+        version: int,
+        champion: int,
+        reason: str,
+        details: dict[str, object],
+    ) -> None:
+        """Start ``version``'s canary beside ``champion`` and record the guard's word on it."""
+        canary = store.start_canary(conn, version, champion, self.settings.canary_share)
+        models.record_gate(
+            conn,
+            version=version,
+            champion=champion or None,
+            promoted=False,
+            reason=reason,
+            details={**details, "canary": canary},
+            stage="guard",
+            outcome="canary",
         )
+        log.info("release: version %d serves canary %d beside %d", version, canary, champion)
 
     def _news(self, champion: models.ModelVersion, latest: models.ModelVersion) -> bool:
         """Whether ``latest`` learned enough since ``champion`` to spend a canary on: twice
@@ -353,7 +349,6 @@ class Release:
         return [r for r in rows if r.experiment is None], through
 
 
-def _no_worse(verdict: object) -> bool:
-    low = getattr(verdict, "low", None)
-    threshold = getattr(verdict, "threshold", None)
+def _no_worse(verdict: Verdict) -> bool:
+    low, threshold = verdict.low, verdict.threshold
     return low is not None and threshold is not None and low >= threshold
