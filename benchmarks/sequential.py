@@ -1,7 +1,10 @@
 """The canary's sequential test alone, simulated: how often it rejects an equal canary, how
 often and how soon it catches a worse one, against a naive fixed-horizon test that peeks.
 
-    python -m benchmarks.sequential [--runs 1000] [--budget 500] [--share 0.1] [--margin 0.05]
+    python -m benchmarks.sequential [--runs 1000] [--budget B] [--share S] [--margin M]
+
+(budget, share and margin default to the service's: SLATEBANDIT_CANARY_SLATES, _CANARY_SHARE
+and _GATE_MARGIN.)
 
 A stream of slates; each goes to the canary with probability ``--share``, else to the
 champion. A slate's per-slot reward is (clicks among k = 10 slots) / 10, each slot clicked
@@ -12,8 +15,9 @@ first verdict. No verdict by the end of the simulated stream (1.3 x the slates t
 needs) counts as "none".
 
 For comparison, the same rule with the fixed-horizon interval (difference +- 1.96 se) in
-place of the confidence sequence, looked at just as often on the same streams: the rate at
-which it rejects an equal canary is what peeking costs.
+place of the confidence sequence at every look, looked at just as often on the same streams:
+the rate at which it rejects an equal canary is what peeking costs. (The service's rule uses
+that interval once, at the budget, a look fixed in advance: that is valid.)
 
 Figures go to stdout and benchmarks/results/sequential.json.
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slatebandit.config import Settings
 from slatebandit.policies.canary import CanaryRule
 from slatebandit.stats import Moments, difference
 
@@ -141,9 +146,10 @@ def summary(outcomes: Outcomes) -> dict[str, float | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--budget", type=int, default=500, help="canary slates (the default)")
-    parser.add_argument("--share", type=float, default=0.1)
-    parser.add_argument("--margin", type=float, default=0.05)
+    defaults = Settings()
+    parser.add_argument("--budget", type=int, default=defaults.canary_slates, help="canary slates")
+    parser.add_argument("--share", type=float, default=defaults.canary_share)
+    parser.add_argument("--margin", type=float, default=defaults.gate_margin)
     args = parser.parse_args()
     rule = CanaryRule(margin=args.margin, budget=args.budget, share=args.share)
     started = time.perf_counter()

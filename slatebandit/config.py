@@ -122,7 +122,7 @@ class Settings:
         default=50, metadata=_doc("items shown fewer times than this count as fresh")
     )
     vw_args: str = field(
-        default="--cb_adf --cb_type dm -q ui -q ci -b 20",
+        default="--cb_adf --cb_type dm -q ui -q ci -b 20 --power_t 0 -l 0.05",
         metadata=_doc("Vowpal Wabbit arguments of the scoring model"),
     )
     commit_batch: int = field(
@@ -195,14 +195,14 @@ class Settings:
         ),
     )
     canary_share: float = field(
-        default=0.1,
+        default=0.25,
         metadata=_doc(
             "with gated promotion, share of shoppers (outside experiments) the newest "
             "checkpoint serves beside the champion while it is judged, in (0, 0.5]"
         ),
     )
     canary_slates: int = field(
-        default=500,
+        default=300,
         metadata=_doc(
             "canary slates after which a canary with no evidence of harm is promoted "
             "(the most a verdict waits for)"
@@ -452,7 +452,7 @@ class Settings:
         need(0 <= self.gate_margin < 1, "gate_margin", "must be in [0, 1)")
         need(0 < self.gate_min_coverage <= 1, "gate_min_coverage", "must be in (0, 1]")
         need(0 < self.canary_share <= 0.5, "canary_share", "must be in (0, 0.5]")
-        need(self.canary_slates >= 100, "canary_slates", "must be at least 100")
+        need(self.canary_slates >= 50, "canary_slates", "must be at least 50")
         need(
             self.learning_mode in ("online", "apprentice"),
             "learning_mode",

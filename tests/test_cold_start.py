@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from slatebandit.bandit import SharedFeatures
 from slatebandit.logging import DecisionPayload, open_engine
 from slatebandit.logging.schema import decisions
+from slatebandit.retrieval.content import clean
 
 
 def test_a_first_click_reshapes_the_very_next_slate(client, small_catalog, settings) -> None:  # type: ignore[no-untyped-def]
@@ -45,9 +47,14 @@ def test_a_first_click_reshapes_the_very_next_slate(client, small_catalog, setti
 
 def test_the_users_profile_reaches_the_scorer_and_the_log(client, small_catalog, settings) -> None:  # type: ignore[no-untyped-def]
     shoe = next(i for i in small_catalog if i.category.startswith("women/shoes"))
+    shirt = next(
+        i for i in small_catalog if i.category.startswith("men/shirts") and i.brand != shoe.brand
+    )
     for kind in ("view", "click", "purchase"):
         event = {"user_id": "ann", "item_id": shoe.item_id, "type": kind}
         assert client.post("/v1/events", json=event).status_code == 202
+    event = {"user_id": "ann", "item_id": shirt.item_id, "type": "view"}
+    assert client.post("/v1/events", json=event).status_code == 202
     answer = client.post("/v1/slates", json={"user_id": "ann", "k": 5}).json()
     engine = open_engine(settings.database_url)
     with engine.connect() as conn:
@@ -58,7 +65,12 @@ def test_the_users_profile_reaches_the_scorer_and_the_log(client, small_catalog,
         ).scalar_one()
     engine.dispose()
     profile = DecisionPayload.decode(payload).context["p"]
-    assert f"tc={shoe.category}" in profile and f"tb={shoe.brand}" in profile
+    # Each valued by its share of the events, weighted (view 1, click 2, purchase 4): the
+    # scorer learns which taste comes first, not only which are there.
+    assert f"tc={shoe.category}:0.875" in profile and f"tb={shoe.brand}:0.875" in profile
+    assert f"tc={shirt.category}:0.125" in profile and f"tb={shirt.brand}:0.125" in profile
+    line = SharedFeatures.from_log(DecisionPayload.decode(payload).context).line()
+    assert f"tc={clean(shoe.category)}:0.875" in line.split()
 
 
 def test_a_new_shopper_gets_what_shoppers_in_the_same_context_engaged_with(

@@ -91,7 +91,7 @@ def test_vw_contributions_are_exact_ablations(tmp_path: Path) -> None:
                 without = scorer.score(
                     SharedFeatures({"hour": 0}, shared.user, shared.profile), [action]
                 )[0]
-            elif name.startswith("i:") and name != "i:this item":
+            elif name.startswith(("i:", "d:")) and name != "i:this item":
                 token = name[2:]
                 without = scorer.score(shared, [" ".join(t for t in action.split() if t != token)])[
                     0

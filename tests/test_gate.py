@@ -46,6 +46,7 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         epsilon=0.3,
         gate_holdout_every=4,
         gate_min_decisions=50,
+        canary_share=0.2,  # the first version's canary needs 100 / 0.2 = 500 decisions learned
     )
     seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
     _serve(settings, 600, 0)
@@ -212,10 +213,15 @@ def test_the_gate_does_not_judge_what_the_champions_logs_never_show(log: Setting
 
 def test_the_embedded_learner_learns_and_releases_in_a_process_of_its_own(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, learner="off", reward_wait=0, checkpoint_every=1, gate_holdout_every=4
+        tmp_path,
+        learner="off",
+        reward_wait=0,
+        checkpoint_every=1,
+        gate_holdout_every=4,
+        canary_share=0.5,  # a first canary once 100 / 0.5 = 200 decisions are learned
     )
     seed_catalog(settings.database_url, list(demo_items(150, seed=8)))
-    _serve(settings, 40, 0)
+    _serve(settings, 220, 0)
     engine = open_engine(settings.database_url)
     learning = LearnerProcess(engine, settings, holder="test-process")
     learning.tick()  # renews the lease and starts a turn in the child

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slatebandit.bandit import SharedFeatures, VWScorer, slot_example
+from slatebandit.bandit import (
+    FEATURE_SPEC_VERSION,
+    SharedFeatures,
+    VWScorer,
+    action_features,
+    slot_example,
+)
 from slatebandit.errors import ConfigError
 
 ARGS = "--cb_adf --cb_type mtr -q ui -q ci -b 18"
@@ -78,3 +84,26 @@ def test_a_saved_model_scores_the_same_after_loading() -> None:
     loaded = VWScorer(ARGS, version=7, model_bytes=scorer.to_bytes())
     assert loaded.version == 7
     np.testing.assert_allclose(loaded.score(shared, tokens), scorer.score(shared, tokens))
+
+
+def test_features_follow_the_spec_each_decision_was_scored_with() -> None:
+    """Replay and the learner build a logged candidate's features with the decision's own
+    spec: before spec 4 the bands sat in the item namespace, now in their own (``d``)."""
+    assert action_features("k1 c=x", 0x21, 3) == "k1 c=x pop=2 age=1"
+    assert action_features("k1 c=x", 0x21) == "k1 c=x |d pop=2 age=1"
+    assert FEATURE_SPEC_VERSION >= 4
+
+
+@pytest.mark.parametrize(
+    ("token", "rendered"),
+    [
+        ("tc=men/shoes:0.6", "tc=men/shoes:0.6"),  # a share: VW's feature value
+        ("tc=a:b:0.25", "tc=a_b:0.25"),  # a colon inside the name is cleaned away
+        ("bc=x:y", "bc=x_y"),  # no number after the colon: a plain token
+        ("np=2", "np=2"),
+        ("tc=Men Shoes", "tc=men_shoes"),
+    ],
+)
+def test_profile_tokens_keep_their_value_and_lose_vw_separators(token: str, rendered: str) -> None:
+    line = SharedFeatures({}, (), (token,)).line()
+    assert line == f"shared |u {rendered} |c "

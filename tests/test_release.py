@@ -21,7 +21,7 @@ from slatebandit.bandit import FEATURE_SPEC_VERSION, VWScorer
 from slatebandit.config import Settings
 from slatebandit.logging import models, open_engine
 from slatebandit.logging import releases as store
-from slatebandit.logging.schema import decisions, items, promotions, rewards, slots
+from slatebandit.logging.schema import canaries, decisions, items, promotions, rewards, slots
 from slatebandit.policies.canary import ARM
 from slatebandit.replay.release import Release
 from slatebandit.retrieval.demo import demo_items
@@ -129,7 +129,12 @@ def test_the_first_version_meets_the_untrained_model_in_a_canary(
     world: tuple[Settings, Engine],
 ) -> None:
     settings, engine = world
-    version = _version(engine, settings, 100)
+    young = _version(engine, settings, 100)
+    Release(engine, settings).turn()
+    with engine.connect() as conn:  # too young: a canary waits for one that learned more
+        assert store.running_canary(conn) is None and not models.gate_verdicts(conn, young)
+    # As many decisions as the quickest verdict takes: 100 canary slates at a 10% share.
+    version = _version(engine, settings, 1000)
     Release(engine, settings).turn()
     with engine.connect() as conn:
         canary = store.running_canary(conn)
@@ -222,18 +227,22 @@ def test_a_canary_waits_for_a_version_that_learned_enough_since_the_champion(
     world: tuple[Settings, Engine],
 ) -> None:
     settings, engine = world
-    champion = _version(engine, settings, 1000)
-    with engine.begin() as conn:
-        models.promote(conn, champion, reason="test: the champion")
-    _version(engine, settings, 1500)  # half the champion's decisions more: not yet
-    Release(engine, settings).turn(now=time.time() + LATER)
-    with engine.connect() as conn:
-        assert store.running_canary(conn) is None and not models.gate_verdicts(conn)
-    twice = _version(engine, settings, 2000)  # twice the champion's
-    Release(engine, settings).turn(now=time.time() + LATER)
-    with engine.connect() as conn:
-        canary = store.running_canary(conn)
-    assert canary is not None and canary.version == twice
+    # Early on, twice the champion's decisions; later, the quickest verdict's worth: 50 canary
+    # slates at the default share of 0.25, 200 decisions.
+    for learned, not_yet, enough in ((100, 150, 200), (1000, 1199, 1200)):
+        champion = _version(engine, settings, learned)
+        with engine.begin() as conn:
+            models.promote(conn, champion, reason="test: the champion")
+            conn.execute(canaries.delete())
+        waiting = _version(engine, settings, not_yet)
+        Release(engine, settings).turn(now=time.time() + LATER)
+        with engine.connect() as conn:
+            assert store.running_canary(conn) is None and not models.gate_verdicts(conn, waiting)
+        newest = _version(engine, settings, enough)
+        Release(engine, settings).turn(now=time.time() + LATER)
+        with engine.connect() as conn:
+            canary = store.running_canary(conn)
+        assert canary is not None and (canary.version, canary.champion) == (newest, champion)
 
 
 def test_a_canary_whose_champion_changes_is_superseded(world: tuple[Settings, Engine]) -> None:

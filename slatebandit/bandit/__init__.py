@@ -2,13 +2,15 @@
 
 from slatebandit.bandit.exploration import Exploration, epsilon_greedy, softmax, squarecb
 from slatebandit.bandit.features import (
+    FEATURE_SPEC_VERSION,
     SharedFeatures,
     action_features,
     action_line,
     dynamic_tokens,
+    valued,
 )
 from slatebandit.bandit.learning import slot_example
-from slatebandit.bandit.model import FEATURE_SPEC_VERSION, VWScorer
+from slatebandit.bandit.model import VWScorer
 from slatebandit.bandit.slate import (
     DIVERSE,
     EXPLOIT,
@@ -36,6 +38,7 @@ __all__ = [
     "action_line",
     "build_slate",
     "dynamic_tokens",
+    "valued",
     "epsilon_greedy",
     "layout",
     "slot_example",

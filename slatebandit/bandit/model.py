@@ -21,8 +21,6 @@ import vowpalwabbit
 from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures
 from slatebandit.errors import ConfigError
 
-FEATURE_SPEC_VERSION = 3  # bump when features.py changes what a model sees
-
 
 class VWScorer:
     def __init__(self, args: str, *, version: int = 0, model_bytes: bytes | None = None) -> None:

@@ -153,11 +153,16 @@ def _vw(
     # Item features: one predict per item, its variants each without one token.
     for n, action in enumerate(actions):
         tokens = action.split()
-        variants = [" ".join(tokens[:t] + tokens[t + 1 :]) for t in range(len(tokens))]
+        features = [t for t, token in enumerate(tokens) if not token.startswith("|")]
+        variants = [" ".join(tokens[:t] + tokens[t + 1 :]) for t in features]
         without = scorer.score(slate.shared, variants)
-        for token, score in zip(tokens, without.tolist(), strict=True):
+        namespace = ["i"] * len(tokens)  # each token's namespace: i until a "|d" marker
+        for t, token in enumerate(tokens):
+            namespace[t] = token[1:] if token.startswith("|") else namespace[t - 1] if t else "i"
+        for t, score in zip(features, without.tolist(), strict=True):
+            token = tokens[t]
             name = "this item" if token.startswith("k") and token[1:].isdigit() else token
-            pairs[n].append((f"i:{name}", float(full[n] - score)))
+            pairs[n].append((f"{namespace[t]}:{name}", float(full[n] - score)))
     # Shared features: one predict per feature, every shown item at once.
     for name, reduced in _without_each(slate.shared):
         without = scorer.score(reduced, actions)

@@ -74,7 +74,11 @@ def candidate_features(
     revision, then the logged popularity and age bands."""
     key, fields = snapshots[int(payload.candidate_revs[candidate])]
     tokens = item_tokens(fields["category"], fields["brand"], fields["price"], fields["attributes"])
-    return action_features(scorer_features(key, tokens), int(payload.candidate_dynamic[candidate]))
+    return action_features(
+        scorer_features(key, tokens),
+        int(payload.candidate_dynamic[candidate]),
+        payload.feature_spec,
+    )
 
 
 def hold_lease(engine: Engine, holder: str, seconds: float = LEASE_SECONDS) -> bool:

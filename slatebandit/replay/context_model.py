@@ -39,7 +39,7 @@ import pylibvw  # VW's C++ binding, installed by the vowpalwabbit wheel
 import vowpalwabbit
 from sqlalchemy import Engine, func, select
 
-from slatebandit.bandit import action_features, action_line
+from slatebandit.bandit import action_line
 from slatebandit.bandit.features import ACTION_SEPARATOR
 from slatebandit.config import Settings
 from slatebandit.logging.schema import decisions
@@ -202,9 +202,7 @@ def _learn(
         taught = np.flatnonzero(keep[chunk.row])
         for i in taught:
             row, column = int(chunk.row[i]), int(chunk.chosen[i])
-            action = features.of(
-                revisions, int(chunk.revs[row, column]), int(chunk.dynamic[row, column])
-            )
+            action = features.of(chunk, revisions, row, column)
             # probability 1: --cb_type dm ignores it, the regression is unweighted
             examples.append(f"{shared[row]}\n0:{-chunk.reward[i]:g}:1 {action_line(action)}")
         ids.append(chunk.decision_ids[keep])
@@ -217,22 +215,22 @@ def _learn(
 
 
 class _Features:
-    """``Chunk.actions``, memoised by (revision, bands): the same candidate recurs in many
-    decisions, and building its features cost more than VW's predict (measured)."""
+    """``Chunk.action``, memoised by (revision, bands, feature spec): the same candidate
+    recurs in many decisions, and building its features cost more than VW's predict
+    (measured)."""
 
     def __init__(self) -> None:
-        self._known: dict[int, str] = {}
+        self._known: dict[tuple[int, int, int], str] = {}
 
-    def of(self, revisions: Revisions, rev: int, code: int) -> str:
-        features = self._known.get(rev << 8 | code)
+    def of(self, chunk: Chunk, revisions: Revisions, row: int, column: int) -> str:
+        key = (int(chunk.revs[row, column]), int(chunk.dynamic[row, column]), int(chunk.specs[row]))
+        features = self._known.get(key)
         if features is None:
-            features = self._known[rev << 8 | code] = action_features(revisions.features(rev), code)
+            features = self._known[key] = chunk.action(revisions, row, column)
         return features
 
     def actions(self, chunk: Chunk, revisions: Revisions, row: int) -> list[str]:
-        n = int(chunk.valid[row].sum())
-        revs, codes = chunk.revs[row, :n].tolist(), chunk.dynamic[row, :n].tolist()
-        return [self.of(revisions, rev, code) for rev, code in zip(revs, codes, strict=True)]
+        return [self.of(chunk, revisions, row, c) for c in range(int(chunk.valid[row].sum()))]
 
 
 def _predict_window(

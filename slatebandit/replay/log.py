@@ -141,6 +141,7 @@ class Chunk:
     exploration: np.ndarray  # (D,) index into ``explorations``
     explorations: list[Exploration | None]  # distinct ones; None: a logger we cannot recompute
     contexts: list[dict[str, Any]]  # as logged: {"c": request context, "u": recent categories}
+    specs: np.ndarray  # (D,) the feature spec each decision was scored with
     row: np.ndarray  # (S,) the slot's decision, as a row of the per-decision arrays
     slot: np.ndarray  # (S,)
     chosen: np.ndarray  # (S,) the shown candidate's column
@@ -157,11 +158,15 @@ class Chunk:
 
     def actions(self, revisions: Revisions, row: int) -> list[str]:
         """The candidates' features of one decision, exactly as the scorer saw them."""
-        n = int(self.valid[row].sum())
-        return [
-            action_features(revisions.features(int(rev)), int(code))
-            for rev, code in zip(self.revs[row, :n], self.dynamic[row, :n], strict=True)
-        ]
+        return [self.action(revisions, row, column) for column in range(int(self.valid[row].sum()))]
+
+    def action(self, revisions: Revisions, row: int, column: int) -> str:
+        """One candidate's features, exactly as the scorer saw them."""
+        return action_features(
+            revisions.features(int(self.revs[row, column])),
+            int(self.dynamic[row, column]),
+            int(self.specs[row]),
+        )
 
 
 def read_chunks(
@@ -331,6 +336,7 @@ def _chunk(
         exploration=exploration,
         explorations=explorations,
         contexts=[p.context for p in payloads],
+        specs=np.array([p.feature_spec for p in payloads], dtype=np.int64),
         row=shown.row,
         slot=shown.slot,
         chosen=chosen[shown.row, shown.slot],

@@ -27,7 +27,6 @@ from sqlalchemy import Engine
 from slatebandit.bandit import (
     Exploration,
     VWScorer,
-    action_features,
     slot_example,
     slot_pmfs,
     slot_pools,
@@ -173,9 +172,7 @@ class VW(Target):
         """Each logged slot as the learner would teach it (``bandit.slot_example``)."""
         for i in range(len(chunk.slot)):
             row, column = int(chunk.row[i]), int(chunk.chosen[i])
-            features = action_features(
-                revisions.features(int(chunk.revs[row, column])), int(chunk.dynamic[row, column])
-            )
+            features = chunk.action(revisions, row, column)
             self.scorer.learn(
                 slot_example(
                     chunk.shared(row),

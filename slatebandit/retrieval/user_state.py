@@ -84,6 +84,12 @@ class UserState:
         values: dict[str, float] = getattr(self, counters)
         return sorted(values, key=lambda name: (-values[name], name))[:n]
 
+    def shares(self, counters: str, n: int) -> list[tuple[str, float]]:
+        """The ``n`` largest counters, each as its share of all the user's counted events."""
+        values: dict[str, float] = getattr(self, counters)
+        total = sum(values.values())
+        return [(name, values[name] / total) for name in self.top(counters, n)] if total else []
+
     def to_bytes(self) -> bytes:
         return msgpack.packb(
             {

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from slatebandit.bandit import SharedFeatures
+from slatebandit.bandit import SharedFeatures, valued
 from slatebandit.errors import DatabaseUnavailable, InvalidInput, NotFound, PayloadTooLarge
 from slatebandit.logging import (
     DecisionRecord,
@@ -59,7 +59,7 @@ from slatebandit.server.schemas import (
 )
 from slatebandit.server.services import for_request
 
-PROFILE_TOP = 3  # top categories and brands of the user's state that reach the scorer
+PROFILE_TOP = 5  # top categories and brands of the user's state that reach the scorer
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
 GATE_VERDICTS = 20  # the latest release verdicts shown by GET /v1/models
 CANARIES = 10  # ...and the latest canaries, with their figures
@@ -81,8 +81,9 @@ async def create_slate(request: Request) -> Response:
     session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
     exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
     recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
-    profile = [f"tc={c}" for c in user.top("categories", PROFILE_TOP)]
-    profile += [f"tb={b}" for b in user.top("brands", PROFILE_TOP)] + batch
+    profile = [valued(f"tc={c}", share) for c, share in user.shares("categories", PROFILE_TOP)]
+    profile += [valued(f"tb={b}", share) for b, share in user.shares("brands", PROFILE_TOP)]
+    profile += batch
     shared = SharedFeatures.build(body.context, recent, profile=profile)
     explain = _flag(request, "explain")
     filters = None if body.filters is None else body.filters.to_filters()

@@ -121,6 +121,12 @@ class Difference:
     control: Moments
     sigma: float  # the influence function's standard deviation
 
+    def fixed_high(self, z: float) -> float:
+        """The upper end of the fixed-horizon interval ``estimate + z * se``: valid at one
+        look chosen in advance, never under continuous monitoring."""
+        t = self.treatment.n + self.control.n
+        return self.estimate + z * self.sigma / math.sqrt(t) if t else math.inf
+
     def to_dict(self) -> dict[str, float | int | None]:
         def finite(x: float) -> float | None:
             return float(x) if math.isfinite(x) else None
