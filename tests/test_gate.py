@@ -61,6 +61,8 @@ def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
     Release(engine, log).turn(now=time.time() + LATER)  # a canary against the untrained model
     with engine.begin() as conn:  # the tests below need a champion
         models.promote(conn, version, reason="test: the first version")
+    # ... and all its traffic: the canary, its champion changed, is superseded
+    Release(engine, log).turn(now=time.time() + LATER)
     with engine.connect() as conn:
         held_out = conn.execute(
             select(func.count()).select_from(slots).where(slots.c.decision_id % 4 == 0)
@@ -73,8 +75,9 @@ def test_the_learner_never_learns_held_out_decisions(log: Settings) -> None:
     assert 0 < held_out < every
     assert info is not None and info.examples == every - held_out
     assert champion == version  # the first version has no champion to beat
-    assert [(v["version"], v["promoted"], v["reason"]) for v in verdicts] == [
-        (version, False, "no champion yet: a canary against the untrained model")
+    assert [(v["version"], v["stage"], v["outcome"], v["reason"]) for v in verdicts] == [
+        (version, "canary", "superseded", "canary superseded: the champion changed to 1 under it"),
+        (version, "guard", "canary", "no champion yet: a canary against the untrained model"),
     ]
 
 

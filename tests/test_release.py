@@ -140,6 +140,7 @@ def test_the_first_version_meets_the_untrained_model_in_a_canary(
         canary = store.running_canary(conn)
         guard = models.gate_verdicts(conn, version)[0]
     assert canary is not None and (canary.version, canary.champion) == (version, 0)
+    assert canary.share == 0.5  # the untrained model has no record to protect
     assert (guard["stage"], guard["outcome"], guard["promoted"]) == ("guard", "canary", False)
     rng = np.random.default_rng(4)
     _log(engine, 2000, 0, None, 0.2, rng)  # the untrained model serves everyone else

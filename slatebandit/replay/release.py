@@ -8,7 +8,8 @@ One ``Release.turn`` at a time, in the learner's process, after each learning tu
    replay is confident it is worse by more than the margin, it is rejected there and never
    serves. Otherwise (no worse, or the champion's logs cannot tell, which with epsilon-greedy
    over 200 candidates is the usual case) it becomes the canary. The first version's canary
-   is against the untrained model (version 0), which has nothing to roll back to.
+   is against the untrained model (version 0), which has nothing to roll back to, and takes
+   half the shoppers (``FIRST_SHARE``): the untrained model has no record to protect.
 2. **Canary.** The version serves ``canary_share`` of the shoppers outside experiments
    (``policies.canary``). Each turn adds the per-slot reward of every slate whose rewards are
    in (older than the reward wait) to the running moments of its arm, and
@@ -29,6 +30,7 @@ id range; the guard replays at most ``gate_decisions`` held-out decisions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -45,6 +47,7 @@ from slatebandit.stats import Moments, difference
 log = logging.getLogger(__name__)
 READ_LIMIT = 20_000  # decisions one turn adds to a canary's or a watch's figures
 UNTRAINED = 0  # the version an empty registry serves: the retrieval order plus exploration
+FIRST_SHARE = 0.5  # the canary share while nothing has been promoted
 
 
 def rule_of(settings: Settings) -> CanaryRule:
@@ -143,7 +146,13 @@ class Release:
         details: dict[str, object],
     ) -> None:
         """Start ``version``'s canary beside ``champion`` and record the guard's word on it."""
-        canary = store.start_canary(conn, version, champion, self.settings.canary_share)
+        share = self.settings.canary_share
+        if champion == UNTRAINED:
+            # Nothing promoted yet: the retrieval order has no record to protect, and half the
+            # shoppers bring the first verdict twice as soon as a quarter (on a storefront of
+            # 4,000 slates it took a third of them at a quarter, the champion untrained).
+            share = max(share, FIRST_SHARE)
+        canary = store.start_canary(conn, version, champion, share)
         models.record_gate(
             conn,
             version=version,
@@ -190,7 +199,9 @@ class Release:
         ]
         arms[ARM] += Moments.of(canary_rewards)
         arms["champion"] += Moments.of(champion_rewards)
-        judgement = self.rule.judge(arms[ARM], arms["champion"])
+        judgement = dataclasses.replace(self.rule, share=canary.share).judge(
+            arms[ARM], arms["champion"]
+        )
         stats = {name: m.to_list() for name, m in arms.items()}
         if judgement.verdict is None:
             if through != canary.counted_through:
