@@ -8,6 +8,7 @@ pmfs (DESIGN.md, "Exploration and slots"), so the arguments must not ask VW to e
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import tempfile
 import threading
@@ -87,6 +88,26 @@ class VWScorer:
 
     def finish(self) -> None:
         self._vw.finish()
+
+
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
+
+
+def return_freed_memory() -> None:
+    """Make glibc give freed model memory back to the system (a no-op elsewhere).
+
+    Every release loads VW models (the champion's, each canary's) on worker threads, and each
+    is megabytes. glibc raises its mmap threshold after the first such block is freed, so the
+    next ones come from per-thread arenas that it seldom trims: in the soak each worker grew
+    by 25 MB a minute. A fixed threshold (blocks over 128 KB are mmap'd and unmapped when
+    freed) and two arenas held it to the caches' own growth (benchmarks/soak.py, README).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    libc.mallopt(M_ARENA_MAX, 2)
 
 
 @contextlib.contextmanager

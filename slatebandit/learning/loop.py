@@ -21,6 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 
 from sqlalchemy import Engine
 
+from slatebandit.bandit import return_freed_memory
 from slatebandit.config import Settings
 from slatebandit.logging import open_engine
 from slatebandit.logging.learning import release_lease
@@ -98,6 +99,7 @@ def _lower_priority() -> None:
 def _start_child(url: str, settings: Settings, holder: str, parent: int) -> None:
     global _loop
     _lower_priority()
+    return_freed_memory()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

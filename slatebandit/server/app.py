@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from slatebandit.bandit import Exploration, VWScorer
+from slatebandit.bandit import Exploration, VWScorer, return_freed_memory
 from slatebandit.config import Settings
 from slatebandit.errors import (
     ConfigError,
@@ -62,6 +62,7 @@ def index_path(settings: Settings) -> Path:
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        return_freed_memory()  # before the models and the index: see its docstring
         engine = open_engine(settings.database_url)
         factors = await asyncio.to_thread(latest_factors, engine)
         store = await asyncio.to_thread(
