@@ -10,7 +10,9 @@ from slatebandit.bandit import (
     SharedFeatures,
     VWScorer,
     action_features,
+    return_freed_memory,
     slot_example,
+    trim_freed_memory,
 )
 from slatebandit.errors import ConfigError
 
@@ -84,6 +86,23 @@ def test_a_saved_model_scores_the_same_after_loading() -> None:
     loaded = VWScorer(ARGS, version=7, model_bytes=scorer.to_bytes())
     assert loaded.version == 7
     np.testing.assert_allclose(loaded.score(shared, tokens), scorer.score(shared, tokens))
+
+
+def test_models_load_and_score_with_glibc_returning_freed_memory() -> None:
+    """Workers fix glibc's mmap threshold and trim its heaps after each model they drop
+    (``return_freed_memory``, ``trim_freed_memory``); VW must not mind."""
+    assert return_freed_memory()  # glibc (this machine and CI) takes both settings
+    scorer = VWScorer(ARGS)
+    tokens = [f"k{i}" for i in range(20)]
+    shared = SharedFeatures.build({"device": "app"}, at=0)
+    for i in range(200):
+        scorer.learn(slot_example(shared, i % 4, tokens[i % 20], float(i % 20 < 4), 0.5))
+    data, expected = scorer.to_bytes(), scorer.score(shared, tokens)
+    for version in range(1, 21):
+        loaded = VWScorer(ARGS, version=version, model_bytes=data)
+        np.testing.assert_allclose(loaded.score(shared, tokens), expected)
+        del loaded
+        trim_freed_memory()
 
 
 def test_features_follow_the_spec_each_decision_was_scored_with() -> None:

@@ -10,7 +10,7 @@ from slatebandit.bandit.features import (
     valued,
 )
 from slatebandit.bandit.learning import slot_example
-from slatebandit.bandit.model import VWScorer, return_freed_memory
+from slatebandit.bandit.model import VWScorer, return_freed_memory, trim_freed_memory
 from slatebandit.bandit.slate import (
     DIVERSE,
     EXPLOIT,
@@ -42,6 +42,7 @@ __all__ = [
     "epsilon_greedy",
     "layout",
     "return_freed_memory",
+    "trim_freed_memory",
     "slot_example",
     "slot_pmf",
     "slot_pmfs",

@@ -93,7 +93,14 @@ class VWScorer:
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
 
 
-def return_freed_memory() -> None:
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def return_freed_memory() -> bool:
     """Make glibc give freed model memory back to the system (a no-op elsewhere).
 
     Every release loads VW models (the champion's, each canary's) on worker threads, and each
@@ -101,13 +108,21 @@ def return_freed_memory() -> None:
     next ones come from per-thread arenas that it seldom trims: in the soak each worker grew
     by 25 MB a minute. A fixed threshold (blocks over 128 KB are mmap'd and unmapped when
     freed) and two arenas held it to the caches' own growth (benchmarks/soak.py, README).
+    True if glibc took both settings.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    libc.mallopt(M_ARENA_MAX, 2)
+    libc = _libc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024) and libc.mallopt(M_ARENA_MAX, 2))
+
+
+def trim_freed_memory() -> None:
+    """Hand the free pages inside glibc's heaps back to the system (``malloc_trim``), after a
+    model is dropped: its many small blocks leave holes that the next model does not fill.
+    Call it off the event loop (ctypes releases the GIL while it walks the arenas)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy import Engine
 
-from slatebandit.bandit import VWScorer
+from slatebandit.bandit import VWScorer, trim_freed_memory
 from slatebandit.logging.models import champion, get_version, model_bytes
 from slatebandit.policies.vw import VWPolicy
 
@@ -38,4 +38,6 @@ async def follow_champion(engine: Engine, policy: VWPolicy) -> bool:
         return False
     previous, policy.scorer = policy.scorer, scorer
     log.info("serving model version %d (was %d)", scorer.version, previous.version)
+    del previous  # freed here unless a request in flight still scores with it
+    await asyncio.to_thread(trim_freed_memory)
     return True

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from slatebandit.bandit import Exploration, VWScorer, return_freed_memory
+from slatebandit.bandit import Exploration, VWScorer, return_freed_memory, trim_freed_memory
 from slatebandit.config import Settings
 from slatebandit.errors import (
     ConfigError,
@@ -93,6 +93,7 @@ def create_app(settings: Settings) -> Starlette:
             running = experiments.running
             if running is None or spec not in {arm.policy for arm in running.arms}:
                 policies.forget(spec)
+                trim_freed_memory()  # on the refresh's thread, not the event loop
 
         canaries = CanaryBook(engine, prepare=policies.get, forget=forget)
         await asyncio.to_thread(canaries.refresh)
