@@ -249,6 +249,7 @@ def app_from_env() -> Starlette:
 
 
 async def _every(seconds: float, job, paused=lambda: False) -> None:  # type: ignore[no-untyped-def]
+    task = asyncio.current_task()
     while True:
         await asyncio.sleep(seconds)
         if paused():
@@ -260,6 +261,12 @@ async def _every(seconds: float, job, paused=lambda: False) -> None:  # type: ig
                 log.warning("background job: database unreachable (%s)", type(exc).__name__)
             else:
                 log.exception("background job failed")
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that lands as its timeout
+        # fires (it turns it into TimeoutError; the outage probe then reports the database
+        # unreachable and returns): without this check the loop ran on, and a worker's
+        # shutdown waited for it for ever.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
 
 async def _known_error(request: Request, exc: Exception) -> Response:
