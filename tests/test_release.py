@@ -211,17 +211,67 @@ def test_the_watch_rolls_back_a_champion_that_does_worse_live(
         assert models.champion(conn) == challenger
     _log(engine, 800, challenger, None, 0.05, rng)  # live, it does far worse
     _turns(engine, settings)
+    recheck = _recheck_started(engine, champion, challenger)
+    # Side by side, the version before it still does as well as it did: harm, not drift.
+    _log(engine, 250, champion, ARM, 0.3, rng)
+    _log(engine, 750, challenger, None, 0.05, rng)
+    _turns(engine, settings)
     with engine.connect() as conn:
         assert models.champion(conn) == champion
-        watched = store.list_canaries(conn)[0]
+        watched = store.list_canaries(conn)[1]
+        ended = store.list_canaries(conn)[0]
         verdict = models.gate_verdicts(conn, challenger)[0]
         promotion = conn.execute(
             select(promotions.c.reason).order_by(promotions.c.id.desc())
         ).scalar()
+    assert ended.id == recheck.id and ended.status == "promoted"
     assert watched.watch == "rolled_back"
     assert (verdict["stage"], verdict["outcome"]) == ("watch", "rollback")
     assert verdict["reason"].startswith(f"rolled back to {champion}")
     assert promotion == f"watch: rolled back from {challenger}"
+
+
+def _recheck_started(engine: Engine, champion: int, challenger: int) -> store.Canary:
+    """After a watch's alarm: the version before the champion serves beside it, recorded."""
+    with engine.connect() as conn:
+        assert models.champion(conn) == challenger  # not rolled back on the past alone
+        recheck = store.running_canary(conn)
+        watched = store.list_canaries(conn)[1]
+        alarm = models.gate_verdicts(conn, challenger)[0]
+    assert recheck is not None and recheck.watch == "recheck"
+    assert (recheck.version, recheck.champion) == (champion, challenger)
+    assert watched.watch == "rechecking"
+    assert (alarm["stage"], alarm["outcome"]) == ("watch", "recheck")
+    return recheck
+
+
+def test_the_watch_keeps_a_champion_when_the_shoppers_changed(
+    world: tuple[Settings, Engine],
+) -> None:
+    """Clicks fall for every version at once (the shoppers' tastes changed after the
+    promotion): live is worse than the canary period, but side by side the version before it
+    does no better, so nothing is rolled back."""
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    rng = np.random.default_rng(5)
+    _log(engine, 250, challenger, ARM, 0.3, rng)
+    _log(engine, 2000, champion, None, 0.3, rng)
+    _turns(engine, settings)
+    _log(engine, 800, challenger, None, 0.05, rng)  # everything does worse now
+    _turns(engine, settings)
+    recheck = _recheck_started(engine, champion, challenger)
+    _log(engine, 250, champion, ARM, 0.05, rng)
+    _log(engine, 750, challenger, None, 0.05, rng)
+    _turns(engine, settings)
+    with engine.connect() as conn:
+        assert models.champion(conn) == challenger
+        ended = store.list_canaries(conn)[0]
+        watched = store.list_canaries(conn)[1]
+        verdict = models.gate_verdicts(conn, challenger)[0]
+    assert ended.id == recheck.id and ended.status == "rejected"
+    assert watched.watch == "kept"
+    assert (verdict["stage"], verdict["outcome"]) == ("watch", "keep")
+    assert verdict["reason"].startswith("kept: ")
 
 
 def test_a_canary_waits_for_a_version_that_learned_enough_since_the_champion(

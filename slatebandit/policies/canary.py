@@ -67,7 +67,7 @@ def in_canary(canary_id: int, share: float, user_id: str) -> bool:
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str | None  # "promote", "reject", or None: keep serving the canary
+    verdict: str | None  # "promote", "reject" ("rollback", "keep" for a recheck), or None
     reason: str
     interval: Difference
     threshold: float
@@ -127,6 +127,34 @@ class CanaryRule:
                 return Judgement("reject", f"{why}: {figures}", d, threshold)
             why = f"budget of {self.budget} canary slates spent without evidence of harm"
             return Judgement("promote", f"{why}: {figures}", d, threshold)
+        return Judgement(None, f"serving: {figures}", d, threshold)
+
+    def recheck(self, champion: Moments, previous: Moments) -> Judgement:
+        """A watch's second look: the champion against the version it replaced, served side
+        by side now (``previous`` on the canary's share), so that a change in the shoppers
+        moves both arms alike. "rollback" if the champion is confidently worse by more than
+        the margin (or, at the budget of ``previous`` slates, worse by the one fixed-horizon
+        test), "keep" once it is confidently no worse or the budget is spent."""
+        d = difference(champion, previous, self.alpha, self.horizon)
+        threshold = -self.margin * abs(previous.mean)
+        figures = (
+            f"champion {champion.mean:.4f} ({champion.n} slates) vs the version before it "
+            f"{previous.mean:.4f} ({previous.n}), side by side: difference {d.estimate:+.4f}, "
+            f"anytime 95% [{d.low:+.4f}, {d.high:+.4f}], threshold {threshold:+.4f}"
+        )
+        if min(champion.n, previous.n) < self.min_slates:
+            return Judgement(None, f"collecting: {figures}", d, threshold)
+        if d.high < threshold:
+            why = f"confidently worse than the version before it by more than {self.margin:.0%}"
+            return Judgement("rollback", f"{why}: {figures}", d, threshold)
+        if d.low >= threshold:
+            return Judgement("keep", f"confidently no worse: {figures}", d, threshold)
+        if previous.n >= self.budget:
+            if d.fixed_high(Z_ONE_SIDED) < 0:
+                why = f"budget of {self.budget} slates spent, confidently worse"
+                return Judgement("rollback", f"{why}: {figures}", d, threshold)
+            why = f"budget of {self.budget} slates spent without evidence of harm"
+            return Judgement("keep", f"{why}: {figures}", d, threshold)
         return Judgement(None, f"serving: {figures}", d, threshold)
 
 

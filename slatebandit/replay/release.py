@@ -19,9 +19,12 @@ One ``Release.turn`` at a time, in the learner's process, after each learning tu
    A canary whose champion changed under it (a manual promotion or rollback, a watch's
    rollback) is superseded.
 3. **Watch.** After a promotion the new champion's live per-slot reward is compared, the same
-   way, with what its canary earned. If it is confidently worse by more than the margin, the
-   watch rolls back to the champion before it and records why; after as many live slates as
-   the canary's horizon (``canary_slates / canary_share``) it is kept.
+   way, with what its canary earned and with the champion it replaced. Both figures are from
+   before the promotion, so a confident loss may be harm or shoppers who changed: the watch
+   then starts a *recheck*, a canary that serves the version before it on the canary's share
+   beside it, and rolls back only if the champion does confidently worse side by side
+   (``CanaryRule.recheck``); otherwise it is kept. After as many live slates as the canary's
+   horizon (``canary_slates / canary_share``) without alarm, it is kept.
 
 Each verdict, with its figures, is a row of ``model_gates`` (stage guard, canary or watch).
 Work per turn is bounded: at most ``READ_LIMIT`` new decisions per canary or watch, read by
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 READ_LIMIT = 20_000  # decisions one turn adds to a canary's or a watch's figures
 UNTRAINED = 0  # the version an empty registry serves: the retrieval order plus exploration
 FIRST_SHARE = 0.5  # the canary share while nothing has been promoted
+RECHECK = "recheck"  # a canary row's watch: it serves the version before a watched champion
+RECHECKING = "rechecking"  # a watched canary's watch while its recheck runs
 
 
 def rule_of(settings: Settings) -> CanaryRule:
@@ -199,10 +204,13 @@ class Release:
         ]
         arms[ARM] += Moments.of(canary_rewards)
         arms["champion"] += Moments.of(champion_rewards)
+        stats = {name: m.to_list() for name, m in arms.items()}
+        if canary.watch == RECHECK:
+            self._recheck(canary, arms, stats, through)
+            return
         judgement = dataclasses.replace(self.rule, share=canary.share).judge(
             arms[ARM], arms["champion"]
         )
-        stats = {name: m.to_list() for name, m in arms.items()}
         if judgement.verdict is None:
             if through != canary.counted_through:
                 with self.engine.begin() as conn:
@@ -253,9 +261,66 @@ class Release:
             judgement.reason,
         )
 
+    def _recheck(
+        self,
+        recheck: store.Canary,
+        arms: dict[str, Moments],
+        stats: dict[str, list[float]],
+        through: int,
+    ) -> None:
+        """The watch's second look (``CanaryRule.recheck``): the version before the champion
+        serves the canary's share beside it; roll back only if the champion does confidently
+        worse side by side."""
+        judgement = self.rule.recheck(arms["champion"], arms[ARM])
+        if judgement.verdict is None:
+            if through != recheck.counted_through:
+                with self.engine.begin() as conn:
+                    store.update_canary(conn, recheck.id, counted_through=through, stats=stats)
+            return
+        rolled = judgement.verdict == "rollback"
+        champion, back = recheck.champion, recheck.version
+        with self.engine.begin() as conn:
+            if (models.champion(conn) or UNTRAINED) != champion:
+                return  # changed since it was read: superseded next turn
+            store.update_canary(
+                conn,
+                recheck.id,
+                counted_through=through,
+                stats=stats,
+                status="promoted" if rolled else "rejected",
+                ended_at=time.time(),
+            )
+            for other in store.list_canaries(conn, limit=20):
+                if other.watch == RECHECKING and other.version == champion:
+                    store.update_canary(conn, other.id, watch="rolled_back" if rolled else "kept")
+            if rolled:
+                models.promote(conn, back, reason=f"watch: rolled back from {champion}")
+            models.record_gate(
+                conn,
+                version=champion,
+                champion=back,
+                promoted=False,
+                reason=(f"rolled back to {back}: " if rolled else "kept: ") + judgement.reason,
+                details={**judgement.figures(), "canary": recheck.id},
+                stage="watch",
+                outcome="rollback" if rolled else "keep",
+            )
+        log.log(
+            logging.WARNING if rolled else logging.INFO,
+            "release: watch recheck %d: version %d %s: %s",
+            recheck.id,
+            champion,
+            "rolled back" if rolled else "kept",
+            judgement.reason,
+        )
+
     def _end(self, canary: store.Canary, status: str, why: str) -> None:
         with self.engine.begin() as conn:
             store.update_canary(conn, canary.id, status=status, ended_at=time.time())
+            if canary.watch == RECHECK:  # its champion was replaced: that watch is over
+                for other in store.list_canaries(conn, limit=20):
+                    if other.watch == RECHECKING and other.version == canary.champion:
+                        store.update_canary(conn, other.id, watch="kept")
             models.record_gate(
                 conn,
                 version=canary.version,
@@ -308,29 +373,45 @@ class Release:
         stats = {"live": live.to_list()}
         with self.engine.begin() as conn:
             if worse:
+                # Worse than before its promotion: harm, or shoppers who changed (both
+                # references are from the past). The version before it serves the canary's
+                # share beside it, and ``_recheck`` rolls back only on a side-by-side loss.
                 d, threshold, figures = worse[0]
-                details: dict[str, object] = {
-                    **d.to_dict(),
-                    "threshold": threshold,
-                    "canary": watched.id,
-                }
+                running = store.running_canary(conn)
+                if running is not None:
+                    store.update_canary(conn, running.id, status="superseded", ended_at=time.time())
+                    models.record_gate(
+                        conn,
+                        version=running.version,
+                        champion=running.champion or None,
+                        promoted=False,
+                        reason="canary superseded: the watch rechecks its champion",
+                        details={"canary": running.id},
+                        stage="canary",
+                        outcome="superseded",
+                    )
                 store.update_canary(
-                    conn, watched.id, watch="rolled_back", watch_through=through, watch_stats=stats
+                    conn, watched.id, watch=RECHECKING, watch_through=through, watch_stats=stats
                 )
                 back = watched.champion
-                models.promote(conn, back, reason=f"watch: rolled back from {watched.version}")
+                recheck = store.start_canary(conn, back, watched.version, self.rule.share)
+                store.update_canary(conn, recheck, watch=RECHECK)
                 models.record_gate(
                     conn,
                     version=watched.version,
                     champion=back,
                     promoted=False,
-                    reason=f"rolled back to {back}: confidently worse: {figures}",
-                    details=details,
+                    reason=(
+                        f"worse live than before its promotion: {figures}; version {back} "
+                        f"serves {self.rule.share:.0%} of the shoppers beside it to tell harm "
+                        "from a change in the shoppers"
+                    ),
+                    details={**d.to_dict(), "threshold": threshold, "canary": recheck},
                     stage="watch",
-                    outcome="rollback",
+                    outcome="recheck",
                 )
                 log.warning(
-                    "release: watch rolled %d back to %d: %s", watched.version, back, figures
+                    "release: watch rechecks %d beside %d: %s", watched.version, back, figures
                 )
             elif live.n >= self.rule.horizon:
                 store.update_canary(
