@@ -102,32 +102,11 @@ class CanaryRule:
         return self.budget / self.share
 
     def judge(self, canary: Moments, champion: Moments) -> Judgement:
-        d = difference(canary, champion, self.alpha, self.horizon)
-        threshold = -self.margin * abs(champion.mean)
-        figures = (
-            f"canary {canary.mean:.4f} ({canary.n} slates) vs champion {champion.mean:.4f} "
-            f"({champion.n}): difference {d.estimate:+.4f}, anytime 95% [{d.low:+.4f}, "
-            f"{d.high:+.4f}], threshold {threshold:+.4f}"
-        )
-        if min(canary.n, champion.n) < self.min_slates:
-            return Judgement(None, f"collecting: {figures}", d, threshold)
-        if d.high < threshold:
-            why = f"confidently worse than the champion by more than {self.margin:.0%}"
-            return Judgement("reject", f"{why}: {figures}", d, threshold)
-        if d.low >= threshold:
-            return Judgement("promote", f"confidently no worse: {figures}", d, threshold)
-        if canary.n >= self.budget:
-            # One look, at a horizon fixed in advance: the fixed-horizon one-sided test is
-            # valid here (2.5% for equal arms, on top of the sequence's 2.5% before), and its
-            # interval is a third narrower than the sequence's, which at this budget raised
-            # the power against a 30% worse canary from 85% to 95% (benchmarks/sequential.py).
-            worse = d.high < 0 or d.fixed_high(Z_ONE_SIDED) < 0
-            if worse:
-                why = f"budget of {self.budget} canary slates spent, confidently worse"
-                return Judgement("reject", f"{why}: {figures}", d, threshold)
-            why = f"budget of {self.budget} canary slates spent without evidence of harm"
-            return Judgement("promote", f"{why}: {figures}", d, threshold)
-        return Judgement(None, f"serving: {figures}", d, threshold)
+        """The canary against the champion: "reject" if it is confidently worse by more than
+        the margin (or, at the budget, worse by the one fixed-horizon test), "promote" once it
+        is confidently no worse or the budget is spent without evidence of harm."""
+        names = ("canary", "champion", "the champion", "canary slates")
+        return self._decide(canary, champion, canary.n, names, ("reject", "promote"))
 
     def recheck(self, champion: Moments, previous: Moments) -> Judgement:
         """A watch's second look: the champion against the version it replaced, served side
@@ -135,26 +114,48 @@ class CanaryRule:
         moves both arms alike. "rollback" if the champion is confidently worse by more than
         the margin (or, at the budget of ``previous`` slates, worse by the one fixed-horizon
         test), "keep" once it is confidently no worse or the budget is spent."""
-        d = difference(champion, previous, self.alpha, self.horizon)
-        threshold = -self.margin * abs(previous.mean)
+        names = ("champion", "the version before it beside it", "the version before it", "slates")
+        return self._decide(champion, previous, previous.n, names, ("rollback", "keep"))
+
+    def _decide(
+        self,
+        treated: Moments,
+        reference: Moments,
+        served: int,
+        names: tuple[str, str, str, str],
+        verdicts: tuple[str, str],
+    ) -> Judgement:
+        """``treated`` against ``reference``: the first verdict if confidently worse, the
+        second if no worse; ``served`` counts the slates of the arm on the share, against the
+        budget. ``names``: the two arms in the figures, the reference in the reason, and the
+        budget's unit."""
+        d = difference(treated, reference, self.alpha, self.horizon)
+        threshold = -self.margin * abs(reference.mean)
+        treated_name, reference_name, than, unit = names
+        worse_verdict, fine_verdict = verdicts
         figures = (
-            f"champion {champion.mean:.4f} ({champion.n} slates) vs the version before it "
-            f"{previous.mean:.4f} ({previous.n}), side by side: difference {d.estimate:+.4f}, "
-            f"anytime 95% [{d.low:+.4f}, {d.high:+.4f}], threshold {threshold:+.4f}"
+            f"{treated_name} {treated.mean:.4f} ({treated.n} slates) vs {reference_name} "
+            f"{reference.mean:.4f} ({reference.n}): difference "
+            f"{d.estimate:+.4f}, anytime 95% [{d.low:+.4f}, {d.high:+.4f}], threshold "
+            f"{threshold:+.4f}"
         )
-        if min(champion.n, previous.n) < self.min_slates:
+        if min(treated.n, reference.n) < self.min_slates:
             return Judgement(None, f"collecting: {figures}", d, threshold)
         if d.high < threshold:
-            why = f"confidently worse than the version before it by more than {self.margin:.0%}"
-            return Judgement("rollback", f"{why}: {figures}", d, threshold)
+            why = f"confidently worse than {than} by more than {self.margin:.0%}"
+            return Judgement(worse_verdict, f"{why}: {figures}", d, threshold)
         if d.low >= threshold:
-            return Judgement("keep", f"confidently no worse: {figures}", d, threshold)
-        if previous.n >= self.budget:
-            if d.fixed_high(Z_ONE_SIDED) < 0:
-                why = f"budget of {self.budget} slates spent, confidently worse"
-                return Judgement("rollback", f"{why}: {figures}", d, threshold)
-            why = f"budget of {self.budget} slates spent without evidence of harm"
-            return Judgement("keep", f"{why}: {figures}", d, threshold)
+            return Judgement(fine_verdict, f"confidently no worse: {figures}", d, threshold)
+        if served >= self.budget:
+            # One look, at a horizon fixed in advance: the fixed-horizon one-sided test is
+            # valid here (2.5% for equal arms, on top of the sequence's 2.5% before), and its
+            # interval is a third narrower than the sequence's, which at this budget raised
+            # the power against a 30% worse canary from 85% to 95% (benchmarks/sequential.py).
+            if d.high < 0 or d.fixed_high(Z_ONE_SIDED) < 0:
+                why = f"budget of {self.budget} {unit} spent, confidently worse"
+                return Judgement(worse_verdict, f"{why}: {figures}", d, threshold)
+            why = f"budget of {self.budget} {unit} spent without evidence of harm"
+            return Judgement(fine_verdict, f"{why}: {figures}", d, threshold)
         return Judgement(None, f"serving: {figures}", d, threshold)
 
 

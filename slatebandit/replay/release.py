@@ -42,7 +42,7 @@ from sqlalchemy import Connection, Engine
 from slatebandit.config import Settings
 from slatebandit.logging import models
 from slatebandit.logging import releases as store
-from slatebandit.policies.canary import ARM, CanaryRule
+from slatebandit.policies.canary import ARM, CanaryRule, Judgement
 from slatebandit.policies.learner import COMMIT_LAG
 from slatebandit.replay.gate import Verdict, guard
 from slatebandit.stats import Moments, difference
@@ -205,16 +205,18 @@ class Release:
         arms[ARM] += Moments.of(canary_rewards)
         arms["champion"] += Moments.of(champion_rewards)
         stats = {name: m.to_list() for name, m in arms.items()}
-        if canary.watch == RECHECK:
-            self._recheck(canary, arms, stats, through)
-            return
-        judgement = dataclasses.replace(self.rule, share=canary.share).judge(
-            arms[ARM], arms["champion"]
-        )
+        if canary.watch == RECHECK:  # the champion judged beside the version before it
+            judgement = self.rule.recheck(arms["champion"], arms[ARM])
+        else:
+            rule = dataclasses.replace(self.rule, share=canary.share)
+            judgement = rule.judge(arms[ARM], arms["champion"])
         if judgement.verdict is None:
             if through != canary.counted_through:
                 with self.engine.begin() as conn:
                     store.update_canary(conn, canary.id, counted_through=through, stats=stats)
+            return
+        if canary.watch == RECHECK:
+            self._recheck(canary, judgement, stats, through)
             return
         promoted = judgement.verdict == "promote"
         details = {**judgement.figures(), "canary": canary.id}
@@ -264,19 +266,12 @@ class Release:
     def _recheck(
         self,
         recheck: store.Canary,
-        arms: dict[str, Moments],
+        judgement: Judgement,
         stats: dict[str, list[float]],
         through: int,
     ) -> None:
-        """The watch's second look (``CanaryRule.recheck``): the version before the champion
-        serves the canary's share beside it; roll back only if the champion does confidently
-        worse side by side."""
-        judgement = self.rule.recheck(arms["champion"], arms[ARM])
-        if judgement.verdict is None:
-            if through != recheck.counted_through:
-                with self.engine.begin() as conn:
-                    store.update_canary(conn, recheck.id, counted_through=through, stats=stats)
-            return
+        """End the watch's second look on ``judgement`` (``CanaryRule.recheck``): roll back
+        if the champion did confidently worse beside the version before it, else keep it."""
         rolled = judgement.verdict == "rollback"
         champion, back = recheck.champion, recheck.version
         with self.engine.begin() as conn:
@@ -290,9 +285,7 @@ class Release:
                 status="promoted" if rolled else "rejected",
                 ended_at=time.time(),
             )
-            for other in store.list_canaries(conn, limit=20):
-                if other.watch == RECHECKING and other.version == champion:
-                    store.update_canary(conn, other.id, watch="rolled_back" if rolled else "kept")
+            _end_watch(conn, recheck, "rolled_back" if rolled else "kept")
             if rolled:
                 models.promote(conn, back, reason=f"watch: rolled back from {champion}")
             models.record_gate(
@@ -318,9 +311,7 @@ class Release:
         with self.engine.begin() as conn:
             store.update_canary(conn, canary.id, status=status, ended_at=time.time())
             if canary.watch == RECHECK:  # its champion was replaced: that watch is over
-                for other in store.list_canaries(conn, limit=20):
-                    if other.watch == RECHECKING and other.version == canary.champion:
-                        store.update_canary(conn, other.id, watch="kept")
+                _end_watch(conn, canary, "kept")
             models.record_gate(
                 conn,
                 version=canary.version,
@@ -443,6 +434,13 @@ class Release:
             self.settings.default_reward,
         )
         return [r for r in rows if r.experiment is None], through
+
+
+def _end_watch(conn: Connection, recheck: store.Canary, outcome: str) -> None:
+    """Record ``outcome`` on the watch that ``recheck`` was started for."""
+    for other in store.list_canaries(conn, limit=20):
+        if other.watch == RECHECKING and other.version == recheck.champion:
+            store.update_canary(conn, other.id, watch=outcome)
 
 
 def _no_worse(verdict: Verdict) -> bool:
