@@ -118,6 +118,13 @@ class Settings:
         default=64,
         metadata=_doc("HNSW search breadth; higher is slower and closer to exact"),
     )
+    taste_half_life: float = field(
+        default=10.0,
+        metadata=_doc(
+            "a shopper's actions after which their earlier category and brand counts weigh "
+            "half (0: never fade)"
+        ),
+    )
     fresh_impressions: int = field(
         default=50, metadata=_doc("items shown fewer times than this count as fresh")
     )
@@ -380,6 +387,7 @@ class Settings:
         need(self.workers >= 1, "workers", "must be at least 1")
         need(self.candidates >= 1, "candidates", "must be at least 1")
         need(self.hnsw_ef >= 1, "hnsw_ef", "must be at least 1")
+        need(self.taste_half_life >= 0, "taste_half_life", "must be >= 0 (0: never fade)")
         need(1 <= self.default_k <= self.max_k, "default_k", "must be in 1..MAX_K")
         need(
             self.exploration in EXPLORATION_KINDS,

@@ -39,6 +39,21 @@ def test_state_round_trips_and_stays_bounded() -> None:
     assert again.updated_at == state.updated_at == 1299.0
 
 
+def test_tastes_fade_by_their_half_life_and_never_without_one() -> None:
+    fading, lasting = UserState(), UserState()
+    for state, half_life in ((fading, 4.0), (lasting, 0.0)):
+        state.observe(1, "click", None, 1.0, "shoes", "Nova", half_life)  # counts 2 (a click)
+        for i in range(4):
+            state.observe(2 + i, "view", None, 2.0 + i, "shirts", "Arto", half_life)
+    assert fading.categories["shoes"] == pytest.approx(1.0)  # four actions later: half of 2
+    assert fading.brands["Nova"] == pytest.approx(1.0)
+    # Each view counts 1, faded by the views after it: 1 + f + f^2 + f^3, f = 2^(-1/4).
+    fade = 0.5**0.25
+    assert fading.categories["shirts"] == pytest.approx(sum(fade**n for n in range(4)))
+    assert fading.top("categories", 1) == ["shirts"]
+    assert lasting.categories == {"shoes": 2.0, "shirts": 4.0}
+
+
 def test_exclusion_rules_follow_their_windows() -> None:
     state = UserState()
     state.observe(1, "purchase", None, 1000.0)
@@ -120,7 +135,10 @@ def _no_lost_update(settings: Settings) -> None:
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(post, range(120))) == {202}
         state = _state(first, "bob")
-    assert sum(state.categories.values()) == pytest.approx(120.0)  # every view counted once
+    # Every view counted once: each fades the counts before it, whatever the order, so 120
+    # views sum to 1 + f + ... + f^119; a lost update would leave a smaller sum.
+    fade = 0.5 ** (1 / settings.taste_half_life)
+    assert sum(state.categories.values()) == pytest.approx(sum(fade**n for n in range(120)))
     assert len(state.acted["view"]) == 50
 
 

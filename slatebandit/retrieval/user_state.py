@@ -42,7 +42,12 @@ class UserState:
         at: float,
         category: str = "",
         brand: str = "",
+        taste_half_life: float = 0.0,
     ) -> None:
+        """Fold one action into the state. With ``taste_half_life`` H > 0, every earlier
+        category and brand count first fades by 2^(-1/H): the counts describe the shopper's
+        last H or so actions, so a shopper whose tastes change is profiled anew within a few
+        H actions instead of carrying their first tastes for ever."""
         self.recent = [(k, t) for k, t in self.recent if k != key][-(RECENT_ITEMS - 1) :]
         self.recent.append((key, at))
         acted = self.acted.setdefault(kind, {})
@@ -51,7 +56,11 @@ class UserState:
         while len(acted) > ACTED_ITEMS:
             del acted[next(iter(acted))]
         weight = EVENT_WEIGHTS.get(kind, 1.0)
+        fade = 0.5 ** (1.0 / taste_half_life) if taste_half_life > 0 else 1.0
         for counters, name in ((self.categories, category), (self.brands, brand)):
+            if fade < 1.0:
+                for other in counters:
+                    counters[other] *= fade
             if name:
                 counters[name] = counters.get(name, 0.0) + weight
                 if len(counters) > COUNTERS:

@@ -192,10 +192,11 @@ class Services:
         vector = vectors[0] if len(live) else None
         category = catalog.category_names[catalog.category[key]]
         brand = catalog.brand_names[catalog.brand[key]]
+        half_life = self.settings.taste_half_life
 
         def observed(old: bytes | None) -> bytes:
             state = UserState() if old is None else UserState.from_bytes(old)
-            state.observe(key, kind, vector, now, category, brand)
+            state.observe(key, kind, vector, now, category, brand, half_life)
             return state.to_bytes()
 
         return lambda conn: update_user_state(conn, user_id, observed)
