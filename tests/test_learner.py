@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
@@ -308,3 +309,82 @@ def test_late_rewards_counts_what_a_scan_of_every_version_counts(tmp_path) -> No
         any(through >= decision and made < at for through, made in versions) for decision, at in got
     )
     assert counted == expected and 0 < expected < len(got)
+
+
+def test_the_idle_learner_writes_at_normal_priority(tmp_path: Path) -> None:
+    """A SCHED_IDLE learner holding SQLite's write lock, without the CPU to finish, kept the
+    serving workers' commits waiting up to a second in the soak: its writes run at normal
+    priority, from the first write statement until the connection goes back to the pool, and
+    its reads stay idle."""
+    import threading
+
+    from sqlalchemy import event, text
+
+    from slatebandit.learning.loop import write_at_normal_priority
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    write_at_normal_priority(engine)
+    seen: list[tuple[str, int]] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def note(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append((statement.split()[0].lower(), os.sched_getscheduler(0)))
+
+    after: list[int] = []
+
+    def learner_thread() -> None:  # the policy is per thread on Linux: keep pytest's as it is
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        with engine.connect() as conn:
+            conn.execute(text("select count(*) from items")).scalar()
+        with engine.begin() as conn:
+            conn.execute(text("select count(*) from items")).scalar()
+            conn.execute(text("create table if not exists t (x integer)"))
+            conn.execute(text("insert into t values (1)"))
+            conn.execute(text("update t set x = 2"))
+        after.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=learner_thread)
+    thread.start()
+    thread.join()
+    engine.dispose()
+    policies = [(verb, policy) for verb, policy in seen if verb in {"select", "insert", "update"}]
+    assert policies == [
+        ("select", os.SCHED_IDLE),
+        ("select", os.SCHED_IDLE),
+        ("insert", os.SCHED_OTHER),
+        ("update", os.SCHED_OTHER),
+    ]
+    assert after == [os.SCHED_IDLE]
+
+
+def test_a_lease_is_written_only_to_take_it_or_renew_it_after_a_third(tmp_path: Path) -> None:
+    """Every process asks for the learner lease every second; on SQLite each write waits for
+    the one write lock, so asking must not write unless something changes."""
+    from sqlalchemy import event
+
+    from slatebandit.logging.learning import take_lease
+    from slatebandit.logging.schema import leases
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    writes: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def note(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not statement.lstrip().lower().startswith(("select", "savepoint", "release")):
+            writes.append(statement.split()[0].lower())
+
+    def ask(holder: str, now: float) -> bool:
+        with engine.begin() as conn:
+            return take_lease(conn, "learner", holder, now, ttl=30.0)
+
+    assert ask("a", 1000.0) and writes == ["update", "insert"]  # taken: no row yet
+    writes.clear()
+    assert ask("a", 1009.0) and not ask("b", 1009.0) and writes == []  # held: only reads
+    assert ask("a", 1011.0) and writes == ["update"]  # a third has run: renewed to 1041
+    writes.clear()
+    assert not ask("b", 1040.0) and writes == []
+    assert ask("b", 1041.5) and writes == ["update"]  # expired: taken over
+    with engine.connect() as conn:
+        row = conn.execute(select(leases.c.holder, leases.c.expires_at)).one()
+    engine.dispose()
+    assert tuple(row) == ("b", 1071.5)

@@ -86,24 +86,64 @@ class LearningLoop:
 _loop: LearningLoop | None = None  # the child's loop (one per learner process)
 
 
-def _lower_priority() -> None:
+def _lower_priority() -> bool:
     """Run only on CPU the serving workers leave idle (Linux SCHED_IDLE); elsewhere nice 10.
     At nice 10 the soak still saw the learner's turns, a guard's replay above all, queue
-    requests behind them on two cores."""
+    requests behind them on two cores. True if SCHED_IDLE was taken."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
     except (AttributeError, OSError):
         os.nice(NICE)
+        return False
+    return True
+
+
+WRITES = ("insert", "update", "delete", "replace")
+
+
+def write_at_normal_priority(engine: Engine) -> None:
+    """Hold the database's write lock at normal priority, and compute at SCHED_IDLE.
+
+    SQLite has one writer at a time, and every slate waits for its group commit. A SCHED_IDLE
+    learner that takes the write lock runs only when the cores are idle, which under load they
+    are not: the soak saw serving workers' commits, and so their slates, wait up to a second
+    behind a learner that held the lock without the CPU to release it (priority inversion).
+    So a transaction's first write lifts the learner's thread to SCHED_OTHER, and the
+    connection's return to the pool, after the commit or rollback, drops it back. Linux lets
+    a process leave SCHED_IDLE when its nice value is within RLIMIT_NICE (always for root);
+    where it may not, the learner stays idle."""
+    from sqlalchemy import event
+
+    lifted = threading.local()
+
+    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not getattr(lifted, "on", False) and statement.lstrip()[:7].lower().startswith(WRITES):
+            try:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # type: ignore[attr-defined]
+            except OSError:
+                return
+            lifted.on = True
+
+    def returned(dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+        if getattr(lifted, "on", False):
+            lifted.on = False
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "checkin", returned)
 
 
 def _start_child(url: str, settings: Settings, holder: str, parent: int) -> None:
     global _loop
-    _lower_priority()
+    idle = _lower_priority()
     return_freed_memory()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    _loop = LearningLoop(open_engine(url, create=False), settings, holder)
+    engine = open_engine(url, create=False)
+    if idle:
+        write_at_normal_priority(engine)
+    _loop = LearningLoop(engine, settings, holder)
 
     def orphaned() -> None:  # a worker killed with SIGKILL cannot stop its child
         while os.getppid() == parent:
