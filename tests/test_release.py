@@ -343,6 +343,38 @@ def test_serving_forgets_the_model_of_a_canary_that_ended(world: tuple[Settings,
     assert book.running is None and policies.built(spec) is None
 
 
+@pytest.mark.parametrize("ended_first", [False, True])
+def test_a_promoted_canary_serves_as_champion_without_a_second_load(
+    world: tuple[Settings, Engine], ended_first: bool
+) -> None:
+    """VW holds the GIL while it loads a model, and the worker's requests wait: the champion
+    takes the scorer its canary loaded, whether the canary has ended in this worker yet or
+    not."""
+    import asyncio
+
+    from slatebandit.policies import PolicySet, VWPolicy, follow_champion
+    from slatebandit.policies.canary import CanaryBook
+
+    settings, engine = world
+    champion, challenger, canary = _canary_started(engine, settings)
+    serving = VWPolicy(VWScorer(settings.vw_args), *_layout())
+    policies = PolicySet(settings, engine, serving)
+    book = CanaryBook(engine, prepare=policies.get, forget=policies.forget)
+    book.refresh()
+    assert asyncio.run(follow_champion(engine, serving, policies.loaded))
+    assert serving.scorer.version == champion  # not a canary's: loaded
+    canary_scorer = policies.loaded(challenger)
+    assert canary_scorer is not None and canary_scorer.version == challenger
+    with engine.begin() as conn:
+        store.update_canary(conn, canary.id, status="promoted")
+        models.promote(conn, challenger, reason="test: the canary's verdict")
+    if ended_first:
+        book.refresh()
+        assert policies.built(f"vw@{challenger}") is None
+    assert asyncio.run(follow_champion(engine, serving, policies.loaded))
+    assert serving.scorer is canary_scorer
+
+
 def _layout() -> tuple[object, tuple[int, ...], tuple[int, ...]]:
     from slatebandit.bandit import Exploration
 

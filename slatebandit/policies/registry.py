@@ -2,13 +2,16 @@
 
 Loading reads the model bytes and builds a VW workspace on a worker thread; the swap is one
 attribute assignment, so a request in flight keeps the scorer it started with (it reads
-``policy.scorer`` once) and no request waits for a load.
+``policy.scorer`` once). VW holds the GIL while it builds a workspace, though, so the worker's
+requests do wait for a load: a version that served as a canary is taken from the canary
+(``loaded``), not loaded again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 
@@ -19,21 +22,28 @@ from slatebandit.policies.vw import VWPolicy
 log = logging.getLogger(__name__)
 
 
-def load_champion(engine: Engine, serving: int) -> VWScorer | None:
-    """The champion's scorer if it is not the version ``serving``, else None."""
+Held = Callable[[int], VWScorer | None]
+
+
+def load_champion(engine: Engine, serving: int, loaded: Held | None = None) -> VWScorer | None:
+    """The champion's scorer if it is not the version ``serving``, else None; ``loaded``
+    returns a scorer of a version this server holds already (``PolicySet.loaded``)."""
     with engine.connect() as conn:
         version = champion(conn)
         if version is None or version == serving:
             return None
+        held = None if loaded is None else loaded(version)
+        if held is not None:
+            return held
         info = get_version(conn, version)
         data = model_bytes(conn, version)
     assert info is not None
     return VWScorer(info.vw_args, version=version, model_bytes=data)
 
 
-async def follow_champion(engine: Engine, policy: VWPolicy) -> bool:
+async def follow_champion(engine: Engine, policy: VWPolicy, loaded: Held | None = None) -> bool:
     """Swap the champion into ``policy`` if it changed; True if it did."""
-    scorer = await asyncio.to_thread(load_champion, engine, policy.scorer.version)
+    scorer = await asyncio.to_thread(load_champion, engine, policy.scorer.version, loaded)
     if scorer is None:
         return False
     previous, policy.scorer = policy.scorer, scorer

@@ -91,6 +91,9 @@ class PolicySet:
         self.champion = champion
         self._built: dict[str, Policy] = {"vw": champion}
         self._lock = threading.RLock()  # a blend builds its parts under it
+        # The last ended canary's model, kept until the next one ends: a promoted canary's
+        # model then becomes the champion's without a second load (``loaded``).
+        self._retired: VWScorer | None = None
 
     @property
     def default(self) -> Policy:
@@ -121,7 +124,20 @@ class PolicySet:
         a canary a minute would otherwise grow every worker by one model a minute."""
         if VERSION.fullmatch(spec):
             with self._lock:
-                self._built.pop(spec, None)
+                dropped = self._built.pop(spec, None)
+                if isinstance(dropped, VWPolicy):
+                    self._retired = dropped.scorer
+
+    def loaded(self, version: int) -> VWScorer | None:
+        """A scorer of model ``version`` that this server holds already (a running or the last
+        ended canary's), or None. Loading a model holds the GIL for tens of milliseconds, and
+        every request of the worker waits that long (benchmarks/soak.py): a promotion should
+        not load the model its canary loaded."""
+        with self._lock:
+            held = [p.scorer for p in self._built.values() if isinstance(p, VWPolicy) and p.pinned]
+            if self._retired is not None:
+                held.append(self._retired)
+        return next((scorer for scorer in held if scorer.version == version), None)
 
     def _build(self, spec: str, parts: list[tuple[str, float]], field: str) -> Policy:
         s = self.settings

@@ -134,7 +134,10 @@ def create_app(settings: Settings) -> Starlette:
                 )
             ),
             asyncio.create_task(
-                every(settings.model_poll_seconds, lambda: follow_champion(engine, policy))
+                every(
+                    settings.model_poll_seconds,
+                    lambda: follow_champion(engine, policy, policies.loaded),
+                )
             ),
         ]
         tasks.append(
