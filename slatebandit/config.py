@@ -194,6 +194,13 @@ class Settings:
     checkpoint_seconds: float = field(
         default=60.0, metadata=_doc("seconds between checkpoints while there is anything new")
     )
+    keep_models: int = field(
+        default=20,
+        metadata=_doc(
+            "checkpoints whose model is kept, with as many latest champions and what canaries "
+            "and experiments serve; older ones keep their row (0: keep every model)"
+        ),
+    )
     promotion: str = field(
         default="gated",
         metadata=_doc(
@@ -444,6 +451,7 @@ class Settings:
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
         need(self.learn_batch >= 1, "learn_batch", "must be at least 1")
         need(self.checkpoint_seconds > 0, "checkpoint_seconds", "must be > 0")
+        need(self.keep_models >= 0, "keep_models", "must be >= 0 (0: keep every model)")
         need(
             self.promotion in ("gated", "always", "manual"),
             "promotion",

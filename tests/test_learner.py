@@ -388,3 +388,19 @@ def test_a_lease_is_written_only_to_take_it_or_renew_it_after_a_third(tmp_path: 
         row = conn.execute(select(leases.c.holder, leases.c.expires_at)).one()
     engine.dispose()
     assert tuple(row) == ("b", 1071.5)
+
+
+def test_each_checkpoint_prunes_the_models_nothing_will_serve(tmp_path, small_catalog) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, learner="off", reward_wait=0, learn_batch=10, keep_models=2)
+    seed_catalog(settings.database_url, small_catalog[:200])
+    _serve_slates(settings, 40)
+    engine = open_engine(settings.database_url)
+    learner = Learner(engine, settings, holder="test")
+    made = []
+    for _ in range(4):  # four checkpoints of ten decisions each, none promoted (gated)
+        learner.step(now=time.time() + LATER)
+        made.append(learner.checkpoint())
+    with engine.connect() as conn:
+        held = [models.has_model(conn, version) for version in made]
+    engine.dispose()
+    assert held == [False, False, True, True]  # the newest two keep their model

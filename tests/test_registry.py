@@ -111,3 +111,48 @@ def test_cli_promote_rollback_and_the_serving_swap(tmp_path, capsys) -> None:  #
 
 def test_rollback_without_history_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert main(["models", "rollback", "--db", f"sqlite:///{tmp_path / 'e.db'}"]) == 2
+
+
+def test_old_checkpoints_lose_their_model_but_what_can_serve_keeps_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every checkpoint stored a model of megabytes for ever (half the soak's database growth).
+    Pruning keeps the newest, the latest champions, and what canaries and experiments serve."""
+    import pytest
+    from sqlalchemy import insert
+
+    from slatebandit.errors import NotFound
+    from slatebandit.logging import models
+    from slatebandit.logging.releases import start_canary
+    from slatebandit.logging.schema import experiments
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    versions = [_trained_version(url) for _ in range(9)]  # 1..9
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        for v in (1, 2, 3):
+            models.promote(conn, v, reason="test")
+        start_canary(conn, version=4, champion=3, share=0.25)
+        conn.execute(
+            insert(experiments).values(
+                name="ab",
+                salt="s",
+                arms=[{"name": "a", "policy": "blend:vw@5=0.5,popular=0.5", "share": 1.0}],
+                control="a",
+                allocation=b"",
+                status="running",
+                created_at=0.0,
+                updated_at=0.0,
+            )
+        )
+        assert models.prune_models(conn, keep=0) == 0  # 0 keeps every model
+        # Kept: the newest two (8, 9), the last two champions (3, 2), the canary's 4 and the
+        # experiment's 5; pruned: 1 (an older champion), 6 and 7.
+        assert models.prune_models(conn, keep=2) == 3
+        assert models.prune_models(conn, keep=2) == 0  # nothing left to prune
+    with engine.connect() as conn:
+        held = {v: models.has_model(conn, v) for v in versions}
+        assert [v for v, has in held.items() if not has] == [1, 6, 7]
+        assert models.get_version(conn, 6) is not None  # the row and its figures stay
+        with pytest.raises(NotFound, match="model version 6 was pruned"):
+            models.model_bytes(conn, 6)
+    engine.dispose()
+    assert main(["models", "promote", "7", "--db", url]) == 2  # a pruned model cannot serve

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 
-from slatebandit.logging.schema import model_gates, model_versions, promotions
+from slatebandit.errors import NotFound
+from slatebandit.logging.schema import (
+    canaries,
+    experiments,
+    model_gates,
+    model_versions,
+    promotions,
+)
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,67 @@ def latest_version(conn: Connection) -> ModelVersion | None:
     return None if row is None else ModelVersion(*row)
 
 
+PRUNED = b""  # the model bytes of a pruned checkpoint (its row and figures stay)
+
+
 def model_bytes(conn: Connection, version: int) -> bytes:
-    return conn.execute(
+    data: bytes = conn.execute(
         select(model_versions.c.model).where(model_versions.c.version == version)
     ).scalar_one()
+    if data == PRUNED:
+        raise NotFound(
+            f"version: model version {version} was pruned (SLATEBANDIT_KEEP_MODELS keeps the "
+            "newest checkpoints, the latest champions and what canaries and experiments serve)",
+            field="version",
+        )
+    return data
+
+
+def has_model(conn: Connection, version: int) -> bool:
+    """Whether version ``version`` exists and still holds its model."""
+    size = conn.execute(
+        select(func.length(model_versions.c.model)).where(model_versions.c.version == version)
+    ).scalar()
+    return bool(size)
+
+
+def prune_models(conn: Connection, keep: int) -> int:
+    """Drop the model bytes of checkpoints that nothing will serve again; returns how many.
+
+    A learner checkpoints every few seconds under load, each a model of megabytes (4.4 MB in
+    the soak: half the database's growth, 48 MB a minute). Kept: the newest ``keep`` versions,
+    the last ``keep`` champions (what rollbacks return to), and every version a running
+    canary or experiment serves. A pruned version keeps its row, lineage and verdicts; loading
+    it fails with a clear error. ``keep`` 0 keeps every model."""
+    if keep <= 0:
+        return 0
+    oldest_kept = conn.execute(
+        select(model_versions.c.version)
+        .order_by(model_versions.c.version.desc())
+        .offset(keep - 1)
+        .limit(1)
+    ).scalar()
+    if oldest_kept is None:
+        return 0
+    champions = select(promotions.c.version).order_by(promotions.c.id.desc()).limit(keep)
+    kept = set(conn.execute(champions).scalars())
+    kept |= set(
+        conn.execute(select(canaries.c.version).where(canaries.c.status == "running")).scalars()
+    )
+    running = select(experiments.c.arms).where(experiments.c.status == "running")
+    for arms in conn.execute(running).scalars():
+        for arm in arms:
+            kept |= {int(v) for v in re.findall(r"vw@(\d+)", str(arm.get("policy", "")))}
+    pruned = conn.execute(
+        update(model_versions)
+        .where(
+            model_versions.c.version < oldest_kept,
+            model_versions.c.version.not_in(kept),
+            func.length(model_versions.c.model) > 0,
+        )
+        .values(model=PRUNED)
+    )
+    return int(pruned.rowcount)
 
 
 def champion(conn: Connection) -> int | None:

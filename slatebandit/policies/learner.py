@@ -196,6 +196,7 @@ class Learner:
             )
             if self.settings.promotion == "always" and not self.apprentice:
                 models.promote(conn, version, reason="checkpoint, promoted (promotion=always)")
+            models.prune_models(conn, self.settings.keep_models)
         self.parent, self.examples = version, self.examples + self.pending
         self.pending = self.compared = self.agreed = 0
         self.last_checkpoint = time.monotonic()
