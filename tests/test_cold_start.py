@@ -65,12 +65,18 @@ def test_the_users_profile_reaches_the_scorer_and_the_log(client, small_catalog,
         ).scalar_one()
     engine.dispose()
     profile = DecisionPayload.decode(payload).context["p"]
-    # Each valued by its share of the events, weighted (view 1, click 2, purchase 4): the
-    # scorer learns which taste comes first, not only which are there.
-    assert f"tc={shoe.category}:0.875" in profile and f"tb={shoe.brand}:0.875" in profile
-    assert f"tc={shirt.category}:0.125" in profile and f"tb={shirt.brand}:0.125" in profile
+    # Each valued by its share of the events, weighted (view 1, click 2, purchase 4) and faded
+    # by the actions after it: the scorer learns which taste comes first, not only which are
+    # there. Without fading the shares would be 7/8 and 1/8.
+    fade = 0.5 ** (1 / settings.taste_half_life)
+    shoes = 1 * fade**3 + 2 * fade**2 + 4 * fade  # three actions follow the view, two the click
+    share = f"{shoes / (shoes + 1):.3g}"
+    other = f"{1 / (shoes + 1):.3g}"
+    assert (share, other) == ("0.863", "0.137")
+    assert f"tc={shoe.category}:{share}" in profile and f"tb={shoe.brand}:{share}" in profile
+    assert f"tc={shirt.category}:{other}" in profile and f"tb={shirt.brand}:{other}" in profile
     line = SharedFeatures.from_log(DecisionPayload.decode(payload).context).line()
-    assert f"tc={clean(shoe.category)}:0.875" in line.split()
+    assert f"tc={clean(shoe.category)}:{share}" in line.split()
 
 
 def test_a_new_shopper_gets_what_shoppers_in_the_same_context_engaged_with(
