@@ -1,9 +1,13 @@
 """Soak: a real `slatebandit serve --workers 2` with the embedded learner and gated releases
 (canaries on), at half its measured capacity for twenty minutes.
 
-First a closed-loop burst (``--probe-seconds``, ``--connections`` at once) measures how many
-slates a second the server answers; then an open-loop load sends half that rate, each slate
-followed by a click on its first item one time in ten. Every minute it reports:
+First each of the soak's 5,000 shoppers gets a history (``--history`` product views each, on
+random items), as a running storefront's shoppers have one: without it the work per slate
+grows through the first minutes as they gather one (more candidates from their tastes, more
+profile tokens crossed with each), which hides what learning costs. Then a closed-loop burst
+(``--probe-seconds``, ``--connections`` at once) measures how many slates a second the server
+answers; then an open-loop load sends half that rate, each slate followed by a click on its
+first item one time in ten. Every minute it reports:
 
 - the client's p50 and p99 latency, and the requests and errors in that minute;
 - the RSS of the server's processes (the supervisor and its workers, summed);
@@ -12,12 +16,12 @@ followed by a click on its first item one time in ten. Every minute it reports:
   canaries and release verdicts so far.
 
     python -m benchmarks.soak [--minutes 20] [--items 20000] [--env LEARNER=off] [--rate R]
-                              [--out FILE]
+                              [--history 8] [--out FILE]
 
-At the end a second probe measures the capacity again, with trained models, the grown log and
-shoppers with history: the opening probe meets none of these and read 490 to 720 slates/s in
-four runs on this box (426 at the end of one that opened at 491), so half of it can be more
-than half of what the server answers later. Pass ``--rate`` to soak at a known
+At the end a second probe measures the capacity again, with trained models and the grown log:
+the opening probe meets neither, and before the history came first it read 490 to 720
+slates/s in four runs on this box (426 at the end of one that opened at 491), so half of it
+can be more than half of what the server answers later. Pass ``--rate`` to soak at a known
 rate. Writes ``benchmarks/results/soak.json``. The load generator runs on the same two cores as the
 server, so the capacity it measures is the pair's, not the server's alone.
 """
@@ -43,6 +47,7 @@ from benchmarks.learning_curve import serving_process
 from slatebandit.logging.schema import canaries, decisions, model_gates, model_versions
 
 RESULTS = Path(__file__).parent / "results" / "soak.json"
+SHOPPERS = 5_000
 
 
 def tree_rss(root: int) -> int:
@@ -125,7 +130,7 @@ class Load:
         self.requests = 0
 
     async def one(self) -> None:
-        user = f"u{int(self.rng.integers(5000))}"
+        user = f"u{int(self.rng.integers(SHOPPERS))}"
         click = self.rng.random() < 0.1
         started = time.perf_counter()
         try:
@@ -158,6 +163,31 @@ class Load:
 def _pool(base: str, size: int) -> Connections:
     host, port = base.removeprefix("http://").split(":")
     return Connections(host, int(port), size)
+
+
+async def give_history(base: str, items: int, per_shopper: int, connections: int) -> float:
+    """Post ``per_shopper`` product views for each of the soak's shoppers, on items drawn at
+    random from the demo catalog, so that they meet the soak with the history a running
+    storefront's shoppers have; returns the seconds it took."""
+    pool = _pool(base, connections)
+    await pool.open()
+    rng = np.random.default_rng(4)
+    views = [
+        {"user_id": f"u{user}", "item_id": f"sku-{int(rng.integers(items)):07d}", "type": "view"}
+        for _ in range(per_shopper)
+        for user in range(SHOPPERS)
+    ]
+    started = time.monotonic()
+
+    async def loop(share: list[dict[str, Any]]) -> None:
+        for view in share:
+            status, body = await pool.post("/v1/events", view)
+            if status != 202:
+                raise RuntimeError(f"event answered {status}: {body}")
+
+    await asyncio.gather(*(loop(views[i::connections]) for i in range(connections)))
+    await pool.close()
+    return time.monotonic() - started
 
 
 async def capacity(base: str, connections: int, seconds: float) -> float:
@@ -273,6 +303,12 @@ def main() -> None:
         action="store_true",
         help="learn in a `slatebandit learn` process beside the server, not inside its workers",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=8,
+        help="product views per shopper posted before the probe (0: shoppers start new)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -293,6 +329,9 @@ def main() -> None:
             )
         with serving_process(settings, tmp) as (base, server):
             pid = server.pid
+            if args.history:
+                took = asyncio.run(give_history(base, args.items, args.history, args.connections))
+                print(f"history: {args.history} views for each of {SHOPPERS} shoppers, {took:.0f}s")
             probe = asyncio.run(capacity(base, args.connections, args.probe_seconds))
             rate = args.rate or probe / 2
             print(f"capacity {probe:.0f} slates/s; soaking at {rate:.0f}/s", flush=True)
