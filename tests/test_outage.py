@@ -24,7 +24,7 @@ import httpx2 as httpx
 import pytest
 
 from benchmarks.pg_cluster import Cluster, initdb, private_cluster
-from tests.test_crash import stored
+from tests.test_crash import _checkpoints, stored
 from tests.test_e2e import _free_port, _wait_healthy
 
 CLIENTS = 4
@@ -174,6 +174,9 @@ def test_postgresql_stopped_under_load_loses_and_duplicates_nothing(
     try:
         # First outage: PostgreSQL stops mid-load, then comes back.
         load.wait(lambda: load.logged("database") >= 300)
+        # The learner has started (a spawned child, slow on a loaded box) and checkpointed
+        # before the first outage, so the end can show that it went on through both.
+        load.wait(lambda: _checkpoints(cluster.url) >= 1)
         cluster.stop()
         spooled_before = load.logged("spool")
         load.wait(lambda: load.logged("spool") >= spooled_before + 300)
