@@ -110,7 +110,7 @@ def _models(args: argparse.Namespace) -> int:
             }
             print(json.dumps(shown, indent=2))
         else:
-            models.model_bytes(conn, info.version)  # a pruned version cannot serve
+            models.require_model(conn, info.version)  # a pruned version cannot serve
             models.operator_release(conn, info.version, "promote", "promoted by an operator (CLI)")
             print(f"champion is now version {info.version} (was {current})")
     engine.dispose()

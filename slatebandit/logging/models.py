@@ -101,20 +101,30 @@ def model_bytes(conn: Connection, version: int) -> bytes:
         select(model_versions.c.model).where(model_versions.c.version == version)
     ).scalar_one()
     if data == PRUNED:
-        raise NotFound(
-            f"version: model version {version} was pruned (SLATEBANDIT_KEEP_MODELS keeps the "
-            "newest checkpoints, the latest champions and what canaries and experiments serve)",
-            field="version",
-        )
+        raise _pruned(version)
     return data
 
 
 def has_model(conn: Connection, version: int) -> bool:
-    """Whether version ``version`` exists and still holds its model."""
+    """Whether version ``version`` exists and still holds its model (without reading it)."""
     size = conn.execute(
         select(func.length(model_versions.c.model)).where(model_versions.c.version == version)
     ).scalar()
     return bool(size)
+
+
+def require_model(conn: Connection, version: int) -> None:
+    """Raise NotFound if version ``version`` was pruned: it cannot serve."""
+    if not has_model(conn, version):
+        raise _pruned(version)
+
+
+def _pruned(version: int) -> NotFound:
+    return NotFound(
+        f"version: model version {version} was pruned (SLATEBANDIT_KEEP_MODELS keeps the "
+        "newest checkpoints, the latest champions and what canaries and experiments serve)",
+        field="version",
+    )
 
 
 def prune_models(conn: Connection, keep: int) -> int:

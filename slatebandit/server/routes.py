@@ -32,9 +32,9 @@ from slatebandit.logging.models import (
     gate_verdicts,
     get_version,
     list_versions,
-    model_bytes,
     operator_release,
     previous_champion,
+    require_model,
 )
 from slatebandit.logging.privacy import REDACTED
 from slatebandit.logging.releases import list_canaries
@@ -352,7 +352,7 @@ async def promote_model(request: Request) -> Response:
     def unit(conn: Connection) -> bool:
         if get_version(conn, version) is None:
             return False
-        model_bytes(conn, version)  # a pruned version cannot serve: 404 saying so
+        require_model(conn, version)  # a pruned version cannot serve: 404 saying so
         operator_release(conn, version, "promote", "promoted by an operator (HTTP)")
         return True
 
