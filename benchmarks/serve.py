@@ -256,8 +256,8 @@ def write_catalog(engine: Any, n: int) -> float:
 
 
 def build_index(engine: Any, settings: Any) -> tuple[float, int]:
+    from slatebandit.recommender import index_path
     from slatebandit.retrieval import ItemStore
-    from slatebandit.server.app import index_path
 
     start = _now()
     store = ItemStore.open(
@@ -393,13 +393,14 @@ def direct_path(
 ) -> dict[str, Any]:
     """``routes.create_slate`` called directly, timed whole and stage by stage."""
     from slatebandit.logging import DecisionPayload
+    from slatebandit.recommender import decide
     from slatebandit.server import routes
 
-    services = state["services"]
+    services = state["recommender"]
     timer = StageTimer()
     wrapped = {
         "user_state": timer.wrap(services, "user", "user_state"),
-        "generate": timer.wrap(routes, "generate", "generate"),
+        "generate": timer.wrap(decide, "generate", "generate"),
         "policy": timer.wrap(services.policy, "slate", "policy"),
         "vw_score": timer.wrap(services.policy.scorer, "score", "vw_score"),
         "payload": timer.wrap(DecisionPayload, "encode", "payload"),
@@ -461,7 +462,7 @@ def run_in_process(settings: Any, workload: Workload, requests: int, warmup: int
         out["startup_s"] = round(_now() - start, 2)
         out["rss_after_startup"] = proc_status()
         say(f"in-process app up in {out['startup_s']} s; posting events for warm users")
-        services = client.app_state["services"]
+        services = client.app_state["recommender"]
 
         event_times = []
         for body in workload.events():

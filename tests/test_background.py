@@ -1,10 +1,10 @@
-"""The server's background loops (``server.app._every``) end when shutdown cancels them."""
+"""The background loops (``recommender.background.every``) end when shutdown cancels them."""
 
 from __future__ import annotations
 
 import asyncio
 
-from slatebandit.server.app import _every
+from slatebandit.recommender.background import every as _every
 
 
 def test_a_loop_ends_even_when_its_job_swallowed_the_cancellation() -> None:

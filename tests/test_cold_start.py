@@ -15,7 +15,7 @@ def test_a_first_click_reshapes_the_very_next_slate(client, small_catalog, setti
     (a reward, as a click tracker sends it) on one item, the next slate is built around it:
     the share of it within the clicked item's category or 20 nearest neighbours is at least
     twice what it was in the first slate (the other items of that slate)."""
-    services = client.app_state["services"]
+    services = client.app_state["recommender"]
     catalog, index = services.store.catalog, services.store.index
     before, after_shares = [], []
     for user in range(40):

@@ -126,7 +126,7 @@ def test_slates_keep_coming_while_the_index_is_rebuilt(tmp_path: Path) -> None:
 
     vectors = rng.standard_normal((6000, COLLAB_DIM)).astype(np.float32)
     with TestClient(create_app(settings)) as client:
-        services = client.app_state["services"]
+        services = client.app_state["recommender"]
         save_factors(
             engine,
             method="svd",
@@ -181,7 +181,7 @@ def test_train_embeddings_from_the_event_log_and_serve_them(tmp_path: Path) -> N
     engine.dispose()
     assert factors.version == 1 and len(factors.keys) == 24  # 4 groups x 6 items
     with TestClient(create_app(settings)) as client:  # a new process starts on version 1
-        assert client.app_state["services"].store.index.factors_version == 1
+        assert client.app_state["recommender"].store.index.factors_version == 1
 
 
 def test_the_embedding_job_writes_batch_features_that_reach_the_scorer(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_bad_filters_are_refused_naming_the_field(client, filters, field) -> Non
 
 
 def test_exact_neighbours_inside_a_filter_match_brute_force(client, small_catalog) -> None:  # type: ignore[no-untyped-def]
-    store = client.app_state["services"].store
+    store = client.app_state["recommender"].store
     allowed = FilterMasks().allowed(Filters(categories=("home",)), store.catalog, store.index)
     keys = np.flatnonzero(allowed.mask)
     vectors = store.index.vectors(keys)

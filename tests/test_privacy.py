@@ -13,9 +13,9 @@ from starlette.testclient import TestClient
 
 from slatebandit.logging import DecisionPayload, open_engine
 from slatebandit.logging.schema import decisions, events, rewards, slots, user_states
+from slatebandit.recommender.background import purge_expired
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
-from slatebandit.server.privacy import purge_expired
 from tests.conftest import make_settings, seed_catalog
 
 ITEMS = list(demo_items(300, seed=5))

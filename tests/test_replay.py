@@ -181,7 +181,7 @@ def test_evaluations_over_http_match_the_library_and_check_input(logged) -> None
         started = client.post("/v1/evaluations", json=body, headers=analyst)
         assert started.status_code == 202
         location = started.headers["location"]
-        client.portal.call(client.app_state["services"].evaluations.wait)  # type: ignore[union-attr]
+        client.portal.call(client.app_state["recommender"].evaluations.wait)  # type: ignore[union-attr]
         done = client.get(location, headers=analyst).json()
         missing = client.get("/v1/evaluations/nope", headers=analyst)
     assert missing.status_code == 404
@@ -253,7 +253,7 @@ def test_evaluations_beyond_the_queue_are_refused_with_429(logged) -> None:  # t
     import asyncio
 
     from slatebandit.errors import TooManyRequests
-    from slatebandit.server.evaluations import QUEUED, RUNNING, Evaluations
+    from slatebandit.recommender.evaluations import QUEUED, RUNNING, Evaluations
 
     settings, _ = logged
     engine = open_engine(settings.database_url)

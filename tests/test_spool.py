@@ -46,9 +46,9 @@ from slatebandit.logging.spool import (
     set_progress,
 )
 from slatebandit.policies.learner import Learner
-from slatebandit.server import create_app, shipping
-from slatebandit.server.outage import Outage
-from slatebandit.server.services import Services
+from slatebandit.recommender import Recommender, shipping
+from slatebandit.recommender.outage import Outage
+from slatebandit.server import create_app
 from tests.conftest import make_settings, seed_catalog
 
 DECISION = DecisionRecord(
@@ -112,7 +112,7 @@ def served(tmp_path: Path, small_catalog):  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path, db_probe_seconds=3600, learner="off")
     seed_catalog(settings.database_url, small_catalog)
     with TestClient(create_app(settings)) as client:
-        yield client, client.app_state["services"], settings.database_url
+        yield client, client.app_state["recommender"], settings.database_url
 
 
 def _count(url: str, table) -> int:  # type: ignore[no-untyped-def]
@@ -147,7 +147,7 @@ def test_while_the_database_is_away_records_are_spooled_then_shipped_once(served
     assert health["spool"]["spooled"] == 4 and health["spool"]["segments"] == 1
     assert _count(url, decisions) == 0 and _count(url, rewards) == 0  # nothing reached it
 
-    client.portal.call(s.outage.watch, s)  # the database answers: ship
+    client.portal.call(s.watch)  # the database answers: ship
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["spool"]["segments"] == 0
     assert health["spool"]["shipped"] == 3 and health["spool"]["dropped"] == 0
@@ -163,11 +163,11 @@ def test_while_the_database_is_away_records_are_spooled_then_shipped_once(served
     assert state.recent_keys(5)[0] == s.store.catalog.key_of[pick]
 
 
-def _spool(s: Services, portal, record) -> None:  # type: ignore[no-untyped-def]
+def _spool(s: Recommender, portal, record) -> None:  # type: ignore[no-untyped-def]
     portal.call(s.outage.spool.submit, record)
 
 
-def _decision(s: Services, event_id: str, keys: list[int]) -> DecisionRecord:
+def _decision(s: Recommender, event_id: str, keys: list[int]) -> DecisionRecord:
     shown = tuple(ShownSlot(j, k, 0.5, "exploit", "popular", 0.0) for j, k in enumerate(keys))
     return DecisionRecord(event_id, 10.0, "shopper", "vw", 0, b"\x80", shown)
 
@@ -188,7 +188,7 @@ def test_a_reward_shipped_from_an_older_segment_finds_its_decision_in_a_newer_on
     _spool(s, client.portal, SpooledReward("d" * 32, keys[1], "click", 1.0, 11.0))
     client.portal.call(b.stop)
     assert len(segments(a.directory)) == 2
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, rewards) == 1 and s.outage.dropped == 0
     assert segments(a.directory) == []
 
@@ -216,7 +216,7 @@ def test_shipping_resumed_after_a_crash_ships_nothing_twice(
             pass
     assert _count(url, decisions) == 5 and _count(url, rewards) == 5 and _count(url, events) == 5
     # ...and another restart finds it all shipped, ships nothing again, and deletes it.
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, decisions) == 5 and _count(url, rewards) == 5 and _count(url, events) == 5
     assert segments(s.outage.directory) == [] and s.outage.shipped == 0
 
@@ -236,7 +236,7 @@ def test_records_committed_as_the_connection_broke_are_not_shipped_again(served)
         _spool(s, client.portal, spooled)
     _spool(s, client.portal, reward)
     _spool(s, client.portal, reward)  # the click tracker retried
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, decisions) == 1 and _count(url, slots) == 1
     assert _count(url, events) == 1 and _count(url, rewards) == 1
 
@@ -252,7 +252,7 @@ def test_records_of_a_shopper_erased_after_they_were_spooled_are_dropped(served)
     client.post("/v1/events", json={"user_id": "gone", "item_id": pick, "type": "view"})
     s.outage.degraded = False  # the database is back, this worker's spool not yet shipped
     assert client.delete("/v1/users/gone").status_code == 200
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     # The decision spooled before the erasure, its reward and the event never reach the
     # database; the decision logged before it stays redacted.
     assert _count(url, decisions) == 1 and _count(url, rewards) == 0
@@ -279,14 +279,14 @@ def test_a_reward_waits_for_a_decision_shipped_later_from_elsewhere(
     # ships later (here: a second directory, shipped by the same worker afterwards).
     _spool(s, client.portal, SpooledReward("d" * 32, 1, "click", 1.0, 11.0))
     _spool(s, client.portal, SpooledReward("9" * 32, 1, "click", 1.0, 11.0))  # never comes
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, rewards) == 0 and _count(url, spool_orphans) == 2
     other = SpoolWriter(s.outage.directory.parent / "elsewhere", max_bytes=1 << 30)
     client.portal.call(other.start)
     client.portal.call(other.submit, _decision(s, "d" * 32, [1, 2]))
     client.portal.call(other.stop)
     monkeypatch.setattr(s.outage.spool, "directory", other.directory)
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, rewards) == 1 and _count(url, spool_orphans) == 1
     # A week later the other is given up on, and counted.
     monkeypatch.setattr(shipping, "ORPHAN_DAYS", 0.0)
@@ -294,7 +294,7 @@ def test_a_reward_waits_for_a_decision_shipped_later_from_elsewhere(
     client.portal.call(other.start)
     client.portal.call(other.submit, SpooledEvent("shopper", 1, "view", 5.0, "e" * 32))
     client.portal.call(other.stop)
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, spool_orphans) == 0 and s.outage.dropped == 1
 
 
@@ -309,7 +309,7 @@ def test_an_unreadable_record_is_skipped_and_counted_and_a_zeroed_tail_ends_the_
     later = frame(encode(_decision(s, "b" * 32, [2])))
     with path.open("ab") as handle:
         handle.write(foreign + later + bytes(64))  # then a tail a power cut left zeroed
-    client.portal.call(s.outage.watch, s)
+    client.portal.call(s.watch)
     assert _count(url, decisions) == 2 and s.outage.dropped == 1
     assert segments(s.outage.directory) == []
 

@@ -18,7 +18,7 @@ from tests.conftest import make_settings, seed_catalog
 
 
 def _state(client: TestClient, user: str) -> UserState:
-    services = client.app_state["services"]
+    services = client.app_state["recommender"]
     return client.portal.call(services.user, user)[0]  # type: ignore[no-any-return]
 
 
@@ -107,7 +107,7 @@ def _cross_worker(settings: Settings) -> None:
 
 
 def _key(client: TestClient, item_id: str) -> int:
-    return int(client.app_state["services"].store.catalog.key_of[item_id])
+    return int(client.app_state["recommender"].store.catalog.key_of[item_id])
 
 
 def test_an_event_on_one_worker_shapes_the_next_slate_on_another(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_a_state_from_an_older_embedding_space_takes_new_events(tmp_path: Path) 
         assert client.post("/v1/events", json=event).status_code == 202
         state = _state(client, "legacy")
         assert state.session_vector is not None
-        assert state.session_vector.shape == (client.app_state["services"].store.index.dim,)
+        assert state.session_vector.shape == (client.app_state["recommender"].store.index.dim,)
         slate = client.post("/v1/slates", json={"user_id": "legacy", "k": 3}).json()
         disliked = slate["items"][0]["item_id"]
         reward = {
@@ -184,5 +184,5 @@ def test_a_state_from_an_older_embedding_space_takes_new_events(tmp_path: Path) 
         }
         assert client.post("/v1/rewards", json=reward).status_code == 202
         after = _state(client, "legacy")
-    key = client.app_state["services"].store.catalog.key_of[disliked]
+    key = client.app_state["recommender"].store.catalog.key_of[disliked]
     assert key not in after.recent_keys(20)

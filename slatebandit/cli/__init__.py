@@ -108,9 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from slatebandit.recommender import index_path
     from slatebandit.retrieval import ItemStore
     from slatebandit.retrieval.demo import demo_items
-    from slatebandit.server.app import index_path
 
     settings = settings_from(args)
     if not settings.keys and settings.host not in LOOPBACK_HOSTS:
@@ -214,9 +214,9 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _build_index(settings: Settings) -> None:
+    from slatebandit.recommender import index_path
     from slatebandit.retrieval import ItemStore
     from slatebandit.retrieval.embedding_job import latest_factors
-    from slatebandit.server.app import index_path
 
     engine = open_engine(settings.database_url)
     ItemStore.open(engine, index_path(settings), progress=True, factors=latest_factors(engine))

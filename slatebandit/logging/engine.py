@@ -79,7 +79,7 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         # A host that drops packets must fail a connection in seconds, not minutes: that is
-        # what lets serving fall back to the spool (``server.outage``) during an outage.
+        # what lets serving fall back to the spool (``recommender.outage``) during an outage.
         engine = create_engine(
             url,
             pool_pre_ping=True,

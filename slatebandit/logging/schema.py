@@ -368,7 +368,7 @@ pz_evaluations = Table(
 
 # How far each spool segment (``logging.spool``) has been shipped into this database, written in
 # the transaction that ships its records: a crash mid-shipping never ships a record twice.
-# Decisions and the rest ship in two passes (see ``server.outage``), each with its own offset.
+# Decisions and the rest ship in two passes (see ``recommender.outage``), each with its own offset.
 spool_progress = Table(
     "spool_progress",
     metadata,

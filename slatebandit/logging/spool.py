@@ -1,6 +1,6 @@
 """The spool: append-only local files of what was acknowledged while the database was away.
 
-When the database cannot be reached, serving still answers (``server.outage``): each decision,
+When the database cannot be reached, serving still answers (``recommender.outage``): each decision,
 reward and event it acknowledges is appended to a *segment* here and fsync'd before the 2xx,
 then shipped into the database when it returns. A segment belongs to one process, which holds
 an exclusive ``flock`` on it while it may still append; a segment nobody holds is finished once

@@ -6,7 +6,7 @@ a batch are then written together, in a few statements). The writer runs the uni
 waiting in one transaction on its own thread, commits once, then resolves every caller. If the
 shared transaction fails, each unit is retried alone, so one bad request cannot fail its
 neighbours; if the database cannot be reached, every unit fails at once with
-``DatabaseUnavailable`` (serving then spools, see ``server.outage``). This is what makes "a 2xx
+``DatabaseUnavailable`` (serving then spools, see ``recommender.outage``). This is what makes "a 2xx
 means durable" affordable: one fsync serves the whole batch.
 """
 

@@ -48,8 +48,10 @@ async def read_bytes(request: Request, limit: int) -> bytes:
 
 
 def _body_seconds(request: Request) -> float:
-    services = getattr(request.state, "services", None)
-    return float(services.settings.body_timeout_seconds) if services is not None else BODY_SECONDS
+    recommender = getattr(request.state, "recommender", None)
+    if recommender is None:
+        return BODY_SECONDS
+    return float(recommender.settings.body_timeout_seconds)
 
 
 async def read_body(request: Request, limit: int) -> Any:

@@ -46,8 +46,9 @@ from slatebandit.personalizer.requests import (
     parse_rank,
     parse_reward,
 )
+from slatebandit.recommender import Recommender
 from slatebandit.server.codec import read_body
-from slatebandit.server.services import Services, for_request
+from slatebandit.server.services import for_request
 
 log = logging.getLogger(__name__)
 API_VERSIONS = ("2022-09-01-preview",)  # what the unversioned form accepts as api-version
@@ -105,7 +106,6 @@ def route(
                         f"api-version: {version!r} is not supported; use {API_VERSIONS[0]}",
                         field="api-version",
                     )
-                assert s.loops is not None
                 loop = s.loops.get(request.path_params.get("loop", "default"))
                 return await handler(request, s, loop)
             except SlatebanditError as exc:
@@ -122,7 +122,7 @@ def route(
 
 
 @route("serve", "InvalidRankRequest")
-async def rank(request: Request, s: Services, loop: Loop) -> Response:
+async def rank(request: Request, s: Recommender, loop: Loop) -> Response:
     event_id, event, pmfs = await _rank(request, s, loop, multislot=False)
     chosen, pmf = event.slots[0].chosen, pmfs[0]
     # The pick first, then the rest by probability; excluded actions last, at 0.
@@ -134,7 +134,7 @@ async def rank(request: Request, s: Services, loop: Loop) -> Response:
 
 
 @route("serve", "InvalidRankRequest")
-async def rank_multislot(request: Request, s: Services, loop: Loop) -> Response:
+async def rank_multislot(request: Request, s: Recommender, loop: Loop) -> Response:
     event_id, event, _ = await _rank(request, s, loop, multislot=True)
     slots = [
         {"id": slot.id, "rewardActionId": event.action_ids[slot.chosen]} for slot in event.slots
@@ -143,7 +143,7 @@ async def rank_multislot(request: Request, s: Services, loop: Loop) -> Response:
 
 
 async def _rank(
-    request: Request, s: Services, loop: Loop, *, multislot: bool
+    request: Request, s: Recommender, loop: Loop, *, multislot: bool
 ) -> tuple[str, Event, list[np.ndarray]]:
     """Rank, log the event (durably), and return its id, the event and each slot's pmf."""
     body = parse_rank(
@@ -160,7 +160,6 @@ async def _rank(
             len(body.action_ids),
             WARN_ACTIONS,
         )
-    assert s.loops is not None
     event, pmfs = await asyncio.to_thread(
         s.loops.rank, loop, body.context, body.action_ids, body.action_features, body.slots
     )
@@ -190,7 +189,7 @@ def _no_content() -> Response:
     return Response(status_code=204)
 
 
-async def _event(s: Services, loop: Loop, request: Request) -> tuple[int, bool, Event]:
+async def _event(s: Recommender, loop: Loop, request: Request) -> tuple[int, bool, Event]:
     event_id = parse_id(request.path_params["event_id"], "eventId")
     found = await s.read(lambda conn: store.find_event(conn, loop.name, event_id))
     if found is None:
@@ -200,7 +199,7 @@ async def _event(s: Services, loop: Loop, request: Request) -> tuple[int, bool, 
 
 
 @route("serve", "InvalidRewardRequest")
-async def reward(request: Request, s: Services, loop: Loop) -> Response:
+async def reward(request: Request, s: Recommender, loop: Loop) -> Response:
     value = parse_reward(await read_body(request, s.settings.max_body_bytes))
     pk, _, event = await _event(s, loop, request)
     if event.slots[0].id is not None:
@@ -213,7 +212,7 @@ async def reward(request: Request, s: Services, loop: Loop) -> Response:
 
 
 @route("serve", "InvalidRewardRequest")
-async def reward_multislot(request: Request, s: Services, loop: Loop) -> Response:
+async def reward_multislot(request: Request, s: Recommender, loop: Loop) -> Response:
     body = await read_body(request, s.settings.max_body_bytes)
     pk, _, event = await _event(s, loop, request)
     values = parse_multislot_reward(body, [slot.id for slot in event.slots])
@@ -222,7 +221,7 @@ async def reward_multislot(request: Request, s: Services, loop: Loop) -> Respons
 
 
 @route("serve", "InvalidEventIdToActivate")
-async def activate(request: Request, s: Services, loop: Loop) -> Response:
+async def activate(request: Request, s: Recommender, loop: Loop) -> Response:
     pk, activated, _ = await _event(s, loop, request)
     if not activated:
 

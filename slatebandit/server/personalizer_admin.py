@@ -13,9 +13,7 @@ from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 
-from slatebandit.bandit import VWScorer
 from slatebandit.errors import (
-    ConfigError,
     InvalidInput,
 )
 from slatebandit.logging import personalizer as store
@@ -25,9 +23,10 @@ from slatebandit.personalizer.configuration import (
     iso_time,
 )
 from slatebandit.personalizer.loops import Loop, new_model
+from slatebandit.personalizer.models import check_arguments, check_model
+from slatebandit.recommender import Recommender
 from slatebandit.server.codec import read_body, read_bytes
 from slatebandit.server.personalizer import Handler, route
-from slatebandit.server.services import Services
 
 log = logging.getLogger(__name__)
 MODEL_BYTES = 256 * 1024 * 1024  # largest model import accepted
@@ -38,7 +37,11 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 
 async def write_loop(
-    s: Services, loop: Loop, service: ServiceConfiguration, policy: PolicyConfiguration, reset: bool
+    s: Recommender,
+    loop: Loop,
+    service: ServiceConfiguration,
+    policy: PolicyConfiguration,
+    reset: bool,
 ) -> None:
     def unit(conn) -> None:  # type: ignore[no-untyped-def]
         store.write_loop(conn, loop.name, service.to_store(), policy.to_json())
@@ -46,12 +49,11 @@ async def write_loop(
             new_model(conn, loop.name, policy, "reset")
 
     await s.writer.submit(unit)
-    assert s.loops is not None
     await asyncio.to_thread(s.loops.refresh)
 
 
 @route("admin", "InvalidServiceConfiguration")
-async def get_service(request: Request, s: Services, loop: Loop) -> Response:
+async def get_service(request: Request, s: Recommender, loop: Loop) -> Response:
     body = loop.service.to_json()
     metrics = await s.read(lambda conn: apprentice_metrics(conn, loop))
     if metrics is not None:
@@ -60,19 +62,19 @@ async def get_service(request: Request, s: Services, loop: Loop) -> Response:
 
 
 @route("admin", "InvalidServiceConfiguration")
-async def put_service(request: Request, s: Services, loop: Loop) -> Response:
+async def put_service(request: Request, s: Recommender, loop: Loop) -> Response:
     service = ServiceConfiguration.from_json(await read_body(request, s.settings.max_body_bytes))
     await write_loop(s, loop, service, loop.policy, reset=False)
     return json_response(service.to_json())
 
 
 @route("admin", "InvalidPolicyConfiguration")
-async def get_policy(request: Request, s: Services, loop: Loop) -> Response:
+async def get_policy(request: Request, s: Recommender, loop: Loop) -> Response:
     return json_response(loop.policy.to_json())
 
 
 @route("admin", "InvalidPolicyConfiguration")
-async def put_policy(request: Request, s: Services, loop: Loop) -> Response:
+async def put_policy(request: Request, s: Recommender, loop: Loop) -> Response:
     policy = PolicyConfiguration.from_json(await read_body(request, s.settings.max_body_bytes))
     await asyncio.to_thread(check_arguments, policy)
     # VW cannot change a model's arguments: new arguments start a new model, as on Azure.
@@ -83,7 +85,7 @@ async def put_policy(request: Request, s: Services, loop: Loop) -> Response:
 
 
 @route("admin", "InvalidPolicyConfiguration")
-async def delete_policy(request: Request, s: Services, loop: Loop) -> Response:
+async def delete_policy(request: Request, s: Recommender, loop: Loop) -> Response:
     policy = PolicyConfiguration()
     await write_loop(
         s, loop, loop.service.edited(), policy, reset=policy.vw_args != loop.policy.vw_args
@@ -91,87 +93,34 @@ async def delete_policy(request: Request, s: Services, loop: Loop) -> Response:
     return json_response(policy.to_json())
 
 
-def check_arguments(policy: PolicyConfiguration) -> None:
-    try:
-        VWScorer(policy.vw_args).finish()
-    except ConfigError as exc:
-        raise InvalidInput(exc.message.replace("vw_args", "arguments"), field="arguments") from None
-
-
 @route("admin")
-async def get_model(request: Request, s: Services, loop: Loop) -> Response:
+async def get_model(request: Request, s: Recommender, loop: Loop) -> Response:
     data = await s.read(lambda conn: store.model_bytes(conn, loop.version))
     return Response(data, 200, media_type="application/octet-stream")
 
 
 @route("admin")
-async def put_model(request: Request, s: Services, loop: Loop) -> Response:
+async def put_model(request: Request, s: Recommender, loop: Loop) -> Response:
     data = await read_bytes(request, MODEL_BYTES)
     if not data:
         raise InvalidInput("body: the model file is empty", field="body")
-    arguments = await asyncio.to_thread(_check_model, loop, data)
+    arguments = await asyncio.to_thread(check_model, loop.policy.vw_args, data)
     await s.writer.submit(
         lambda conn: new_model(conn, loop.name, loop.policy, "imported", data, arguments)
     )
-    assert s.loops is not None
     await asyncio.to_thread(s.loops.refresh)
     return Response(status_code=204)
 
 
-class InvalidModel(InvalidInput):
-    personalizer_code = "InvalidModelImportFormat"
-
-
-# Options VW reports for a loaded model that say how it was loaded, not what it is.
-_LOADING = {"--initial_regressor": 1, "--no_stdin": 0, "--quiet": 0}
-
-
-def _check_model(loop: Loop, data: bytes) -> str:
-    """A model must load in VW, be a ``--cb_adf`` scorer and score an example; returns the
-    options it was trained with. A ``--cb_explore_adf`` model (Azure's, or VW's own explorer)
-    answers probabilities, not scores, and would serve its least likely action: refused."""
-    try:
-        scorer = VWScorer(loop.policy.vw_args, model_bytes=data)
-    except ConfigError:
-        raise InvalidModel(
-            "body: not a Vowpal Wabbit model this loop can load", field="body"
-        ) from None
-    try:
-        words = scorer.arguments()
-        if "--cb_adf" not in words or any("explore" in w for w in words):
-            raise InvalidModel(
-                "body: the model must be a --cb_adf scorer without exploration "
-                f"(it was trained with {' '.join(words)})",
-                field="body",
-            )
-        scorer.score_lines("shared |", ["|", "|"])
-    except InvalidInput:
-        raise
-    except Exception:
-        raise InvalidModel("body: the model cannot score --cb_adf examples", field="body") from None
-    finally:
-        scorer.finish()
-    kept, skip = [], 0
-    for word in words:
-        if skip:
-            skip -= 1
-        elif word in _LOADING:
-            skip = _LOADING[word]
-        else:
-            kept.append(word)
-    return " ".join(kept)
-
-
 @route("admin")
-async def reset_model(request: Request, s: Services, loop: Loop) -> Response:
+async def reset_model(request: Request, s: Recommender, loop: Loop) -> Response:
     await s.writer.submit(lambda conn: new_model(conn, loop.name, loop.policy, "reset"))
-    assert s.loops is not None
     await asyncio.to_thread(s.loops.refresh)
     return Response(status_code=204)
 
 
 @route("admin")
-async def model_properties(request: Request, s: Services, loop: Loop) -> Response:
+async def model_properties(request: Request, s: Recommender, loop: Loop) -> Response:
     def query(conn: Connection) -> tuple[store.ModelVersion, float | None]:
         latest = store.latest_model(conn, loop.name)
         assert latest is not None
@@ -216,7 +165,7 @@ def apprentice_metrics(conn: Connection, loop: Loop) -> dict[str, Any] | None:
 
 
 @route("admin")
-async def log_properties(request: Request, s: Services, loop: Loop) -> Response:
+async def log_properties(request: Request, s: Recommender, loop: Loop) -> Response:
     first, last, count = await s.read(lambda conn: store.log_range(conn, loop.name))
     date_range = (
         {} if first is None or last is None else {"from": iso_time(first), "to": iso_time(last)}
@@ -225,7 +174,7 @@ async def log_properties(request: Request, s: Services, loop: Loop) -> Response:
 
 
 @route("admin")
-async def delete_logs(request: Request, s: Services, loop: Loop) -> Response:
+async def delete_logs(request: Request, s: Recommender, loop: Loop) -> Response:
     await s.writer.submit(lambda conn: store.delete_events(conn, loop.name))
     return Response(status_code=204)
 

@@ -31,10 +31,11 @@ from slatebandit.logging import personalizer as store
 from slatebandit.personalizer.configuration import PolicyConfiguration, parse_time
 from slatebandit.personalizer.evaluation import evaluate, render
 from slatebandit.personalizer.loops import Loop
+from slatebandit.personalizer.models import check_arguments
+from slatebandit.recommender import Recommender
 from slatebandit.server.codec import read_body
 from slatebandit.server.personalizer import Handler, route
-from slatebandit.server.personalizer_admin import check_arguments, json_response, write_loop
-from slatebandit.server.services import Services
+from slatebandit.server.personalizer_admin import json_response, write_loop
 
 log = logging.getLogger(__name__)
 EVALUATION_WAIT = 10.0
@@ -93,7 +94,7 @@ def _evaluation_request(body: Any) -> dict[str, Any]:
 
 
 async def _create_evaluation(
-    request: Request, s: Services, loop: Loop, evaluation_id: str
+    request: Request, s: Recommender, loop: Loop, evaluation_id: str
 ) -> dict[str, Any]:
     if not _EVALUATION_ID.match(evaluation_id):
         raise InvalidInput(
@@ -101,7 +102,6 @@ async def _create_evaluation(
         )
     raw = await read_body(request, s.settings.max_body_bytes)
     body = await asyncio.to_thread(_evaluation_request, raw)  # builds VW for each policy
-    assert s.loops is not None
     if len(s.loops.evaluations) >= RUNNING + QUEUED:
         raise TooManyRequests(
             f"{len(s.loops.evaluations)} evaluations are running or queued on this worker; "
@@ -143,13 +143,13 @@ async def _create_evaluation(
 
 
 @route("admin", "InvalidEvaluationContract")
-async def put_evaluation(request: Request, s: Services, loop: Loop) -> Response:
+async def put_evaluation(request: Request, s: Recommender, loop: Loop) -> Response:
     await _create_evaluation(request, s, loop, request.path_params["evaluation_id"])
     return Response(status_code=200)
 
 
 @route("admin", "InvalidEvaluationContract")
-async def post_evaluation(request: Request, s: Services, loop: Loop) -> Response:
+async def post_evaluation(request: Request, s: Recommender, loop: Loop) -> Response:
     evaluation_id = uuid.uuid4().hex
     body = await _create_evaluation(request, s, loop, evaluation_id)
     response = json_response(body, 201)
@@ -158,7 +158,7 @@ async def post_evaluation(request: Request, s: Services, loop: Loop) -> Response
 
 
 @route("admin")
-async def get_evaluation(request: Request, s: Services, loop: Loop) -> Response:
+async def get_evaluation(request: Request, s: Recommender, loop: Loop) -> Response:
     evaluation_id = request.path_params["evaluation_id"]
     found = await s.read(lambda conn: store.get_evaluations(conn, loop.name, evaluation_id))
     if not found:
@@ -190,14 +190,14 @@ async def get_evaluation(request: Request, s: Services, loop: Loop) -> Response:
 
 
 @route("admin")
-async def delete_evaluation(request: Request, s: Services, loop: Loop) -> Response:
+async def delete_evaluation(request: Request, s: Recommender, loop: Loop) -> Response:
     evaluation_id = request.path_params["evaluation_id"]
     await s.writer.submit(lambda conn: store.delete_evaluation(conn, loop.name, evaluation_id))
     return Response(status_code=204)
 
 
 @route("admin")
-async def list_evaluations(request: Request, s: Services, loop: Loop) -> Response:
+async def list_evaluations(request: Request, s: Recommender, loop: Loop) -> Response:
     q = request.query_params
     skip = _int(q.get("skip"), "skip", 0)
     legacy = _legacy(request)  # no paging: every evaluation, up to a bound
@@ -228,7 +228,7 @@ def _int(raw: str | None, field: str, default: int) -> int:
 
 
 @route("admin", "InvalidPolicyConfiguration")
-async def apply_from_evaluation(request: Request, s: Services, loop: Loop) -> Response:
+async def apply_from_evaluation(request: Request, s: Recommender, loop: Loop) -> Response:
     """Make a policy of a finished evaluation the loop's policy (a new model, as any change of
     arguments)."""
     body = await read_body(request, s.settings.max_body_bytes)

@@ -3,28 +3,13 @@ only after the commit that holds its record (a 2xx means durable)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-from dataclasses import replace
-
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from slatebandit.bandit import SharedFeatures, valued
-from slatebandit.errors import DatabaseUnavailable, InvalidInput, NotFound, PayloadTooLarge
-from slatebandit.logging import (
-    DecisionRecord,
-    Item,
-    ShownSlot,
-    decision_user,
-    delete_item,
-    insert_event,
-    insert_reward,
-    upsert_items,
-)
+from slatebandit.errors import InvalidInput, NotFound, PayloadTooLarge
+from slatebandit.logging import Item, delete_item, upsert_items
 from slatebandit.logging.items import CATALOG_COLUMNS
 from slatebandit.logging.learning import late_rewards
 from slatebandit.logging.models import (
@@ -36,20 +21,10 @@ from slatebandit.logging.models import (
     previous_champion,
     require_model,
 )
-from slatebandit.logging.privacy import REDACTED
 from slatebandit.logging.releases import list_canaries
 from slatebandit.logging.schema import items as items_table
-from slatebandit.logging.spool import SpooledEvent, SpooledReward
-from slatebandit.policies import Query, follow_champion
-from slatebandit.policies.explain import contributions, reasons
-from slatebandit.retrieval import (
-    EVENT_WEIGHTS,
-    SOURCES,
-    context_tokens,
-    generate,
-)
+from slatebandit.policies import follow_champion
 from slatebandit.server.codec import read_body, respond
-from slatebandit.server.outage import SPOOLED
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
     EventRequest,
@@ -60,7 +35,6 @@ from slatebandit.server.schemas import (
 )
 from slatebandit.server.services import for_request
 
-PROFILE_TOP = 5  # top categories and brands of the user's state that reach the scorer
 CATALOG_BODY_FACTOR = 16  # catalog uploads may be this many times MAX_BODY_BYTES
 GATE_VERDICTS = 20  # the latest release verdicts shown by GET /v1/models
 CANARIES = 10  # ...and the latest canaries, with their figures
@@ -72,99 +46,8 @@ _services = for_request
 async def create_slate(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(SlateRequest, await read_body(request, s.settings.max_body_bytes))
-    k = s.settings.default_k if body.k is None else body.k
-    if k > s.settings.max_k:
-        raise InvalidInput(f"k: must be at most {s.settings.max_k}", field="k")
-
-    catalog = s.store.catalog
-    user_id = s.user_key(body.user_id)  # as stored: pseudonymised if the server does
-    user, batch = await s.user(user_id)
-    session_keys = [catalog.key_of[i] for i in body.session_items if i in catalog.key_of]
-    exclude_keys = {catalog.key_of[i] for i in body.exclude if i in catalog.key_of}
-    recent = [catalog.category_names[catalog.category[key]] for key in user.recent_keys(5)]
-    profile = [valued(f"tc={c}", share) for c, share in user.shares("categories", PROFILE_TOP)]
-    profile += [valued(f"tb={b}", share) for b, share in user.shares("brands", PROFILE_TOP)]
-    profile += batch
-    shared = SharedFeatures.build(body.context, recent, profile=profile)
-    explain = _flag(request, "explain")
-    filters = None if body.filters is None else body.filters.to_filters()
-    allowed = await s.allowed(filters) if filters else None
-    candidates = generate(
-        s.store,
-        user,
-        session_keys,
-        exclude_keys,
-        s.settings.candidates,
-        allowed=allowed,
-        excluded=user.excluded(s.exclusions, time.time()),
-        context=context_tokens(shared.context),
-    )
-    policy, experiment, arm = await s.policy_for(user_id)
-    query = Query(shared, candidates)
-    slate = policy.slate(s.store, query, k, s.rng)
-    # Explained before the commit: once the decision is logged, nothing may fail the answer.
-    why = reasons(slate, s.store, [*session_keys, *user.recent_keys(5)])
-    detail = (
-        await asyncio.to_thread(contributions, policy, slate, s.store, query) if explain else None
-    )
-
-    event_id, now = uuid.uuid4().hex, time.time()
-    keys = [int(candidates.keys[pick.index]) for pick in slate.picks]
-    shown = [
-        ShownSlot(
-            slot=j,
-            item_key=key,
-            propensity=pick.propensity,
-            kind=pick.kind,
-            source=SOURCES[candidates.sources[pick.index]],
-            score=float(slate.scores[pick.index]),
-        )
-        for j, (pick, key) in enumerate(zip(slate.picks, keys, strict=True))
-    ]
-    record = DecisionRecord(
-        event_id=event_id,
-        created_at=now,
-        user_id=user_id,
-        policy=slate.policy,
-        model_version=slate.model_version,
-        payload=slate.payload().encode(),
-        shown=tuple(shown),
-        experiment=experiment,
-        arm=arm,
-    )
-    # Committed, or spooled while the database is away; the slate is served either way.
-    decision, logged = await s.outage.log_decision(s.writer.submit, record)
-    for key in keys:
-        catalog.add_impressions(key)
-    if decision is not None:
-        s.remember_decision(event_id, replace(decision, context=tuple(shared.context.items())))
-    items: list[dict[str, object]] = [
-        {
-            "item_id": catalog.item_ids[slot.item_key],
-            "slot": slot.slot,
-            "propensity": slot.propensity,
-            "kind": slot.kind,
-            "source": slot.source,
-            "score": slot.score,
-            "reason": reason,
-        }
-        for slot, reason in zip(shown, why, strict=True)
-    ]
-    if detail is not None:
-        for item, features in zip(items, detail, strict=True):
-            item["explanation"] = {"features": features}
-    answer: dict[str, object] = {
-        "event_id": event_id,
-        "policy": slate.policy,
-        "model_version": slate.model_version,
-        "logged": logged,
-        "items": items,
-    }
-    if experiment is not None:
-        answer["experiment"] = experiment
-    if arm is not None:  # an experiment's arm, or ``canary``
-        answer["arm"] = arm
-    return respond(request, answer)
+    decision = await s.decide(body.to_query(explain=_flag(request, "explain")))
+    return respond(request, decision.to_dict())
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -179,92 +62,16 @@ def _flag(request: Request, name: str) -> bool:
 async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
-    reward = s.rewards.get(body.type) if body.reward is None else body.reward
-    if reward is None:
-        raise InvalidInput(
-            f"type: no reward given and {body.type!r} is not in SLATEBANDIT_REWARD_TABLE",
-            field="type",
-        )
-    outage = s.outage
-    try:
-        decision = await s.shown_decision(body.event_id)
-    except DatabaseUnavailable:
-        outage.failed()
-        decision = None
-    if decision is None and not outage.spooling():
-        raise NotFound(f"event_id: no decision {body.event_id}", field="event_id")
-    if decision is not None and decision.user_id == REDACTED:
-        raise NotFound(f"event_id: decision {body.event_id} was erased", field="event_id")
-    key = s.store.catalog.key_of.get(body.item_id)
-    if key is None or (decision is not None and key not in decision.item_keys):
-        raise InvalidInput(
-            f"item_id: {body.item_id!r} was not shown in this decision", field="item_id"
-        )
-    now = time.time()
-    record = SpooledReward(body.event_id, key, body.type, reward, now)
-    answer = {**body.model_dump(), "reward": reward}
-    if decision is None or decision.decision_id == SPOOLED or outage.degraded:
-        # Its decision may be in a spool, or the database is away: checked when shipped.
-        await outage.append(record)
-        return respond(request, {**answer, "duplicate": None, "logged": "spool"}, 202)
-    # A positive reward is also something the shopper did: it shapes their next slate like an
-    # event (a negative one, a dislike, is not folded into what they like).
-    kind = body.type if body.type in EVENT_WEIGHTS else "click"
-    observe = s.observation(decision.user_id, key, kind, now)
-
-    def unit(conn: Connection) -> tuple[bool, tuple[int, bytes] | None]:
-        if decision_user(conn, decision.decision_id) != decision.user_id:
-            # The user was erased (on this worker or another) after the decision was cached.
-            raise NotFound(f"event_id: decision {body.event_id} was erased", field="event_id")
-        stored = insert_reward(
-            conn,
-            decision_id=decision.decision_id,
-            item_key=key,
-            type=body.type,
-            reward=reward,
-            created_at=now,
-        )
-        return stored, observe(conn) if stored and reward > 0 else None
-
-    try:
-        stored, state = await outage.in_time(s.writer.submit(unit))
-    except DatabaseUnavailable:
-        outage.failed()
-        await outage.append(record)
-        return respond(request, {**answer, "duplicate": None, "logged": "spool"}, 202)
-    if state is not None:
-        s.remember_state(decision.user_id, state)
-    if stored and reward > 0:
-        s.store.catalog.bump_popularity(key, reward)
-        s.store.catalog.bump_context(context_tokens(dict(decision.context)), key, reward)
-    return respond(request, {**answer, "duplicate": not stored, "logged": "database"}, 202)
+    done = await s.reward(body.event_id, body.item_id, body.type, body.reward)
+    answer = {**body.model_dump(), "reward": done.reward, "duplicate": done.duplicate}
+    return respond(request, {**answer, "logged": done.logged}, 202)
 
 
 async def post_event(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(EventRequest, await read_body(request, s.settings.max_body_bytes))
-    catalog = s.store.catalog
-    key = catalog.key_of.get(body.item_id)
-    if key is None:
-        raise NotFound(f"item_id: no item {body.item_id!r}", field="item_id")
-    now, ref = time.time(), uuid.uuid4().hex
-    user_id = s.user_key(body.user_id)
-    observe = s.observation(user_id, key, body.type, now)
-
-    def unit(conn: Connection) -> tuple[int, bytes]:
-        insert_event(conn, user_id=user_id, item_key=key, type=body.type, created_at=now, ref=ref)
-        return observe(conn)
-
-    if not s.outage.degraded:
-        try:
-            s.remember_state(user_id, await s.outage.in_time(s.writer.submit(unit)))
-            catalog.bump_popularity(key, EVENT_WEIGHTS[body.type], now)
-            return respond(request, {**body.model_dump(), "logged": "database"}, 202)
-        except DatabaseUnavailable:
-            s.outage.failed()
-    # Folded into the user's state when shipped: until then their slates do not show it.
-    await s.outage.append(SpooledEvent(user_id, key, body.type, now, ref))
-    return respond(request, {**body.model_dump(), "logged": "spool"}, 202)
+    done = await s.event(body.user_id, body.item_id, body.type)
+    return respond(request, {**body.model_dump(), "logged": done.logged}, 202)
 
 
 async def put_items(request: Request) -> Response:
@@ -363,22 +170,7 @@ async def promote_model(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    s = _services(request, None)
-    health = s.outage.health()
-    # Degraded: the database is away, or records wait in a spool to be shipped.
-    away = health["database"] != "ok" or health["spool"]["segments"]  # type: ignore[index]
-    return respond(
-        request,
-        {
-            "status": "degraded" if away else "ok",
-            **health,
-            "items": len(s.store.index),
-            "policy": s.settings.policy,
-            "experiment": None if s.experiments.running is None else s.experiments.running.name,
-            "model_version": s.policy.scorer.version,
-            "embeddings_version": s.store.factors.version,
-        },
-    )
+    return respond(request, _services(request, None).health())
 
 
 def _catalog_rows(conn: Connection, keys: list[int]) -> list:  # type: ignore[type-arg]

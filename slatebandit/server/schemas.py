@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from slatebandit.errors import InvalidInput
-from slatebandit.retrieval import Filters
+from slatebandit.recommender import Filters, SlateQuery
 
 Scalar = str | int | float | bool
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
@@ -88,6 +88,12 @@ class SlateRequest(_Strict):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"context value of {name!r} must be a finite number")
         return context
+
+    def to_query(self, *, explain: bool = False) -> SlateQuery:
+        filters = None if self.filters is None else self.filters.to_filters()
+        return SlateQuery(
+            self.user_id, self.k, self.context, self.session_items, self.exclude, filters, explain
+        )
 
 
 class RewardRequest(_Strict):

@@ -1,222 +1,32 @@
-"""Everything a request handler needs, built once by the lifespan and shared by all requests."""
+"""What a handler reaches: the worker's recommender, once the request's key is checked."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
-import logging
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
 
-import numpy as np
-from sqlalchemy import Connection, Engine
+from starlette.requests import Request
 
 from slatebandit.config import Settings
-from slatebandit.errors import DatabaseUnavailable
-from slatebandit.logging import (
-    GroupCommitWriter,
-    ShownDecision,
-    impression_counts,
-    shown_decision,
-)
-from slatebandit.logging.engine import is_unavailable
-from slatebandit.logging.users import read_user_profile, read_user_state, update_user_state
-from slatebandit.personalizer.loops import Loops
-from slatebandit.policies import Policy, PolicySet, VWPolicy
-from slatebandit.policies.canary import ARM as CANARY_ARM
-from slatebandit.policies.canary import CanaryBook
-from slatebandit.policies.experiment_book import ExperimentBook
-from slatebandit.retrieval import Allowed, FilterMasks, Filters, ItemStore, UserState, UserStates
+from slatebandit.recommender import Recommender
 from slatebandit.server.auth import RateLimiter, require
-from slatebandit.server.outage import SPOOLED, Outage
-
-if TYPE_CHECKING:
-    from starlette.requests import Request
-
-    from slatebandit.server.evaluations import Evaluations
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-# Event ids whose shown items are kept for reward validation; older ones are read from the
-# database. An entry takes about 1.1 KB: at 200,000 a worker grew by up to 220 MB as it filled
-# (half an hour at 110 slates/s), most of the RSS growth the soak measured.
-RECENT_DECISIONS = 20_000
 
 
-@dataclass
-class Services:
-    settings: Settings
-    engine: Engine
-    writer: GroupCommitWriter
-    store: ItemStore
-    policy: VWPolicy  # the champion follower: ``vw`` wherever it serves
-    rng: np.random.Generator
-    policies: PolicySet
-    experiments: ExperimentBook
-    canaries: CanaryBook
-    users: UserStates = field(default_factory=UserStates)
-    decisions: OrderedDict[str, ShownDecision] = field(default_factory=OrderedDict)
-    evaluations: Evaluations | None = None  # replays started over HTTP, set by the lifespan
-    loops: Loops | None = None  # the Personalizer loops, set by the lifespan
-    outage: Outage = field(init=False)  # database reachability and the spool, see server.outage
-    filter_masks: FilterMasks = field(default_factory=FilterMasks)
-    # Parsed once: the settings hold them as strings, and every request reads them.
-    keys: dict[str, frozenset[str]] = field(init=False)
-    limiter: RateLimiter = field(init=False)
-    _user_id_key: bytes = field(init=False, repr=False)
-    exclusions: dict[str, float | None] = field(init=False)
-    rewards: dict[str, float] = field(init=False)
-    canary_serves: bool = field(init=False)  # canaries run beside a ``vw`` default policy
+@dataclass(frozen=True)
+class Access:
+    """The API keys and their rate limit, parsed once from the settings."""
 
-    def __post_init__(self) -> None:
-        s = self.settings
-        self.canary_serves = s.promotion == "gated" and s.policy == "vw"
-        self.keys = self.settings.keys
-        self.limiter = RateLimiter(self.settings.rate_limit, self.settings.rate_burst)
-        self._user_id_key = self.settings.user_id_key.encode()
-        self.exclusions = self.settings.exclusions
-        self.rewards = self.settings.rewards
-        self.outage = Outage(
-            self.engine,
-            self.settings.spool_path,
-            max_bytes=self.settings.spool_max_bytes,
-            timeout=self.settings.db_timeout_seconds,
-        )
+    keys: dict[str, frozenset[str]]
+    limiter: RateLimiter
 
-    async def allowed(self, filters: Filters) -> Allowed:
-        """The items a request's filters allow; built on a worker thread when not cached (an
-        attribute filter reads every item's features)."""
-        catalog, index = self.store.catalog, self.store.index
-        found = self.filter_masks.cached(filters, catalog)
-        if found is None:
-            found = await asyncio.to_thread(self.filter_masks.allowed, filters, catalog, index)
-        return found
-
-    async def user(self, user_id: str) -> tuple[UserState, list[str]]:
-        """The user's online state and batch features, read together (one round trip)."""
-
-        def query(conn: Connection) -> tuple[tuple[int, bytes] | None, list[str]]:
-            return read_user_state(conn, user_id), read_user_profile(conn, user_id)
-
-        if not self.outage.degraded:
-            try:
-                found, profile = await self.outage.in_time(self.read(query))
-                return self._decoded(user_id, found), profile
-            except DatabaseUnavailable:
-                self.outage.failed()
-        # The database is away: the state this worker saw last, without batch features.
-        return self.users.latest(user_id) or UserState(), []
-
-    def _decoded(self, user_id: str, found: tuple[int, bytes] | None) -> UserState:
-        if found is None:
-            return UserState()
-        version, data = found
-        return self.users.get(user_id, version) or self.users.put(
-            user_id, version, UserState.from_bytes(data)
-        )
-
-    async def policy_for(self, user_id: str) -> tuple[Policy, str | None, str | None]:
-        """The policy that serves ``user_id``, with the experiment and arm that chose it."""
-        assigned = self.experiments.assign(user_id)
-        if assigned is None:
-            canary = self.canaries.running  # one read: a refresh mid-request cannot mix
-            if canary is not None and self.canary_serves and canary.serves(user_id):
-                policy = self.policies.built(f"vw@{canary.version}")  # loaded by the book
-                if policy is not None:
-                    return policy, None, CANARY_ARM
-            return self.policies.default, None, None
-        experiment, arm = assigned
-        try:
-            if self.policies.is_ready(arm.policy):
-                policy = self.policies.get(arm.policy)
-            else:  # vw@V reads the registry once
-                policy = await asyncio.to_thread(self.policies.get, arm.policy)
-        except Exception:  # noqa: BLE001 - the shopper still gets a slate
-            log.exception(
-                "experiment %s arm %s: policy %s failed", experiment, arm.name, arm.policy
-            )
-            return self.policies.default, None, None
-        return policy, experiment, arm.name
-
-    def user_key(self, user_id: str) -> str:
-        """The id ``user_id`` is stored under: its keyed hash when ``SLATEBANDIT_USER_ID_KEY``
-        is set (the same on every worker and restart), else itself."""
-        if not self._user_id_key:
-            return user_id
-        return hmac.new(self._user_id_key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
-
-    def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
-        self.decisions[event_id] = decision
-        while len(self.decisions) > RECENT_DECISIONS:
-            self.decisions.popitem(last=False)
-
-    async def shown_decision(self, event_id: str) -> ShownDecision | None:
-        """The decision behind ``event_id``; read from the database if another process made it
-        (unless the database is away: then only this worker's recent decisions are known)."""
-        decision = self.decisions.get(event_id)
-        stale = decision is None or decision.decision_id == SPOOLED  # it may have shipped
-        if stale and not self.outage.degraded:
-            found = await self.outage.in_time(
-                self.read(lambda conn: shown_decision(conn, event_id))
-            )
-            if found is not None:
-                self.remember_decision(event_id, found)
-                decision = found
-        return decision
-
-    async def read(self, query: Callable[[Connection], T]) -> T:
-        """Run a read-only ``query`` on a worker thread, off the event loop."""
-
-        def run() -> T:
-            with self.engine.connect() as conn:
-                return query(conn)
-
-        try:
-            return await asyncio.to_thread(run)
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise DatabaseUnavailable(
-                    f"database: unreachable ({type(exc).__name__})", field="database"
-                ) from exc
-            raise
-
-    def observation(
-        self, user_id: str, key: int, kind: str, now: float
-    ) -> Callable[[Connection], tuple[int, bytes]]:
-        """A unit of work that folds one user action into the user's stored state."""
-        catalog, index = self.store.catalog, self.store.index
-        live, vectors = index.live_vectors([key])
-        vector = vectors[0] if len(live) else None
-        category = catalog.category_names[catalog.category[key]]
-        brand = catalog.brand_names[catalog.brand[key]]
-        half_life = self.settings.taste_half_life
-
-        def observed(old: bytes | None) -> bytes:
-            state = UserState() if old is None else UserState.from_bytes(old)
-            state.observe(key, kind, vector, now, category, brand, half_life)
-            return state.to_bytes()
-
-        return lambda conn: update_user_state(conn, user_id, observed)
-
-    def remember_state(self, user_id: str, stored: tuple[int, bytes]) -> None:
-        """Cache the state an observation stored (its version and bytes)."""
-        self.users.put(user_id, stored[0], UserState.from_bytes(stored[1]))
-
-    def load_impressions(self) -> None:
-        with self.engine.connect() as conn:
-            counts = impression_counts(conn)
-        catalog = self.store.catalog
-        for key, n in counts.items():
-            if key < len(catalog.impressions):
-                catalog.add_impressions(key, n)
+    @classmethod
+    def of(cls, settings: Settings) -> Access:
+        return cls(settings.keys, RateLimiter(settings.rate_limit, settings.rate_burst))
 
 
-def for_request(request: Request, scope: str | None) -> Services:
-    """The app's services, once the request's key is checked for ``scope`` (None: open)."""
-    services: Services = request.state.services
+def for_request(request: Request, scope: str | None) -> Recommender:
+    """The recommender, once the request's key is checked for ``scope`` (None: open)."""
     if scope is not None:
-        require(request, scope, services.keys, services.limiter)
-    return services
+        access: Access = request.state.access
+        require(request, scope, access.keys, access.limiter)
+    recommender: Recommender = request.state.recommender
+    return recommender

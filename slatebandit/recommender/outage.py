@@ -6,8 +6,8 @@ events) is appended to this worker's spool segment instead (``logging.spool``) a
 before the 2xx; each answer says where its record went (``logged``: database, spool or none).
 
 A watcher probes the database every ``SLATEBANDIT_DB_PROBE_SECONDS``. Once it answers, this
-worker closes its segment and ships the spool (``server.shipping``: every decision first, then
-the rewards and events, each exactly once).
+worker closes its segment and ships the spool (``recommender.shipping``: every decision first,
+then the rewards and events, each exactly once).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, text
 
@@ -31,12 +30,6 @@ from slatebandit.logging.spool import (
     segments,
     spool_bytes,
 )
-from slatebandit.retrieval import context_tokens
-from slatebandit.server import shipping
-from slatebandit.server.shipping import Effects
-
-if TYPE_CHECKING:
-    from slatebandit.server.services import Services
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,43 +104,19 @@ class Outage:
                 field="database",
             ) from exc
 
-    async def watch(self, s: Services) -> None:
-        """One probe; when the database answers, close this worker's segment and ship."""
+    async def probe(self) -> bool:
+        """One probe of the database: whether it answers (and this worker may write again)."""
         try:
             await self.in_time(asyncio.to_thread(_probe, self.engine))
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
             self.failed()
-            return
+            return False
         if self.degraded:
             log.warning("database reachable again: shipping the spool")
             self.degraded = False
-        if self.spool.holds_segment:
-            await self.spool.close_segment()
-        if segments(self.directory):
-            await self.ship(s)
-
-    async def ship(self, s: Services) -> None:
-        """Ship every segment in the directory (``server.shipping``), if no other worker is."""
-        await shipping.ship(s, self.directory, partial(self._apply, s))
-
-    def _apply(self, s: Services, effects: Effects) -> None:
-        for event_id, decision_id in effects.ids.items():
-            cached = s.decisions.get(event_id)
-            if cached is not None and cached.decision_id == SPOOLED:
-                s.decisions[event_id] = ShownDecision(
-                    decision_id, cached.item_keys, cached.user_id, cached.context
-                )
-        for user_id, state in effects.states:
-            s.remember_state(user_id, state)
-        catalog = s.store.catalog
-        for key, weight, at in effects.popularity:
-            catalog.bump_popularity(key, weight, at)
-        for context, key, reward in effects.context:
-            catalog.bump_context(context_tokens(context), key, reward)
-        self.shipped += effects.records
-        self.dropped += effects.dropped
+        return True
 
     def health(self) -> dict[str, object]:
         return {

@@ -1,4 +1,4 @@
-"""Shipping the spool into the database once it answers again (see ``server.outage``).
+"""Shipping the spool into the database once it answers again (see ``recommender.outage``).
 
 One worker of a machine at a time (a ``flock`` on the spool directory) ships every segment,
 its own and those of workers that died, in three steps:
@@ -14,8 +14,9 @@ reward whose decision is still missing (in another machine's spool) waits in
 shipping transaction stores how far it got (``spool_progress``), so nothing ships twice, and
 records of a shopper erased after they were spooled are dropped (``erased_users``).
 
-Each transaction is a unit of the group-commit writer; what it changed that the serving
-process keeps in memory comes back as ``Effects``, applied by the caller once committed.
+Each transaction is a unit of the group-commit writer. Rewards and events are stored by the
+same functions as live ones (``recommender.feedback``); what they changed that the serving
+process keeps in memory comes back as ``Effects``, applied once committed.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select
 
-from slatebandit.logging import DecisionRecord, ShownDecision, insert_event, insert_reward
+from slatebandit.logging import DecisionRecord, ShownDecision
 from slatebandit.logging.decisions import shown_decision
 from slatebandit.logging.privacy import REDACTED, erasures
 from slatebandit.logging.schema import decisions, spool_orphans
@@ -50,10 +50,8 @@ from slatebandit.logging.spool import (
     segments,
     set_progress,
 )
-from slatebandit.retrieval import EVENT_WEIGHTS
-
-if TYPE_CHECKING:
-    from slatebandit.server.services import Services
+from slatebandit.recommender.feedback import store_event, store_reward
+from slatebandit.recommender.state import Effects, Parts
 
 log = logging.getLogger(__name__)
 # Records per shipping transaction. Shipping shares the group-commit writer with live traffic:
@@ -63,22 +61,20 @@ SHIP_CHUNK = 100
 ORPHAN_DAYS = 7.0  # a reward whose decision never ships is dropped after this long
 
 
-@dataclass
-class Effects:
-    """What a shipping transaction changed that the serving process keeps in memory, applied
-    once it has committed."""
-
-    ids: dict[str, int] = field(default_factory=dict)  # event id -> decision id
-    states: list[tuple[str, tuple[int, bytes]]] = field(default_factory=list)
-    popularity: list[tuple[int, float, float]] = field(default_factory=list)  # key, weight, at
-    context: list[tuple[dict[str, Any], int, float]] = field(default_factory=list)
-    records: int = 0
-    dropped: int = 0
+async def watch(s: Parts) -> None:
+    """One probe; when the database answers, close this worker's segment and ship."""
+    outage = s.outage
+    if not await outage.probe():
+        return
+    if outage.spool.holds_segment:
+        await outage.spool.close_segment()
+    if segments(outage.directory):
+        await ship(s)
 
 
-async def ship(s: Services, directory: Path, apply: Callable[[Effects], None]) -> None:
-    """Ship every segment in ``directory``, unless another worker is shipping; ``apply`` gets
-    each committed transaction's effects."""
+async def ship(s: Parts) -> None:
+    """Ship every segment in the spool directory, unless another worker is shipping."""
+    outage, directory = s.outage, s.outage.directory
     with _ship_lock(directory) as mine:
         if not mine:
             return
@@ -87,7 +83,9 @@ async def ship(s: Services, directory: Path, apply: Callable[[Effects], None]) -
         def applied(effects: Effects) -> None:
             nonlocal shipped
             shipped += effects.records
-            apply(effects)
+            outage.shipped += effects.records
+            outage.dropped += effects.dropped
+            s.apply(effects)
 
         # 1. Each segment's size now; 2. every decision, from every segment (listed again: one
         # made since may hold the decision of a reward within those sizes); 3. the rewards and
@@ -130,7 +128,7 @@ def _ship_lock(directory: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def _decisions_unit(s: Services, path: Path) -> Callable[[Connection], Effects | None]:
+def _decisions_unit(s: Parts, path: Path) -> Callable[[Connection], Effects | None]:
     """Ship up to SHIP_CHUNK decisions of ``path``, with any rewards parked for them; None
     when there were none left."""
 
@@ -170,7 +168,7 @@ def _decisions_unit(s: Services, path: Path) -> Callable[[Connection], Effects |
     return unit
 
 
-def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], Effects | None]:
+def _others_unit(s: Parts, path: Path, limit: int) -> Callable[[Connection], Effects | None]:
     """Ship up to SHIP_CHUNK rewards and events of ``path`` that lie before ``limit``."""
 
     def unit(conn: Connection) -> Effects | None:
@@ -194,7 +192,7 @@ def _others_unit(s: Services, path: Path, limit: int) -> Callable[[Connection], 
     return unit
 
 
-def _ship_reward(conn: Connection, s: Services, r: SpooledReward, effects: Effects) -> None:
+def _ship_reward(conn: Connection, s: Parts, r: SpooledReward, effects: Effects) -> None:
     decision = shown_decision(conn, r.event_id)
     if decision is None:  # its decision may still be in another machine's spool
         conn.execute(insert(spool_orphans).values(**asdict(r), parked_at=time.time()))
@@ -203,30 +201,16 @@ def _ship_reward(conn: Connection, s: Services, r: SpooledReward, effects: Effec
 
 
 def _store_reward(
-    conn: Connection, s: Services, decision: ShownDecision, r: SpooledReward, effects: Effects
+    conn: Connection, s: Parts, decision: ShownDecision, r: SpooledReward, effects: Effects
 ) -> None:
     if decision.user_id == REDACTED or r.item_key not in decision.item_keys:
         log.warning("spooled reward for %s dropped: decision erased, or item not shown", r.event_id)
         effects.dropped += 1
         return
-    stored = insert_reward(
-        conn,
-        decision_id=decision.decision_id,
-        item_key=r.item_key,
-        type=r.type,
-        reward=r.reward,
-        created_at=r.created_at,
-    )
-    effects.records += 1
-    if stored and r.reward > 0:  # as POST /v1/rewards does
-        kind = r.type if r.type in EVENT_WEIGHTS else "click"
-        state = s.observation(decision.user_id, r.item_key, kind, r.created_at)(conn)
-        effects.states.append((decision.user_id, state))
-        effects.popularity.append((r.item_key, r.reward, time.time()))
-        effects.context.append((dict(decision.context), r.item_key, r.reward))
+    store_reward(conn, s, decision, r, effects)
 
 
-def _adopt_orphans(conn: Connection, s: Services, event_ids: list[str], effects: Effects) -> None:
+def _adopt_orphans(conn: Connection, s: Parts, event_ids: list[str], effects: Effects) -> None:
     """Store the parked rewards of decisions just shipped."""
     if not event_ids:
         return
@@ -252,23 +236,11 @@ def _expire_orphans(conn: Connection) -> Effects:
     return Effects(dropped=max(expired.rowcount, 0))
 
 
-def _ship_event(conn: Connection, s: Services, e: SpooledEvent, effects: Effects) -> None:
+def _ship_event(conn: Connection, s: Parts, e: SpooledEvent, effects: Effects) -> None:
     if erasures(conn, [e.user_id]).get(e.user_id, -1.0) >= e.created_at:
         effects.dropped += 1  # the shopper was erased after this event
         return
-    if not insert_event(
-        conn,
-        user_id=e.user_id,
-        item_key=e.item_key,
-        type=e.type,
-        created_at=e.created_at,
-        ref=e.ref,
-    ):
-        return  # its commit reached the database as the connection broke
-    state = s.observation(e.user_id, e.item_key, e.type, e.created_at)(conn)
-    effects.states.append((e.user_id, state))
-    effects.popularity.append((e.item_key, EVENT_WEIGHTS[e.type], time.time()))
-    effects.records += 1
+    store_event(conn, s, e, effects)
 
 
 def _unreadable(path: Path, effects: Effects) -> None:

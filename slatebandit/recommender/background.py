@@ -1,0 +1,155 @@
+"""A serving worker's background jobs, in one table (``JOBS``).
+
+Each job runs every ``seconds(settings)`` on the worker's event loop (what blocks goes to a
+thread), from ``Recommender.start`` until ``close``. Jobs that need the database pause while it
+is away; the database probe itself does not, and ships the spool once it answers. The learner
+also pauses while records wait in a spool: a shipped decision must not be learned before the
+rewards that ship after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+from sqlalchemy import Engine
+
+from slatebandit.config import Settings
+from slatebandit.logging.engine import is_unavailable
+from slatebandit.logging.privacy import Purged, purge_before
+from slatebandit.policies import follow_champion
+from slatebandit.recommender import shipping
+from slatebandit.recommender.state import Parts
+from slatebandit.retrieval.embedding_job import follow_factors, train_if_leased
+
+log = logging.getLogger(__name__)
+LEARN_SECONDS = 1.0  # the embedded learner's lease is renewed and a turn started this often
+PURGE_SECONDS = 3600.0  # how often the retention purge runs
+
+
+def _thread(job: Callable[[Parts], object]) -> Callable[[Parts], Awaitable[object]]:
+    """``job`` run on a worker thread, off the event loop."""
+    return lambda r: asyncio.to_thread(job, r)
+
+
+def _database_away(r: Parts) -> bool:
+    return r.outage.degraded
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    seconds: Callable[[Settings], float]
+    run: Callable[[Parts], Awaitable[object]]
+    paused: Callable[[Parts], bool] = _database_away
+    enabled: Callable[[Settings], bool] = lambda settings: True
+    at_start: bool = False  # also once before the first interval
+
+
+def _model_poll(settings: Settings) -> float:
+    return settings.model_poll_seconds
+
+
+JOBS: tuple[Job, ...] = (
+    Job(
+        "database probe, and the spool shipped once it answers",
+        lambda s: s.db_probe_seconds,
+        shipping.watch,
+        paused=lambda r: False,
+    ),
+    Job("catalog changes", lambda s: s.catalog_poll_seconds, lambda r: r.store.sync(r.engine)),
+    Job(
+        "popular items",
+        lambda s: s.popular_refresh_seconds,
+        _thread(lambda r: r.store.catalog.refresh_popular()),
+    ),
+    Job(
+        "champion model",
+        _model_poll,
+        lambda r: follow_champion(r.engine, r.policy, r.policies.loaded),
+    ),
+    Job("item embeddings", _model_poll, lambda r: follow_factors(r.engine, r.store)),
+    Job("experiments", _model_poll, _thread(lambda r: r.experiments.refresh())),
+    Job("canaries", _model_poll, _thread(lambda r: r.canaries.refresh())),
+    Job("Personalizer loops", _model_poll, _thread(lambda r: r.loops.refresh())),
+    Job(
+        "retention purge",
+        lambda s: PURGE_SECONDS,
+        _thread(lambda r: purge_expired(r.engine, r.settings)),
+        enabled=lambda s: s.retention_days > 0,
+        at_start=True,  # deletes are idempotent
+    ),
+    Job(
+        "collaborative embeddings training",
+        lambda s: s.embedding_interval,
+        _thread(lambda r: train_if_leased(r.engine, r.settings, r.holder)),
+        enabled=lambda s: s.embedding_interval > 0,
+    ),
+    Job(
+        "learner (a child process of the lease holder)",
+        lambda s: LEARN_SECONDS,
+        _thread(lambda r: r.learning.tick()),
+        paused=lambda r: r.outage.spooling(),
+        enabled=lambda s: s.learner == "embedded",
+    ),
+)
+
+
+async def start_jobs(r: Parts, jobs: tuple[Job, ...]) -> tuple[asyncio.Task[None], ...]:
+    """Start every enabled job (running the ``at_start`` ones once first)."""
+    tasks = []
+    for job in jobs:
+        if not job.enabled(r.settings):
+            continue
+        if job.at_start:
+            await job.run(r)
+        run = partial(job.run, r)
+        seconds = job.seconds(r.settings)
+        tasks.append(
+            asyncio.create_task(every(seconds, run, partial(job.paused, r)), name=job.name)
+        )
+    return tuple(tasks)
+
+
+async def every(seconds: float, job, paused=lambda: False) -> None:  # type: ignore[no-untyped-def]
+    """Run ``job()`` every ``seconds`` (skipped while ``paused()``) until cancelled."""
+    task = asyncio.current_task()
+    while True:
+        await asyncio.sleep(seconds)
+        if paused():
+            continue
+        try:
+            await job()
+        except Exception as exc:  # a failed poll must not end the loop; the next one retries
+            if is_unavailable(exc):
+                log.warning("background job: database unreachable (%s)", type(exc).__name__)
+            else:
+                log.exception("background job failed")
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that lands as its timeout
+        # fires (it turns it into TimeoutError; the outage probe then reports the database
+        # unreachable and returns): without this check the loop ran on, and a worker's
+        # shutdown waited for it for ever.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
+
+def purge_expired(engine: Engine, settings: Settings, now: float | None = None) -> Purged | None:
+    """Delete what is older than ``SLATEBANDIT_RETENTION_DAYS`` (None when it is 0)."""
+    if settings.retention_days <= 0:
+        return None
+    cutoff = (time.time() if now is None else now) - settings.retention_days * 86400.0
+    with engine.begin() as conn:
+        purged = purge_before(conn, cutoff)
+    if purged.decisions or purged.events:
+        log.info(
+            "retention: purged %d decisions, %d rewards, %d events older than %g days",
+            purged.decisions,
+            purged.rewards,
+            purged.events,
+            settings.retention_days,
+        )
+    return purged

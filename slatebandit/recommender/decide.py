@@ -1,0 +1,195 @@
+"""One slate, from query to logged decision: the pipeline between the API and the parts.
+
+    context     the shopper's state and profile, the request's session items and context
+    candidates  retrieval's generators, merged and filtered (``retrieval.candidates``)
+    policy      the policy that serves this shopper: champion, canary or experiment arm
+    slate       the policy fills the k slots and gives each pick its propensity
+    reasons     why each item is there (and, asked for, the features that scored it)
+    record      the decision, committed or spooled (``recommender.outage``) before the answer
+
+``decide`` runs these in order; each step is a function of its own below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from slatebandit.bandit import SharedFeatures, valued
+from slatebandit.logging import DecisionRecord, ShownDecision, ShownSlot
+from slatebandit.policies import Query, Slate
+from slatebandit.policies.explain import contributions, reasons
+from slatebandit.recommender.state import Parts
+from slatebandit.retrieval import SOURCES, Candidates, Filters, UserState, context_tokens, generate
+from slatebandit.retrieval.catalog import Catalog
+
+PROFILE_TOP = 5  # top categories and brands of the user's state that reach the scorer
+RECENT = 5  # the shopper's most recent items: the similar generator's seeds, and context
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SlateQuery:
+    """What a storefront asks for (the API's ``POST /v1/slates`` body, validated)."""
+
+    user_id: str
+    k: int | None = None  # default: SLATEBANDIT_DEFAULT_K
+    context: Mapping[str, Scalar] = field(default_factory=dict)
+    session_items: Sequence[str] = ()  # newest first
+    exclude: Sequence[str] = ()
+    filters: Filters | None = None
+    explain: bool = False  # add each pick's top features and what they added to its score
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A slate as answered: its items with propensity, kind, source, score and reason."""
+
+    event_id: str
+    policy: str
+    model_version: int
+    logged: str  # database, spool or none
+    items: list[dict[str, object]]
+    experiment: str | None = None
+    arm: str | None = None  # an experiment's arm, or ``canary``
+
+    def to_dict(self) -> dict[str, object]:
+        answer: dict[str, object] = {
+            "event_id": self.event_id,
+            "policy": self.policy,
+            "model_version": self.model_version,
+            "logged": self.logged,
+            "items": self.items,
+        }
+        if self.experiment is not None:
+            answer["experiment"] = self.experiment
+        if self.arm is not None:
+            answer["arm"] = self.arm
+        return answer
+
+
+@dataclass(frozen=True)
+class Shopper:
+    """The shopper as this request sees them: stored state, and the request's own items."""
+
+    user_id: str  # as stored: pseudonymised if the server does
+    state: UserState
+    session: list[int]  # item keys of the request's session items, newest first
+    exclude: set[int]
+    recent: list[int]  # the state's RECENT latest items
+    shared: SharedFeatures  # what every candidate is scored with
+
+
+async def decide(r: Parts, query: SlateQuery) -> Decision:
+    k = r.slate_size(query.k)
+    shopper = await _shopper(r, query)
+    candidates = await _candidates(r, shopper, query.filters)
+    policy, experiment, arm = await r.policy_for(shopper.user_id)
+    scored = Query(shopper.shared, candidates)
+    slate = policy.slate(r.store, scored, k, r.rng)
+    # Explained before the commit: once the decision is logged, nothing may fail the answer.
+    why = reasons(slate, r.store, [*shopper.session, *shopper.recent])
+    detail = None
+    if query.explain:
+        detail = await asyncio.to_thread(contributions, policy, slate, r.store, scored)
+    record = _record(shopper, slate, experiment, arm)
+    # Committed, or spooled while the database is away; the slate is served either way.
+    shown, logged = await r.outage.log_decision(r.writer.submit, record)
+    keys = [slot.item_key for slot in record.shown]
+    for key in keys:
+        r.store.catalog.add_impressions(key)
+    if shown is not None:  # remembered with its context, for its rewards
+        context = tuple(shopper.shared.context.items())
+        r.remember_decision(
+            record.event_id,
+            ShownDecision(shown.decision_id, shown.item_keys, shown.user_id, context),
+        )
+    items = _items(r.store.catalog, record.shown, why, detail)
+    return Decision(
+        record.event_id, slate.policy, slate.model_version, logged, items, experiment, arm
+    )
+
+
+async def _shopper(r: Parts, query: SlateQuery) -> Shopper:
+    catalog = r.store.catalog
+    user_id = r.user_key(query.user_id)
+    state, batch = await r.user(user_id)
+    key_of = catalog.key_of
+    session = [key_of[i] for i in query.session_items if i in key_of]
+    exclude = {key_of[i] for i in query.exclude if i in key_of}
+    recent = state.recent_keys(RECENT)
+    categories = [catalog.category_names[catalog.category[key]] for key in recent]
+    profile = [valued(f"tc={c}", share) for c, share in state.shares("categories", PROFILE_TOP)]
+    profile += [valued(f"tb={b}", share) for b, share in state.shares("brands", PROFILE_TOP)]
+    shared = SharedFeatures.build(query.context, categories, profile=[*profile, *batch])
+    return Shopper(user_id, state, session, exclude, recent, shared)
+
+
+async def _candidates(r: Parts, shopper: Shopper, filters: Filters | None) -> Candidates:
+    allowed = await r.allowed(filters) if filters else None
+    return generate(
+        r.store,
+        shopper.state,
+        shopper.session,
+        shopper.exclude,
+        r.settings.candidates,
+        allowed=allowed,
+        excluded=shopper.state.excluded(r.exclusions, time.time()),
+        context=context_tokens(shopper.shared.context),
+    )
+
+
+def _record(
+    shopper: Shopper, slate: Slate, experiment: str | None, arm: str | None
+) -> DecisionRecord:
+    candidates = slate.candidates
+    shown = tuple(
+        ShownSlot(
+            slot=j,
+            item_key=int(candidates.keys[pick.index]),
+            propensity=pick.propensity,
+            kind=pick.kind,
+            source=SOURCES[candidates.sources[pick.index]],
+            score=float(slate.scores[pick.index]),
+        )
+        for j, pick in enumerate(slate.picks)
+    )
+    return DecisionRecord(
+        event_id=uuid.uuid4().hex,
+        created_at=time.time(),
+        user_id=shopper.user_id,
+        policy=slate.policy,
+        model_version=slate.model_version,
+        payload=slate.payload().encode(),
+        shown=shown,
+        experiment=experiment,
+        arm=arm,
+    )
+
+
+def _items(
+    catalog: Catalog,
+    shown: Sequence[ShownSlot],
+    why: Sequence[str],
+    detail: Sequence[list[dict[str, object]]] | None,
+) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = [
+        {
+            "item_id": catalog.item_ids[slot.item_key],
+            "slot": slot.slot,
+            "propensity": slot.propensity,
+            "kind": slot.kind,
+            "source": slot.source,
+            "score": slot.score,
+            "reason": reason,
+        }
+        for slot, reason in zip(shown, why, strict=True)
+    ]
+    if detail is not None:
+        for item, features in zip(items, detail, strict=True):
+            item["explanation"] = {"features": features}
+    return items

@@ -1,0 +1,146 @@
+"""What a reward and an event do, written once: live (``reward``, ``event``) and when the spool
+ships (``recommender.shipping``).
+
+Each writes its row and folds the shopper's action into their stored state in one transaction
+(``store_reward``, ``store_event``), and says what the serving process keeps in memory must
+learn of it as ``Effects``; the recommender applies those once the transaction has committed.
+Live, a write the database cannot take goes to the spool instead, and ships later through the
+same two functions.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from slatebandit.errors import DatabaseUnavailable, InvalidInput, NotFound
+from slatebandit.logging import ShownDecision, decision_user, insert_event, insert_reward
+from slatebandit.logging.privacy import REDACTED
+from slatebandit.logging.spool import SpooledEvent, SpooledReward
+from slatebandit.recommender.outage import SPOOLED
+from slatebandit.recommender.state import Effects, Parts
+from slatebandit.retrieval import EVENT_WEIGHTS
+
+
+def store_reward(
+    conn: Connection, r: Parts, decision: ShownDecision, reward: SpooledReward, effects: Effects
+) -> bool:
+    """Store ``reward`` for ``decision`` once; a positive one is also something the shopper did,
+    and shapes their next slate like an event (a negative one, a dislike, is not folded into
+    what they like). Returns False if it was stored already."""
+    stored = insert_reward(
+        conn,
+        decision_id=decision.decision_id,
+        item_key=reward.item_key,
+        type=reward.type,
+        reward=reward.reward,
+        created_at=reward.created_at,
+    )
+    effects.records += 1
+    if stored and reward.reward > 0:
+        kind = reward.type if reward.type in EVENT_WEIGHTS else "click"
+        state = r.observation(decision.user_id, reward.item_key, kind, reward.created_at)(conn)
+        effects.states.append((decision.user_id, state))
+        effects.popularity.append((reward.item_key, reward.reward, time.time()))
+        effects.context.append((dict(decision.context), reward.item_key, reward.reward))
+    return stored
+
+
+def store_event(conn: Connection, r: Parts, event: SpooledEvent, effects: Effects) -> bool:
+    """Store ``event`` once (by its ``ref``) and fold it into the shopper's state; False if its
+    commit had already reached the database (as the connection broke)."""
+    if not insert_event(
+        conn,
+        user_id=event.user_id,
+        item_key=event.item_key,
+        type=event.type,
+        created_at=event.created_at,
+        ref=event.ref,
+    ):
+        return False
+    state = r.observation(event.user_id, event.item_key, event.type, event.created_at)(conn)
+    effects.states.append((event.user_id, state))
+    effects.popularity.append((event.item_key, EVENT_WEIGHTS[event.type], time.time()))
+    effects.records += 1
+    return True
+
+
+@dataclass(frozen=True)
+class Logged:
+    """Where feedback went: ``database`` or ``spool``; for a reward, its value and whether it
+    was a duplicate (None when spooled: not known until it ships)."""
+
+    logged: str
+    reward: float | None = None
+    duplicate: bool | None = None
+
+
+async def reward(r: Parts, event_id: str, item_id: str, type: str, value: float | None) -> Logged:
+    """Reward ``item_id`` of the slate ``event_id``: committed, or spooled while the database
+    is away (or while its decision may be in a spool); 4xx errors name the field."""
+    value = r.rewards.get(type) if value is None else value
+    if value is None:
+        raise InvalidInput(
+            f"type: no reward given and {type!r} is not in SLATEBANDIT_REWARD_TABLE", field="type"
+        )
+    outage = r.outage
+    try:
+        decision = await r.shown_decision(event_id)
+    except DatabaseUnavailable:
+        outage.failed()
+        decision = None
+    if decision is None and not outage.spooling():
+        raise NotFound(f"event_id: no decision {event_id}", field="event_id")
+    if decision is not None and decision.user_id == REDACTED:
+        raise NotFound(f"event_id: decision {event_id} was erased", field="event_id")
+    key = r.store.catalog.key_of.get(item_id)
+    if key is None or (decision is not None and key not in decision.item_keys):
+        raise InvalidInput(f"item_id: {item_id!r} was not shown in this decision", field="item_id")
+    record = SpooledReward(event_id, key, type, value, time.time())
+    if decision is None or decision.decision_id == SPOOLED or outage.degraded:
+        # Its decision may be in a spool, or the database is away: checked when shipped.
+        await outage.append(record)
+        return Logged("spool", value)
+    shown = decision
+
+    def unit(conn: Connection) -> tuple[bool, Effects]:
+        if decision_user(conn, shown.decision_id) != shown.user_id:
+            # The user was erased (on this worker or another) after the decision was cached.
+            raise NotFound(f"event_id: decision {event_id} was erased", field="event_id")
+        effects = Effects()
+        return store_reward(conn, r, shown, record, effects), effects
+
+    try:
+        stored, effects = await outage.in_time(r.writer.submit(unit))
+    except DatabaseUnavailable:
+        outage.failed()
+        await outage.append(record)
+        return Logged("spool", value)
+    r.apply(effects)
+    return Logged("database", value, duplicate=not stored)
+
+
+async def event(r: Parts, user_id: str, item_id: str, type: str) -> Logged:
+    """Record that a shopper acted on an item: committed, or spooled while the database is
+    away (folded into their state when shipped: until then their slates do not show it)."""
+    key = r.store.catalog.key_of.get(item_id)
+    if key is None:
+        raise NotFound(f"item_id: no item {item_id!r}", field="item_id")
+    record = SpooledEvent(r.user_key(user_id), key, type, time.time(), uuid.uuid4().hex)
+    if not r.outage.degraded:
+
+        def unit(conn: Connection) -> Effects:
+            effects = Effects()
+            store_event(conn, r, record, effects)
+            return effects
+
+        try:
+            r.apply(await r.outage.in_time(r.writer.submit(unit)))
+            return Logged("database")
+        except DatabaseUnavailable:
+            r.outage.failed()
+    await r.outage.append(record)
+    return Logged("spool")
