@@ -28,7 +28,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,17 +40,12 @@ import httpx2 as httpx
 import numpy as np
 from sqlalchemy import create_engine, select
 
+from benchmarks.harness import free_port
 from slatebandit.config import Settings
 from slatebandit.logging.schema import decisions
 from slatebandit.simulate import Simulation, Storefront, plot, windows_of
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.learning_curve import free_port
+from benchmarks.harness import free_port
 
 
 def initdb() -> Path | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.harness import free_port
 from slatebandit.logging import load_items, open_engine
 from slatebandit.logging.embeddings import save_factors
 from slatebandit.retrieval.collab import COLLAB_DIM
 from slatebandit.retrieval.demo import demo_items
 
 RESULTS = Path(__file__).parent / "results" / "rebuild.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
