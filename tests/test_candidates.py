@@ -100,3 +100,41 @@ def test_context_rankings_are_reused_until_a_click_and_never_show_a_removed_item
     assert catalog.context_popular(["device=tablet"], 10).tolist() == [4]
     catalog.bump_context(["device=tablet"], 5, 5.0)  # a click re-ranks the next slate
     assert catalog.context_popular(["device=tablet"], 10).tolist() == [5, 4]
+
+
+def _merge_by_hand(proposals, available, blocked, limit, shares):  # type: ignore[no-untyped-def]
+    """``merge`` as its docstring says it, one key at a time."""
+    from slatebandit.retrieval.candidates import PRIORITY
+
+    entries = []  # (round, priority, position, key, generator)
+    for g, proposed in enumerate(proposals):
+        kept: list[int] = []
+        for key in map(int, proposed):
+            usable = 0 <= key < len(available) and available[key] and key not in blocked
+            if usable and key not in kept:
+                kept.append(key)
+        entries += [(i // shares[g], PRIORITY[g], i, key, g) for i, key in enumerate(kept)]
+    entries.sort(key=lambda entry: entry[:3])
+    first: dict[int, tuple[int, int]] = {}
+    flags: dict[int, int] = {}
+    for i, (*_, key, g) in enumerate(entries):
+        flags[key] = flags.get(key, 0) | 1 << g
+        first.setdefault(key, (i, g))
+    chosen = sorted(first.items(), key=lambda item: item[1][0])[:limit]
+    return [k for k, _ in chosen], [flags[k] for k, _ in chosen], [g for _, (_, g) in chosen]
+
+
+def test_merge_agrees_with_merging_by_hand() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        n = int(rng.integers(1, 60))
+        available = rng.random(n) < 0.8
+        proposals = [rng.integers(-2, n + 3, size=int(rng.integers(0, 30))) for _ in range(5)]
+        blocked = set(rng.integers(0, n, size=int(rng.integers(0, 5))).tolist())
+        shares = tuple(int(s) for s in rng.integers(1, 4, size=5))
+        limit = int(rng.integers(1, 40))
+        got = merge(proposals, available, blocked, limit, shares)
+        keys, flags, sources = _merge_by_hand(proposals, available, blocked, limit, shares)
+        assert got.keys.tolist() == keys
+        assert got.flags.tolist() == flags
+        assert got.sources.tolist() == sources

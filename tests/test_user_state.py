@@ -186,3 +186,35 @@ def test_a_state_from_an_older_embedding_space_takes_new_events(tmp_path: Path) 
         after = _state(client, "legacy")
     key = client.app_state["recommender"].store.catalog.key_of[disliked]
     assert key not in after.recent_keys(20)
+
+
+def _read_together_and_apart(url: str) -> None:
+    from slatebandit.logging import open_engine
+    from slatebandit.logging.users import (
+        read_user,
+        read_user_profile,
+        read_user_state,
+        save_user_profiles,
+        update_user_state,
+    )
+
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        update_user_state(conn, "stated", lambda old: b"s1")
+        update_user_state(conn, "both", lambda old: b"s2")
+        save_user_profiles(conn, {"profiled": ["tc=shoes"], "both": ["tb=acme", "tc=bags"]})
+    with engine.connect() as conn:
+        for user in ("nobody", "stated", "profiled", "both"):
+            apart = read_user_state(conn, user), read_user_profile(conn, user)
+            assert read_user(conn, user) == apart
+        assert read_user(conn, "both")[1] == ["tb=acme", "tc=bags"]
+        assert read_user(conn, "stated")[0][1] == b"s1"  # type: ignore[index]
+    engine.dispose()
+
+
+def test_a_slate_reads_state_and_profile_in_one_statement_sqlite(tmp_path: Path) -> None:
+    _read_together_and_apart(f"sqlite:///{tmp_path / 'u.db'}")
+
+
+def test_a_slate_reads_state_and_profile_in_one_statement_postgres(pg_url: str) -> None:
+    _read_together_and_apart(pg_url)

@@ -8,7 +8,7 @@ their integer id; the API's ``event_id`` and ``item_id`` are translated at the e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,6 +37,11 @@ class ShownDecision:
     context: tuple[tuple[str, object], ...] = ()  # the request context the slate was built for
 
 
+# Built once: a statement built per call is keyed for SQLAlchemy's cache anew each time.
+INSERT_DECISIONS = insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True)
+INSERT_SLOTS = insert(slots)
+
+
 @dataclass(frozen=True)
 class DecisionRecord:
     """One decision and its shown slots, as the group-commit writer stores it."""
@@ -60,7 +65,7 @@ class DecisionRecord:
         """
         ids = (
             conn.execute(
-                insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True),
+                INSERT_DECISIONS,
                 [
                     {
                         "event_id": r.event_id,
@@ -79,12 +84,20 @@ class DecisionRecord:
             .all()
         )
         rows = [
-            {"decision_id": decision_id, **asdict(slot)}
+            {
+                "decision_id": decision_id,
+                "slot": slot.slot,
+                "item_key": slot.item_key,
+                "propensity": slot.propensity,
+                "kind": slot.kind,
+                "source": slot.source,
+                "score": slot.score,
+            }
             for decision_id, record in zip(ids, records, strict=True)
             for slot in record.shown
         ]
         if rows:
-            conn.execute(insert(slots), rows)
+            conn.execute(INSERT_SLOTS, rows)
         return [
             ShownDecision(decision_id, tuple(s.item_key for s in record.shown), record.user_id)
             for decision_id, record in zip(ids, records, strict=True)

@@ -89,8 +89,11 @@ class Outage:
         """``pending``, or DatabaseUnavailable if the database takes longer than the timeout (a
         server that stopped answering). A write that commits after all is harmless: its
         spooled copy is recognised by its id when shipped."""
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for wraps ``pending`` in a task of
+        # its own, and every slate waits twice (its user's state, its commit).
         try:
-            return await asyncio.wait_for(pending, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await pending
         except TimeoutError:
             raise DatabaseUnavailable("database: no answer in time", field="database") from None
 

@@ -13,6 +13,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from slatebandit.logging import (
     shown_decision,
 )
 from slatebandit.logging.engine import is_unavailable
-from slatebandit.logging.users import read_user_profile, read_user_state, update_user_state
+from slatebandit.logging.users import read_user, update_user_state
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
 from slatebandit.policies.canary import ARM as CANARY_ARM
@@ -138,14 +139,12 @@ class Parts:
         return found
 
     async def user(self, user_id: str) -> tuple[UserState, list[str]]:
-        """The user's online state and batch features, read together (one round trip)."""
-
-        def query(conn: Connection) -> tuple[tuple[int, bytes] | None, list[str]]:
-            return read_user_state(conn, user_id), read_user_profile(conn, user_id)
-
+        """The user's online state and batch features, read together (one statement)."""
         if not self.outage.degraded:
             try:
-                found, profile = await self.outage.in_time(self.read(query))
+                found, profile = await self.outage.in_time(
+                    self.read(partial(read_user, user_id=user_id))
+                )
                 return self._decoded(user_id, found), profile
             except DatabaseUnavailable:
                 self.outage.failed()

@@ -136,14 +136,24 @@ def merge(
     generator that proposed it as its source and all that did as flags; at most ``limit`` are
     kept.
     """
-    blocked_keys = np.fromiter(blocked, dtype=np.int64, count=len(blocked))
-    usable = [_usable(np.asarray(p, dtype=np.int64), available, blocked_keys) for p in proposals]
-    keys = np.concatenate(usable)
+    sizes = [len(p) for p in proposals]
+    keys = np.concatenate([np.asarray(p, dtype=np.int64) for p in proposals])
+    generator = np.repeat(np.arange(len(proposals), dtype=np.uint8), sizes)
+    # Every list at once: drop unavailable and blocked keys, then each generator's repeats.
+    usable = (keys >= 0) & (keys < len(available))
+    usable[usable] = available[keys[usable]]
+    if blocked:
+        blocked_keys = np.fromiter(blocked, dtype=np.int64, count=len(blocked))
+        usable &= ~np.isin(keys, blocked_keys)
+    keys, generator = keys[usable], generator[usable]
     if len(keys) == 0:
         return Candidates(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8))
-    generator = np.concatenate([np.full(len(p), g, dtype=np.uint8) for g, p in enumerate(usable)])
-    position = np.concatenate([np.arange(len(p)) for p in usable])
-    rounds = np.concatenate([np.arange(len(p)) // shares[g] for g, p in enumerate(usable)])
+    _, first = np.unique(generator.astype(np.int64) * len(available) + keys, return_index=True)
+    first.sort()  # each generator's first proposal of each key, in proposal order
+    keys, generator = keys[first], generator[first]
+    counts = np.bincount(generator, minlength=len(proposals))
+    position = np.arange(len(keys)) - np.repeat(np.cumsum(counts) - counts, counts)
+    rounds = position // np.asarray(shares)[generator]
     order = np.lexsort((position, np.asarray(PRIORITY)[generator], rounds))
     keys, generator = keys[order], generator[order]
 
@@ -152,15 +162,6 @@ def merge(
     np.bitwise_or.at(flags, inverse, (1 << generator).astype(np.uint8))
     firsts = np.sort(first)[:limit]  # positions, in merged order, of each key's first proposal
     return Candidates(keys=keys[firsts], flags=flags[inverse[firsts]], sources=generator[firsts])
-
-
-def _usable(keys: np.ndarray, available: np.ndarray, blocked: np.ndarray) -> np.ndarray:
-    keys = keys[(keys >= 0) & (keys < len(available))]
-    keys = keys[available[keys]]
-    if len(blocked):
-        keys = keys[~np.isin(keys, blocked)]
-    _, first = np.unique(keys, return_index=True)
-    return keys[np.sort(first)]
 
 
 def session_vector(
