@@ -218,3 +218,33 @@ def test_a_slate_reads_state_and_profile_in_one_statement_sqlite(tmp_path: Path)
 
 def test_a_slate_reads_state_and_profile_in_one_statement_postgres(pg_url: str) -> None:
     _read_together_and_apart(pg_url)
+
+
+def test_point_reads_run_on_the_event_loop_with_sqlite(client: TestClient) -> None:
+    """A slate's state read skips the thread hop on SQLite (WAL: readers never wait); other
+    reads, and a read that finds the database gone, behave as before."""
+    import sqlite3
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from slatebandit.errors import DatabaseUnavailable
+
+    recommender = client.app_state["recommender"]
+
+    async def loop_thread() -> int:
+        return threading.get_ident()
+
+    def where(conn) -> int:  # type: ignore[no-untyped-def]
+        return threading.get_ident()
+
+    def gone(conn) -> None:  # type: ignore[no-untyped-def]
+        raise OperationalError(
+            "SELECT 1", {}, sqlite3.OperationalError("unable to open database file")
+        )
+
+    loop = client.portal.call(loop_thread)
+    assert client.portal.call(recommender.point_read, where) == loop
+    assert client.portal.call(recommender.read, where) != loop
+    with pytest.raises(DatabaseUnavailable):
+        client.portal.call(recommender.point_read, gone)

@@ -143,7 +143,7 @@ class Parts:
         if not self.outage.degraded:
             try:
                 found, profile = await self.outage.in_time(
-                    self.read(partial(read_user, user_id=user_id))
+                    self.point_read(partial(read_user, user_id=user_id))
                 )
                 return self._decoded(user_id, found), profile
             except DatabaseUnavailable:
@@ -203,7 +203,7 @@ class Parts:
         stale = decision is None or decision.decision_id == SPOOLED  # it may have shipped
         if stale and not self.outage.degraded:
             found = await self.outage.in_time(
-                self.read(lambda conn: shown_decision(conn, event_id))
+                self.point_read(lambda conn: shown_decision(conn, event_id))
             )
             if found is not None:
                 self.remember_decision(event_id, found)
@@ -212,19 +212,30 @@ class Parts:
 
     async def read(self, query: Callable[[Connection], T]) -> T:
         """Run a read-only ``query`` on a worker thread, off the event loop."""
-
-        def run() -> T:
-            with self.engine.connect() as conn:
-                return query(conn)
-
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.to_thread(self._run, query)
         except Exception as exc:
             if is_unavailable(exc):
-                raise DatabaseUnavailable(
-                    f"database: unreachable ({type(exc).__name__})", field="database"
-                ) from exc
+                raise _unreachable(exc) from exc
             raise
+
+    async def point_read(self, query: Callable[[Connection], T]) -> T:
+        """A read of a row or two by key (a shopper's state, a decision). On SQLite it runs
+        here, on the event loop: in WAL mode a reader never waits for the writer, and the hop
+        to a thread and back cost several times the read itself (a slate's state read took
+        330 µs through a thread, 21 µs of it SQL). Elsewhere it is ``read``."""
+        if self.engine.dialect.name != "sqlite":
+            return await self.read(query)
+        try:
+            return self._run(query)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise _unreachable(exc) from exc
+            raise
+
+    def _run(self, query: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return query(conn)
 
     def observation(
         self, user_id: str, key: int, kind: str, now: float
@@ -271,3 +282,7 @@ class Parts:
         for key, n in counts.items():
             if key < len(catalog.impressions):
                 catalog.add_impressions(key, n)
+
+
+def _unreachable(exc: Exception) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"database: unreachable ({type(exc).__name__})", field="database")
