@@ -10,6 +10,8 @@ from slatebandit.bandit import (
     SharedFeatures,
     VWScorer,
     action_features,
+    candidate_features,
+    dynamic_tokens,
     return_freed_memory,
     slot_example,
     trim_freed_memory,
@@ -111,6 +113,13 @@ def test_features_follow_the_spec_each_decision_was_scored_with() -> None:
     assert action_features("k1 c=x", 0x21, 3) == "k1 c=x pop=2 age=1"
     assert action_features("k1 c=x", 0x21) == "k1 c=x |d pop=2 age=1"
     assert FEATURE_SPEC_VERSION >= 4
+    # Serving formats all candidates at once, as action_features does one by one.
+    features = ["k0 c=a", "k1 c=b", "k2 c=c"]
+    keys, codes = [2, 0, 2, 1], [0, 0x21, 0xFF, 0x9C]
+    assert candidate_features(features, keys, codes) == [
+        action_features(features[k], c) for k, c in zip(keys, codes, strict=True)
+    ]
+    assert [dynamic_tokens(c) for c in (0, 0xF3)] == ["pop=0 age=0", "pop=15 age=3"]
 
 
 @pytest.mark.parametrize(

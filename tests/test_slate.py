@@ -157,3 +157,20 @@ def test_row_pmfs_equal_the_pmfs_serving_uses(kind: str) -> None:
         assert np.array_equal(np.flatnonzero(pools[r]), indices)
         assert np.allclose(pmf[r, indices], p, rtol=1e-12, atol=0)
         assert pmf[r, ~pools[r]].sum() == 0
+
+
+def test_a_draw_past_the_end_lands_on_the_last_possible_entry() -> None:
+    """At float edges u * cdf[-1] can reach the end of the cdf: the pick moves back to the last
+    entry of positive probability, never to one of probability zero."""
+    from slatebandit.bandit.slate import sample
+
+    class Edge:  # a draw whose product with cdf[-1] rounds to cdf[-1] itself
+        def random(self) -> float:
+            return 1.0
+
+    pmf = np.array([0.25, 0.75, 0.0, 0.0])
+    assert sample(pmf, Edge()) == 1  # type: ignore[arg-type]
+    assert sample(np.array([0.5, 0.5]), Edge()) == 1  # type: ignore[arg-type]
+    rng = np.random.default_rng(5)
+    draws = [sample(pmf, rng) for _ in range(2000)]
+    assert set(draws) == {0, 1}

@@ -6,6 +6,7 @@ from slatebandit.bandit.features import (
     SharedFeatures,
     action_features,
     action_line,
+    candidate_features,
     dynamic_tokens,
     valued,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "SharedFeatures",
     "VWScorer",
     "action_features",
+    "candidate_features",
     "action_line",
     "build_slate",
     "dynamic_tokens",

@@ -97,9 +97,14 @@ def _token(value: Scalar) -> str:
 ACTION_SEPARATOR = "\n|i "  # joins the shared line and item features into one example
 
 
+# The bands of every packed byte, formatted once: a slate formats about 200 of them.
+_DYNAMIC = tuple(f"pop={code >> 4} age={code & 15}" for code in range(256))
+_BANDS = tuple(f" |d {tokens}" for tokens in _DYNAMIC)  # as the current spec appends them
+
+
 def dynamic_tokens(code: int) -> str:
     """Popularity and age bands from their packed byte (``Catalog.dynamic_codes``)."""
-    return f"pop={code >> 4} age={code & 15}"
+    return _DYNAMIC[code]
 
 
 BANDS_OWN_NAMESPACE = 4  # the feature spec from which the bands are namespace d, not i
@@ -110,8 +115,16 @@ def action_features(static: str, code: int, spec: int = FEATURE_SPEC_VERSION) ->
     as feature spec ``spec`` wrote them (a logged decision's own, so replay and the learner
     see what its scorer saw)."""
     if spec >= BANDS_OWN_NAMESPACE:
-        return f"{static} |d {dynamic_tokens(code)}"
-    return f"{static} {dynamic_tokens(code)}"
+        return static + _BANDS[code]
+    return f"{static} {_DYNAMIC[code]}"
+
+
+def candidate_features(
+    features: Sequence[str], keys: Sequence[int], codes: Sequence[int]
+) -> list[str]:
+    """``action_features`` at the current spec of every candidate (item ``keys``, band
+    ``codes``), in one pass: what serving scores."""
+    return [features[key] + _BANDS[code] for key, code in zip(keys, codes, strict=True)]
 
 
 def action_line(features: str) -> str:

@@ -130,4 +130,8 @@ def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
     """An index drawn from ``pmf``; never one of probability zero, even at float edges."""
     cdf = np.cumsum(pmf)
     pick = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    return min(pick, int(np.flatnonzero(pmf)[-1]))
+    # Below the last entry a pick always has probability > 0 (its cdf step is > 0); only
+    # past the end, at float edges, does it need moving back to the last possible entry.
+    if pick < len(pmf) - 1 or (pick == len(pmf) - 1 and pmf[pick] > 0):
+        return pick
+    return int(np.flatnonzero(pmf)[-1])

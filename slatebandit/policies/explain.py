@@ -43,16 +43,20 @@ def reasons(slate: Slate, store: ItemStore, seeds: Sequence[int]) -> list[str]:
     candidates = slate.candidates
     keys = candidates.keys
     nearest = _nearest_seeds(slate, store, seeds)
-    allowed = np.ones(len(keys), dtype=bool)
+    scores = slate.scores.tolist()
+    ranked = iter(np.argsort(-slate.scores, kind="stable").tolist())  # best first
+    best, shown = next(ranked, None), set()
     context = [f"{k}={v}" for k, v in slate.shared.context.items() if k != "hour"][:2]
     out = []
     for pick in slate.picks:
         key = int(keys[pick.index])
         source = SOURCES[candidates.sources[pick.index]]
         fresh = bool(candidates.flags[pick.index] & FRESH)
-        best = float(slate.scores[allowed].max()) if allowed.any() else 0.0
-        explored = pick.kind == EXPLOIT and float(slate.scores[pick.index]) < best
-        allowed[pick.index] = False
+        while best in shown:  # the best score among the candidates not yet shown
+            best = next(ranked, None)
+        top = 0.0 if best is None else scores[best]
+        explored = pick.kind == EXPLOIT and scores[pick.index] < top
+        shown.add(pick.index)
         if slate.policy == "random":
             out.append("picked at random (random policy)")
         elif pick.kind == EXPLORE:

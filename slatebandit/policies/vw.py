@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from slatebandit.bandit import VWScorer, action_features
+from slatebandit.bandit import VWScorer, candidate_features
 from slatebandit.policies.base import Policy, Query
 from slatebandit.retrieval import ItemStore
 
@@ -28,12 +28,10 @@ class VWPolicy(Policy):
         return self.scorer.version
 
     def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
-        features = store.catalog.features
-        actions = [
-            action_features(features[key], code)
-            for key, code in zip(query.candidates.keys.tolist(), dynamic.tolist(), strict=True)
-        ]
-        return self.scorer.score(query.shared, actions)
+        keys, codes = query.candidates.keys.tolist(), dynamic.tolist()
+        return self.scorer.score(
+            query.shared, candidate_features(store.catalog.features, keys, codes)
+        )
 
     def config(self) -> dict[str, Any]:
         scorer = self.scorer  # one read: the bytes and the version must match
