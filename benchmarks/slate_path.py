@@ -10,9 +10,10 @@ users, half with a session item), for ``--seconds``. It prints slates per second
 process, and so the CPU per slate on one core: the figure the HTTP server's throughput is
 built from, without uvicorn, Starlette or the load generator.
 
-With ``--profile`` it runs itself under py-spy and prints where each 0.1 ms of a slate goes,
-by stage (the table in ``benchmarks/README.md``): the event loop's and the threads' samples
-(user state reads, group commits) together, as shares of the CPU and as microseconds per slate.
+With ``--stages`` it also times each stage of the pipeline, by wrapping the recommender's own
+functions (``StageTimer``), and prints where each 0.1 ms of a slate goes: the table in
+``benchmarks/README.md``. A stage the pipeline no longer calls reports nothing. For a flame
+graph, run it under py-spy: ``py-spy record -o slate.svg -- python -m benchmarks.slate_path``.
 """
 
 from __future__ import annotations
@@ -21,31 +22,98 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import random
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from slatebandit.config import Settings
 
-# Stages, by the first frame of each sample that names one (checked in this order).
+# Stages: (label, module, owner attribute path, function name). Nested stages are indented.
 STAGES = (
-    ("user state read (SQL, thread)", ("Parts.user", "read_user_state", "read_user_profile")),
-    ("group commit (SQL, thread)", ("GroupCommitWriter._commit",)),
-    ("VW scoring", ("VWPolicy.scores",)),
-    ("slate builder (pmfs, sampling)", ("build_slate",)),
-    ("HNSW queries", ("ItemIndex.query", "Allowed.neighbours")),
-    ("candidates: merge and the rest", ("generate",)),
-    ("slate: revisions, bands, payload", ("Policy.slate", "Slate.payload", "_record")),
-    ("reasons", ("reasons",)),
-    ("shopper: features", ("_shopper",)),
-    ("decide: the rest", ("decide",)),
+    ("decide, in all", "slatebandit.recommender.core", "Recommender", "decide"),
+    ("shopper: state read and features", "slatebandit.recommender.decide", "", "_shopper"),
+    ("  state read (SQL)", "slatebandit.recommender.state", "", "read_user"),
+    ("candidates", "slatebandit.recommender.decide", "", "generate"),
+    ("  HNSW queries", "slatebandit.retrieval.index", "ItemIndex", "query"),
+    ("  merge", "slatebandit.retrieval.candidates", "", "merge"),
+    ("policy: scores and slots", "slatebandit.policies.base", "Policy", "slate"),
+    ("  VW scoring (text, parse, predict)", "slatebandit.policies.vw", "VWPolicy", "scores"),
+    ("  slate builder (pmfs, sampling)", "slatebandit.policies.base", "", "build_slate"),
+    ("reasons", "slatebandit.recommender.decide", "", "reasons"),
+    ("decision record (payload)", "slatebandit.recommender.decide", "", "_record"),
+    ("group commit (writer thread)", "slatebandit.logging.writer", "GroupCommitWriter", "_commit"),
+    (
+        "  decision and slot inserts",
+        "slatebandit.logging.decisions",
+        "DecisionRecord",
+        "write_many",
+    ),
 )
+
+
+class StageTimer:
+    """Wall time and calls of named functions, by shadowing each with a timing wrapper;
+    ``restore`` puts every original back."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._undo: list[tuple[object, str, object]] = []
+
+    def wrap_stages(self) -> None:
+        import importlib
+
+        for label, module, owner_name, name in STAGES:
+            owner: object = importlib.import_module(module)
+            if owner_name:
+                owner = getattr(owner, owner_name)
+            if hasattr(owner, name):
+                self.wrap(owner, name, label)
+
+    def wrap(self, owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+        seconds, calls = self.seconds, self.calls
+
+        if asyncio.iscoroutinefunction(original):
+
+            async def timed(*args: object, **kwargs: object) -> object:
+                start = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    seconds[label] += time.perf_counter() - start
+                    calls[label] += 1
+
+        else:
+
+            def timed(*args: object, **kwargs: object) -> object:  # type: ignore[misc]
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    seconds[label] += time.perf_counter() - start
+                    calls[label] += 1
+
+        self._undo.append((owner, name, vars(owner).get(name, original)))
+        setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        while self._undo:
+            owner, name, original = self._undo.pop()
+            setattr(owner, name, original)
+
+    def table(self, slates: int) -> list[dict[str, object]]:
+        return [
+            {
+                "stage": label,
+                "us_per_slate": round(1e6 * self.seconds[label] / slates),
+                "calls_per_slate": round(self.calls[label] / slates, 2),
+            }
+            for label, *_ in STAGES
+            if self.calls[label]
+        ]
 
 
 def workload(n: int, seed: int = 7) -> list[dict[str, object]]:
@@ -64,7 +132,9 @@ def workload(n: int, seed: int = 7) -> list[dict[str, object]]:
     return out
 
 
-async def run(settings: Settings, seconds: float, concurrency: int) -> dict[str, float]:
+async def run(
+    settings: Settings, seconds: float, concurrency: int, timer: StageTimer | None = None
+) -> dict[str, object]:
     from slatebandit.recommender import Recommender, SlateQuery
 
     recommender = await Recommender.open(settings)
@@ -84,17 +154,24 @@ async def run(settings: Settings, seconds: float, concurrency: int) -> dict[str,
     try:
         for query in queries[:200]:  # warm-up: caches, the first model poll
             await recommender.decide(query)
+        if timer is not None:
+            timer.wrap_stages()
         start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(i) for i in range(concurrency)))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
+        if timer is not None:
+            timer.restore()
         await recommender.close()
-    return {
+    result: dict[str, object] = {
         "slates": done,
         "seconds": round(wall, 2),
         "slates_per_s": round(done / wall, 1),
         "cpu_ms_per_slate": round(1000 * cpu / done, 3),
     }
+    if timer is not None:
+        result["stages"] = timer.table(done)
+    return result
 
 
 def prepare(data_dir: Path, items: int) -> None:
@@ -114,47 +191,16 @@ def prepare(data_dir: Path, items: int) -> None:
     engine.dispose()
 
 
-RATE = 250  # py-spy's samples per second of each thread
-
-
-def stages(folded: Path, slates: int) -> list[tuple[str, float, float]]:
-    """(stage, share of the slate path's samples, microseconds per slate) from py-spy's raw
-    output. A thread's sample is 1/RATE s of it running (py-spy leaves idle threads out); the
-    warm-up's 200 slates count with the measured ones."""
-    counts: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in folded.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        frames = [re.sub(r" \(.*\)$", "", f) for f in stack.split(";")]
-        if not any(f in ("run", "decide", "Parts.user.<locals>.query") for f in frames) and not any(
-            "GroupCommitWriter" in f or "Parts.read" in f for f in frames
-        ):
-            name = "outside the slate path"
-        else:
-            name = next(
-                (s for s, marks in STAGES if any(m in f for f in frames for m in marks)),
-                "event loop, threads, other",
-            )
-        counts[name] += int(n)
-        total += int(n)
-    outside = counts.pop("outside the slate path", 0)
-    path = total - outside
-    micros = 1e6 / RATE / (slates + 200)
-    return [(name, n / path, n * micros) for name, n in counts.most_common()]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.slate_path", description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--data-dir", type=Path, help="kept between runs (default: temporary)")
-    parser.add_argument("--profile", action="store_true", help="run under py-spy, print stages")
+    parser.add_argument("--stages", action="store_true", help="time each stage of the pipeline")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
 
-    if args.profile:
-        return _profiled(args)
     temporary = None
     if args.data_dir is None:
         temporary = tempfile.mkdtemp(prefix="slatebandit-slate-path-")
@@ -166,34 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(args.data_dir, work)  # every run starts from the same empty log
         settings = Settings.from_env({}, data_dir=str(work))
-        result = asyncio.run(run(settings, args.seconds, args.concurrency))
+        timer = StageTimer() if args.stages else None
+        result = asyncio.run(run(settings, args.seconds, args.concurrency, timer))
         shutil.rmtree(work, ignore_errors=True)
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+    stages = result.pop("stages", None)
     print(json.dumps(result))
+    if stages:
+        print("| stage | µs per slate | calls per slate |\n|---|---:|---:|")
+        for row in stages:  # type: ignore[attr-defined]
+            print(f"| {row['stage']} | {row['us_per_slate']} | {row['calls_per_slate']} |")
+        result["stages"] = stages
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
-
-
-def _profiled(args: argparse.Namespace) -> int:
-    """This benchmark again, under ``py-spy record``; then the table of stages."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, figures = Path(tmp) / "profile.txt", Path(tmp) / "figures.json"
-        command = [sys.executable, "-m", "benchmarks.slate_path", "--json", str(figures)]
-        command += ["--seconds", str(args.seconds), "--concurrency", str(args.concurrency)]
-        command += ["--items", str(args.items)]
-        if args.data_dir is not None:
-            command += ["--data-dir", str(args.data_dir)]
-        spy_command = [spy, "record", "-r", str(RATE), "-f", "raw", "-o", str(raw), "--", *command]
-        subprocess.run(spy_command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        result = json.loads(figures.read_text())
-        print(json.dumps(result))
-        print("| stage | share | µs per slate |\n|---|---:|---:|")
-        for name, share, micros in stages(raw, result["slates"]):
-            print(f"| {name} | {100 * share:.1f}% | {micros:.0f} |")
     return 0
 
 
