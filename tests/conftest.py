@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 
 from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
 from slatebandit.config import Settings
-from slatebandit.logging import Item, models, open_engine, upsert_items
+from slatebandit.items import Item
+from slatebandit.logging import models, open_engine, upsert_items
 from slatebandit.logging.learning import due_decisions, revision_snapshots
 from slatebandit.policies.learner import slot_features
 from slatebandit.retrieval.demo import demo_items

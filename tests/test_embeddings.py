@@ -92,7 +92,8 @@ def test_a_rebuild_blends_new_vectors_and_replays_changes_made_meanwhile(tmp_pat
 
     new = store.build_with(factors)
     # Catalog changes land on the serving index while the new one is being built.
-    from slatebandit.logging import Item, delete_item, upsert_items
+    from slatebandit.items import Item
+    from slatebandit.logging import delete_item, upsert_items
 
     with engine.begin() as conn:
         upsert_items(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slatebandit.logging import Item
+from slatebandit.items import Item
 from slatebandit.retrieval import filters as filters_module
 from slatebandit.retrieval.filters import FilterMasks, Filters
 

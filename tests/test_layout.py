@@ -116,3 +116,12 @@ def test_the_server_reaches_the_parts_only_through_the_recommender() -> None:
 def test_the_slate_handler_only_parses_calls_and_encodes() -> None:
     lines = inspect.getsource(routes.create_slate).strip().splitlines()
     assert len(lines) <= 25
+
+
+def test_the_simulator_and_the_item_know_nothing_of_storage() -> None:
+    """The simulator talks to the HTTP API; the item is what every layer shares."""
+    graph = _graph()
+    for name, deps in graph.items():
+        if name.startswith("slatebandit.simulate") or name == "slatebandit.items":
+            stored = sorted(d for d in deps if d.startswith("slatebandit.logging"))
+            assert stored == [], f"{name} imports {stored}"

@@ -230,7 +230,8 @@ def test_due_decisions_stop_at_the_first_not_due_id_instead_of_skipping_it(tmp_p
     due would move the learner's progress past 1 for good."""
     import numpy as np
 
-    from slatebandit.logging import DecisionPayload, DecisionRecord, Item, upsert_items
+    from slatebandit.items import Item
+    from slatebandit.logging import DecisionPayload, DecisionRecord, upsert_items
 
     engine = open_engine(f"sqlite:///{tmp_path / 'd.db'}")
     payload = DecisionPayload(

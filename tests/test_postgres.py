@@ -54,7 +54,8 @@ def test_serving_loop_on_postgres(tmp_path, pg_url) -> None:  # type: ignore[no-
 def test_catalog_changes_from_another_process_arrive_by_the_feed(tmp_path, pg_url) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
-    from slatebandit.logging import Item, open_engine
+    from slatebandit.items import Item
+    from slatebandit.logging import open_engine
     from slatebandit.retrieval import ItemStore
 
     seed_catalog(pg_url, list(demo_items(100, seed=6)))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, insert, select
 
-from slatebandit.logging import GroupCommitWriter, Item, open_engine, upsert_items
+from slatebandit.items import Item
+from slatebandit.logging import GroupCommitWriter, open_engine, upsert_items
 from slatebandit.logging.schema import events
 
 

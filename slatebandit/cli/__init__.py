@@ -34,7 +34,8 @@ from slatebandit.cli import analysis, operations
 from slatebandit.cli.common import add_db_options, settings_from
 from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
 from slatebandit.errors import ConfigError, InvalidInput, SlatebanditError
-from slatebandit.logging import Item, count_live_items, load_items, open_engine
+from slatebandit.items import Item
+from slatebandit.logging import count_live_items, load_items, open_engine
 from slatebandit.server.schemas import invalid
 
 LEASE_RENEW_SECONDS = 5.0  # the learner works this long between lease renewals

@@ -17,7 +17,6 @@ from slatebandit.logging.decisions import (
 )
 from slatebandit.logging.engine import open_engine
 from slatebandit.logging.items import (
-    Item,
     changes_since,
     count_live_items,
     delete_item,
@@ -33,7 +32,6 @@ __all__ = [
     "DecisionPayload",
     "DecisionRecord",
     "GroupCommitWriter",
-    "Item",
     "ShownDecision",
     "ShownSlot",
     "decision_user",

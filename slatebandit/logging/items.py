@@ -7,34 +7,19 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from tqdm import tqdm
 
+from slatebandit.items import Item
 from slatebandit.logging.records import pack
 from slatebandit.logging.schema import item_revisions, items
 
-Scalar = str | int | float | bool
 LOAD_BATCH = 5_000  # items per transaction when loading a catalog
 
 
-class Item(BaseModel):
-    """One catalog item, as PUT /v1/items and `slatebandit items load` accept it."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    item_id: str = Field(min_length=1, max_length=128)
-    title: str = Field(default="", max_length=512)
-    category: str = Field(default="", max_length=128)
-    brand: str = Field(default="", max_length=128)
-    # Bounded so it fits the catalog's float32 column (about 3.4e38) with room to spare.
-    price: float | None = Field(default=None, ge=0, le=1e15, allow_inf_nan=False)
-    attributes: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
-    available: bool = True
-
-    def snapshot(self) -> bytes:
-        """The fields features are built from, frozen into an item revision."""
-        return pack(self.model_dump(exclude={"item_id"}))
+def snapshot(item: Item) -> bytes:
+    """The fields features are built from, frozen into an item revision."""
+    return pack(item.model_dump(exclude={"item_id"}))
 
 
 def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int]]:
@@ -64,7 +49,7 @@ def upsert_items(conn: Connection, batch: Sequence[Item]) -> list[tuple[int, int
             [_row(item, now) | {"rev": 0, "created_at": now} for item in fresh],
         )
         keys.update(rows.all())
-    return _new_revisions(conn, [(keys[i], latest[i].snapshot()) for i in ids], now)
+    return _new_revisions(conn, [(keys[i], snapshot(latest[i])) for i in ids], now)
 
 
 def load_items(

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from slatebandit.bandit import FEATURE_SPEC_VERSION
 from slatebandit.errors import InvalidInput
-from slatebandit.logging import DecisionPayload, DecisionRecord, Item, ShownSlot, upsert_items
+from slatebandit.items import Item
+from slatebandit.logging import DecisionPayload, DecisionRecord, ShownSlot, upsert_items
 from slatebandit.logging.schema import decisions, rewards
 
 ITEM_CONTEXT = "item_context.csv"

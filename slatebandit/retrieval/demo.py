@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from slatebandit.logging import Item
+from slatebandit.items import Item
 
 DEPARTMENTS = {
     "women": [

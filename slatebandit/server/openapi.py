@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from slatebandit import __version__
-from slatebandit.logging import Item
+from slatebandit.items import Item
 from slatebandit.server.schemas import (
     EvaluationRequest,
     EventRequest,

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from slatebandit.errors import InvalidInput, NotFound, PayloadTooLarge
-from slatebandit.logging import Item, delete_item, upsert_items
+from slatebandit.items import Item
+from slatebandit.logging import delete_item, upsert_items
 from slatebandit.logging.items import CATALOG_COLUMNS
 from slatebandit.logging.learning import late_rewards
 from slatebandit.logging.models import (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from slatebandit.logging import Item
+from slatebandit.items import Item
 
 CATEGORIES = (
     "women/dresses",
