@@ -43,6 +43,12 @@ STAGES = (
     ("  slate builder (pmfs, sampling)", "slatebandit.policies.base", "", "build_slate"),
     ("reasons", "slatebandit.recommender.decide", "", "reasons"),
     ("decision record (payload)", "slatebandit.recommender.decide", "", "_record"),
+    (
+        "commit wait",
+        "slatebandit.recommender.outage",
+        "Outage",
+        "log_decision",
+    ),
     ("group commit (writer thread)", "slatebandit.logging.writer", "GroupCommitWriter", "_commit"),
     (
         "  decision and slot inserts",
@@ -98,6 +104,10 @@ class StageTimer:
 
         self._undo.append((owner, name, vars(owner).get(name, original)))
         setattr(owner, name, timed)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
 
     def restore(self) -> None:
         while self._undo:
