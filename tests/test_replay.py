@@ -15,7 +15,7 @@ from slatebandit.config import Settings
 from slatebandit.logging import open_engine
 from slatebandit.logging.schema import decisions, rewards, slots
 from slatebandit.policies.learner import Learner
-from slatebandit.replay import ReplayOptions, replay
+from slatebandit.replay import ReplayOptions, parse_target, replay
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import create_app
 from tests.conftest import make_settings, seed_catalog, serve_with_clicks
@@ -269,3 +269,19 @@ def test_evaluations_beyond_the_queue_are_refused_with_429(logged) -> None:  # t
         loop.close()
         evaluations.pool.shutdown()
         engine.dispose()
+
+
+def test_replay_targets_are_the_policies_that_serve() -> None:
+    """One Random, one Popular: replay asks the serving policy objects for their pmfs."""
+    from slatebandit import policies
+    from slatebandit.replay import targets
+
+    random_target = parse_target("random", None)  # type: ignore[arg-type]
+    popular_target = parse_target("popular", None)  # type: ignore[arg-type]
+    assert isinstance(random_target, targets.PolicyTarget)
+    assert isinstance(random_target.policy, policies.Random)
+    assert isinstance(popular_target, targets.PolicyTarget)
+    assert isinstance(popular_target.policy, policies.Popular)
+    assert (random_target.spec, popular_target.spec) == ("random", "popular")
+    assert not random_target.uses_exploration and popular_target.uses_exploration
+    assert not hasattr(targets, "Random") or targets.Random is policies.Random

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slatebandit.retrieval.catalog import age_band, popularity_band
 from slatebandit.retrieval.content import clean
 
 # Bump when this module changes what a model sees; every decision logs the spec it was scored
@@ -98,7 +99,7 @@ ACTION_SEPARATOR = "\n|i "  # joins the shared line and item features into one e
 
 
 # The bands of every packed byte, formatted once: a slate formats about 200 of them.
-_DYNAMIC = tuple(f"pop={code >> 4} age={code & 15}" for code in range(256))
+_DYNAMIC = tuple(f"pop={popularity_band(code)} age={age_band(code)}" for code in range(256))
 _BANDS = tuple(f" |d {tokens}" for tokens in _DYNAMIC)  # as the current spec appends them
 
 

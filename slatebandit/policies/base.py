@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,10 +29,15 @@ from slatebandit.bandit import (
     SharedFeatures,
     build_slate,
     layout,
+    slot_pmfs,
 )
+from slatebandit.errors import InvalidInput
 from slatebandit.logging import DecisionPayload
 from slatebandit.logging.records import pack
 from slatebandit.retrieval import FRESH, Candidates, ItemStore
+
+if TYPE_CHECKING:
+    from slatebandit.replay.log import Chunk, Revisions
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,15 @@ class Slate:
 
 
 class Policy:
-    """Scores candidates; subclasses implement ``scores`` (higher is better)."""
+    """Scores candidates; subclasses implement ``scores`` (higher is better).
+
+    Replay asks the same object for its pmf over logged slots (``replay.targets``):
+    ``logged_scores`` scores a chunk of logged decisions' candidates as the policy would have
+    at decision time, and ``logged_pmfs`` turns scores into slot pmfs.
+    """
 
     name = ""
+    uses_logged_exploration = True  # in replay, its slots follow each decision's exploration
 
     def __init__(
         self,
@@ -123,6 +134,24 @@ class Policy:
             self.exploration,
             picks,
         )
+
+    def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        """Its scores of each logged decision's candidates, (decisions, candidates). A policy
+        that reads what the log does not keep (the session vector) cannot be replayed."""
+        raise InvalidInput(f"policy {self.name!r}: replay cannot recompute it", field="policy")
+
+    def logged_pmfs(
+        self,
+        kinds: np.ndarray,
+        allowed: np.ndarray,
+        scores: np.ndarray,
+        fresh: np.ndarray,
+        novel: np.ndarray,
+        exploration: Exploration,
+    ) -> np.ndarray:
+        """Row-wise slot pmfs over logged slots: the slate builder with the decisions' own
+        layout letters (``kinds``) and ``exploration``, as serving fills them."""
+        return slot_pmfs(kinds, allowed, scores, fresh, novel, exploration)[1]
 
     def config(self) -> dict[str, Any]:
         """What ``dump`` writes besides the spec (subclasses add their own state)."""

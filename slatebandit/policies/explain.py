@@ -25,7 +25,7 @@ from slatebandit.policies.base import Policy, Query, Slate
 from slatebandit.policies.blend import Blend
 from slatebandit.policies.simple import Content, Popular
 from slatebandit.policies.vw import VWPolicy
-from slatebandit.retrieval import FRESH, SOURCES, ItemStore
+from slatebandit.retrieval import FRESH, SOURCES, ItemStore, popularity_band
 
 TOP_FEATURES = 5
 
@@ -64,7 +64,7 @@ def reasons(slate: Slate, store: ItemStore, seeds: Sequence[int]) -> list[str]:
         elif pick.kind == DIVERSE:
             out.append(f"{_category(store, key)}: a different category for variety")
         else:
-            popular = int(slate.dynamic[pick.index]) >> 4 > 0
+            popular = popularity_band(int(slate.dynamic[pick.index])) > 0
             reason = _by_source(source, key, store, nearest, context, popular)
             out.append(f"{reason}, exploring" if explored else reason)
     return out
@@ -127,7 +127,7 @@ def contributions(
         parts = policy.part_scores(store, query, slate.dynamic)
         return [_top([(name, float(values[i])) for name, values in parts]) for i in shown]
     if isinstance(policy, Popular):
-        bands = (slate.dynamic >> 4).tolist()
+        bands = popularity_band(slate.dynamic).tolist()
         return [
             [{"feature": f"popularity band {bands[i]}", "contribution": bands[i]}] for i in shown
         ]

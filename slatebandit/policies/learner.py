@@ -46,7 +46,7 @@ from slatebandit.logging.learning import (
     take_lease,
 )
 from slatebandit.logging.spool import shipping
-from slatebandit.retrieval import item_tokens, scorer_features
+from slatebandit.retrieval import snapshot_features
 
 log = logging.getLogger(__name__)
 LEASE = "learner"
@@ -73,9 +73,8 @@ def candidate_features(
     """A candidate's features as the scorer saw them: the content tokens of the logged
     revision, then the logged popularity and age bands."""
     key, fields = snapshots[int(payload.candidate_revs[candidate])]
-    tokens = item_tokens(fields["category"], fields["brand"], fields["price"], fields["attributes"])
     return action_features(
-        scorer_features(key, tokens),
+        snapshot_features(key, fields),
         int(payload.candidate_dynamic[candidate]),
         payload.feature_spec,
     )

@@ -13,9 +13,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from slatebandit.bandit import VWScorer, trim_freed_memory
+from slatebandit.errors import NotFound
 from slatebandit.logging.models import champion, get_version, model_bytes
 from slatebandit.policies.vw import VWPolicy
 
@@ -33,12 +34,20 @@ def load_champion(engine: Engine, serving: int, loaded: Held | None = None) -> V
         if version is None or version == serving:
             return None
         held = None if loaded is None else loaded(version)
-        if held is not None:
-            return held
-        info = get_version(conn, version)
-        data = model_bytes(conn, version)
-    assert info is not None
-    return VWScorer(info.vw_args, version=version, model_bytes=data)
+        return held if held is not None else load_version(conn, version)
+
+
+def load_version(
+    conn: Connection, version: int, field: str = "version", label: str | None = None
+) -> VWScorer:
+    """Model version ``version`` from the registry, ready to score: the one place a version is
+    loaded (the champion, a ``vw@V`` policy, a replay target). NotFound naming ``field`` (its
+    message starts with ``label``, default the field) if there is no such version, or its
+    model was pruned."""
+    info = get_version(conn, version)
+    if info is None:
+        raise NotFound(f"{label or field}: no model version {version}", field=field)
+    return VWScorer(info.vw_args, version=version, model_bytes=model_bytes(conn, version))
 
 
 async def follow_champion(engine: Engine, policy: VWPolicy, loaded: Held | None = None) -> bool:

@@ -12,13 +12,16 @@ content  cosine similarity of each candidate's index vector to the shopper's ses
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from slatebandit.bandit import Exploration
 from slatebandit.policies.base import Policy, Query
-from slatebandit.retrieval import ItemStore
+from slatebandit.retrieval import ItemStore, popularity_band
+
+if TYPE_CHECKING:
+    from slatebandit.replay.log import Chunk, Revisions
 
 UNIFORM = Exploration("epsilon", epsilon=1.0)
 
@@ -27,7 +30,10 @@ class Popular(Policy):
     name = "popular"
 
     def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
-        return (dynamic >> 4).astype(np.float64)
+        return popularity_band(dynamic).astype(np.float64)
+
+    def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        return popularity_band(chunk.dynamic).astype(np.float64)
 
 
 class Random(Policy):
@@ -36,8 +42,16 @@ class Random(Policy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(UNIFORM)  # uniform in every slot, whatever the settings say
 
+    uses_logged_exploration = False  # uniform in every slot, whatever the log's layout
+
     def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
         return np.zeros(len(query.candidates))
+
+    def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        return np.zeros(chunk.valid.shape)
+
+    def logged_pmfs(self, kinds, allowed, scores, fresh, novel, exploration):  # type: ignore[no-untyped-def]
+        return allowed / allowed.sum(axis=1, keepdims=True)
 
 
 class Content(Policy):

@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 
 from slatebandit.bandit import Exploration, VWScorer
 from slatebandit.config import Settings
-from slatebandit.errors import InvalidInput, NotFound
-from slatebandit.logging import models
+from slatebandit.errors import InvalidInput
 from slatebandit.logging.records import unpack
 from slatebandit.policies.base import Policy
 from slatebandit.policies.blend import Blend
+from slatebandit.policies.registry import load_version
 from slatebandit.policies.simple import Content, Popular, Random
 from slatebandit.policies.vw import VWPolicy
 
@@ -146,13 +146,8 @@ class PolicySet:
             return Blend([(self.get(name, field), w) for name, w in parts], *layout, spec=spec)
         if spec in SIMPLE:
             return SIMPLE[spec](*layout)
-        version = int(spec[3:])
         with self.engine.connect() as conn:
-            info = models.get_version(conn, version)
-            if info is None:
-                raise NotFound(f"{field}: no model version {version}", field=field)
-            data = models.model_bytes(conn, version)
-        scorer = VWScorer(info.vw_args, version=version, model_bytes=data)
+            scorer = load_version(conn, int(spec[3:]), field)
         return VWPolicy(scorer, *layout, pinned=True)
 
 

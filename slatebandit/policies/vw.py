@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from slatebandit.bandit import VWScorer, candidate_features
 from slatebandit.policies.base import Policy, Query
 from slatebandit.retrieval import ItemStore
+
+if TYPE_CHECKING:
+    from slatebandit.replay.log import Chunk, Revisions
 
 
 class VWPolicy(Policy):
@@ -32,6 +35,14 @@ class VWPolicy(Policy):
         return self.scorer.score(
             query.shared, candidate_features(store.catalog.features, keys, codes)
         )
+
+    def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
+        """Each logged decision's candidates scored with the features its scorer saw."""
+        out = np.zeros(chunk.valid.shape)
+        for row in range(len(chunk.decision_ids)):
+            actions = chunk.actions(revisions, row)
+            out[row, : len(actions)] = self.scorer.score(chunk.shared(row), actions)
+        return out
 
     def config(self) -> dict[str, Any]:
         scorer = self.scorer  # one read: the bytes and the version must match

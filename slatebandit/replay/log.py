@@ -21,7 +21,7 @@ from slatebandit.bandit import Exploration, SharedFeatures, action_features
 from slatebandit.logging import DecisionPayload
 from slatebandit.logging.records import unpack
 from slatebandit.logging.schema import decisions, item_revisions, rewards, slots
-from slatebandit.retrieval import FRESH, item_tokens, scorer_features
+from slatebandit.retrieval import FRESH, snapshot_features
 
 CHUNK_DECISIONS = 2000
 
@@ -120,9 +120,7 @@ class Revisions:
         """The item's static scorer features as of revision ``rev``, built on first use."""
         features = self._features.get(rev)
         if features is None:
-            key, f = self._fields[rev]
-            tokens = item_tokens(f["category"], f["brand"], f["price"], f["attributes"])
-            features = self._features[rev] = scorer_features(key, tokens)
+            features = self._features[rev] = snapshot_features(*self._fields[rev])
         return features
 
 

@@ -1,12 +1,14 @@
 """The policies replay can evaluate, and the probability each gives every logged slot.
 
-A target's probability for a logged slot is conditional: the probability that it puts the
-logged item in that slot, over the logged candidates, given the logged items of the earlier
-slots. Targets that score candidates (``popular``, ``vw@V``, ``vw:"ARGS"``) turn their scores
-into slot pmfs with the serving slate builder and the decision's own layout and exploration
-(``bandit.slot_pmfs``), so "what would model V have earned" means "served exactly the same way,
-with V's scores". Decisions whose logger we cannot recompute (imported logs) use the configured
-exploration instead.
+A target is the serving policy itself (``PolicyTarget``), asked for its pmf over each
+decision's logged candidates (``Policy.logged_scores``, ``Policy.logged_pmfs``). A target's
+probability for a logged slot is conditional: the probability that it puts the logged item in
+that slot, over the logged candidates, given the logged items of the earlier slots. Targets
+that score candidates (``popular``, ``vw@V``, ``vw:"ARGS"``) turn their scores into slot pmfs
+with the serving slate builder and the decision's own layout and exploration
+(``bandit.slot_pmfs``), so "what would model V have earned" means "served exactly the same
+way, with V's scores". Decisions whose logger we cannot recompute (imported logs) use the
+configured exploration instead.
 
 SPECs:
     random       uniform over the candidates still allowed, in every slot
@@ -24,15 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import Engine
 
-from slatebandit.bandit import (
-    Exploration,
-    VWScorer,
-    slot_example,
-    slot_pmfs,
-    slot_pools,
-)
-from slatebandit.errors import ConfigError, InvalidInput, NotFound
-from slatebandit.logging import models
+from slatebandit.bandit import Exploration, VWScorer, slot_example, slot_pools
+from slatebandit.errors import ConfigError, InvalidInput
+from slatebandit.policies import Policy, Popular, Random, VWPolicy
+from slatebandit.policies.registry import load_version
 from slatebandit.replay.log import Chunk, Revisions
 
 
@@ -80,6 +77,8 @@ def walk_slots(chunk: Chunk) -> Iterator[SlotState]:
 
 
 class Target:
+    """What replay evaluates: a probability for every logged slot (``probabilities``)."""
+
     spec: str = ""
     trains = False  # learns on the earlier part of the window before it is evaluated
     uses_exploration = True  # turns scores into slot pmfs with an exploration
@@ -91,37 +90,7 @@ class Target:
         item_value: np.ndarray,
         fallback: Exploration,
     ) -> SlotProbabilities:
-        p_target = np.zeros(len(chunk.slot))
-        expected = np.zeros(len(chunk.slot))
-        outside = np.zeros(len(chunk.slot))
-        scores = self.scores(chunk, revisions)
-        for state in walk_slots(chunk):
-            pmf = self.pmf(chunk, state, scores, fallback)
-            p_target[state.at] = pmf[np.arange(len(state.at)), chunk.chosen[state.at]]
-            expected[state.at] = (pmf * item_value[state.rows]).sum(axis=1)
-            outside[state.at] = np.where(state.logger_pool, 0.0, pmf).sum(axis=1)
-        return SlotProbabilities(np.minimum(p_target, 1.0), expected, outside)
-
-    def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
-        return np.zeros(chunk.valid.shape)
-
-    def pmf(
-        self, chunk: Chunk, state: SlotState, scores: np.ndarray, fallback: Exploration
-    ) -> np.ndarray:
-        """The slate builder's pmfs for these slots, with each decision's logged exploration."""
-        pmf = np.zeros(state.allowed.shape)
-        codes = chunk.exploration[state.rows]
-        for code in np.unique(codes):
-            group = codes == code
-            _, pmf[group] = slot_pmfs(
-                state.kinds[group],
-                state.allowed[group],
-                scores[state.rows[group]],
-                state.fresh[group],
-                state.novel[group],
-                chunk.explorations[code] or fallback,
-            )
-        return pmf
+        raise NotImplementedError
 
     def learn(self, chunk: Chunk, revisions: Revisions) -> None:
         raise NotImplementedError
@@ -130,19 +99,50 @@ class Target:
         """Release what the target holds (a VW workspace)."""
 
 
-class Random(Target):
-    spec = "random"
-    uses_exploration = False
+class PolicyTarget(Target):
+    """A serving policy (``slatebandit.policies``), asked for its pmf over each decision's
+    logged candidates, slot by slot."""
 
-    def pmf(self, chunk, state, scores, fallback):  # type: ignore[no-untyped-def]
-        return state.allowed / state.allowed.sum(axis=1, keepdims=True)
+    def __init__(self, policy: Policy, spec: str | None = None) -> None:
+        self.policy = policy
+        self.spec = spec or policy.name
+        self.uses_exploration = policy.uses_logged_exploration
 
+    def probabilities(
+        self,
+        chunk: Chunk,
+        revisions: Revisions,
+        item_value: np.ndarray,
+        fallback: Exploration,
+    ) -> SlotProbabilities:
+        p_target = np.zeros(len(chunk.slot))
+        expected = np.zeros(len(chunk.slot))
+        outside = np.zeros(len(chunk.slot))
+        scores = self.policy.logged_scores(chunk, revisions)
+        for state in walk_slots(chunk):
+            pmf = self.pmf(chunk, state, scores, fallback)
+            p_target[state.at] = pmf[np.arange(len(state.at)), chunk.chosen[state.at]]
+            expected[state.at] = (pmf * item_value[state.rows]).sum(axis=1)
+            outside[state.at] = np.where(state.logger_pool, 0.0, pmf).sum(axis=1)
+        return SlotProbabilities(np.minimum(p_target, 1.0), expected, outside)
 
-class Popular(Target):
-    spec = "popular"
-
-    def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
-        return (chunk.dynamic >> 4).astype(np.float64)
+    def pmf(
+        self, chunk: Chunk, state: SlotState, scores: np.ndarray, fallback: Exploration
+    ) -> np.ndarray:
+        """The policy's pmfs for these slots, with each decision's logged exploration."""
+        pmf = np.zeros(state.allowed.shape)
+        codes = chunk.exploration[state.rows]
+        for code in np.unique(codes):
+            group = codes == code
+            pmf[group] = self.policy.logged_pmfs(
+                state.kinds[group],
+                state.allowed[group],
+                scores[state.rows[group]],
+                state.fresh[group],
+                state.novel[group],
+                chunk.explorations[code] or fallback,
+            )
+        return pmf
 
 
 class Logged(Target):
@@ -155,18 +155,14 @@ class Logged(Target):
         )
 
 
-class VW(Target):
-    def __init__(self, spec: str, scorer: VWScorer, trains: bool) -> None:
-        self.spec = spec
-        self.scorer = scorer
-        self.trains = trains
+class Trained(PolicyTarget):
+    """``vw:"ARGS"``: a new VW model, taught the earlier part of the window first."""
 
-    def scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
-        out = np.zeros(chunk.valid.shape)
-        for row in range(len(chunk.decision_ids)):
-            actions = chunk.actions(revisions, row)
-            out[row, : len(actions)] = self.scorer.score(chunk.shared(row), actions)
-        return out
+    trains = True
+
+    def __init__(self, spec: str, scorer: VWScorer) -> None:
+        super().__init__(VWPolicy(scorer, Exploration()), spec)
+        self.scorer = scorer
 
     def learn(self, chunk: Chunk, revisions: Revisions) -> None:
         """Each logged slot as the learner would teach it (``bandit.slot_example``)."""
@@ -187,27 +183,36 @@ class VW(Target):
         self.scorer.finish()
 
 
+class Pinned(PolicyTarget):
+    """``vw@V``: model version V from the registry."""
+
+    def __init__(self, scorer: VWScorer) -> None:
+        super().__init__(VWPolicy(scorer, Exploration(), pinned=True))
+        self.scorer = scorer
+
+    def close(self) -> None:
+        self.scorer.finish()
+
+
 def parse_target(spec: str, engine: Engine) -> Target:
     """A target from its SPEC (see the module docstring); a bad SPEC names itself."""
     spec = spec.strip()
-    simple: dict[str, type[Target]] = {"random": Random, "popular": Popular, "logged": Logged}
-    if spec in simple:
-        return simple[spec]()
+    if spec in ("random", "popular"):
+        policy = Random() if spec == "random" else Popular(Exploration())
+        return PolicyTarget(policy)
+    if spec == "logged":
+        return Logged()
     if spec.startswith("vw@"):
         try:
             version = int(spec[3:])
         except ValueError:
             raise InvalidInput(f"policy {spec!r}: expected vw@VERSION", field="policy") from None
         with engine.connect() as conn:
-            info = models.get_version(conn, version)
-            if info is None:
-                raise NotFound(f"policy {spec!r}: no model version {version}", field="policy")
-            data = models.model_bytes(conn, version)
-        return VW(spec, VWScorer(info.vw_args, version=version, model_bytes=data), trains=False)
+            return Pinned(load_version(conn, version, "policy", label=f"policy {spec!r}"))
     if spec.startswith("vw:"):
         args = spec[3:].strip().strip("\"'")
         try:
-            return VW(f"vw:{args}", VWScorer(args), trains=True)
+            return Trained(f"vw:{args}", VWScorer(args))
         except ConfigError as exc:
             raise InvalidInput(f"policy {spec!r}: {exc.message}", field="policy") from None
     raise InvalidInput(

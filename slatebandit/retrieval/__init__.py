@@ -12,13 +12,14 @@ from slatebandit.retrieval.candidates import (
     generate,
     session_vector,
 )
-from slatebandit.retrieval.catalog import Catalog
+from slatebandit.retrieval.catalog import Catalog, age_band, popularity_band
 from slatebandit.retrieval.content import (
     DIM,
     ContentEmbedder,
     item_tokens,
     price_bucket,
     scorer_features,
+    snapshot_features,
     title_words,
 )
 from slatebandit.retrieval.filters import Allowed, FilterMasks, Filters
@@ -45,11 +46,14 @@ __all__ = [
     "Quotas",
     "UserState",
     "UserStates",
+    "age_band",
     "context_tokens",
     "generate",
     "item_tokens",
+    "popularity_band",
     "price_bucket",
     "scorer_features",
+    "snapshot_features",
     "session_vector",
     "title_words",
 ]

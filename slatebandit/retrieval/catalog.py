@@ -21,6 +21,17 @@ CONTEXT_ITEMS = 500  # items kept per context token
 CONTEXTS = 2_000  # context tokens tracked
 
 
+def popularity_band(codes: Any) -> Any:
+    """The popularity band of packed dynamic codes (``Catalog.dynamic_codes``): an int or an
+    array of them."""
+    return codes >> 4
+
+
+def age_band(codes: Any) -> Any:
+    """The age band of packed dynamic codes (``Catalog.dynamic_codes``)."""
+    return codes & 15
+
+
 class Catalog:
     def __init__(self, fresh_impressions: int = 50) -> None:
         self.fresh_impressions = fresh_impressions

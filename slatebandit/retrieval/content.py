@@ -14,6 +14,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,13 @@ def item_tokens(
 def scorer_features(key: int, tokens: Sequence[str]) -> str:
     """An item's static features for the scorer: its id token, then its content tokens."""
     return " ".join([f"k{key}", *tokens])
+
+
+def snapshot_features(key: int, fields: Mapping[str, Any]) -> str:
+    """The scorer features of an item revision, from its snapshot (``logging.items.snapshot``):
+    what the learner and replay rebuild for a logged candidate."""
+    tokens = item_tokens(fields["category"], fields["brand"], fields["price"], fields["attributes"])
+    return scorer_features(key, tokens)
 
 
 def title_words(title: str) -> list[str]:
