@@ -130,8 +130,18 @@ class PolicyTarget(Target):
         self, chunk: Chunk, state: SlotState, scores: np.ndarray, fallback: Exploration
     ) -> np.ndarray:
         """The policy's pmfs for these slots, with each decision's logged exploration."""
-        pmf = np.zeros(state.allowed.shape)
         codes = chunk.exploration[state.rows]
+        first = codes[0] if len(codes) else 0
+        if len(codes) and (codes == first).all():  # one logger for all: no masked copies
+            return self.policy.logged_pmfs(
+                state.kinds,
+                state.allowed,
+                scores[state.rows],
+                state.fresh,
+                state.novel,
+                chunk.explorations[first] or fallback,
+            )
+        pmf = np.zeros(state.allowed.shape)
         for code in np.unique(codes):
             group = codes == code
             pmf[group] = self.policy.logged_pmfs(
