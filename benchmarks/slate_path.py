@@ -186,17 +186,17 @@ async def run(
 
 def prepare(data_dir: Path, items: int) -> None:
     """The demo catalog and its saved index, as ``slatebandit serve --demo`` makes them."""
-    from slatebandit.logging import count_live_items, load_items, open_engine
+    from benchmarks.serve_workload import write_catalog
+    from slatebandit.logging import count_live_items, open_engine
     from slatebandit.recommender import index_path
     from slatebandit.retrieval import ItemStore
-    from slatebandit.retrieval.demo import demo_items
 
     settings = Settings.from_env({}, data_dir=str(data_dir))
     engine = open_engine(settings.database_url)
     with engine.connect() as conn:
         empty = count_live_items(conn) == 0
     if empty:
-        load_items(engine, demo_items(items), total=items, desc="demo")
+        write_catalog(engine, items)
     ItemStore.open(engine, index_path(settings), progress=True).save()
     engine.dispose()
 

@@ -16,10 +16,10 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from slatebandit.bandit import SharedFeatures, valued
-from slatebandit.logging import DecisionRecord, ShownDecision, ShownSlot
+from slatebandit.logging import DecisionRecord, ShownSlot
 from slatebandit.policies import Query, Slate
 from slatebandit.policies.explain import contributions, reasons
 from slatebandit.recommender.state import Parts
@@ -99,15 +99,11 @@ async def decide(r: Parts, query: SlateQuery) -> Decision:
     record = _record(shopper, slate, experiment, arm)
     # Committed, or spooled while the database is away; the slate is served either way.
     shown, logged = await r.outage.log_decision(r.writer.submit, record)
-    keys = [slot.item_key for slot in record.shown]
-    for key in keys:
-        r.store.catalog.add_impressions(key)
+    for slot in record.shown:
+        r.store.catalog.add_impressions(slot.item_key)
     if shown is not None:  # remembered with its context, for its rewards
         context = tuple(shopper.shared.context.items())
-        r.remember_decision(
-            record.event_id,
-            ShownDecision(shown.decision_id, shown.item_keys, shown.user_id, context),
-        )
+        r.remember_decision(record.event_id, replace(shown, context=context))
     items = _items(r.store.catalog, record.shown, why, detail)
     return Decision(
         record.event_id, slate.policy, slate.model_version, logged, items, experiment, arm

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -131,28 +132,29 @@ class PolicyTarget(Target):
     ) -> np.ndarray:
         """The policy's pmfs for these slots, with each decision's logged exploration."""
         codes = chunk.exploration[state.rows]
-        first = codes[0] if len(codes) else 0
-        if len(codes) and (codes == first).all():  # one logger for all: no masked copies
-            return self.policy.logged_pmfs(
-                state.kinds,
-                state.allowed,
-                scores[state.rows],
-                state.fresh,
-                state.novel,
-                chunk.explorations[first] or fallback,
+        loggers = np.unique(codes)
+        if len(loggers) == 1:  # one logger for every decision (the usual case): no copies
+            return self._pmfs(
+                state, scores, slice(None), chunk.explorations[loggers[0]] or fallback
             )
         pmf = np.zeros(state.allowed.shape)
-        for code in np.unique(codes):
+        for code in loggers:
             group = codes == code
-            pmf[group] = self.policy.logged_pmfs(
-                state.kinds[group],
-                state.allowed[group],
-                scores[state.rows[group]],
-                state.fresh[group],
-                state.novel[group],
-                chunk.explorations[code] or fallback,
-            )
+            pmf[group] = self._pmfs(state, scores, group, chunk.explorations[code] or fallback)
         return pmf
+
+    def _pmfs(
+        self, state: SlotState, scores: np.ndarray, rows: Any, exploration: Exploration
+    ) -> np.ndarray:
+        """``Policy.logged_pmfs`` for the slots ``rows`` selects (a mask, or every row)."""
+        return self.policy.logged_pmfs(
+            state.kinds[rows],
+            state.allowed[rows],
+            scores[state.rows[rows]],
+            state.fresh[rows],
+            state.novel[rows],
+            exploration,
+        )
 
 
 class Logged(Target):
