@@ -3,6 +3,7 @@ learner and gated releases (guard, canary, watch), driven by the storefront simu
 
     python -m benchmarks.learning_curve [--requests 20000] [--window 2000] [--seed 3]
                                         [--promotion gated|always] [--drift-at N] [--tag NAME]
+                                        [--keep DIR]
 
 Only the reward wait (0) and the checkpoint cadence (every 5 s) are lowered, so a run of
 minutes shows what hours would. Prints CTR per window beside:
@@ -18,6 +19,7 @@ it took to get back to 80% of the CTR before the change. Learning latency is mea
 the client's side: for every reward posted, the seconds until the first slate served by a
 model version that learned its decision (canary slates count). The release verdicts of the
 run come from ``GET /v1/models``. Writes ``benchmarks/results/learning-curve-TAG.{json,csv,png}``.
+``--keep DIR`` serves from DIR and keeps its log, for ``benchmarks/model_check.py``.
 """
 
 from __future__ import annotations
@@ -180,6 +182,11 @@ def main() -> None:
     parser.add_argument("--drift-at", type=int, default=0, help="visits before tastes change")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE, more settings")
     parser.add_argument("--tag", default="", help="results file suffix (default: promotion)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="serve from this data directory and keep it (for benchmarks/model_check.py)",
+    )
     args = parser.parse_args()
     if args.drift_at and args.drift_at % args.window:
         parser.error("--drift-at must be a multiple of --window")
@@ -196,7 +203,15 @@ def main() -> None:
     defaults = Settings.from_env({f"SLATEBANDIT_{k}": v for k, v in settings.items()})
     storefront = Storefront.generate(args.items, args.users, seed=args.seed)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as data_dir, serving(settings, data_dir) as base:
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            if any(args.keep.iterdir()):
+                parser.error(f"--keep {args.keep}: not empty")
+            data_dir = str(args.keep)
+        else:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+        base = stack.enter_context(serving(settings, data_dir))
         with httpx.Client(base_url=base, timeout=30) as client:
             recording = Recording(client)
             curves = {"vw": curve(recording, "vw", args, storefront).windows}

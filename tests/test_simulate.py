@@ -110,3 +110,24 @@ def test_new_tastes_keep_the_catalog_and_change_the_shoppers() -> None:
     assert changed.tastes.shape == store.tastes.shape
     assert not (changed.tastes == store.tastes).all()
     assert changed.tastes.sum(axis=1) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_model_check_reads_a_kept_log_and_judges_the_model_by_the_click_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.model_check import as_logged, check, load, oracle_profile
+
+    _curve(tmp_path, "vw")
+    storefront = Storefront.generate(300, 200, seed=SEED)
+    logged = load(make_settings(tmp_path / "vw").database_url, storefront)
+    assert len(logged) == 8 * 300
+    assert all(len(d.shown) == 5 and len(d.actions) == len(d.catalog_index) for d in logged)
+    clicks = sum(reward for d in logged for *_, reward in d.shown)
+    assert 0 < clicks < 5 * len(logged)
+
+    values, _ = storefront.values()
+    args = "--cb_adf --cb_type dm -q ui -q ci -b 18 --power_t 0 -l 0.05"
+    learned = check(args, logged, 1800, values, as_logged)
+    told = check(args, logged, 1800, values, oracle_profile(storefront))
+    assert learned["uniform"] < learned["top1"] <= 1.0
+    assert learned["top3"] <= 1.0
+    assert told["top1"] > learned["top1"]  # knowing the true tastes can only help

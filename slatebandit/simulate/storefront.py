@@ -74,7 +74,7 @@ class Storefront:
         tastes = rng.dirichlet(np.full(self.tastes.shape[1], 0.3), size=self.tastes.shape[0])
         return replace(self, tastes=tastes)
 
-    def _values(self) -> tuple[np.ndarray, np.ndarray]:
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
         """Each shopper's base * taste * appeal for every item (users x items), and the items'
         categories."""
         categories = np.array([self.category_of[item.item_id] for item in self.items])
@@ -99,7 +99,7 @@ class Storefront:
 
         Random items are counted at the catalog's mean value for the shopper; within a
         slate's few slots the items already taken barely move that mean."""
-        values, categories = self._values()
+        values, categories = self.values()
         total = 0.0
         for user_values in values:
             order = np.argsort(-user_values)
@@ -131,6 +131,6 @@ class Storefront:
 
     def random_ctr(self, k: int) -> float:
         """The CTR of k uniformly random items."""
-        values, _ = self._values()
+        values, _ = self.values()
         bias = self.position_bias[:k]
         return float(np.minimum(0.9, values.mean(1)[:, None] * bias).mean())
