@@ -234,3 +234,22 @@ def test_bootstrap_weights_do_not_depend_on_chunking() -> None:
     assert np.array_equal(whole, parts)
     assert whole.mean() == pytest.approx(1.0, abs=0.02)  # Poisson(1)
     assert whole.var() == pytest.approx(1.0, abs=0.05)
+
+
+def test_bootstrap_counts_are_the_inverse_poisson_cdf_of_each_hash() -> None:
+    """The weights are the searched inverse CDF of ``_splitmix64`` hashes, as first written;
+    the table lookup and the in-place mixing only make them faster (identical counts, so
+    identical intervals)."""
+    from slatebandit.replay.bootstrap import _CDF, _count_table, _splitmix64
+
+    table = _count_table()
+    every = np.arange(2**24, dtype=np.float64) * 2.0**-24
+    assert np.array_equal(table, np.searchsorted(_CDF, every, side="right"))
+
+    bootstrap = Bootstrap(300, seed=9)  # more than one block of replicates
+    ids = np.array([1, 2, 3, 10**9, 2**40 + 7], dtype=np.int64)
+    stream = _splitmix64(ids.astype(np.uint64) ^ bootstrap._key)[:, None]
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(stream * np.uint64(0x100000001B3) + np.arange(300, dtype=np.uint64))
+    uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
+    assert np.array_equal(bootstrap.weights(ids), np.searchsorted(_CDF, uniform, side="right"))

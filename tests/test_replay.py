@@ -285,3 +285,41 @@ def test_replay_targets_are_the_policies_that_serve() -> None:
     assert (random_target.spec, popular_target.spec) == ("random", "popular")
     assert not random_target.uses_exploration and popular_target.uses_exploration
     assert not hasattr(targets, "Random") or targets.Random is policies.Random
+
+
+def test_payloads_decode_column_by_column_as_one_payload_at_a_time() -> None:
+    from slatebandit.logging import DecisionPayload
+    from slatebandit.logging.records import pack
+    from slatebandit.replay.log import Payloads
+
+    rng = np.random.default_rng(8)
+    written = []
+    for width, layout in ((5, "eex"), (3, "ed"), (7, "e"), (1, "e")):
+        written.append(
+            DecisionPayload(
+                context={"c": {"device": "mobile"}, "u": [], "p": []},
+                candidate_revs=rng.integers(1, 2**31, width).astype(np.uint32),
+                candidate_flags=rng.integers(0, 256, width).astype(np.uint8),
+                candidate_dynamic=rng.integers(0, 256, width).astype(np.uint8),
+                scores=np.zeros(width, dtype=np.float16),
+                layout=layout,
+                exploration={"kind": "epsilon", "param": 0.05},
+                chosen=rng.choice(width, len(layout), replace=False).astype(np.uint16),
+                feature_spec=4,
+            )
+        )
+    columns = Payloads.decode([p.encode() for p in written])
+    assert columns.revs.shape == (4, 7) and columns.chosen.shape == (4, 3)
+    for row, payload in enumerate(written):
+        n, k = len(payload.candidate_revs), len(payload.layout)
+        assert columns.valid[row].sum() == n
+        assert np.array_equal(columns.revs[row, :n], payload.candidate_revs)
+        assert not columns.revs[row, n:].any()
+        assert np.array_equal(columns.flags[row, :n], payload.candidate_flags)
+        assert np.array_equal(columns.dynamic[row, :n], payload.candidate_dynamic)
+        assert "".join(columns.layout[row]) == payload.layout
+        assert np.array_equal(columns.chosen[row, :k], payload.chosen)
+        assert columns.explorations[row] == payload.exploration
+        assert columns.specs[row] == 4
+    with pytest.raises(ValueError, match="payload version 9"):
+        Payloads.decode([written[0].encode(), pack({"v": 9})])

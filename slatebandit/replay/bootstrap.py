@@ -21,6 +21,20 @@ _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 _MAX_COUNT = 12  # P(Poisson(1) > 12) < 1e-10
 # u < _CDF[c] first at c = the count: the inverse CDF of Poisson(1).
 _CDF = np.cumsum([math.exp(-1.0) / math.factorial(c) for c in range(_MAX_COUNT)])
+_UNIFORM_BITS = 24  # a count is drawn from the top 24 bits of its hash: u = bits * 2^-24
+
+
+def _count_table() -> np.ndarray:
+    """The count for every 24-bit uniform: ``table[bits]`` is ``searchsorted(_CDF, bits *
+    2^-24, "right")``, the inverse CDF above, looked up instead of searched (16 MB, once).
+    ``bits * 2^-24 >= _CDF[c]`` exactly when ``bits >= ceil(_CDF[c] * 2^24)``."""
+    table = np.zeros(2**_UNIFORM_BITS, dtype=np.uint8)
+    for threshold in np.ceil(_CDF * 2**_UNIFORM_BITS).astype(np.int64):
+        table[min(int(threshold), len(table)) :] += 1
+    return table
+
+
+_COUNTS: np.ndarray | None = None  # _count_table(), built on first use
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -32,7 +46,22 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def _splitmix64_in_place(x: np.ndarray) -> np.ndarray:
+    """``_splitmix64`` overwriting ``x`` (uint64, so products wrap without a mask): the
+    bootstrap mixes a (decisions x replicates) block at a time, and each temporary the
+    expression form makes is a pass over it."""
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
 BLOCK = 256  # replicates generated and multiplied at a time: bounds the temporaries
+DENSE = 4_000_000  # counts kept as float64 (32 MB) for the estimators that multiply them
 
 
 class Bootstrap:
@@ -40,8 +69,9 @@ class Bootstrap:
 
     ``weights(ids)`` is a (len(ids), replicates) uint8 matrix of counts (never above
     ``_MAX_COUNT``); the last one computed is kept, because every estimator of every policy asks
-    for the same chunk of decisions in turn. ``totals`` multiplies it into per-replicate sums a
-    block of replicates at a time, so memory stays at one byte per (decision, replicate).
+    for the same chunk of decisions in turn. ``totals`` multiplies it into per-replicate sums
+    (from a float64 copy kept beside it for chunks up to ``DENSE`` counts, else a block of
+    replicates at a time), so memory stays bounded by the chunk, not the log.
     """
 
     def __init__(self, replicates: int = 1000, seed: int = 0) -> None:
@@ -51,27 +81,41 @@ class Bootstrap:
         self.seed = seed
         self._key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
         self._last: tuple[bytes, np.ndarray] | None = None
+        self._dense: tuple[np.ndarray, np.ndarray] | None = None  # (counts, as float64)
 
     def weights(self, ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         tag = ids.tobytes()
         if self._last is not None and self._last[0] == tag:
             return self._last[1]
+        global _COUNTS
+        if _COUNTS is None:
+            _COUNTS = _count_table()
         counts = np.zeros((len(ids), self.replicates), dtype=np.uint8)
         with np.errstate(over="ignore"):
             stream = _splitmix64(ids.astype(np.uint64) ^ self._key)[:, None]
+            stream *= np.uint64(0x100000001B3)
             for start in range(0, self.replicates, BLOCK):
                 stop = min(start + BLOCK, self.replicates)
-                replicate = np.arange(start, stop, dtype=np.uint64)[None, :]
-                bits = _splitmix64(stream * np.uint64(0x100000001B3) + replicate)
-                uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
-                counts[:, start:stop] = np.searchsorted(_CDF, uniform, side="right")
+                bits = _splitmix64_in_place(stream + np.arange(start, stop, dtype=np.uint64))
+                bits >>= np.uint64(64 - _UNIFORM_BITS)
+                counts[:, start:stop] = _COUNTS[bits]
         self._last = (tag, counts)
         return counts
 
     def totals(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Per replicate, the count-weighted sums of ``values`` (one row per decision)."""
+        """Per replicate, the count-weighted sums of ``values`` (one row per decision).
+
+        The counts of the last ``ids`` are kept as float64 too (8 bytes per decision and
+        replicate: 16 MB for a replay chunk of 2,000 decisions and 1,000 replicates), since
+        every estimator of every target multiplies the same ones. Past ``DENSE`` counts, a
+        block of replicates at a time is converted and multiplied instead."""
         counts = self.weights(ids)
+        if counts.size <= DENSE:
+            if self._dense is None or self._dense[0] is not counts:
+                self._dense = (counts, counts.astype(np.float64))
+            dense: np.ndarray = self._dense[1].T @ values
+            return dense
         out = np.empty((self.replicates, values.shape[1]))
         for start in range(0, self.replicates, BLOCK):
             block = counts[:, start : start + BLOCK].astype(np.float64)
