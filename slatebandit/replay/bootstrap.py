@@ -13,6 +13,7 @@ accumulator of one pass.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,17 +25,16 @@ _CDF = np.cumsum([math.exp(-1.0) / math.factorial(c) for c in range(_MAX_COUNT)]
 _UNIFORM_BITS = 24  # a count is drawn from the top 24 bits of its hash: u = bits * 2^-24
 
 
+@functools.cache
 def _count_table() -> np.ndarray:
     """The count for every 24-bit uniform: ``table[bits]`` is ``searchsorted(_CDF, bits *
-    2^-24, "right")``, the inverse CDF above, looked up instead of searched (16 MB, once).
+    2^-24, "right")``, the inverse CDF above, looked up instead of searched (16 MB, built on
+    first use).
     ``bits * 2^-24 >= _CDF[c]`` exactly when ``bits >= ceil(_CDF[c] * 2^24)``."""
     table = np.zeros(2**_UNIFORM_BITS, dtype=np.uint8)
     for threshold in np.ceil(_CDF * 2**_UNIFORM_BITS).astype(np.int64):
         table[min(int(threshold), len(table)) :] += 1
     return table
-
-
-_COUNTS: np.ndarray | None = None  # _count_table(), built on first use
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -88,9 +88,7 @@ class Bootstrap:
         tag = ids.tobytes()
         if self._last is not None and self._last[0] == tag:
             return self._last[1]
-        global _COUNTS
-        if _COUNTS is None:
-            _COUNTS = _count_table()
+        table = _count_table()
         counts = np.zeros((len(ids), self.replicates), dtype=np.uint8)
         with np.errstate(over="ignore"):
             stream = _splitmix64(ids.astype(np.uint64) ^ self._key)[:, None]
@@ -99,7 +97,7 @@ class Bootstrap:
                 stop = min(start + BLOCK, self.replicates)
                 bits = _splitmix64_in_place(stream + np.arange(start, stop, dtype=np.uint64))
                 bits >>= np.uint64(64 - _UNIFORM_BITS)
-                counts[:, start:stop] = _COUNTS[bits]
+                counts[:, start:stop] = table[bits]
         self._last = (tag, counts)
         return counts
 
