@@ -44,7 +44,7 @@ from slatebandit.simulate.storefront import CATEGORIES
 
 
 @dataclass(frozen=True)
-class Logged:
+class LoggedDecision:
     """One logged decision, as the model check needs it."""
 
     decision_id: int
@@ -55,7 +55,7 @@ class Logged:
     shown: list[tuple[int, int, float, float]]  # (slot, candidate, propensity, reward)
 
 
-def load(database_url: str, storefront: Storefront) -> list[Logged]:
+def load(database_url: str, storefront: Storefront) -> list[LoggedDecision]:
     engine = create_engine(database_url)
     position = {item.item_id: n for n, item in enumerate(storefront.items)}
     with engine.connect() as conn:
@@ -86,7 +86,7 @@ def load(database_url: str, storefront: Storefront) -> list[Logged]:
         payload = DecisionPayload.decode(data)
         keys = [snapshots[int(rev)][0] for rev in payload.candidate_revs]
         logged.append(
-            Logged(
+            LoggedDecision(
                 decision_id,
                 int(user_id.removeprefix("shopper-")),
                 SharedFeatures.from_log(payload.context),
@@ -101,17 +101,17 @@ def load(database_url: str, storefront: Storefront) -> list[Logged]:
     return logged
 
 
-Profile = Callable[[Logged], SharedFeatures]
+Profile = Callable[[LoggedDecision], SharedFeatures]
 
 
-def as_logged(decision: Logged) -> SharedFeatures:
+def as_logged(decision: LoggedDecision) -> SharedFeatures:
     return decision.shared
 
 
 def oracle_profile(storefront: Storefront) -> Profile:
     """The shopper's true tastes in place of the ``tc=`` tokens their events gave them."""
 
-    def shared(decision: Logged) -> SharedFeatures:
+    def shared(decision: LoggedDecision) -> SharedFeatures:
         tastes = storefront.tastes[decision.shopper]
         kept = tuple(t for t in decision.shared.profile if not t.startswith("tc="))
         true = tuple(f"tc={name}:{tastes[c]:.3f}" for c, name in enumerate(CATEGORIES))
@@ -121,7 +121,7 @@ def oracle_profile(storefront: Storefront) -> Profile:
 
 
 def check(
-    vw_args: str, logged: list[Logged], train: int, values: np.ndarray, profile: Profile
+    vw_args: str, logged: list[LoggedDecision], train: int, values: np.ndarray, profile: Profile
 ) -> dict[str, float]:
     started = time.monotonic()
     scorer = VWScorer(vw_args)
