@@ -236,6 +236,13 @@ def learner_state(conn: Any, due_by: float) -> dict[str, Any]:
     }
 
 
+def log_state(engine: Any, due_by: float) -> tuple[int, dict[str, Any]]:
+    """The decisions logged so far, and ``learner_state``."""
+    with engine.connect() as conn:
+        logged = conn.execute(select(func.count()).select_from(decisions)).scalar_one()
+        return logged, learner_state(conn, due_by)
+
+
 async def soak(
     base: str,
     rate: float,
@@ -263,9 +270,9 @@ async def soak(
                 task.add_done_callback(pending.discard)
             sent += max(due, 0)
             await asyncio.sleep(0.005)  # the schedule's tick, not a wait for the server
-        with engine.connect() as conn:
-            logged = conn.execute(select(func.count()).select_from(decisions)).scalar_one()
-            learning = learner_state(conn, time.time() - reward_wait)
+        # On a thread: counting a growing log blocks for a while, and on the event loop it
+        # would hold back the load's own requests and inflate the latencies it measures.
+        logged, learning = await asyncio.to_thread(log_state, engine, time.time() - reward_wait)
         row = {
             "minute": minute,
             **load.minute(),
