@@ -38,9 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
-
 from benchmarks.harness import machine
+from slatebandit.logging import open_engine
 from slatebandit.replay.obd import ITEM_CONTEXT, find_log, import_obd
 
 RESULTS = Path(__file__).parent / "results" / "replay-vs-obp.json"
@@ -144,7 +143,7 @@ def main() -> None:
         if not database.exists():
             tile(args.campaign, args.tile, campaign)
             started = time.perf_counter()
-            engine = create_engine(url)
+            engine = open_engine(url)  # creates the schema
             imported = import_obd(engine, campaign)
             engine.dispose()
             print(
