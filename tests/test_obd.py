@@ -153,3 +153,17 @@ def test_one_campaign_is_one_campaign_however_its_path_is_spelled(
     monkeypatch.chdir(DATA / "bts")
     assert main(["import", "obd", ".", "--db", url]) == 2
     assert "already imported" in capsys.readouterr().err
+
+
+def test_replay_vs_obp_tiles_a_campaign_into_one_importable_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks.replay_vs_obp import tile
+
+    campaign = Path(__file__).parent / "data" / "obd" / "random"
+    csv = tile(campaign, 3, tmp_path / "random-x3")
+    with gzip.open(campaign / "all.csv.gz", "rt", encoding="utf-8") as handle:
+        header, *rows = handle.read().splitlines()
+    tiled = csv.read_text(encoding="utf-8").splitlines()
+    assert tiled[0] == header and tiled[1:] == rows * 3
+    assert (csv.parent / "item_context.csv").read_bytes() == (
+        campaign / "item_context.csv"
+    ).read_bytes()
