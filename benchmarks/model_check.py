@@ -131,21 +131,26 @@ def check(
             scorer.learn(
                 slot_example(shared, slot, decision.actions[candidate], reward, propensity)
             )
-    top1, top3, uniform = [], [], []
+    top1, top3 = [], []
     for decision in logged[train:]:
         worth = values[decision.shopper, decision.catalog_index]
         order = np.argsort(-scorer.score(profile(decision), decision.actions))
         best = np.sort(worth)[::-1]
         top1.append(worth[order[0]] / best[0])
         top3.append(worth[order[:3]].mean() / best[:3].mean())
-        uniform.append(worth.mean() / best[0])
     scorer.finish()
     return {
         "top1": float(np.mean(top1)),
         "top3": float(np.mean(top3)),
-        "uniform": float(np.mean(uniform)),  # top 1 of a uniformly random pick, for scale
         "seconds": time.monotonic() - started,
     }
+
+
+def uniform_top1(held_out: list[LoggedDecision], values: np.ndarray) -> float:
+    """Top 1 of a uniformly random pick among each decision's candidates, for scale."""
+    return float(
+        np.mean([(w := values[d.shopper, d.catalog_index]).mean() / w.max() for d in held_out])
+    )
 
 
 def main() -> None:
@@ -171,12 +176,7 @@ def main() -> None:
     retrieval = np.mean(
         [values[d.shopper, d.catalog_index].max() / values[d.shopper].max() for d in held_out]
     )
-    uniform = np.mean(
-        [
-            values[d.shopper, d.catalog_index].mean() / values[d.shopper, d.catalog_index].max()
-            for d in held_out
-        ]
-    )
+    uniform = uniform_top1(held_out, values)
     print(
         f"{len(logged)} decisions: learning {train}, checking {len(held_out)}; "
         f"retrieval {retrieval:.3f} (best candidate over the shopper's best item); "

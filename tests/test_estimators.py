@@ -240,7 +240,16 @@ def test_bootstrap_counts_are_the_inverse_poisson_cdf_of_each_hash() -> None:
     """The weights are the searched inverse CDF of ``_splitmix64`` hashes, as first written;
     the table lookup and the in-place mixing only make them faster (identical counts, so
     identical intervals)."""
-    from slatebandit.replay.bootstrap import _CDF, _count_table, _splitmix64
+    from slatebandit.replay.bootstrap import _CDF, _count_table
+
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    def _splitmix64(x: np.ndarray) -> np.ndarray:  # the mixer as first written, masks and all
+        with np.errstate(over="ignore"):
+            x = (x + np.uint64(0x9E3779B97F4A7C15)) & mask
+            x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & mask
+            x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & mask
+            return x ^ (x >> np.uint64(31))
 
     table = _count_table()
     every = np.arange(2**24, dtype=np.float64) * 2.0**-24

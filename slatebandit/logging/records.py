@@ -45,11 +45,18 @@ class DecisionPayload:
             use_bin_type=True,
         )
 
-    @classmethod
-    def decode(cls, data: bytes) -> DecisionPayload:
-        raw = msgpack.unpackb(data, raw=False)
+    @staticmethod
+    def fields(data: bytes) -> dict[str, Any]:
+        """The encoded fields as msgpack gives them back (bytes for the arrays), after the
+        version check: for readers that build their own arrays (replay's ``Payloads``)."""
+        raw: dict[str, Any] = msgpack.unpackb(data, raw=False)
         if raw.get("v") != PAYLOAD_VERSION:
             raise ValueError(f"unknown decision payload version {raw.get('v')!r}")
+        return raw
+
+    @classmethod
+    def decode(cls, data: bytes) -> DecisionPayload:
+        raw = cls.fields(data)
         return cls(
             context=raw["ctx"],
             candidate_revs=np.frombuffer(raw["rev"], dtype="<u4"),

@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 _MAX_COUNT = 12  # P(Poisson(1) > 12) < 1e-10
 # u < _CDF[c] first at c = the count: the inverse CDF of Poisson(1).
 _CDF = np.cumsum([math.exp(-1.0) / math.factorial(c) for c in range(_MAX_COUNT)])
@@ -38,18 +37,14 @@ def _count_table() -> np.ndarray:
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A strong 64-bit mixer (Steele et al. 2014); numpy's uint64 arithmetic wraps as it must."""
-    with np.errstate(over="ignore"):
-        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK
-        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK
-        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK
-        return x ^ (x >> np.uint64(31))
+    """A strong 64-bit mixer (Steele et al. 2014), on a uint64 copy of ``x``."""
+    return _splitmix64_in_place(np.array(x, dtype=np.uint64))
 
 
 def _splitmix64_in_place(x: np.ndarray) -> np.ndarray:
-    """``_splitmix64`` overwriting ``x`` (uint64, so products wrap without a mask): the
-    bootstrap mixes a (decisions x replicates) block at a time, and each temporary the
-    expression form makes is a pass over it."""
+    """``_splitmix64`` overwriting ``x`` (uint64, so products wrap as they must): the
+    bootstrap mixes a (decisions x replicates) block at a time, and each temporary an
+    expression would make is a pass over it."""
     with np.errstate(over="ignore"):
         x += np.uint64(0x9E3779B97F4A7C15)
         x ^= x >> np.uint64(30)

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, Select, func, select
 
 from slatebandit.bandit import Exploration, SharedFeatures, action_features
-from slatebandit.logging.records import PAYLOAD_VERSION, unpack
+from slatebandit.logging.records import DecisionPayload, unpack
 from slatebandit.logging.schema import decisions, item_revisions, rewards, slots
 from slatebandit.retrieval import FRESH, snapshot_features
 
@@ -313,10 +313,7 @@ class Payloads:
 
     @classmethod
     def decode(cls, blobs: list[bytes]) -> Payloads:
-        raw = [unpack(blob) for blob in blobs]
-        for payload in raw:
-            if payload.get("v") != PAYLOAD_VERSION:
-                raise ValueError(f"unknown decision payload version {payload.get('v')!r}")
+        raw = [DecisionPayload.fields(blob) for blob in blobs]
         counts = np.array([len(p["flg"]) for p in raw], dtype=np.int64)  # one byte each
         valid = np.arange(counts.max(initial=0))[None, :] < counts[:, None]
         depths = np.array([len(p["lay"]) for p in raw], dtype=np.int64)
