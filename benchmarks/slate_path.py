@@ -1,7 +1,7 @@
 """The slate path without HTTP: ``Recommender.decide`` in one process, as fast as it goes.
 
     python -m benchmarks.slate_path [--items 100000] [--seconds 20] [--concurrency 16]
-                                    [--data-dir DIR] [--profile]
+                                    [--history N] [--data-dir DIR] [--stages]
 
 Opens a recommender on a data directory holding the demo catalog (made on first use in
 ``--data-dir``, or in a temporary one), then runs ``--concurrency`` tasks that each ask for
@@ -9,6 +9,11 @@ slates in a loop, with the requests of ``benchmarks/wrk_slates.lua`` (k=10, 500 
 users, half with a session item), for ``--seconds``. It prints slates per second of this one
 process, and so the CPU per slate on one core: the figure the HTTP server's throughput is
 built from, without uvicorn, Starlette or the load generator.
+
+With ``--history N`` each of the 500 users first views N random products (as the soak's
+shoppers do, ``benchmarks/soak.py --history``): their slates then seed the similar-items
+generator with recent items and cross profile tokens with every candidate, as a running
+storefront's slates do.
 
 With ``--stages`` it also times each stage of the pipeline, by wrapping the recommender's own
 functions (``StageTimer``), and prints where each 0.1 ms of a slate goes: the table in
@@ -142,8 +147,22 @@ def workload(n: int, seed: int = 7) -> list[dict[str, object]]:
     return out
 
 
+async def give_history(recommender: object, views: int, items: int, seed: int = 4) -> None:
+    """``views`` product views for each of the workload's 500 users, on random demo items."""
+    rng = random.Random(seed)
+    for user in range(500):
+        for _ in range(views):
+            item = f"sku-{rng.randint(0, items - 1):07d}"
+            await recommender.event(f"u{user}", item, "view")  # type: ignore[attr-defined]
+
+
 async def run(
-    settings: Settings, seconds: float, concurrency: int, timer: StageTimer | None = None
+    settings: Settings,
+    seconds: float,
+    concurrency: int,
+    timer: StageTimer | None = None,
+    history: int = 0,
+    items: int = 100_000,
 ) -> dict[str, object]:
     from slatebandit.recommender import Recommender, SlateQuery
 
@@ -151,7 +170,7 @@ async def run(
     await recommender.start()
     queries = [SlateQuery(**body) for body in workload(5_000)]  # type: ignore[arg-type]
     done = 0
-    stop = time.perf_counter() + seconds
+    stop = 0.0  # set once the history and the warm-up are done
 
     async def client(offset: int) -> None:
         nonlocal done
@@ -162,11 +181,13 @@ async def run(
             done += 1
 
     try:
+        await give_history(recommender, history, items)
         for query in queries[:200]:  # warm-up: caches, the first model poll
             await recommender.decide(query)
         if timer is not None:
             timer.wrap_stages()
         start, cpu = time.perf_counter(), time.process_time()
+        stop = start + seconds
         await asyncio.gather(*(client(i) for i in range(concurrency)))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
@@ -206,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--history", type=int, default=0, help="product views each user makes first (default 0)"
+    )
     parser.add_argument("--data-dir", type=Path, help="kept between runs (default: temporary)")
     parser.add_argument("--stages", action="store_true", help="time each stage of the pipeline")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -223,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(args.data_dir, work)  # every run starts from the same empty log
         settings = Settings.from_env({}, data_dir=str(work))
         timer = StageTimer() if args.stages else None
-        result = asyncio.run(run(settings, args.seconds, args.concurrency, timer))
+        result = asyncio.run(
+            run(settings, args.seconds, args.concurrency, timer, args.history, args.items)
+        )
         shutil.rmtree(work, ignore_errors=True)
     finally:
         if temporary is not None:

@@ -10,6 +10,8 @@ answers; then an open-loop load sends half that rate, each slate followed by a c
 first item one time in ten. Every minute it reports:
 
 - the client's p50 and p99 latency, and the requests and errors in that minute;
+- the CPU seconds of the server's three busiest processes in that minute (``cpu_s``: the two
+  workers and the learner), which show how evenly the workers share the load;
 - the RSS of the server's processes (the supervisor and its workers, summed);
 - the decisions logged and the database's size on disk;
 - learner lag (the newest due decision against the newest checkpoint's), and the versions,
@@ -50,8 +52,8 @@ RESULTS = Path(__file__).parent / "results" / "soak.json"
 SHOPPERS = 5_000
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and its descendants, from /proc."""
+def tree_pids(root: int) -> list[int]:
+    """``root`` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -61,10 +63,18 @@ def tree_rss(root: int) -> int:
                 continue
             parent = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(parent, []).append(int(entry))
-    total, stack = 0, [root]
+    pids, stack = [], [root]
     while stack:
         pid = stack.pop()
+        pids.append(pid)
         stack.extend(children.get(pid, []))
+    return pids
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and its descendants, from /proc."""
+    total = 0
+    for pid in tree_pids(root):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -72,6 +82,28 @@ def tree_rss(root: int) -> int:
         except OSError:
             pass
     return total
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root: int) -> dict[int, float]:
+    """pid -> user and system CPU seconds so far, for ``root`` and its descendants."""
+    out = {}
+    for pid in tree_pids(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return out
+
+
+def busiest(before: dict[int, float], after: dict[int, float], n: int = 3) -> list[float]:
+    """The CPU seconds of the ``n`` busiest processes between two ``cpu_seconds`` readings:
+    the two workers and the learner, whose split shows how evenly the workers share the load."""
+    spent = sorted((after[pid] - before.get(pid, 0.0) for pid in after), reverse=True)
+    return [round(s, 1) for s in spent[:n]]
 
 
 def db_bytes(data_dir: Path) -> int:
@@ -259,6 +291,7 @@ async def soak(
     load = Load(pool, seed=2)
     pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
+    cpu = cpu_seconds(server_pid)
     for minute in range(1, minutes + 1):
         end = started + 60 * minute
         sent = 0
@@ -273,9 +306,11 @@ async def soak(
         # On a thread: counting a growing log blocks for a while, and on the event loop it
         # would hold back the load's own requests and inflate the latencies it measures.
         logged, learning = await asyncio.to_thread(log_state, engine, time.time() - reward_wait)
+        cpu, was = cpu_seconds(server_pid), cpu
         row = {
             "minute": minute,
             **load.minute(),
+            "cpu_s": busiest(was, cpu),
             "rss_mb": tree_rss(server_pid) / 2**20,
             "decisions": logged,
             "db_mb": db_bytes(data_dir) / 2**20,

@@ -100,3 +100,36 @@ def test_update_delete_and_readd() -> None:
 
     index.upsert(np.array([900]), target[None, :])  # beyond capacity: grows
     assert index.query(target, 1)[0][0, 0] == 900
+
+
+def test_neighbours_of_answers_as_query_does_and_forgets_on_every_change(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    data = _unit(rng, 500, 16)
+    index = ItemIndex(16)
+    index.upsert(np.arange(500), data)
+
+    def asked_now(keys: list[int]) -> np.ndarray:
+        live = [key for key in keys if index.contains(key)]
+        return index.query(index.vectors(live), 21)[0]
+
+    seeds = [3, 7, 11]
+    first = index.neighbours_of(seeds, 21)
+    assert first.shape == (3, 21) and list(first[:, 0]) == seeds  # each is its own nearest
+    np.testing.assert_array_equal(first, asked_now(seeds))
+    np.testing.assert_array_equal(index.neighbours_of([11, 3], 21), first[[2, 0]])  # kept
+
+    twin = data[3] + 1e-3 * _unit(rng, 1, 16)[0]  # a new item right beside seed 3
+    index.upsert(np.array([600]), (twin / np.linalg.norm(twin))[None, :])
+    after_add = index.neighbours_of(seeds, 21)
+    assert 600 in after_add[0]
+    np.testing.assert_array_equal(after_add, asked_now(seeds))
+
+    index.delete(np.array([600, 7]))  # a neighbour and a seed go
+    after_delete = index.neighbours_of(seeds, 21)
+    assert after_delete.shape == (2, 21) and 600 not in after_delete
+    np.testing.assert_array_equal(after_delete, asked_now(seeds))
+
+    index.save(tmp_path / "items.json")  # a loaded index starts with nothing kept
+    loaded = ItemIndex.load(tmp_path / "items.json")
+    np.testing.assert_array_equal(loaded.neighbours_of(seeds, 21), after_delete)
+    assert index.neighbours_of([7], 21).shape == (0, 0)

@@ -101,8 +101,11 @@ def generate(
         return allowed.neighbours(index, queries, k)
 
     if recent:
-        _, seeds = index.live_vectors(recent)
-        labels = neighbours(seeds, quotas.similar_per_item + 1)  # +1: the seed itself
+        k = quotas.similar_per_item + 1  # +1: the seed itself
+        if allowed is None:
+            labels = index.neighbours_of(recent, k)  # kept between slates
+        else:
+            labels = neighbours(index.live_vectors(recent)[1], k)
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = session_vector(store, user, session_keys)
     if session is not None:

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import hnswlib
 import numpy as np
 
 ABSENT, LIVE, DELETED = 0, 1, 2
+SIMILAR_ROWS = 50_000  # neighbour lists ``neighbours_of`` keeps (about 8 MB at k=21)
 
 
 class ItemIndex:
@@ -44,6 +46,7 @@ class ItemIndex:
         self._index.set_ef(ef)
         self._state = np.zeros(capacity, dtype=np.uint8)  # per label: ABSENT, LIVE or DELETED
         self.live = 0
+        self._forget_neighbours()
 
     def __len__(self) -> int:
         return self.live
@@ -57,6 +60,7 @@ class ItemIndex:
             return
         keys = np.asarray(keys, dtype=np.int64)
         with self._lock:
+            self._forget_neighbours()
             self._reserve(int(keys.max()) + 1, len(keys))
             self._index.add_items(vectors, keys, num_threads=threads)
             self.live += int(np.count_nonzero(self._state[keys] != LIVE))
@@ -64,6 +68,7 @@ class ItemIndex:
 
     def delete(self, keys: np.ndarray) -> None:
         with self._lock:
+            self._forget_neighbours()
             for key in np.asarray(keys, dtype=np.int64):
                 if self.contains(int(key)):
                     self._index.mark_deleted(int(key))
@@ -85,6 +90,39 @@ class ItemIndex:
                 # Many deleted elements can leave fewer than k reachable: ask for what exists.
                 labels, distances = self._index.knn_query(vectors, k=max(1, k // 2), num_threads=1)
         return labels.astype(np.int64), 1.0 - distances
+
+    def neighbours_of(self, keys: Sequence[int], k: int) -> np.ndarray:
+        """Labels of the ``k`` nearest live items to each live item of ``keys`` (the item
+        itself among them), one row per live key, in the order of ``keys``.
+
+        Rows are kept until the index next changes (at most ``SIMILAR_ROWS``): a shopper's
+        recent items seed every one of their slates, so the same rows are asked for again and
+        again, and an HNSW search each time cost 5 of a slate's 6 searches with a history
+        (``benchmarks/slate_path.py --history``). Any add, update or delete forgets them all,
+        so a row is always what ``query`` would answer now."""
+        with self._lock:
+            generation = self._generation
+            live = [key for key in map(int, keys) if self.contains(key)]
+            rows = {key: self._similar[key, k] for key in live if (key, k) in self._similar}
+        missing = [key for key in live if key not in rows]
+        if missing:
+            _, vectors = self.live_vectors(missing)
+            labels, _ = self.query(vectors, k)
+            with self._lock:
+                keep = self._generation == generation  # else the index changed meanwhile
+                if keep and len(self._similar) + len(missing) > SIMILAR_ROWS:
+                    self._similar.clear()
+                for key, row in zip(missing, labels, strict=True):
+                    rows[key] = row
+                    if keep:
+                        self._similar[key, k] = row
+        if not live:
+            return np.empty((0, 0), dtype=np.int64)
+        return np.stack([rows[key] for key in live])
+
+    def _forget_neighbours(self) -> None:
+        self._similar: dict[tuple[int, int], np.ndarray] = {}
+        self._generation = getattr(self, "_generation", 0) + 1
 
     def live_vectors(self, keys: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The live ones among ``keys`` and their vectors, read under one lock, so an item
@@ -160,4 +198,5 @@ class ItemIndex:
         self._index.load_index(str(path.with_name(manifest["stem"] + ".bin")))
         self._index.set_ef(self.ef)
         self._state = np.load(path.with_name(manifest["stem"] + ".state.npy"))
+        self._forget_neighbours()
         return self
