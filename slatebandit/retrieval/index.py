@@ -109,13 +109,14 @@ class ItemIndex:
             _, vectors = self.live_vectors(missing)
             labels, _ = self.query(vectors, k)
             with self._lock:
-                keep = self._generation == generation  # else the index changed meanwhile
-                if keep and len(self._similar) + len(missing) > SIMILAR_ROWS:
-                    self._similar.clear()
-                for key, row in zip(missing, labels, strict=True):
-                    rows[key] = row
-                    if keep:
-                        self._similar[key, k] = row
+                changed = self._generation != generation
+                if not changed:
+                    if len(self._similar) + len(missing) > SIMILAR_ROWS:
+                        self._similar.clear()
+                    for key, row in zip(missing, labels, strict=True):
+                        self._similar[key, k] = rows[key] = row
+            if changed:  # an add or delete came between: search afresh, keep nothing
+                return self.query(self.live_vectors(live)[1], k)[0]
         if not live:
             return np.empty((0, 0), dtype=np.int64)
         return np.stack([rows[key] for key in live])
