@@ -198,6 +198,7 @@ CASES = [
     ),
     Case("GET /healthz", None, lambda c: Call("GET", "/healthz")),
     Case("GET /openapi.json", None, lambda c: Call("GET", "/openapi.json")),
+    Case("GET /metrics", "analyst", lambda c: Call("GET", "/metrics")),
     # Personalizer's routes
     Case(
         "POST rank",
@@ -363,7 +364,7 @@ def test_every_route_answers_each_key_by_its_scope(
 def _spelled(method: str, path: str) -> str:
     """A route as CASES spells it: no path convertors, ``{id}`` for Personalizer's ids."""
     path = re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
-    if not path.startswith("/v1") and not path.startswith("/healthz") and path != "/openapi.json":
+    if not path.startswith(("/v1", "/healthz", "/metrics")) and path != "/openapi.json":
         path = path.lstrip("/").replace("{event_id}", "{id}").replace("{evaluation_id}", "{id}")
     elif path.startswith("/v1/evaluations/"):
         path = path.replace("{evaluation_id}", "{id}")

@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import socket
 import sys
 import time
@@ -143,6 +144,12 @@ def _serve(args: argparse.Namespace) -> int:
             return 1
     engine.dispose()
     os.environ.update(settings.as_env())
+    # Each worker counts in its own file here and a scrape sums them (server/metrics.py); a
+    # fresh directory per start, as prometheus_client requires.
+    counted = settings.data_dir / "metrics"
+    shutil.rmtree(counted, ignore_errors=True)
+    counted.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(counted)
     uvicorn.run(
         "slatebandit.server.app:app_from_env",
         factory=True,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -27,7 +28,7 @@ from slatebandit.errors import (
 )
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
-from slatebandit.server import experiments, privacy, routes
+from slatebandit.server import experiments, metrics, privacy, routes
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -54,29 +55,32 @@ def create_app(settings: Settings) -> Starlette:
 
     personalizer = personalizer_app([*admin_routes(), *evaluation_routes()])
 
+    served = [
+        Route("/v1/slates", routes.create_slate, methods=["POST"]),
+        Route("/v1/rewards", routes.post_reward, methods=["POST"]),
+        Route("/v1/events", routes.post_event, methods=["POST"]),
+        Route("/v1/items", routes.put_items, methods=["PUT"]),
+        Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
+        Route("/v1/models", routes.list_models, methods=["GET"]),
+        Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
+        Route("/v1/models/rollback", routes.rollback_model, methods=["POST"]),
+        Route("/v1/experiments", experiments.read_all, methods=["GET"]),
+        Route("/v1/experiments/{name:str}", experiments.put, methods=["PUT"]),
+        Route("/v1/experiments/{name:str}", experiments.read, methods=["GET"]),
+        Route("/v1/experiments/{name:str}", experiments.delete, methods=["DELETE"]),
+        Route("/v1/experiments/{name:str}/report", experiments.report, methods=["GET"]),
+        Route("/v1/evaluations", post_evaluation, methods=["POST"]),
+        Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
+        Route("/v1/users/{user_id:str}", privacy.erase, methods=["DELETE"]),
+        Route("/healthz", routes.healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Mount("/personalizer", app=personalizer),
+        Mount("/loops/{loop}/personalizer", app=personalizer),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+    ]
     return Starlette(
-        routes=[
-            Route("/v1/slates", routes.create_slate, methods=["POST"]),
-            Route("/v1/rewards", routes.post_reward, methods=["POST"]),
-            Route("/v1/events", routes.post_event, methods=["POST"]),
-            Route("/v1/items", routes.put_items, methods=["PUT"]),
-            Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
-            Route("/v1/models", routes.list_models, methods=["GET"]),
-            Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
-            Route("/v1/models/rollback", routes.rollback_model, methods=["POST"]),
-            Route("/v1/experiments", experiments.read_all, methods=["GET"]),
-            Route("/v1/experiments/{name:str}", experiments.put, methods=["PUT"]),
-            Route("/v1/experiments/{name:str}", experiments.read, methods=["GET"]),
-            Route("/v1/experiments/{name:str}", experiments.delete, methods=["DELETE"]),
-            Route("/v1/experiments/{name:str}/report", experiments.report, methods=["GET"]),
-            Route("/v1/evaluations", post_evaluation, methods=["POST"]),
-            Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
-            Route("/v1/users/{user_id:str}", privacy.erase, methods=["DELETE"]),
-            Route("/healthz", routes.healthz, methods=["GET"]),
-            Route("/openapi.json", openapi, methods=["GET"]),
-            Mount("/personalizer", app=personalizer),
-            Mount("/loops/{loop}/personalizer", app=personalizer),
-        ],
+        routes=served,
+        middleware=[Middleware(metrics.Timing, routes=served)],
         exception_handlers={
             SlatebanditError: _known_error,
             HTTPException: _http_error,

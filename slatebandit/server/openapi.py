@@ -341,5 +341,17 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, summed across the workers (scope analyst); "
+                    "the README's table of metrics lists them",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus' text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
         },
     }

@@ -25,6 +25,7 @@ from slatebandit.logging.models import (
 from slatebandit.logging.releases import list_canaries
 from slatebandit.logging.schema import items as items_table
 from slatebandit.policies import follow_champion
+from slatebandit.server import metrics
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import (
     MAX_ITEMS_PER_REQUEST,
@@ -48,6 +49,7 @@ async def create_slate(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(SlateRequest, await read_body(request, s.settings.max_body_bytes))
     decision = await s.decide(body.to_query(explain=_flag(request, "explain")))
+    metrics.slate_served(decision)
     return respond(request, decision.to_dict())
 
 
@@ -64,6 +66,7 @@ async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
     done = await s.reward(body.event_id, body.item_id, body.type, body.reward)
+    metrics.reward_accepted(body.type)
     answer = {**body.model_dump(), "reward": done.reward, "duplicate": done.duplicate}
     return respond(request, {**answer, "logged": done.logged}, 202)
 
@@ -72,6 +75,7 @@ async def post_event(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(EventRequest, await read_body(request, s.settings.max_body_bytes))
     done = await s.event(body.user_id, body.item_id, body.type)
+    metrics.event_accepted(body.type)
     return respond(request, {**body.model_dump(), "logged": done.logged}, 202)
 
 
