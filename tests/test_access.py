@@ -136,6 +136,10 @@ CASES = [
         "catalog",
         lambda c: Call("DELETE", f"/v1/items/{ITEMS[next(_fresh)].item_id}"),
     ),
+    Case("GET /v1/items", "analyst", lambda c: Call("GET", "/v1/items?q=a")),
+    Case(
+        "GET /v1/items/{item_id}", "analyst", lambda c: Call("GET", f"/v1/items/{ITEMS[0].item_id}")
+    ),
     Case(
         "DELETE /v1/users/{user_id}",
         "admin",
@@ -199,6 +203,7 @@ CASES = [
     Case("GET /healthz", None, lambda c: Call("GET", "/healthz")),
     Case("GET /openapi.json", None, lambda c: Call("GET", "/openapi.json")),
     Case("GET /metrics", "analyst", lambda c: Call("GET", "/metrics")),
+    Case("GET /v1/stats", "analyst", lambda c: Call("GET", "/v1/stats")),
     # Personalizer's routes
     Case(
         "POST rank",

@@ -138,3 +138,35 @@ def latest_rev(conn: Connection) -> int:
 
 def count_live_items(conn: Connection) -> int:
     return conn.execute(select(func.count()).where(items.c.deleted.is_(False))).scalar_one()
+
+
+_SHOWN = (
+    items.c.item_id,
+    items.c.title,
+    items.c.category,
+    items.c.brand,
+    items.c.price,
+    items.c.available,
+    items.c.attributes,
+    items.c.updated_at,
+)
+
+
+def search_items(conn: Connection, text: str, limit: int) -> list[dict[str, Any]]:
+    """Live items whose id or title holds ``text`` (any case), by id; at most ``limit``."""
+    query = select(*_SHOWN).where(items.c.deleted.is_(False))
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            items.c.item_id.ilike(pattern, escape="\\") | items.c.title.ilike(pattern, escape="\\")
+        )
+    rows = conn.execute(query.order_by(items.c.item_id).limit(limit))
+    return [dict(row._mapping) for row in rows]
+
+
+def get_items(conn: Connection, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The fields of the live ones among ``item_ids``, by id."""
+    rows = conn.execute(
+        select(*_SHOWN).where(items.c.item_id.in_(list(item_ids)), items.c.deleted.is_(False))
+    )
+    return {row.item_id: dict(row._mapping) for row in rows}

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from slatebandit.bandit import SharedFeatures, valued
 from slatebandit.logging import DecisionRecord, ShownSlot
 from slatebandit.policies import Query, Slate
@@ -43,19 +45,23 @@ class SlateQuery:
     exclude: Sequence[str] = ()
     filters: Filters | None = None
     explain: bool = False  # add each pick's top features and what they added to its score
+    # A dry run (the console's slate inspector) is never logged, counts no impression and
+    # teaches nothing; it answers every candidate's score beside the slate.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
 class Decision:
     """A slate as answered: its items with propensity, kind, source, score and reason."""
 
-    event_id: str
+    event_id: str | None  # None for a dry run: nothing can be rewarded
     policy: str
     model_version: int
     logged: str  # database, spool or none
     items: list[dict[str, object]]
     experiment: str | None = None
     arm: str | None = None  # an experiment's arm, or ``canary``
+    candidates: list[dict[str, object]] | None = None  # a dry run's, best score first
 
     def to_dict(self) -> dict[str, object]:
         answer: dict[str, object] = {
@@ -69,6 +75,9 @@ class Decision:
             answer["experiment"] = self.experiment
         if self.arm is not None:
             answer["arm"] = self.arm
+        if self.candidates is not None:
+            answer["dry_run"] = True
+            answer["candidates"] = self.candidates
         return answer
 
 
@@ -90,12 +99,20 @@ async def decide(r: Parts, query: SlateQuery) -> Decision:
     candidates = await _candidates(r, shopper, query.filters)
     policy, experiment, arm = await r.policy_for(shopper.user_id)
     scored = Query(shopper.shared, candidates)
-    slate = policy.slate(r.store, scored, k, r.rng)
+    # A dry run draws from a generator of its own, so that it leaves serving's stream alone.
+    rng = np.random.default_rng() if query.dry_run else r.rng
+    slate = policy.slate(r.store, scored, k, rng)
     # Explained before the commit: once the decision is logged, nothing may fail the answer.
     why = reasons(slate, r.store, [*shopper.session, *shopper.recent])
     detail = None
     if query.explain:
         detail = await asyncio.to_thread(contributions, policy, slate, r.store, scored)
+    if query.dry_run:
+        items = _items(r.store.catalog, _shown(slate), why, detail)
+        everyone = _scored_candidates(r.store.catalog, slate)
+        return Decision(
+            None, slate.policy, slate.model_version, "none", items, experiment, arm, everyone
+        )
     record = _record(shopper, slate, experiment, arm)
     # Committed, or spooled while the database is away; the slate is served either way.
     shown, logged = await r.outage.log_decision(r.writer.submit, record)
@@ -139,11 +156,9 @@ async def _candidates(r: Parts, shopper: Shopper, filters: Filters | None) -> Ca
     )
 
 
-def _record(
-    shopper: Shopper, slate: Slate, experiment: str | None, arm: str | None
-) -> DecisionRecord:
+def _shown(slate: Slate) -> tuple[ShownSlot, ...]:
     candidates = slate.candidates
-    shown = tuple(
+    return tuple(
         ShownSlot(
             slot=j,
             item_key=int(candidates.keys[pick.index]),
@@ -154,6 +169,26 @@ def _record(
         )
         for j, pick in enumerate(slate.picks)
     )
+
+
+def _scored_candidates(catalog: Catalog, slate: Slate) -> list[dict[str, object]]:
+    """Every candidate the policy scored, best first, with the generator that proposed it."""
+    candidates = slate.candidates
+    order = np.argsort(-slate.scores, kind="stable")
+    return [
+        {
+            "item_id": catalog.item_ids[int(candidates.keys[i])],
+            "score": float(slate.scores[i]),
+            "source": SOURCES[candidates.sources[i]],
+        }
+        for i in order.tolist()
+    ]
+
+
+def _record(
+    shopper: Shopper, slate: Slate, experiment: str | None, arm: str | None
+) -> DecisionRecord:
+    shown = _shown(slate)
     return DecisionRecord(
         event_id=uuid.uuid4().hex,
         created_at=time.time(),

@@ -78,18 +78,18 @@ class ItemIndex:
     def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Labels and inner-product similarities of the ``k`` nearest live items per row."""
         vectors = np.atleast_2d(vectors).astype(np.float32, copy=False)
+        empty = np.empty((len(vectors), 0))
         with self._lock:
             k = min(k, self.live)
-            if k == 0:
-                empty = np.empty((len(vectors), 0))
-                return empty.astype(np.int64), empty.astype(np.float32)
             self._index.set_ef(max(self.ef, k))
-            try:
-                labels, distances = self._index.knn_query(vectors, k=k, num_threads=1)
-            except RuntimeError:
-                # Many deleted elements can leave fewer than k reachable: ask for what exists.
-                labels, distances = self._index.knn_query(vectors, k=max(1, k // 2), num_threads=1)
-        return labels.astype(np.int64), 1.0 - distances
+            while k > 0:
+                try:
+                    labels, distances = self._index.knn_query(vectors, k=k, num_threads=1)
+                    return labels.astype(np.int64), 1.0 - distances
+                except RuntimeError:
+                    # Many deleted elements can leave fewer than k reachable: ask for fewer.
+                    k //= 2
+        return empty.astype(np.int64), empty.astype(np.float32)
 
     def neighbours_of(self, keys: Sequence[int], k: int) -> np.ndarray:
         """Labels of the ``k`` nearest live items to each live item of ``keys`` (the item

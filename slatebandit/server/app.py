@@ -28,7 +28,7 @@ from slatebandit.errors import (
 )
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
-from slatebandit.server import experiments, metrics, privacy, routes
+from slatebandit.server import catalog, experiments, metrics, privacy, routes, stats
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -60,7 +60,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/rewards", routes.post_reward, methods=["POST"]),
         Route("/v1/events", routes.post_event, methods=["POST"]),
         Route("/v1/items", routes.put_items, methods=["PUT"]),
+        Route("/v1/items", catalog.search, methods=["GET"]),
         Route("/v1/items/{item_id:str}", routes.remove_item, methods=["DELETE"]),
+        Route("/v1/items/{item_id:str}", catalog.read, methods=["GET"]),
         Route("/v1/models", routes.list_models, methods=["GET"]),
         Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
         Route("/v1/models/rollback", routes.rollback_model, methods=["POST"]),
@@ -72,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/evaluations", post_evaluation, methods=["POST"]),
         Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
         Route("/v1/users/{user_id:str}", privacy.erase, methods=["DELETE"]),
+        Route("/v1/stats", stats.stats, methods=["GET"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Mount("/personalizer", app=personalizer),

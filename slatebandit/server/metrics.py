@@ -152,6 +152,11 @@ class Stored:
     oldest_unlearned: float | None  # created_at of the first decision the latest has not learned
     verdicts: list[tuple[str, str, int]]  # (stage, outcome, count)
 
+    def learner_lag(self, now: float) -> float:
+        """Seconds the oldest decision not learned by the newest checkpoint has waited."""
+        waiting = self.oldest_unlearned
+        return 0.0 if waiting is None else max(0.0, now - waiting)
+
 
 def read_stored(conn: Connection) -> Stored:
     latest = latest_version(conn)
@@ -209,8 +214,7 @@ def live_families(r: Recommender, up: bool, stored: Stored | None) -> list[Metri
         "Age of the oldest decision the newest checkpoint has not learned (0: none waits); "
         "includes the reward wait",
     )
-    waiting = stored.oldest_unlearned
-    lag.add_metric([], 0.0 if waiting is None else max(0.0, time.time() - waiting))
+    lag.add_metric([], stored.learner_lag(time.time()))
     learned = CounterMetricFamily(
         "slatebandit_learned_examples", "Examples the newest checkpoint's lineage has learned"
     )
@@ -251,6 +255,32 @@ def exposition(live: list[Metric]) -> bytes:
         MultiProcessCollector(counted)
         return generate_latest(_Families(counted, _Fixed(live)))  # type: ignore[arg-type]
     return generate_latest(_Families(REGISTRY, _Fixed(live)))  # type: ignore[arg-type]
+
+
+def latency_buckets() -> dict[str, dict[str, object]]:
+    """Per route: the duration histogram's cumulative bucket counts (every worker's), as
+    ``{"count", "sum", "buckets": [[upper bound, count], ...]}`` (the +Inf bucket is the
+    count)."""
+    source = CollectorRegistry() if MULTIPROCESS else REGISTRY
+    if MULTIPROCESS:
+        MultiProcessCollector(source)
+    routes: dict[str, dict[str, Any]] = {}
+    for family in source.collect():
+        if family.name != "slatebandit_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            route = routes.setdefault(
+                sample.labels["route"], {"count": 0.0, "sum": 0.0, "buckets": []}
+            )
+            if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf":  # = count
+                route["buckets"].append([float(sample.labels["le"]), sample.value])
+            elif sample.name.endswith("_count"):
+                route["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                route["sum"] = sample.value
+    for route in routes.values():
+        route["buckets"].sort()
+    return routes
 
 
 async def metrics(request: Request) -> Response:

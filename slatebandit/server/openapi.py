@@ -33,7 +33,20 @@ _ERROR = {
 _SLATE = {
     "type": "object",
     "properties": {
-        "event_id": {"type": "string"},
+        "event_id": {"type": ["string", "null"], "description": "null for a dry run"},
+        "dry_run": {"type": "boolean", "description": "present (true) for a dry run"},
+        "candidates": {
+            "type": "array",
+            "description": "a dry run's: every candidate scored, best first",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "item_id": {"type": "string"},
+                    "score": {"type": "number"},
+                    "source": {"type": "string"},
+                },
+            },
+        },
         "policy": {"type": "string"},
         "model_version": {"type": "integer"},
         "logged": {
@@ -113,6 +126,19 @@ def _body(ref: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_COUNT = {"type": "integer", "minimum": 1, "maximum": 100}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
 def _answers(status: int, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": description}
     if schema is not None:
@@ -163,7 +189,16 @@ def openapi_document() -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "boolean"},
                             "description": "add each item's top contributing features",
-                        }
+                        },
+                        {
+                            "name": "dry_run",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean"},
+                            "description": "the slate this user would get, with every "
+                            "candidate's score; never logged, counts no impression, teaches "
+                            "nothing, has no event_id (scope analyst)",
+                        },
                     ],
                     "requestBody": _body(_ref(SlateRequest)),
                     "responses": _answers(
@@ -203,9 +238,33 @@ def openapi_document() -> dict[str, Any]:
                         {"type": "array", "items": _ref(Item), "maxItems": 10_000}
                     ),
                     "responses": _answers(200, "items upserted durably and indexed"),
-                }
+                },
+                "get": {
+                    "summary": "Search live items by id or title (scope analyst)",
+                    "security": security,
+                    "parameters": [
+                        _query("q", {"type": "string", "maxLength": 128}, "text in id or title"),
+                        _query("limit", _COUNT, "at most this many (default 20)"),
+                    ],
+                    "responses": _answers(200, "the items found, by id"),
+                },
             },
             "/v1/items/{item_id}": {
+                "get": {
+                    "summary": "One live item and its nearest neighbours in the index "
+                    "(scope analyst)",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "item_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        _query("neighbours", _COUNT, "how many neighbours (default 10)"),
+                    ],
+                    "responses": _answers(200, "the item, and its neighbours by similarity"),
+                },
                 "delete": {
                     "summary": "Delete an item; it is never shown again (scope catalog)",
                     "security": security,
@@ -218,7 +277,7 @@ def openapi_document() -> dict[str, Any]:
                         }
                     ],
                     "responses": _answers(200, "deleted durably"),
-                }
+                },
             },
             "/v1/users/{user_id}": {
                 "delete": {
@@ -328,6 +387,28 @@ def openapi_document() -> dict[str, Any]:
                         }
                     ],
                     "responses": _answers(200, "the evaluation"),
+                }
+            },
+            "/v1/stats": {
+                "get": {
+                    "summary": "The console overview's figures (scope analyst): slates, items "
+                    "shown and clicks per time bucket by policy and arm, rewards by arrival, "
+                    "each route's cumulative latency histogram, models, learner lag, database "
+                    "and spool",
+                    "security": security,
+                    "parameters": [
+                        _query(
+                            "minutes",
+                            {"type": "integer", "minimum": 1, "maximum": 10080},
+                            "the window (default 60)",
+                        ),
+                        _query(
+                            "step",
+                            {"enum": [10, 60, 300, 900, 3600]},
+                            "seconds per bucket (default 60)",
+                        ),
+                    ],
+                    "responses": _answers(200, "the figures"),
                 }
             },
             "/healthz": {

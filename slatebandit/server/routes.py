@@ -46,10 +46,14 @@ _services = for_request
 
 
 async def create_slate(request: Request) -> Response:
-    s = _services(request, "serve")
+    dry_run = _flag(request, "dry_run")
+    # A dry run shows every candidate's score: an analyst's view, not a storefront's.
+    s = _services(request, "analyst" if dry_run else "serve")
     body = validate(SlateRequest, await read_body(request, s.settings.max_body_bytes))
-    decision = await s.decide(body.to_query(explain=_flag(request, "explain")))
-    metrics.slate_served(decision)
+    query = body.to_query(explain=_flag(request, "explain"), dry_run=dry_run)
+    decision = await s.decide(query)
+    if not dry_run:
+        metrics.slate_served(decision)
     return respond(request, decision.to_dict())
 
 

@@ -89,10 +89,17 @@ class SlateRequest(_Strict):
                 raise ValueError(f"context value of {name!r} must be a finite number")
         return context
 
-    def to_query(self, *, explain: bool = False) -> SlateQuery:
+    def to_query(self, *, explain: bool = False, dry_run: bool = False) -> SlateQuery:
         filters = None if self.filters is None else self.filters.to_filters()
         return SlateQuery(
-            self.user_id, self.k, self.context, self.session_items, self.exclude, filters, explain
+            self.user_id,
+            self.k,
+            self.context,
+            self.session_items,
+            self.exclude,
+            filters,
+            explain,
+            dry_run,
         )
 
 
