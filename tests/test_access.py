@@ -204,6 +204,10 @@ CASES = [
     Case("GET /openapi.json", None, lambda c: Call("GET", "/openapi.json")),
     Case("GET /metrics", "analyst", lambda c: Call("GET", "/metrics")),
     Case("GET /v1/stats", "analyst", lambda c: Call("GET", "/v1/stats")),
+    # Open: the console's page, and who the presented key is (a 200 for any key, tested in
+    # tests/test_console_access.py)
+    Case("GET /", None, lambda c: Call("GET", "/")),
+    Case("GET /v1/access", None, lambda c: Call("GET", "/v1/access")),
     # Personalizer's routes
     Case(
         "POST rank",
@@ -369,7 +373,7 @@ def test_every_route_answers_each_key_by_its_scope(
 def _spelled(method: str, path: str) -> str:
     """A route as CASES spells it: no path convertors, ``{id}`` for Personalizer's ids."""
     path = re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
-    if not path.startswith(("/v1", "/healthz", "/metrics")) and path != "/openapi.json":
+    if not path.startswith(("/v1", "/healthz", "/metrics")) and path not in ("/openapi.json", "/"):
         path = path.lstrip("/").replace("{event_id}", "{id}").replace("{evaluation_id}", "{id}")
     elif path.startswith("/v1/evaluations/"):
         path = path.replace("{evaluation_id}", "{id}")

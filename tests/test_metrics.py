@@ -48,6 +48,8 @@ def test_counts_slates_kinds_feedback_and_routes(client: TestClient) -> None:
     assert client.post("/v1/events", json=event).is_success
     assert client.post("/v1/slates", json={"k": 4}).status_code == 400  # no user_id
     assert client.get("/no/such/route").status_code == 404
+    assert client.get("/console/").status_code == 200
+    assert client.post("/personalizer/v1.0/rank", json={}).status_code == 400
     after = scrape(client.get("/metrics").text)
 
     def delta(name: str, **labels: str) -> float:
@@ -63,6 +65,15 @@ def test_counts_slates_kinds_feedback_and_routes(client: TestClient) -> None:
     assert delta("slatebandit_responses_total", route="/v1/slates", status="2xx") == 5
     assert delta("slatebandit_responses_total", route="/v1/slates", status="4xx") == 1
     assert delta("slatebandit_responses_total", route="unmatched", status="4xx") == 1
+    assert delta("slatebandit_responses_total", route="/console", status="2xx") == 1
+    personalizer = {
+        dict(labels)["route"]
+        for (name, labels), n in after.items()
+        if name == "slatebandit_responses_total"
+        and dict(labels)["route"].endswith("/rank")
+        and n > before.get((name, labels), 0.0)
+    }
+    assert personalizer == {"/personalizer/v1.0/rank"}  # a template, under its mount
     # The histogram's buckets are cumulative and end in +Inf, equal to the count.
     count = value(after, "slatebandit_request_duration_seconds_count", route="/v1/slates")
     inf = value(after, "slatebandit_request_duration_seconds_bucket", route="/v1/slates", le="+Inf")

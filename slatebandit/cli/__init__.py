@@ -129,8 +129,10 @@ def _serve(args: argparse.Namespace) -> int:
         with engine.connect() as conn:
             empty = count_live_items(conn) == 0
         if empty:
+            _say(f"loading the demo catalog ({args.demo_items:,} items)")
             load_items(engine, demo_items(args.demo_items), total=args.demo_items, desc="demo")
     if not ItemStore.index_is_current(engine, index_path(settings)):
+        _say("building the item index once, for every worker to load")
         # Build the index once, before the workers start, so that each of them loads the saved
         # file instead of all building it. A child process does it so that its memory goes
         # back to the system rather than staying in this supervisor.
@@ -150,6 +152,11 @@ def _serve(args: argparse.Namespace) -> int:
     shutil.rmtree(counted, ignore_errors=True)
     counted.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(counted)
+    base = f"http://{settings.host}:{settings.port}"
+    _say(
+        f"starting {settings.workers} worker(s); each loads the index and the model, then "
+        f"serves {base}/ (the console; {base}/metrics for Prometheus)"
+    )
     uvicorn.run(
         "slatebandit.server.app:app_from_env",
         factory=True,
@@ -220,6 +227,11 @@ def _learn(args: argparse.Namespace) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def _say(what: str) -> None:
+    """A step of a long start, on stderr beside uvicorn's own lines."""
+    print(f"slatebandit: {what}", file=sys.stderr, flush=True)
 
 
 def _build_index(settings: Settings) -> None:

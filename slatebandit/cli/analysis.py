@@ -111,7 +111,12 @@ def _train_embeddings(args: argparse.Namespace) -> int:
     engine = open_engine(settings.database_url)
     try:
         with tqdm(desc="interactions", unit="event", mininterval=0.5) as bar:
-            trained = train_embeddings(engine, settings, bar.update)
+
+            def say(stage: str) -> None:
+                bar.close()  # reading is over; the later stages are named, not counted
+                print(f"slatebandit: {stage}", file=sys.stderr)
+
+            trained = train_embeddings(engine, settings, bar.update, say)
     finally:
         engine.dispose()
     if trained is None:

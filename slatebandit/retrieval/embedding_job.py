@@ -48,18 +48,27 @@ class Trained:
     seconds: float
 
 
-def train_embeddings(engine: Engine, settings: Settings, progress=None) -> Trained | None:  # type: ignore[no-untyped-def]
-    """Train and store a new version; None when the log holds no weighted interaction."""
+def train_embeddings(  # type: ignore[no-untyped-def]
+    engine: Engine,
+    settings: Settings,
+    progress=None,
+    say: Callable[[str], None] = lambda stage: None,
+) -> Trained | None:
+    """Train and store a new version; None when the log holds no weighted interaction.
+    ``progress(n)`` counts interactions as they are read; ``say`` names each later stage."""
     started = time.perf_counter()
     users, items, weights, kinds = read_interactions(engine, settings.interaction_weights, progress)
     if len(items) == 0:
         return None
+    say(f"user profiles from {len(items):,} interactions")
     profiles = batch_profiles(users, items, weights, kinds, item_facts(engine))
     with engine.begin() as conn:
         save_user_profiles(conn, profiles)
+    say(f"fitting {settings.embedding_method} item vectors")
     factors = train_factors(
         users, items, weights, method=settings.embedding_method, seed=settings.seed or 0
     )
+    say(f"saving {len(factors.keys):,} item vectors")
     seconds = time.perf_counter() - started
     version = save_factors(
         engine,

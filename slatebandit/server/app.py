@@ -28,7 +28,7 @@ from slatebandit.errors import (
 )
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
-from slatebandit.server import catalog, experiments, metrics, privacy, routes, stats
+from slatebandit.server import catalog, console, experiments, metrics, privacy, routes, stats
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -80,6 +80,9 @@ def create_app(settings: Settings) -> Starlette:
         Mount("/personalizer", app=personalizer),
         Mount("/loops/{loop}/personalizer", app=personalizer),
         Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/v1/access", console.access, methods=["GET"]),
+        Route("/", console.home, methods=["GET"]),
+        Mount("/console", app=console.static(), name="console"),
     ]
     return Starlette(
         routes=served,

@@ -105,10 +105,12 @@ class Timing:
         self.app = app
         self.labels: dict[int, str] = {}
         for route in routes:
-            if isinstance(route, Mount):  # both Personalizer mounts share one app and its routes
+            if isinstance(route, Mount):
+                self.labels[id(route)] = route.path  # what its app does not route itself
+                # The two Personalizer mounts share one app: its routes keep the first prefix.
                 for inner in getattr(route.app, "routes", ()):
                     path = getattr(inner, "path_format", "")
-                    self.labels.setdefault(id(inner), "/personalizer" + path)
+                    self.labels.setdefault(id(inner), route.path + path)
             elif isinstance(route, Route):
                 self.labels[id(route)] = route.path_format
 

@@ -1,0 +1,128 @@
+// Overview: traffic, click-through and latency over time, and the state of the parts.
+// Traffic and CTR come from the log (GET /v1/stats), so they are every worker's; latency comes
+// from the request histograms, differenced between two polls.
+
+import { get } from "./api.js";
+import { bytes, card, fmt, h, percent, replace, table } from "./dom.js";
+import { lineChart } from "./charts.js";
+
+const POLL_MS = 5000;
+const WINDOWS = { "15 minutes": [15, 10], "1 hour": [60, 60], "6 hours": [360, 300], "1 day": [1440, 900] };
+
+// The q-quantile of a histogram given as cumulative [[upper bound, count], ...] and its total
+// count, interpolated inside the bucket that holds it (as Prometheus' histogram_quantile).
+export function quantile(q, buckets, count) {
+  if (!count) return null;
+  const rank = q * count;
+  let lower = 0, below = 0;
+  for (const [upper, cumulative] of buckets) {
+    if (cumulative >= rank) {
+      const inside = cumulative - below;
+      return inside > 0 ? lower + ((upper - lower) * (rank - below)) / inside : upper;
+    }
+    lower = upper;
+    below = cumulative;
+  }
+  return lower; // in the +Inf bucket: the highest finite bound is all that is known
+}
+
+function difference(now, before) {
+  if (!before) return now;
+  return {
+    count: now.count - before.count,
+    buckets: now.buckets.map(([le, n], i) => [le, n - (before.buckets[i] ? before.buckets[i][1] : 0)]),
+  };
+}
+
+const arm = (b) => (b.arm ? `${b.policy} · ${b.arm}` : b.policy);
+
+export function render(main, access) {
+  const select = h("select", { id: "window" },
+    Object.keys(WINDOWS).map((name) => h("option", { value: name, selected: name === "1 hour" }, name)));
+  const cards = h("div", { class: "cards", id: "cards" });
+  const charts = h("div", { class: "charts" });
+  const arms = h("div", { id: "arms" });
+  replace(main, h("div", { class: "toolbar" }, h("h2", {}, "Overview"), h("label", {}, "Window ", select)),
+    cards, arms, charts);
+  let previous = null;
+  const latencies = []; // [time, p50, p99] per poll interval, this session
+
+  async function poll() {
+    const [minutes, step] = WINDOWS[select.value];
+    let stats;
+    try {
+      stats = await get(`/v1/stats?minutes=${minutes}&step=${step}`);
+    } catch (err) {
+      replace(cards, h("p", { class: "error" }, err.message));
+      return;
+    }
+    const slates = stats.latency["/v1/slates"] || { count: 0, buckets: [] };
+    // The latest poll interval's latency when it served slates, else everything since start.
+    const interval = difference(slates, previous);
+    const fresh = previous !== null && interval.count > 0;
+    const shown = fresh ? interval : slates;
+    const p50 = quantile(0.5, shown.buckets, shown.count);
+    const p99 = quantile(0.99, shown.buckets, shown.count);
+    if (fresh) latencies.push([stats.now, p50, p99]);
+    previous = slates;
+
+    const traffic = stats.traffic;
+    const newest = traffic.length ? Math.max(...traffic.map((b) => b.start)) : null;
+    const elapsed = newest === null ? 1 : Math.max(1, Math.min(stats.now, newest + stats.step) - newest);
+    const latestSlates = traffic.filter((b) => b.start === newest).reduce((n, b) => n + b.slates, 0);
+    const rewards = stats.rewards;
+    const lastRewards = rewards.length ? rewards[rewards.length - 1] : null;
+    const rewardRate = lastRewards ? lastRewards.rewards / Math.max(1, Math.min(stats.now, lastRewards.start + stats.step) - lastRewards.start) : 0;
+    const total = traffic.reduce((t, b) => ({ slates: t.slates + b.slates, shown: t.shown + b.shown, clicks: t.clicks + b.clicks }), { slates: 0, shown: 0, clicks: 0 });
+    const ms = (s) => (s === null ? "–" : (1000 * s).toFixed(1) + " ms");
+    const spool = stats.spool;
+    replace(cards,
+      card("Slates/s (latest bucket)", fmt(latestSlates / elapsed, 1), { "data-figure": "slates-rate" }),
+      card("Rewards/s (latest bucket)", fmt(rewardRate, 1), { "data-figure": "rewards-rate" }),
+      card("Slates in window", fmt(total.slates), { "data-figure": "slates" }),
+      card("Clicks per item shown", percent(total.shown ? total.clicks / total.shown : null), { "data-figure": "ctr" }),
+      card(`Slate p50 (${fresh ? "last 5 s" : "since start"})`, ms(p50), { "data-figure": "p50" }),
+      card(`Slate p99 (${fresh ? "last 5 s" : "since start"})`, ms(p99), { "data-figure": "p99" }),
+      card("Learner lag", stats.learner_lag_seconds === null ? "–" : fmt(stats.learner_lag_seconds, 1) + " s", { "data-figure": "lag" }),
+      card("Database", stats.database, { "data-figure": "database", class: stats.database === "ok" ? "card ok" : "card bad" }),
+      card("Spool", `${spool.segments} segments, ${bytes(spool.bytes)}`, { "data-figure": "spool", class: spool.segments ? "card bad" : "card" }),
+      card("Catalog items", fmt(stats.items), { "data-figure": "items" }),
+      card("Champion / serving", `${stats.models.champion ?? "–"} / ${stats.models.serving}`, { "data-figure": "models" }),
+      card("Canary", stats.models.canary ?? "none", { "data-figure": "canary" }),
+    );
+
+    const byArm = new Map();
+    for (const b of traffic) {
+      const name = arm(b);
+      const t = byArm.get(name) || { name, slates: 0, shown: 0, clicks: 0 };
+      t.slates += b.slates; t.shown += b.shown; t.clicks += b.clicks;
+      byArm.set(name, t);
+    }
+    replace(arms, table([
+      ["Policy · arm", (r) => r.name],
+      ["Slates", (r) => fmt(r.slates)],
+      ["Items shown", (r) => fmt(r.shown)],
+      ["Clicks", (r) => fmt(r.clicks)],
+      ["Clicks per item", (r) => percent(r.shown ? r.clicks / r.shown : null)],
+    ], [...byArm.values()], { id: "arm-table" }));
+
+    const series = (value) => [...byArm.keys()].map((name) => ({
+      name,
+      points: traffic.filter((b) => arm(b) === name).map((b) => [b.start, value(b)]),
+    }));
+    // The newest bucket is still filling: its rate is over the seconds it has had.
+    const perSecond = (b) => b.slates / (b.start === newest ? elapsed : stats.step);
+    replace(charts,
+      lineChart(series(perSecond), { title: "Slates/s by policy and arm", yFormat: (v) => fmt(v, 1) }),
+      lineChart(series((b) => (b.shown ? b.clicks / b.shown : 0)), { title: "Clicks per item shown, by policy and arm", yFormat: (v) => percent(v, 1) }),
+      lineChart([
+        { name: "p50", points: latencies.map(([t, a]) => [t, 1000 * a]) },
+        { name: "p99", points: latencies.map(([t, , b]) => [t, 1000 * b]) },
+      ], { title: "Slate latency this session (ms, per 5 s)", yFormat: (v) => fmt(v, 1) }));
+  }
+
+  select.addEventListener("change", poll);
+  poll();
+  const timer = setInterval(poll, POLL_MS);
+  return () => clearInterval(timer);
+}
