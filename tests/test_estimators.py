@@ -240,7 +240,7 @@ def test_bootstrap_counts_are_the_inverse_poisson_cdf_of_each_hash() -> None:
     """The weights are the searched inverse CDF of ``_splitmix64`` hashes, as first written;
     the table lookup and the in-place mixing only make them faster (identical counts, so
     identical intervals)."""
-    from slatebandit.replay.bootstrap import _CDF, _count_table
+    from slatebandit.replay.bootstrap import _CDF, _count_table, _lookup
 
     mask = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -254,6 +254,9 @@ def test_bootstrap_counts_are_the_inverse_poisson_cdf_of_each_hash() -> None:
     table = _count_table()
     every = np.arange(2**24, dtype=np.float64) * 2.0**-24
     assert np.array_equal(table, np.searchsorted(_CDF, every, side="right"))
+    looked_up = np.empty(2**24, dtype=np.uint8)  # the two-level lookup, on every 24-bit value
+    _lookup(np.arange(2**24, dtype=np.uint64), looked_up)
+    assert np.array_equal(looked_up, table)
 
     bootstrap = Bootstrap(300, seed=9)  # more than one block of replicates
     ids = np.array([1, 2, 3, 10**9, 2**40 + 7], dtype=np.int64)
