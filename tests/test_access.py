@@ -204,6 +204,7 @@ CASES = [
     Case("GET /openapi.json", None, lambda c: Call("GET", "/openapi.json")),
     Case("GET /metrics", "analyst", lambda c: Call("GET", "/metrics")),
     Case("GET /v1/stats", "analyst", lambda c: Call("GET", "/v1/stats")),
+    Case("GET /v1/evaluations", "analyst", lambda c: Call("GET", "/v1/evaluations")),
     # Open: the console's page, and who the presented key is (a 200 for any key, tested in
     # tests/test_console_access.py)
     Case("GET /", None, lambda c: Call("GET", "/")),

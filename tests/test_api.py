@@ -256,6 +256,7 @@ def test_openapi_describes_every_route(client) -> None:  # type: ignore[no-untyp
         ("/v1/experiments/{name}", "delete"),
         ("/v1/experiments/{name}/report", "get"),
         ("/v1/evaluations", "post"),
+        ("/v1/evaluations", "get"),
         ("/v1/evaluations/{evaluation_id}", "get"),
         ("/healthz", "get"),
         ("/openapi.json", "get"),

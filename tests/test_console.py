@@ -222,6 +222,13 @@ def test_replay_page_runs_an_evaluation_and_shows_its_report(
     table = page.locator("table.estimates").first
     expect(table.locator("tbody tr").first.locator("td").nth(1)).to_have_text(f"{ips['value']:.5f}")
     expect(page.locator("#replay-report figure.chart svg circle")).not_to_have_count(0)
+    # The run is listed, and opening it again shows the same report.
+    expect(page.locator("#evaluations tbody tr").first).to_contain_text("random, popular")
+    page.reload()
+    page.locator("#evaluations tbody tr").first.get_by_role("link").click()
+    expect(
+        page.locator("table.estimates").first.locator("tbody tr").first.locator("td").nth(1)
+    ).to_have_text(f"{ips['value']:.5f}")
     _done(page, server, "replay")
 
 

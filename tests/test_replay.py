@@ -184,6 +184,10 @@ def test_evaluations_over_http_match_the_library_and_check_input(logged) -> None
         client.portal.call(client.app_state["recommender"].evaluations.wait)  # type: ignore[union-attr]
         done = client.get(location, headers=analyst).json()
         missing = client.get("/v1/evaluations/nope", headers=analyst)
+        listed = client.get("/v1/evaluations", headers=analyst).json()["evaluations"]
+    assert [e["id"] for e in listed] == [location.rsplit("/", 1)[1]]  # the bad ones never ran
+    assert listed[0]["status"] == "done" and listed[0]["result"] is None  # read it by id
+    assert listed[0]["request"]["policies"] == ["random", "logged"]
     assert missing.status_code == 404
     assert done["status"] == "done", done
     assert done["progress"]["phase"] == "finished"

@@ -60,8 +60,17 @@ def finish_evaluation(
 
 def get_evaluation(conn: Connection, evaluation_id: str) -> dict[str, Any] | None:
     row = conn.execute(select(evaluations).where(evaluations.c.id == evaluation_id)).first()
-    if row is None:
-        return None
+    return None if row is None else _shown(row)
+
+
+def latest_evaluations(conn: Connection, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` evaluations, newest first, without their results (each is read
+    alone, by id)."""
+    rows = conn.execute(select(evaluations).order_by(evaluations.c.created_at.desc()).limit(limit))
+    return [{**_shown(row), "result": None} for row in rows]
+
+
+def _shown(row: Any) -> dict[str, Any]:
     status, error = row.status, row.error
     if status == "running" and time.time() - row.updated_at > STALE_SECONDS:
         status, error = "failed", "the worker running this evaluation stopped"

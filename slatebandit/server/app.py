@@ -30,7 +30,7 @@ from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
 from slatebandit.server import catalog, console, experiments, metrics, privacy, routes, stats
 from slatebandit.server.codec import error_response, respond
-from slatebandit.server.evaluations import post_evaluation, read_evaluation
+from slatebandit.server.evaluations import list_evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
 from slatebandit.server.personalizer import personalizer_app
 from slatebandit.server.personalizer_admin import admin_routes
@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/experiments/{name:str}", experiments.delete, methods=["DELETE"]),
         Route("/v1/experiments/{name:str}/report", experiments.report, methods=["GET"]),
         Route("/v1/evaluations", post_evaluation, methods=["POST"]),
+        Route("/v1/evaluations", list_evaluations, methods=["GET"]),
         Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
         Route("/v1/users/{user_id:str}", privacy.erase, methods=["DELETE"]),
         Route("/v1/stats", stats.stats, methods=["GET"]),

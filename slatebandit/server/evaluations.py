@@ -16,7 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from slatebandit.errors import NotFound
-from slatebandit.logging.evaluations import create_evaluation, get_evaluation
+from slatebandit.logging.evaluations import (
+    create_evaluation,
+    get_evaluation,
+    latest_evaluations,
+)
 from slatebandit.replay import ReplayOptions, parse_target
 from slatebandit.server.codec import read_body, respond
 from slatebandit.server.schemas import EvaluationRequest, validate
@@ -54,3 +58,12 @@ async def read_evaluation(request: Request) -> Response:
     if found is None:
         raise NotFound(f"evaluation_id: no evaluation {evaluation_id!r}", field="evaluation_id")
     return respond(request, found)
+
+
+LISTED = 20  # GET /v1/evaluations: the newest this many
+
+
+async def list_evaluations(request: Request) -> Response:
+    s = for_request(request, "analyst")
+    found = await s.read(lambda conn: latest_evaluations(conn, LISTED))
+    return respond(request, {"evaluations": found})

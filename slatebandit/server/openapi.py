@@ -366,12 +366,18 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/v1/evaluations": {
+                "get": {
+                    "summary": "The newest 20 evaluations, newest first, without their results "
+                    "(scope analyst)",
+                    "security": security,
+                    "responses": _answers(200, "{evaluations: [{id, status, progress, request}]}"),
+                },
                 "post": {
                     "summary": "Start an off-policy replay of the log (scope analyst)",
                     "security": security,
                     "requestBody": _body(_ref(EvaluationRequest)),
                     "responses": _answers(202, "started; poll the location"),
-                }
+                },
             },
             "/v1/evaluations/{evaluation_id}": {
                 "get": {

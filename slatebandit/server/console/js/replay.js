@@ -2,7 +2,7 @@
 // progress, and read its report: each policy's value by estimator, with intervals drawn.
 
 import { get, post } from "./api.js";
-import { fmt, h, replace, table } from "./dom.js";
+import { fmt, h, replace, table, when } from "./dom.js";
 import { intervalPlot } from "./charts.js";
 
 const ESTIMATORS = ["ips", "snips", "dm", "dr", "cascade-ips", "cascade-dr"];
@@ -40,7 +40,26 @@ export function render(main) {
   const bootstrap = h("input", { id: "bootstrap", type: "number", min: 0, max: 10000, value: 200 });
   const status = h("div", { id: "replay-status" });
   const output = h("div", {});
+  const history = h("div", { id: "replay-history" });
   let timer = null;
+
+  async function listed() {
+    let answer;
+    try {
+      answer = await get("/v1/evaluations");
+    } catch (err) {
+      replace(history, h("p", { class: "error" }, err.message));
+      return;
+    }
+    replace(history, h("h3", {}, "Recent evaluations"), answer.evaluations.length
+      ? table([
+          ["Started", (e) => when(e.created_at)],
+          ["Policies", (e) => h("a", { href: "#/replay", onclick: (event) => { event.preventDefault(); clearTimeout(timer); replace(output); watch(e.id); } }, e.request.policies.join(", "))],
+          ["Estimators", (e) => (e.request.estimators || ["default"]).join(", ")],
+          ["Status", (e) => e.status],
+        ], answer.evaluations, { id: "evaluations" })
+      : h("p", { class: "muted" }, "None yet."));
+  }
 
   async function watch(id) {
     let evaluation;
@@ -58,8 +77,10 @@ export function render(main) {
       timer = setTimeout(() => watch(id), POLL_MS);
     } else if (evaluation.status === "done") {
       replace(output, report(evaluation.result));
+      listed();
     } else {
       replace(output, h("p", { class: "error" }, evaluation.error || "the evaluation failed"));
+      listed();
     }
   }
 
@@ -92,6 +113,7 @@ export function render(main) {
     h("button", { type: "submit" }, "Start the replay"));
   replace(main, h("div", { class: "toolbar" }, h("h2", {}, "Replay")),
     h("p", { class: "muted" }, "What another policy would have earned on the logged decisions, before it serves anyone. Retrieval changes cannot be evaluated offline."),
-    form, status, output);
+    form, status, output, history);
+  listed();
   return () => clearTimeout(timer);
 }
