@@ -246,6 +246,7 @@ def test_openapi_describes_every_route(client) -> None:  # type: ignore[no-untyp
         ("/v1/items/{item_id}", "get"),
         ("/v1/stats", "get"),
         ("/metrics", "get"),
+        ("/v1/access", "get"),
         ("/v1/users/{user_id}", "delete"),
         ("/v1/models", "get"),
         ("/v1/models/{version}/promote", "post"),

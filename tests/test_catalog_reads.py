@@ -52,6 +52,7 @@ def test_an_item_comes_with_its_nearest_neighbours(
         ("/v1/items?limit=0", "limit"),
         ("/v1/items?limit=101", "limit"),
         ("/v1/items?limit=x", "limit"),
+        ("/v1/items?limit=²", "limit"),
         ("/v1/items?q=" + "a" * 129, "q"),
         ("/v1/items/sku-0000001?neighbours=-1", "neighbours"),
         ("/v1/items/no-such-item", "item_id"),

@@ -3,6 +3,7 @@ counters are summed correctly across the workers of a real ``slatebandit serve -
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -41,9 +42,12 @@ def test_counts_slates_kinds_feedback_and_routes(client: TestClient) -> None:
         for item in body["items"]:
             kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
     first = body["items"][0]["item_id"]
-    assert client.post(
-        "/v1/rewards", json={"event_id": body["event_id"], "item_id": first}
-    ).is_success
+    reward = {"event_id": body["event_id"], "item_id": first}
+    assert client.post("/v1/rewards", json=reward).is_success
+    assert client.post("/v1/rewards", json=reward).json()["duplicate"]  # counted once
+    odd = {**reward, "type": "wishlisted", "reward": 0.2}  # outside the reward table
+    assert client.post("/v1/rewards", json=odd).is_success
+    assert client.post("/v1/slates?dry_run=true", json={"user_id": "u0", "k": 4}).is_success
     event = {"user_id": "u1", "item_id": first, "type": "add_to_cart"}
     assert client.post("/v1/events", json=event).is_success
     assert client.post("/v1/slates", json={"k": 4}).status_code == 400  # no user_id
@@ -59,6 +63,10 @@ def test_counts_slates_kinds_feedback_and_routes(client: TestClient) -> None:
     for kind, n in kinds.items():
         assert delta("slatebandit_slot_kinds_total", kind=kind) == n
     assert delta("slatebandit_rewards_total", type="click") == 1
+    assert delta("slatebandit_rewards_total", type="other") == 1
+    assert delta("slatebandit_rewards_total", type="wishlisted") == 0
+    # A dry run is timed apart, and is no slate served.
+    assert delta("slatebandit_responses_total", route="/v1/slates?dry_run", status="2xx") == 1
     assert delta("slatebandit_events_total", type="add_to_cart") == 1
     # Routes by template; the failed slate is timed and counted as a 4xx, never as a slate.
     assert delta("slatebandit_request_duration_seconds_count", route="/v1/slates") == 6
@@ -191,3 +199,25 @@ def test_readme_table_and_grafana_dashboard_name_every_metric_and_only_those(
     assert used <= table, used - table
     # Every paging figure of the issue has a panel.
     assert {"slatebandit_database_up", "slatebandit_learner_lag_seconds"} <= used
+
+
+def test_timing_labels_by_endpoint_where_starlette_sets_no_route() -> None:
+    """Starlette before 1.0 puts the matched endpoint in the scope, not the route."""
+    from starlette.routing import Route
+
+    from slatebandit.server.metrics import RESPONSES, Timing
+
+    async def endpoint(request: object) -> None: ...
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        scope["endpoint"] = endpoint
+        await send({"type": "http.response.start", "status": 204, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def sent(message: object) -> None: ...
+
+    timing = Timing(app, [Route("/v1/things/{thing_id:str}", endpoint)])  # type: ignore[arg-type]
+    counted = RESPONSES.labels("/v1/things/{thing_id}", "2xx")
+    before = counted._value.get()
+    asyncio.run(timing({"type": "http"}, None, sent))  # type: ignore[arg-type]
+    assert counted._value.get() == before + 1

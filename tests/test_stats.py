@@ -76,10 +76,27 @@ def test_stats_count_what_was_served_on_postgresql(
     [
         ("minutes=0", "minutes"),
         ("minutes=x", "minutes"),
+        ("minutes=²", "minutes"),
+        ("minutes=" + "9" * 5000, "minutes"),
         ("minutes=99999", "minutes"),
         ("step=7", "step"),
+        ("minutes=1440&step=10", "minutes"),  # 8,640 buckets
     ],
 )
 def test_bad_windows_name_the_field(client: TestClient, query: str, field: str) -> None:
     answer = client.get(f"/v1/stats?{query}")
     assert answer.status_code == 400 and answer.json()["error"]["field"] == field
+
+
+def test_a_window_is_read_from_the_log_at_most_every_few_seconds(client: TestClient) -> None:
+    """Every open console polls; a worker aggregates a window's slots once per CACHE_SECONDS
+    whoever asks, while latency (from the histograms) is always current."""
+    client.post("/v1/slates", json={"user_id": "a", "k": 3})
+    first = client.get("/v1/stats?minutes=15&step=10").json()
+    client.post("/v1/slates", json={"user_id": "b", "k": 3})
+    again = client.get("/v1/stats?minutes=15&step=10").json()
+    assert again["traffic"] == first["traffic"] and again["since"] == first["since"]
+    count = again["latency"]["/v1/slates"]["count"]
+    assert count == first["latency"]["/v1/slates"]["count"] + 1
+    other = client.get("/v1/stats?minutes=16&step=10").json()  # another window: read now
+    assert sum(b["slates"] for b in other["traffic"]) == 2

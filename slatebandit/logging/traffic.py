@@ -72,12 +72,11 @@ def traffic(conn: Connection, since: float, step: int) -> list[Bucket]:
 
 
 def reward_arrivals(conn: Connection, since: float, step: int) -> list[tuple[float, int]]:
-    """Rewards per ``step`` seconds by arrival, for the decisions made since ``since``."""
+    """Rewards per ``step`` seconds by arrival since ``since``, on decisions from the lowest id
+    made since then (ids follow commits, not clocks: group commits of several workers and a
+    shipped spool interleave them, so the earliest decision need not hold the lowest id)."""
     first = conn.execute(
-        select(decisions.c.id)
-        .where(decisions.c.created_at >= since)
-        .order_by(decisions.c.created_at)
-        .limit(1)
+        select(func.min(decisions.c.id)).where(decisions.c.created_at >= since)
     ).scalar()
     if first is None:
         return []

@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/", console.home, methods=["GET"]),
         Mount("/console", app=console.static(), name="console"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=served,
         middleware=[Middleware(metrics.Timing, routes=served)],
         exception_handlers={
@@ -95,6 +95,8 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.stats = {}  # GET /v1/stats: each window's figures, read at most every 10 s
+    return app
 
 
 def app_from_env() -> Starlette:

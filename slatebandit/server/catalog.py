@@ -9,18 +9,10 @@ from starlette.responses import Response
 from slatebandit.errors import InvalidInput, NotFound
 from slatebandit.logging.items import get_items, search_items
 from slatebandit.server.codec import respond
+from slatebandit.server.schemas import query_int
 from slatebandit.server.services import for_request
 
 MAX_LIMIT = 100
-
-
-def _count(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidInput(f"{name}: must be a whole number from 1 to {MAX_LIMIT}", field=name)
-    return int(raw)
 
 
 async def search(request: Request) -> Response:
@@ -29,7 +21,7 @@ async def search(request: Request) -> Response:
     text = request.query_params.get("q", "").strip()
     if len(text) > 128:
         raise InvalidInput("q: at most 128 characters", field="q")
-    limit = _count(request, "limit", 20)
+    limit = query_int(request, "limit", 20, 1, MAX_LIMIT)
     found = await s.read(lambda conn: search_items(conn, text, limit))
     catalog = s.store.catalog
     for item in found:  # what this worker has shown of it since it started
@@ -42,7 +34,7 @@ async def read(request: Request) -> Response:
     """``GET /v1/items/{item_id}?neighbours=N``: the item and its N nearest live neighbours."""
     s = for_request(request, "analyst")
     item_id = request.path_params["item_id"]
-    n = _count(request, "neighbours", 10)
+    n = query_int(request, "neighbours", 10, 1, MAX_LIMIT)
     key = s.store.catalog.live_key(item_id)
     neighbours: list[tuple[str, float]] = []
     if key is not None:

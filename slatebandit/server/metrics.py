@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +82,11 @@ def slate_served(decision: Decision) -> None:
         NOT_LOGGED.inc()
 
 
-def reward_accepted(type: str) -> None:
-    REWARDS.labels(type).inc()
+def reward_accepted(type: str, known: Container[str]) -> None:
+    """A reward stored (not a duplicate). Types outside the reward table count as ``other``:
+    a client may send any type with an explicit value, and each label value would live in
+    every worker's file for good."""
+    REWARDS.labels(type if type in known else "other").inc()
 
 
 def event_accepted(type: str) -> None:
@@ -91,6 +94,8 @@ def event_accepted(type: str) -> None:
 
 
 # Timing --------------------------------------------------------------------------------------
+
+DRY_RUN = "slatebandit.dry_run"  # set in a dry run's scope: timed apart from served slates
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -105,16 +110,29 @@ class Timing:
 
     def __init__(self, app: ASGIApp, routes: Iterable[BaseRoute]) -> None:
         self.app = app
+        # By the matched route (``scope["route"]``, newer Starlette) or, failing that, by its
+        # endpoint (``scope["endpoint"]``, which every Starlette sets).
         self.labels: dict[int, str] = {}
         for route in routes:
             if isinstance(route, Mount):
-                self.labels[id(route)] = route.path  # what its app does not route itself
+                self._label(route, route.app, route.path)  # what its app does not route itself
                 # The two Personalizer mounts share one app: its routes keep the first prefix.
                 for inner in getattr(route.app, "routes", ()):
-                    path = getattr(inner, "path_format", "")
-                    self.labels.setdefault(id(inner), route.path + path)
+                    if isinstance(inner, Route):
+                        self._label(inner, inner.endpoint, route.path + inner.path_format)
             elif isinstance(route, Route):
-                self.labels[id(route)] = route.path_format
+                self._label(route, route.endpoint, route.path_format)
+
+    def _label(self, route: BaseRoute, endpoint: object, label: str) -> None:
+        self.labels.setdefault(id(route), label)
+        self.labels.setdefault(id(endpoint), label)
+
+    def route_of(self, scope: Scope) -> str:
+        """The request's route template; ``unmatched`` for a path no route serves."""
+        matched = scope.get("route") or scope.get("endpoint")
+        if scope.get(DRY_RUN):
+            return "/v1/slates?dry_run"
+        return self.labels.get(id(matched), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,7 +142,7 @@ class Timing:
         answered = False
 
         def observe(status: int) -> None:
-            route = self.labels.get(id(scope.get("route")), "unmatched")
+            route = self.route_of(scope)
             DURATION.labels(route).observe(time.perf_counter() - start)
             RESPONSES.labels(route, f"{status // 100}xx").inc()
 

@@ -428,6 +428,13 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}
             },
+            "/v1/access": {
+                "get": {
+                    "summary": "Who the presented key is: {open, key: none|missing|unknown|ok, "
+                    "scopes}; always a 200 (the console asks it first)",
+                    "responses": {"200": {"description": "ok"}},
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics, summed across the workers (scope analyst); "

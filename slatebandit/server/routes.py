@@ -47,6 +47,8 @@ _services = for_request
 
 async def create_slate(request: Request) -> Response:
     dry_run = _flag(request, "dry_run")
+    if dry_run:
+        request.scope[metrics.DRY_RUN] = True
     # A dry run shows every candidate's score: an analyst's view, not a storefront's.
     s = _services(request, "analyst" if dry_run else "serve")
     body = validate(SlateRequest, await read_body(request, s.settings.max_body_bytes))
@@ -70,7 +72,8 @@ async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
     done = await s.reward(body.event_id, body.item_id, body.type, body.reward)
-    metrics.reward_accepted(body.type)
+    if not done.duplicate:
+        metrics.reward_accepted(body.type, s.rewards)
     answer = {**body.model_dump(), "reward": done.reward, "duplicate": done.duplicate}
     return respond(request, {**answer, "logged": done.logged}, 202)
 

@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from starlette.requests import Request
 
 from slatebandit.errors import InvalidInput
 from slatebandit.recommender import Filters, SlateQuery
@@ -154,3 +155,15 @@ def invalid(exc: ValidationError, prefix: str = "") -> InvalidInput:
     elif error["type"] == "missing":
         message = "is required"
     return InvalidInput(f"{field or 'body'}: {message}", field=field)
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """Query parameter ``name`` as a whole number in [low, high], or ``default`` if absent;
+    anything else is a 400 naming it."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    # isdigit alone admits "²" and 5,000-digit strings, which int() then refuses with a 500
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not low <= int(raw) <= high:
+        raise InvalidInput(f"{name}: must be a whole number from {low} to {high}", field=name)
+    return int(raw)

@@ -32,7 +32,13 @@ export async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
-  const parsed = text ? JSON.parse(text) : null;
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    // not ours (a proxy's error page, say): report the status
+    throw new ApiError(response.status, { error: { message: `HTTP ${response.status}: not JSON` } });
+  }
   if (!response.ok) throw new ApiError(response.status, parsed);
   return parsed;
 }

@@ -12,7 +12,8 @@ export function parseContext(text) {
   for (const line of text.split("\n").map((l) => l.trim()).filter(Boolean)) {
     const [name, value = ""] = line.split(/=(.*)/s);
     const raw = value.trim();
-    context[name.trim()] = raw === "true" ? true : raw === "false" ? false : raw !== "" && !Number.isNaN(Number(raw)) ? Number(raw) : raw;
+    const number = /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(raw); // decimal only: not "0x10" or "Infinity"
+    context[name.trim()] = raw === "true" ? true : raw === "false" ? false : number ? Number(raw) : raw;
   }
   return context;
 }
@@ -49,7 +50,8 @@ export function render(main) {
         return;
       }
       const chosen = new Set(slate.items.map((i) => i.item_id));
-      const top = Math.max(...slate.candidates.map((c) => c.score), 0);
+      const scores = slate.candidates.map((c) => c.score);
+      const floor = Math.min(0, ...scores), top = Math.max(0, ...scores);
       replace(output,
         h("p", { class: "muted" }, `policy ${slate.policy} · model version ${slate.model_version}`,
           slate.experiment ? ` · experiment ${slate.experiment}` : "", slate.arm ? ` · arm ${slate.arm}` : "",
@@ -69,7 +71,7 @@ export function render(main) {
         table([
           ["#", (c) => slate.candidates.indexOf(c) + 1],
           ["Item", (c) => c.item_id],
-          ["Score", (c) => h("span", { class: "scored" }, bar(c.score - Math.min(0, ...slate.candidates.map((x) => x.score)), top - Math.min(0, ...slate.candidates.map((x) => x.score))), " ", fmt(c.score, 4))],
+          ["Score", (c) => h("span", { class: "scored" }, bar(c.score - floor, top - floor), " ", fmt(c.score, 4))],
           ["Source", (c) => c.source],
           ["In the slate", (c) => (chosen.has(c.item_id) ? "yes" : "")],
         ], slate.candidates, { id: "candidates" }));

@@ -47,15 +47,19 @@ export function render(main, access) {
   let previous = null;
   const latencies = []; // [time, p50, p99] per poll interval, this session
 
+  let asked = 0; // replies may come back out of order (a window change during a poll)
+
   async function poll() {
     const [minutes, step] = WINDOWS[select.value];
+    const ticket = ++asked;
     let stats;
     try {
       stats = await get(`/v1/stats?minutes=${minutes}&step=${step}`);
     } catch (err) {
-      replace(cards, h("p", { class: "error" }, err.message));
+      if (ticket === asked) replace(cards, h("p", { class: "error" }, err.message));
       return;
     }
+    if (ticket !== asked) return;
     const slates = stats.latency["/v1/slates"] || { count: 0, buckets: [] };
     // The latest poll interval's latency when it served slates, else everything since start.
     const interval = difference(slates, previous);
@@ -67,12 +71,17 @@ export function render(main, access) {
     previous = slates;
 
     const traffic = stats.traffic;
+    // A rate over the newest bucket with data, while that is the current or the previous
+    // bucket; older than that, nothing is coming: 0.
+    const current = Math.floor(stats.now / stats.step) * stats.step;
+    const recent = (start) => start !== null && start >= current - stats.step;
+    const over = (start) => Math.max(1, Math.min(stats.now, start + stats.step) - start);
     const newest = traffic.length ? Math.max(...traffic.map((b) => b.start)) : null;
-    const elapsed = newest === null ? 1 : Math.max(1, Math.min(stats.now, newest + stats.step) - newest);
-    const latestSlates = traffic.filter((b) => b.start === newest).reduce((n, b) => n + b.slates, 0);
+    const elapsed = newest === null ? 1 : over(newest);
+    const latestSlates = recent(newest) ? traffic.filter((b) => b.start === newest).reduce((n, b) => n + b.slates, 0) : 0;
     const rewards = stats.rewards;
     const lastRewards = rewards.length ? rewards[rewards.length - 1] : null;
-    const rewardRate = lastRewards ? lastRewards.rewards / Math.max(1, Math.min(stats.now, lastRewards.start + stats.step) - lastRewards.start) : 0;
+    const rewardRate = lastRewards && recent(lastRewards.start) ? lastRewards.rewards / over(lastRewards.start) : 0;
     const total = traffic.reduce((t, b) => ({ slates: t.slates + b.slates, shown: t.shown + b.shown, clicks: t.clicks + b.clicks }), { slates: 0, shown: 0, clicks: 0 });
     const ms = (s) => (s === null ? "–" : (1000 * s).toFixed(1) + " ms");
     const spool = stats.spool;

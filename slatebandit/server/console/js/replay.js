@@ -42,6 +42,7 @@ export function render(main) {
   const output = h("div", {});
   const history = h("div", { id: "replay-history" });
   let timer = null;
+  let watching = 0; // a newer watch (another run opened, the page left) ends the older ones
 
   async function listed() {
     let answer;
@@ -54,27 +55,35 @@ export function render(main) {
     replace(history, h("h3", {}, "Recent evaluations"), answer.evaluations.length
       ? table([
           ["Started", (e) => when(e.created_at)],
-          ["Policies", (e) => h("a", { href: "#/replay", onclick: (event) => { event.preventDefault(); clearTimeout(timer); replace(output); watch(e.id); } }, e.request.policies.join(", "))],
+          ["Policies", (e) => h("a", { href: "#/replay", onclick: (event) => { event.preventDefault(); follow(e.id); } }, e.request.policies.join(", "))],
           ["Estimators", (e) => (e.request.estimators || ["default"]).join(", ")],
           ["Status", (e) => e.status],
         ], answer.evaluations, { id: "evaluations" })
       : h("p", { class: "muted" }, "None yet."));
   }
 
-  async function watch(id) {
+  function follow(id) {
+    clearTimeout(timer);
+    replace(output);
+    watching += 1;
+    return watch(id, watching);
+  }
+
+  async function watch(id, generation) {
     let evaluation;
     try {
       evaluation = await get(`/v1/evaluations/${id}`);
     } catch (err) {
-      replace(status, h("p", { class: "error" }, err.message));
+      if (generation === watching) replace(status, h("p", { class: "error" }, err.message));
       return;
     }
+    if (generation !== watching) return;
     const progress = evaluation.progress || {};
     const share = progress.total ? progress.done / progress.total : 0;
     replace(status, h("p", {}, `Evaluation ${id}: ${evaluation.status}`, progress.phase ? ` · ${progress.phase} ${fmt(progress.done)} of ${fmt(progress.total)}` : ""),
       h("progress", { max: 1, value: evaluation.status === "done" ? 1 : share }));
     if (evaluation.status === "running") {
-      timer = setTimeout(() => watch(id), POLL_MS);
+      timer = setTimeout(() => watch(id, generation), POLL_MS);
     } else if (evaluation.status === "done") {
       replace(output, report(evaluation.result));
       listed();
@@ -89,6 +98,7 @@ export function render(main) {
     onsubmit: async (event) => {
       event.preventDefault();
       clearTimeout(timer);
+      watching += 1; // whatever was followed before, this run takes the page
       replace(output);
       const body = {
         policies: policies.value.split(",").map((s) => s.trim()).filter(Boolean),
@@ -99,7 +109,7 @@ export function render(main) {
       if (until.value.trim()) body.until = until.value.trim();
       try {
         const started = await post("/v1/evaluations", body);
-        await watch(started.id);
+        await follow(started.id);
       } catch (err) {
         replace(status, h("p", { class: "error" }, err.field ? `${err.field}: ${err.message}` : err.message));
       }
@@ -115,5 +125,5 @@ export function render(main) {
     h("p", { class: "muted" }, "What another policy would have earned on the logged decisions, before it serves anyone. Retrieval changes cannot be evaluated offline."),
     form, status, output, history);
   listed();
-  return () => clearTimeout(timer);
+  return () => { watching += 1; clearTimeout(timer); };
 }
