@@ -3,7 +3,7 @@ bootstrap, from SQL, in bounded memory. The budget is 60 s on the 2-core machine
 
     python -m benchmarks.replay [--decisions 100000] [--k 10] [--candidates 200]
                                 [--policies random,popular] [--estimators ips,snips,dr]
-                                [--bootstrap 1000] [--db URL]
+                                [--bootstrap 1000] [--db URL] [--processes N]
 
 Writes a catalog and logged decisions straight into a fresh SQLite database, each slate built
 by the real slate builder (epsilon-greedy over logger scores, explore and diverse slots), so
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import time
@@ -111,6 +112,12 @@ def main() -> None:
     parser.add_argument("--estimators", default="ips,snips,dr")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--db", help="reuse this database (default: a new one in a temp dir)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="slices of the evaluation pass at once, as `slatebandit replay` (default: cores)",
+    )
     args = parser.parse_args()
 
     url = args.db or f"sqlite:///{tempfile.mkdtemp(prefix='slatebandit-replay-')}/log.db"
@@ -136,7 +143,7 @@ def main() -> None:
         bar.refresh()
 
     started = time.perf_counter()
-    report = replay(engine, settings, options, progress)
+    report = replay(engine, settings, options, progress, processes=args.processes)
     seconds = time.perf_counter() - started
     bar.close()
     figures = {
@@ -145,6 +152,7 @@ def main() -> None:
         "policies": list(options.policies),
         "estimators": list(options.estimators),
         "bootstrap": options.bootstrap,
+        "processes": args.processes,
         "seconds": round(seconds, 2),
         "slots_per_second": round(report.n_slots / seconds),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

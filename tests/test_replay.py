@@ -327,3 +327,56 @@ def test_payloads_decode_column_by_column_as_one_payload_at_a_time() -> None:
         assert columns.specs[row] == 4
     with pytest.raises(ValueError, match="payload version 9"):
         Payloads.decode([written[0].encode(), pack({"v": 9})])
+
+
+def test_replay_in_slices_over_processes_equals_one_pass(logged, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The evaluation pass in three spawned-process slices gives the one-process estimates,
+    intervals and counts (the bootstrap's draws depend on the decision, and the accumulators
+    merge; only the order of float additions differs). A trained target stays in one pass."""
+    from slatebandit.replay import evaluate as evaluate_module
+
+    settings, _ = logged
+    policies = ("random", "popular", "vw@1", "logged")
+    estimators = ("ips", "snips", "dr", "cascade-dr")
+    options = ReplayOptions(policies=policies, estimators=estimators, bootstrap=200, until=4e9)
+    engine = open_engine(settings.database_url)
+    try:
+        one = replay(engine, settings, options).to_dict()
+        monkeypatch.setattr(evaluate_module, "SHARD_DECISIONS", 100)  # 600 decisions: 3 slices
+        calls: list[int] = []
+        sharded = evaluate_module.evaluate_sharded
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(args[6])  # the slices it was asked for
+            return sharded(*args, **kwargs)
+
+        monkeypatch.setattr(evaluate_module, "evaluate_sharded", counted)
+        seen: list[tuple[str, int, int]] = []
+        sliced = replay(engine, settings, options, lambda *p: seen.append(p), processes=3).to_dict()
+    finally:
+        engine.dispose()
+    assert calls == [3]
+    assert sliced["n_decisions"] == one["n_decisions"] == 600
+    assert sliced["n_slots"] == one["n_slots"] and sliced["warnings"] == one["warnings"]
+    for a, b in zip(one["policies"], sliced["policies"], strict=True):
+        assert a["policy"] == b["policy"]
+        for x, y in zip(a["estimates"], b["estimates"], strict=True):
+            for key in ("value", "ci_low", "ci_high", "ess", "max_weight", "se"):
+                assert y[key] == pytest.approx(x[key], rel=1e-9, abs=1e-12), (a["policy"], key)
+    replayed = [done for phase, done, _ in seen if phase == "replay"]
+    assert replayed[-1] == 600 and replayed == sorted(replayed)  # every slice's progress
+
+
+def test_a_trained_target_keeps_the_pass_in_one_process(logged, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from slatebandit.replay import evaluate as evaluate_module
+
+    settings, _ = logged
+    monkeypatch.setattr(evaluate_module, "SHARD_DECISIONS", 100)
+    monkeypatch.setattr(evaluate_module, "evaluate_sharded", None)  # would fail if called
+    options = ReplayOptions(policies=("vw:--cb_adf --cb_type mtr",), bootstrap=50, until=4e9)
+    engine = open_engine(settings.database_url)
+    try:
+        report = replay(engine, settings, options, processes=3).to_dict()
+    finally:
+        engine.dispose()
+    assert report["n_decisions"] > 0

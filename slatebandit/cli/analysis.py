@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from tqdm import tqdm
 from slatebandit.cli.common import add_db_options, settings_from
 from slatebandit.errors import InvalidInput
 from slatebandit.logging import open_engine
+
+MAX_PROCESSES = 4  # replay's evaluation pass: more slices than this gain little
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,6 +43,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         type=float,
         default=0.5,
         help='share of the window that vw:"ARGS" policies train on',
+    )
+    replay.add_argument(
+        "--processes",
+        type=int,
+        default=min(os.cpu_count() or 1, MAX_PROCESSES),
+        help="evaluate slices of the window in this many processes at once (default: the "
+        f"cores, at most {MAX_PROCESSES})",
     )
     replay.add_argument("--format", choices=("table", "json", "html"), default="table")
     replay.add_argument("--out", type=Path, help="write the report here (default: stdout)")
@@ -86,7 +96,9 @@ def _replay(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     try:
-        report = replay(engine, settings, options, progress)
+        if args.processes < 1:
+            raise InvalidInput("--processes must be at least 1", field="processes")
+        report = replay(engine, settings, options, progress, processes=args.processes)
     finally:
         for bar in bars.values():
             bar.close()

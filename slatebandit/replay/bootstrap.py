@@ -110,6 +110,10 @@ class Bootstrap:
         self._last: tuple[bytes, np.ndarray] | None = None  # (ids, counts: replicates x ids)
         self._dense: tuple[np.ndarray, np.ndarray] | None = None  # (counts, as float64)
 
+    def forget(self) -> None:
+        """Drop the kept counts (tens of MB): before a bootstrap is sent to another process."""
+        self._last = self._dense = None
+
     def weights(self, ids: np.ndarray) -> np.ndarray:
         return self._counts(ids).T
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -42,27 +42,14 @@ from slatebandit.replay.log import (
     read_chunks,
     read_shown,
 )
-from slatebandit.replay.reward_model import RewardModel
+from slatebandit.replay.passes import Tally, evaluate
+from slatebandit.replay.reward_model import ItemRewardModel, RewardModel
+from slatebandit.replay.shards import evaluate_sharded
 from slatebandit.replay.targets import Target, parse_target
-
-
-class ItemRewardModel(Protocol):
-    """What DM, DR and the cascade estimators ask of a reward model (``RewardModel``,
-    ``replay.context_model.ContextRewardModel``)."""
-
-    def item_values(self, decision_ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """q of each candidate (``keys``, one row per decision) given its decision."""
-        ...
-
-    def continuation(
-        self, decision_ids: np.ndarray, slot: np.ndarray, depth: np.ndarray
-    ) -> np.ndarray:
-        """Expected reward of the slots below ``slot`` in a slate of ``depth`` slots."""
-        ...
-
 
 Progress = Callable[[str, int, int], None]  # (phase, decisions done, decisions in the phase)
 SUPPORT_WARNING = 0.01  # mean target mass outside the logger's support
+SHARD_DECISIONS = 50_000  # the fewest decisions a slice of the evaluation pass is worth
 ESS_WARNING = 0.01  # effective sample size as a share of slots
 NOTE = (
     "Replay re-weighs the candidates that were logged: a policy that would have retrieved "
@@ -195,16 +182,28 @@ def replay(
     progress: Progress | None = None,
     window: Window | None = None,
     reward_model: ItemRewardModel | None = None,
+    processes: int = 1,
 ) -> Report:
     """Replay ``options.policies`` over the window the options give (or ``window``); DM and DR
-    use ``reward_model`` if given, else item means fitted on the evaluated decisions."""
+    use ``reward_model`` if given, else item means fitted on the evaluated decisions. With
+    ``processes`` above 1, the evaluation pass runs over that many slices of the window at
+    once (``replay.shards``), where it can: see ``_shards``."""
     options.validate()
     until = options.until if options.until is not None else time.time() - settings.reward_wait
     since = options.since if options.since is not None else float("-inf")
     window = window or Window(since, until)
     targets = [parse_target(spec, engine) for spec in options.policies]
     try:
-        return _replay(engine, settings, options, window, targets, progress or _quiet, reward_model)
+        return _replay(
+            engine,
+            settings,
+            options,
+            window,
+            targets,
+            progress or _quiet,
+            reward_model,
+            processes,
+        )
     finally:
         for target in targets:
             target.close()
@@ -222,6 +221,7 @@ def _replay(
     targets: Sequence[Target],
     progress: Progress,
     reward_model: ItemRewardModel | None = None,
+    processes: int = 1,
 ) -> Report:
     rule = {"aggregation": settings.reward_aggregation, "default_reward": settings.default_reward}
 
@@ -273,26 +273,32 @@ def _replay(
         t.spec: [make_estimator(n, bootstrap, options.clip) for n in options.estimators]
         for t in targets
     }
-    outside = dict.fromkeys(estimators, 0.0)
     fallback = Exploration(
         settings.exploration, settings.epsilon, settings.gamma, settings.temperature
     )
-    slots = done = 0
-    unknown_logger = 0
-    for chunk, revisions in chunks(window):
-        _evaluate_chunk(chunk, revisions, targets, estimators, outside, model, fallback)
-        slots += len(chunk.slot)
-        unknown_logger += sum(
-            chunk.explorations[code] is None for code in chunk.exploration.tolist()
+    tally = Tally(estimators, dict.fromkeys(estimators, 0.0))
+    shards = _shards(processes, targets, model, evaluated.decisions)
+    if shards > 1:
+        assert isinstance(model, RewardModel)  # what _shards allows
+        tally = evaluate_sharded(
+            engine, settings, options, window, evaluated.decisions, model, shards, progress
         )
-        done += len(chunk.decision_ids)
-        progress("replay", done, evaluated.decisions)
+    else:
+        tally = evaluate(
+            chunks(window),
+            targets,
+            tally,
+            model,
+            fallback,
+            lambda done: progress("replay", done, evaluated.decisions),
+        )
+    estimators, outside, slots = tally.estimators, tally.outside, tally.slots
 
     results = [(spec, [e.get() for e in ests]) for spec, ests in estimators.items()]
     scoring = any(t.uses_exploration for t in targets)
     warnings += _warnings(results, outside, slots, evaluated.decisions)
-    if unknown_logger:
-        warnings.insert(0, _unknown_logger(unknown_logger, fallback if scoring else None))
+    if tally.unknown_logger:
+        warnings.insert(0, _unknown_logger(tally.unknown_logger, fallback if scoring else None))
     return Report(
         n_decisions=evaluated.decisions,
         n_slots=slots,
@@ -330,34 +336,16 @@ def _item_means(
     return model
 
 
-def _evaluate_chunk(
-    chunk: Chunk,
-    revisions: Revisions,
-    targets: Sequence[Target],
-    estimators: dict[str, list[Estimator]],
-    outside: dict[str, float],
-    model: ItemRewardModel,
-    fallback: Exploration,
-) -> None:
-    ids = chunk.slot_decisions
-    mu = model.item_values(chunk.decision_ids, chunk.keys)  # (D, C)
-    q_logged = mu[chunk.row, chunk.chosen]
-    depth = np.bincount(chunk.row, minlength=len(chunk.decision_ids))[chunk.row]
-    tail = model.continuation(ids, chunk.slot, depth)
-    for target in targets:
-        probs = target.probabilities(chunk, revisions, mu, fallback)
-        q_target = probs.expected
-        outside[target.spec] += float(probs.outside.sum())
-        for estimator in estimators[target.spec]:
-            cascade = estimator.name == "cascade-dr"
-            estimator.add(
-                chunk.p_log,
-                chunk.reward,
-                probs.p_target,
-                decision=ids,
-                q_logged=q_logged + tail if cascade else q_logged,
-                q_target=q_target + tail if cascade else q_target,
-            )
+def _shards(
+    processes: int, targets: Sequence[Target], model: ItemRewardModel, decisions: int
+) -> int:
+    """How many slices the evaluation pass runs over: ``processes``, unless a target was
+    trained here (its model lives in this process), the reward model is not the item means
+    (a context model holds a VW workspace), or the window is too small to pay for starting a
+    process (about a second)."""
+    if any(t.trains for t in targets) or not isinstance(model, RewardModel):
+        return 1
+    return max(1, min(processes, decisions // SHARD_DECISIONS))
 
 
 def _unknown_logger(decisions: int, fallback: Exploration | None) -> str:

@@ -16,6 +16,8 @@ sees a model trained on its own reward (Chernozhukov et al. 2018).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from slatebandit.replay.bootstrap import _splitmix64
@@ -28,6 +30,21 @@ def fold_of(decision_ids: np.ndarray) -> np.ndarray:
     return (_splitmix64(np.asarray(decision_ids, dtype=np.uint64)) % np.uint64(FOLDS)).astype(
         np.int64
     )
+
+
+class ItemRewardModel(Protocol):
+    """What DM, DR and the cascade estimators ask of a reward model (``RewardModel``,
+    ``replay.context_model.ContextRewardModel``)."""
+
+    def item_values(self, decision_ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """q of each candidate (``keys``, one row per decision) given its decision."""
+        ...
+
+    def continuation(
+        self, decision_ids: np.ndarray, slot: np.ndarray, depth: np.ndarray
+    ) -> np.ndarray:
+        """Expected reward of the slots below ``slot`` in a slate of ``depth`` slots."""
+        ...
 
 
 class RewardModel:
