@@ -4,10 +4,11 @@ from slatebandit.policies.base import Policy, Query, Slate
 from slatebandit.policies.blend import Blend
 from slatebandit.policies.registry import follow_champion, load_champion
 from slatebandit.policies.simple import Content, Popular, Random
-from slatebandit.policies.specs import PolicySet, load_policy, parse_spec
+from slatebandit.policies.specs import PolicySet, exploration_of, load_policy, parse_spec
 from slatebandit.policies.vw import VWPolicy
 
 __all__ = [
+    "exploration_of",
     "Blend",
     "Content",
     "Policy",

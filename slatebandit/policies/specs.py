@@ -141,7 +141,7 @@ class PolicySet:
 
     def _build(self, spec: str, parts: list[tuple[str, float]], field: str) -> Policy:
         s = self.settings
-        layout = (_exploration(s), s.explore_slots, s.diverse_slots)
+        layout = (exploration_of(s), s.explore_slots, s.diverse_slots)
         if spec.startswith("blend:"):
             return Blend([(self.get(name, field), w) for name, w in parts], *layout, spec=spec)
         if spec in SIMPLE:
@@ -151,7 +151,8 @@ class PolicySet:
         return VWPolicy(scorer, *layout, pinned=True)
 
 
-def _exploration(settings: Settings) -> Exploration:
+def exploration_of(settings: Settings) -> Exploration:
+    """The exploration the settings configure (serving's, and replay's fallback)."""
     return Exploration(settings.exploration, settings.epsilon, settings.gamma, settings.temperature)
 
 

@@ -18,14 +18,14 @@ import asyncio
 import gc
 import logging
 
-from slatebandit.bandit import Exploration, VWScorer, return_freed_memory, trim_freed_memory
+from slatebandit.bandit import VWScorer, return_freed_memory, trim_freed_memory
 from slatebandit.config import Settings
 from slatebandit.errors import ConfigError, SlatebanditError
 from slatebandit.logging import open_engine
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.logging.privacy import Erased, erase_user
 from slatebandit.personalizer.loops import Loops
-from slatebandit.policies import PolicySet, VWPolicy, follow_champion
+from slatebandit.policies import PolicySet, VWPolicy, exploration_of, follow_champion
 from slatebandit.policies.canary import CanaryBook
 from slatebandit.policies.experiment_book import ExperimentBook
 from slatebandit.recommender import feedback, shipping
@@ -58,11 +58,11 @@ class Recommender(Parts):
             ef=settings.hnsw_ef,
             factors=factors,
         )
-        exploration = Exploration(
-            settings.exploration, settings.epsilon, settings.gamma, settings.temperature
-        )
         policy = VWPolicy(
-            VWScorer(settings.vw_args), exploration, settings.explore_slots, settings.diverse_slots
+            VWScorer(settings.vw_args),
+            exploration_of(settings),
+            settings.explore_slots,
+            settings.diverse_slots,
         )
         await follow_champion(engine, policy)  # a restart serves the promoted version
         policies = PolicySet(settings, engine, policy)

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 from slatebandit.bandit import Exploration
 from slatebandit.config import Settings
 from slatebandit.errors import InvalidInput
-from slatebandit.replay.bootstrap import Bootstrap
+from slatebandit.policies import exploration_of
 from slatebandit.replay.estimators import (
     DEFAULT_ESTIMATORS,
     Estimate,
@@ -42,7 +42,7 @@ from slatebandit.replay.log import (
     read_chunks,
     read_shown,
 )
-from slatebandit.replay.passes import Tally, evaluate
+from slatebandit.replay.passes import evaluate, new_tally
 from slatebandit.replay.reward_model import ItemRewardModel, RewardModel
 from slatebandit.replay.shards import evaluate_sharded
 from slatebandit.replay.targets import Target, parse_target
@@ -268,26 +268,18 @@ def _replay(
     if model is None:
         model = _item_means(engine, window, rule, options, evaluated.decisions, progress)
 
-    bootstrap = Bootstrap(options.bootstrap, options.seed) if options.bootstrap else None
-    estimators = {
-        t.spec: [make_estimator(n, bootstrap, options.clip) for n in options.estimators]
-        for t in targets
-    }
-    fallback = Exploration(
-        settings.exploration, settings.epsilon, settings.gamma, settings.temperature
-    )
-    tally = Tally(estimators, dict.fromkeys(estimators, 0.0))
+    fallback = exploration_of(settings)
     shards = _shards(processes, targets, model, evaluated.decisions)
     if shards > 1:
         assert isinstance(model, RewardModel)  # what _shards allows
         tally = evaluate_sharded(
-            engine, settings, options, window, evaluated.decisions, model, shards, progress
+            engine, settings, options, window, evaluated.decisions, model, shards, progress, targets
         )
     else:
         tally = evaluate(
             chunks(window),
             targets,
-            tally,
+            new_tally(targets, options),
             model,
             fallback,
             lambda done: progress("replay", done, evaluated.decisions),

@@ -11,14 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from slatebandit.bandit import Exploration
-from slatebandit.replay.estimators import Estimator
+from slatebandit.replay.bootstrap import Bootstrap
+from slatebandit.replay.estimators import Estimator, make_estimator
 from slatebandit.replay.log import Chunk, Revisions
 from slatebandit.replay.reward_model import ItemRewardModel
 from slatebandit.replay.targets import Target
+
+
+class Options(Protocol):
+    """What the pass needs of ``replay.ReplayOptions``."""
+
+    @property
+    def policies(self) -> Sequence[str]: ...
+    @property
+    def estimators(self) -> Sequence[str]: ...
+    @property
+    def bootstrap(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def clip(self) -> float: ...
 
 
 @dataclass
@@ -43,6 +60,16 @@ class Tally:
             self.slots + other.slots,
             self.unknown_logger + other.unknown_logger,
         )
+
+
+def new_tally(targets: Sequence[Target], options: Options) -> Tally:
+    """An empty tally: each target's estimators, sharing one bootstrap."""
+    bootstrap = Bootstrap(options.bootstrap, options.seed) if options.bootstrap else None
+    estimators = {
+        t.spec: [make_estimator(n, bootstrap, options.clip) for n in options.estimators]
+        for t in targets
+    }
+    return Tally(estimators, dict.fromkeys(estimators, 0.0))
 
 
 def evaluate(

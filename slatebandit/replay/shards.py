@@ -14,36 +14,18 @@ import dataclasses
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Engine
 from threadpoolctl import threadpool_limits
 
-from slatebandit.bandit import Exploration
 from slatebandit.config import Settings
 from slatebandit.logging import open_engine
-from slatebandit.replay.bootstrap import Bootstrap
-from slatebandit.replay.estimators import make_estimator
+from slatebandit.policies import exploration_of
 from slatebandit.replay.log import Window, nth_decision, read_chunks
-from slatebandit.replay.passes import Tally, evaluate
+from slatebandit.replay.passes import Options, Tally, evaluate, new_tally
 from slatebandit.replay.reward_model import RewardModel
-from slatebandit.replay.targets import parse_target
-
-
-class Options(Protocol):
-    """What a slice needs of ``replay.ReplayOptions``."""
-
-    @property
-    def policies(self) -> Sequence[str]: ...
-    @property
-    def estimators(self) -> Sequence[str]: ...
-    @property
-    def bootstrap(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def clip(self) -> float: ...
-
+from slatebandit.replay.targets import Target, parse_target
 
 Progress = Callable[[str, int, int], None]
 POLL_SECONDS = 0.5  # how often the progress of the other processes is read while waiting
@@ -60,8 +42,10 @@ def evaluate_sharded(
     model: RewardModel,
     shards: int,
     progress: Progress,
+    targets: Sequence[Target],
 ) -> Tally:
-    """The evaluation pass over ``window`` (``decisions`` of them) in ``shards`` slices."""
+    """The evaluation pass over ``window`` (``decisions`` of them) in ``shards`` slices; this
+    process evaluates the first with ``targets``, the others build their own."""
     with engine.connect() as conn:
         cuts = [nth_decision(conn, window, decisions * i // shards - 1) for i in range(1, shards)]
     last = window.through if window.through is not None else max(c or 0 for c in cuts)
@@ -87,7 +71,7 @@ def evaluate_sharded(
             progress("replay", done_here + counter.value, decisions)
 
         with threadpool_limits(limits=1):  # a core per slice: see _share
-            mine = _tally(settings, options, engine, slices[0], model, report)
+            mine = _tally(settings, options, engine, slices[0], model, targets, report)
         pending: set[Future[Tally]] = set(others)
         while pending:  # the others' progress, until each hands its tally back
             _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -120,9 +104,12 @@ def _evaluate_slice(
             _done_elsewhere.value += done - last
         last = done
 
+    targets = [parse_target(spec, engine) for spec in options.policies]
     try:
-        tally = _tally(settings, options, engine, window, model, count)
+        tally = _tally(settings, options, engine, window, model, targets, count)
     finally:
+        for target in targets:
+            target.close()
         engine.dispose()
     for estimators in tally.estimators.values():  # the kept counts are no part of the result
         for estimator in estimators:
@@ -137,23 +124,12 @@ def _tally(
     engine: Engine,
     window: Window,
     model: RewardModel,
+    targets: Sequence[Target],
     on_chunk: Callable[[int], None],
 ) -> Tally:
-    """The pass over ``window`` with targets and estimators of its own."""
-    targets = [parse_target(spec, engine) for spec in options.policies]
-    bootstrap = Bootstrap(options.bootstrap, options.seed) if options.bootstrap else None
-    estimators = {
-        t.spec: [make_estimator(n, bootstrap, options.clip) for n in options.estimators]
-        for t in targets
-    }
-    fallback = Exploration(
-        settings.exploration, settings.epsilon, settings.gamma, settings.temperature
-    )
+    """The pass over ``window`` with estimators of its own."""
     rule = {"aggregation": settings.reward_aggregation, "default_reward": settings.default_reward}
-    try:
-        chunks = read_chunks(engine, window, **rule)  # type: ignore[arg-type]
-        tally = Tally(estimators, dict.fromkeys(estimators, 0.0))
-        return evaluate(chunks, targets, tally, model, fallback, on_chunk)
-    finally:
-        for target in targets:
-            target.close()
+    chunks = read_chunks(engine, window, **rule)  # type: ignore[arg-type]
+    return evaluate(
+        chunks, targets, new_tally(targets, options), model, exploration_of(settings), on_chunk
+    )

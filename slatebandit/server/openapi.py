@@ -255,12 +255,7 @@ def openapi_document() -> dict[str, Any]:
                     "(scope analyst)",
                     "security": security,
                     "parameters": [
-                        {
-                            "name": "item_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
+                        _path("item_id"),
                         _query("neighbours", _COUNT, "how many neighbours (default 10)"),
                     ],
                     "responses": _answers(200, "the item, and its neighbours by similarity"),
@@ -268,14 +263,7 @@ def openapi_document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Delete an item; it is never shown again (scope catalog)",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "item_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [_path("item_id")],
                     "responses": _answers(200, "deleted durably"),
                 },
             },
@@ -284,14 +272,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Erase a shopper: their events, state and the rewards on their "
                     "decisions are deleted, the decisions redacted (scope admin)",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "user_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [_path("user_id")],
                     "responses": _answers(200, "erased durably: counts of what was removed"),
                 }
             },
@@ -306,14 +287,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Make a version the champion (scope admin)",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "version",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
+                    "parameters": [_path("version", "integer")],
                     "responses": _answers(200, "promoted durably; this worker serves it at once"),
                 }
             },
@@ -384,14 +358,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "An evaluation: status, progress, and the report when done "
                     "(scope analyst)",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "evaluation_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [_path("evaluation_id")],
                     "responses": _answers(200, "the evaluation"),
                 }
             },

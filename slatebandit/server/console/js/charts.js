@@ -33,10 +33,8 @@ function legend(names) {
   });
 }
 
-// series: [{name, points: [[x, y], ...]}], x in seconds since the epoch.
-export function lineChart(series, { yFormat = (y) => String(y), title = "" } = {}) {
-  const width = 640, height = 220, left = 56, right = 12, top = 12, bottom = 28;
-  const all = series.flatMap((s) => s.points);
+// A chart's frame: a figure with its caption.
+function framed(title) {
   const figure = document.createElement("figure");
   figure.className = "chart";
   if (title) {
@@ -44,6 +42,14 @@ export function lineChart(series, { yFormat = (y) => String(y), title = "" } = {
     caption.textContent = title;
     figure.append(caption);
   }
+  return figure;
+}
+
+// series: [{name, points: [[x, y], ...]}], x in seconds since the epoch.
+export function lineChart(series, { yFormat = (y) => String(y), title = "" } = {}) {
+  const width = 640, height = 220, left = 56, right = 12, top = 12, bottom = 28;
+  const all = series.flatMap((s) => s.points);
+  const figure = framed(title);
   if (!all.length) {
     const empty = document.createElement("p");
     empty.className = "muted";
@@ -89,13 +95,7 @@ export function intervalPlot(rows, { format = (v) => String(v), reference = null
   const usable = rows.filter((r) => r.value !== null && r.value !== undefined);
   const row = 28, left = 160, right = 16, top = 8, width = 960;
   const height = top + row * Math.max(usable.length, 1) + 24;
-  const figure = document.createElement("figure");
-  figure.className = "chart";
-  if (title) {
-    const caption = document.createElement("figcaption");
-    caption.textContent = title;
-    figure.append(caption);
-  }
+  const figure = framed(title);
   const bounds = usable.flatMap((r) => [r.value, r.low, r.high]).filter((v) => v !== null && v !== undefined);
   if (reference !== null) bounds.push(reference);
   if (!bounds.length) return figure;
