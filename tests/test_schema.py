@@ -1,6 +1,7 @@
 """A database made by schema version 2 is brought to today's version in place (SQLite,
 PostgreSQL): version 3 added columns and tables, version 4 the Personalizer tables, version 5
-the spool's progress and event refs, version 6 canaries and the verdicts' stage and outcome."""
+the spool's progress and event refs, version 6 canaries and the verdicts' stage and outcome,
+version 7 merchandising rules, each decision's placement and each reward's money value."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from sqlalchemy import create_engine, inspect, text
 from slatebandit.logging import open_engine
 from slatebandit.logging.schema import SCHEMA_VERSION
 
+_SINCE_V6 = (
+    "DROP TABLE rule_versions",
+    "ALTER TABLE decisions DROP COLUMN placement",
+    "ALTER TABLE rewards DROP COLUMN value",
+    "ALTER TABLE spool_orphans DROP COLUMN value",
+)
 _SINCE_V2 = (
+    *_SINCE_V6,
     "DROP INDEX ix_decisions_experiment",
     "DROP INDEX ix_decisions_model_version",
     "ALTER TABLE decisions DROP COLUMN experiment",
@@ -55,11 +63,15 @@ def _check_migrates(url: str) -> None:
             text("SELECT value FROM schema_info WHERE name = 'version'")
         ).scalar()
         row = conn.execute(text("SELECT event_id, experiment, arm FROM decisions")).one()
+        placement = conn.execute(text("SELECT placement FROM decisions")).scalar()
     columns = {c["name"] for c in inspect(engine).get_columns("model_versions")}
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert version == SCHEMA_VERSION == 6
+    assert version == SCHEMA_VERSION == 7
     assert tuple(row) == ("e1", None, None)  # old decisions belong to no experiment
+    assert placement == "home"  # and were home slates
+    assert "value" in {c["name"] for c in inspect(engine).get_columns("rewards")}
+    assert "rule_versions" in tables
     assert {"compared", "agreed"} <= columns and {"experiments", "model_gates"} <= tables
     assert {"pz_loops", "pz_events", "pz_rewards", "pz_models", "pz_evaluations"} <= tables
     assert "spool_progress" in tables and "canaries" in tables
@@ -72,6 +84,8 @@ def _check_migrates_from_5(url: str) -> None:
     open_engine(url).dispose()
     engine = create_engine(url)
     with engine.begin() as conn:
+        for statement in _SINCE_V6:
+            conn.execute(text(statement))
         conn.execute(text("DROP TABLE canaries"))
         conn.execute(text("DROP INDEX ix_decisions_model_version"))
         conn.execute(text("ALTER TABLE model_gates DROP COLUMN stage"))

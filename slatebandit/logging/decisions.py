@@ -55,6 +55,7 @@ class DecisionRecord:
     shown: tuple[ShownSlot, ...]
     experiment: str | None = None  # the A/B experiment and arm that chose the policy
     arm: str | None = None
+    placement: str = "home"  # where the slate was shown (``recommender.placements``)
 
     @staticmethod
     def write_many(conn: Connection, records: Sequence[DecisionRecord]) -> list[ShownDecision]:
@@ -76,6 +77,7 @@ class DecisionRecord:
                         "payload": r.payload,
                         "experiment": r.experiment,
                         "arm": r.arm,
+                        "placement": r.placement,
                     }
                     for r in records
                 ],
@@ -112,8 +114,10 @@ def insert_reward(
     type: str,
     reward: float,
     created_at: float,
+    value: float | None = None,
 ) -> bool:
-    """Store a reward once per (decision, item, type); returns False if it was already stored."""
+    """Store a reward once per (decision, item, type); returns False if it was already stored.
+    ``value``: what the action was worth in money (a purchase's amount), if the reward said."""
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     statement = (
         dialect.insert(rewards)
@@ -122,6 +126,7 @@ def insert_reward(
             item_key=item_key,
             type=type,
             reward=reward,
+            value=value,
             created_at=created_at,
         )
         .on_conflict_do_nothing(index_elements=["decision_id", "item_key", "type"])

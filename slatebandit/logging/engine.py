@@ -40,6 +40,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE model_gates ADD COLUMN outcome VARCHAR(16) NOT NULL DEFAULT ''",
         "CREATE INDEX ix_decisions_model_version ON decisions (model_version, id)",
     ),
+    6: (  # rule_versions is new
+        "ALTER TABLE decisions ADD COLUMN placement VARCHAR(16) NOT NULL DEFAULT 'home'",
+        "ALTER TABLE rewards ADD COLUMN value FLOAT",
+        "ALTER TABLE spool_orphans ADD COLUMN value FLOAT",
+    ),
 }
 
 

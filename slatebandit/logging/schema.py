@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 6  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
+SCHEMA_VERSION = 7  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -78,6 +78,8 @@ decisions = Table(
     # The A/B experiment and arm that chose the policy; NULL outside any experiment.
     Column("experiment", String(64), nullable=True),
     Column("arm", String(64), nullable=True),
+    # Where the slate was shown: home, item, cart or category (``recommender.placements``).
+    Column("placement", String(16), nullable=False, default="home", server_default="home"),
 )
 Index("ix_decisions_experiment", decisions.c.experiment, decisions.c.arm)
 # The gate's held-out window reads one champion's newest decisions: without it, a champion
@@ -105,6 +107,8 @@ rewards = Table(
     Column("item_key", Integer, ForeignKey("items.key"), nullable=False),
     Column("type", String(32), nullable=False),
     Column("reward", Float, nullable=False),
+    # What the action was worth in money (a purchase's amount); NULL when the reward gave none.
+    Column("value", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("decision_id", "item_key", "type", name="uq_rewards_once"),
 )
@@ -389,6 +393,7 @@ spool_orphans = Table(
     Column("reward", Float, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("parked_at", Float, nullable=False),
+    Column("value", Float, nullable=True),
 )
 
 # Shoppers erased by DELETE /v1/users, as a SHA-256 of the stored user id: a record of theirs
@@ -398,6 +403,20 @@ erased_users = Table(
     metadata,
     Column("user_hash", String(64), primary_key=True),
     Column("erased_at", Float, nullable=False),
+)
+
+# Merchandising rules, append-only: every PUT and DELETE adds a version (a DELETE's body is
+# NULL). The active rules are each name's latest version with a body; workers poll the largest
+# id to notice a change (``merchandising``). A decision logs the versions it applied.
+rule_versions = Table(
+    "rule_versions",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("body", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("name", "version", name="uq_rule_versions"),
 )
 
 schema_info = Table(

@@ -58,6 +58,7 @@ class SpooledReward:
     type: str
     reward: float
     created_at: float
+    value: float | None = None  # a purchase's amount (``rewards.value``)
 
 
 @dataclass(frozen=True)

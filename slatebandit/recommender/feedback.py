@@ -38,6 +38,7 @@ def store_reward(
         type=reward.type,
         reward=reward.reward,
         created_at=reward.created_at,
+        value=reward.value,
     )
     effects.records += 1
     if stored and reward.reward > 0:

@@ -220,7 +220,9 @@ def _adopt_orphans(conn: Connection, s: Parts, event_ids: list[str], effects: Ef
     for row in parked:
         decision = shown_decision(conn, row.event_id)
         assert decision is not None  # shipped in this transaction
-        reward = SpooledReward(row.event_id, row.item_key, row.type, row.reward, row.created_at)
+        reward = SpooledReward(
+            row.event_id, row.item_key, row.type, row.reward, row.created_at, row.value
+        )
         _store_reward(conn, s, decision, reward, effects)
     if parked:
         conn.execute(delete(spool_orphans).where(spool_orphans.c.id.in_([r.id for r in parked])))
