@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx2 as httpx
@@ -89,6 +90,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             storefront = Storefront.generate(400, 60, seed=7)
             simulation = Simulation(client, storefront, "vw", k=5, seed=7)
             simulation.upload_catalog()
+            _buy(client, 12)  # before the first checkpoint, so no canary serves them
             for _ in range(3):
                 simulation.run_window(100)
         deadline = time.monotonic() + 120
@@ -99,6 +101,29 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def _buy(client: httpx.Client, n: int) -> None:
+    """``n`` slates whose first item is bought for a price (the simulator posts clicks only)."""
+    for i in range(n):
+        slate = client.post("/v1/slates", json={"user_id": f"buyer{i}", "k": 5}).json()
+        bought = {
+            "event_id": slate["event_id"],
+            "item_id": slate["items"][0]["item_id"],
+            "type": "purchase",
+            "value": 20.0 + 3 * i,
+        }
+        assert client.post("/v1/rewards", json=bought).status_code == 202
+
+
+def _fixed(x: float, digits: int) -> str:
+    """``x.toFixed(digits)`` as the browser writes it: the exact binary value, ties upwards."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def _percent(x: float) -> str:
+    """The console's ``percent(x)``."""
+    return _fixed(100 * x, 2) + "%"
 
 
 def _open(browser: Browser, server: Server, page_name: str, viewport: dict | None = None) -> Page:  # type: ignore[type-arg]
@@ -155,6 +180,31 @@ def test_overview_shows_the_traffic_the_log_holds(server: Server, browser: Brows
     expect(row.locator("td").nth(1)).to_have_text(f"{slates:,}")
     expect(page.locator("figure.chart").first.locator("svg circle")).not_to_have_count(0)
     assert page.locator('[data-figure="p99"] .value').inner_text().endswith("ms")
+    # What the slates led to, as GET /v1/metrics/summary says (nothing moves the log now).
+    summary = server.json("/v1/metrics/summary?minutes=60")
+    overall = summary["overall"]
+    assert overall["slates"] == slates and overall["conversions"] >= 12 and overall["revenue"] > 0
+    ctr, revenue = overall["ctr"], overall["revenue_per_slate"]
+    expect(page.locator('[data-figure="summary-ctr"] .value')).to_have_text(_percent(ctr["value"]))
+    expect(page.locator('[data-figure="summary-ctr"] .note')).to_have_text(
+        f"95%: {_percent(ctr['low'])} to {_percent(ctr['high'])}"
+    )
+    expect(page.locator('[data-figure="summary-conversion"] .value')).to_have_text(
+        _percent(overall["conversion_rate"]["value"])
+    )
+    expect(page.locator('[data-figure="summary-revenue"] .value')).to_have_text(
+        _fixed(revenue["value"], 2)
+    )
+    rows = page.locator("#placement-table tbody tr")
+    expect(rows).to_have_count(len(summary["placements"]))
+    home = next(p for p in summary["placements"] if p["placement"] == "home")
+    cells = rows.filter(has_text="home").first.locator("td")
+    expect(cells.nth(1)).to_have_text(_fixed(100 * home["share"], 1) + "%")
+    expect(cells.nth(2)).to_have_text(f"{home['slates']:,}")
+    low, high = home["revenue_per_slate"]["low"], home["revenue_per_slate"]["high"]
+    expect(cells.nth(5)).to_have_text(
+        f"{_fixed(home['revenue_per_slate']['value'], 2)} [{_fixed(low, 2)}, {_fixed(high, 2)}]"
+    )
     _done(page, server, "overview")
 
 

@@ -203,6 +203,7 @@ def test_replay_reads_each_slots_reward_as_the_learner_does(
     """Several rewards on one slot (click, then purchase), none on others: replay's vectorised
     reader and the learner's ``slot_reward`` agree under both aggregations."""
     from slatebandit.logging.learning import due_decisions, slot_reward
+    from slatebandit.logging.objective import SlotReward
     from slatebandit.replay.log import Window, read_shown
 
     settings = make_settings(tmp_path, learner="off", reward_wait=0)
@@ -222,9 +223,8 @@ def test_replay_reads_each_slots_reward_as_the_learner_does(
         for d in due
         for _, item, _ in d.slots
     ]
-    shown = list(
-        read_shown(engine, Window(), aggregation=aggregation, default_reward=-0.5, chunk=7)
-    )
+    rule = SlotReward("reward", aggregation, -0.5)
+    shown = list(read_shown(engine, Window(), reward=rule, chunk=7))
     engine.dispose()
     assert np.concatenate([s.reward for s in shown]).tolist() == expected
     assert sum(s.decisions for s in shown) == 40

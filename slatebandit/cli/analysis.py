@@ -12,6 +12,7 @@ from tqdm import tqdm
 from slatebandit.cli.common import add_db_options, settings_from
 from slatebandit.errors import InvalidInput
 from slatebandit.logging import open_engine
+from slatebandit.logging.objective import METRICS
 
 MAX_PROCESSES = 4  # replay's evaluation pass: more slices than this gain little
 
@@ -38,6 +39,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     replay.add_argument("--bootstrap", type=int, default=1000, help="replicates (0: Gaussian)")
     replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--clip", type=float, default=100.0, help="weight cap of clipped-*")
+    replay.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="reward",
+        help="what a slot earns: reward (SLATEBANDIT_OBJECTIVE's), clicks (a click reward), "
+        "conversions (a purchase reward) or revenue (its rewards' money value)",
+    )
     replay.add_argument(
         "--train-fraction",
         type=float,
@@ -81,6 +89,7 @@ def _replay(args: argparse.Namespace) -> int:
         [e.strip() for e in args.estimators.split(",") if e.strip()],
         args.since,
         args.until,
+        args.metric,
         bootstrap=args.bootstrap,
         seed=args.seed,
         clip=args.clip,

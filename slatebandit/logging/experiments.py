@@ -6,7 +6,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select, update
 
+from slatebandit.logging.outcomes import outcome_sums
 from slatebandit.logging.schema import decisions, experiments, rewards, schema_info, slots
+from slatebandit.stats import Outcomes
 
 
 def lock_experiments(conn: Connection) -> None:
@@ -69,3 +71,9 @@ def arm_sums(conn: Connection, name: str) -> list[tuple[Any, ...]]:
         func.sum(n * c),
     ).group_by(per_slate.c.arm)
     return [tuple(row) for row in conn.execute(query)]
+
+
+def arm_outcomes(conn: Connection, name: str) -> dict[str, Outcomes]:
+    """Per arm of experiment ``name``: what its slates led to (clicks, purchases, revenue)."""
+    found = outcome_sums(conn, (decisions.c.arm,), decisions.c.experiment == name)
+    return {arm: outcomes for (arm,), outcomes in found.items()}

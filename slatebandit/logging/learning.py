@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import ColumnElement
 
 from slatebandit.logging.records import DecisionPayload, unpack
 from slatebandit.logging.schema import (
@@ -26,7 +27,7 @@ class DueDecision:
     decision_id: int
     payload: DecisionPayload
     slots: list[tuple[int, int, float]]  # (slot, item_key, propensity)
-    rewards: dict[int, list[float]]  # item_key -> rewards in arrival order
+    rewards: dict[int, list[float]]  # item_key -> each reward's figure, in arrival order
 
 
 def due_heads(
@@ -53,9 +54,16 @@ def due_heads(
     return taken
 
 
-def due_decisions(conn: Connection, after: int, until: float, limit: int) -> list[DueDecision]:
+def due_decisions(
+    conn: Connection,
+    after: int,
+    until: float,
+    limit: int,
+    figure: ColumnElement[Any] = rewards.c.reward,
+) -> list[DueDecision]:
     """The decisions after id ``after``, in id order, up to the first one made after ``until``
-    (``due_heads``), with their shown slots and rewards."""
+    (``due_heads``), with their shown slots and their rewards' ``figure`` (the objective's:
+    ``logging.objective.SlotReward.column``)."""
     ids = [head.id for head in due_heads(conn, after, until, limit)]
     if not ids:
         return []
@@ -73,11 +81,11 @@ def due_decisions(conn: Connection, after: int, until: float, limit: int) -> lis
         shown[row.decision_id].append((row.slot, row.item_key, row.propensity))
     got: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for reward in conn.execute(
-        select(rewards.c.decision_id, rewards.c.item_key, rewards.c.reward)
+        select(rewards.c.decision_id, rewards.c.item_key, figure.label("figure"))
         .where(rewards.c.decision_id.in_(ids))
         .order_by(rewards.c.id)
     ):
-        got[reward.decision_id][reward.item_key].append(reward.reward)
+        got[reward.decision_id][reward.item_key].append(reward.figure)
     return [
         DueDecision(row.id, DecisionPayload.decode(row.payload), shown[row.id], got[row.id])
         for row in rows

@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from slatebandit.logging.learning import due_heads, slot_reward
+from slatebandit.logging.learning import due_heads
+from slatebandit.logging.objective import SlotReward
 from slatebandit.logging.schema import canaries, decisions, rewards, slots
 
 
@@ -101,13 +102,12 @@ def slate_rewards(
     after: int,
     until: float,
     limit: int,
-    aggregation: str,
-    default_reward: float,
+    reward: SlotReward,
 ) -> tuple[list[SlateReward], int]:
     """The decisions after id ``after`` made by ``until`` (an unbroken run of ids, as the
-    learner takes them), each with its per-slot reward: its shown slots' rewards (aggregated
-    as the learner does, ``default_reward`` for a slot without one), averaged over its slots;
-    and the last id read (``after`` if none)."""
+    learner takes them), each with its per-slot reward: its shown slots' rewards (made by
+    ``reward``, the learner's objective), averaged over its slots; and the last id read
+    (``after`` if none)."""
     taken = due_heads(
         conn,
         after,
@@ -128,20 +128,18 @@ def slate_rewards(
     ):
         shown[row.decision_id].append(row.item_key)
     got: dict[tuple[int, int], list[float]] = defaultdict(list)
-    for reward in conn.execute(
-        select(rewards.c.decision_id, rewards.c.item_key, rewards.c.reward)
+    for stored in conn.execute(
+        select(rewards.c.decision_id, rewards.c.item_key, reward.column().label("figure"))
         .where(rewards.c.decision_id > first - 1, rewards.c.decision_id <= last)
         .order_by(rewards.c.id)
     ):
-        got[(reward.decision_id, reward.item_key)].append(reward.reward)
+        got[(stored.decision_id, stored.item_key)].append(stored.figure)
     out = []
     for head in taken:
         keys = shown.get(head.id, [])
         if not keys:
             continue  # nothing shown: nothing to learn or compare
-        total = sum(
-            slot_reward(got.get((head.id, key), []), aggregation, default_reward) for key in keys
-        )
+        total = sum(reward.of(got.get((head.id, key), [])) for key in keys)
         out.append(
             SlateReward(head.id, head.arm, head.experiment, head.model_version, total / len(keys))
         )

@@ -121,7 +121,8 @@ def experiment_report(conn: Connection, name: str) -> dict[str, object]:
         if arm in policy:  # PostgreSQL sums bigints into Decimals: floats from here on
             n, c, nn, cc, nc = (float(x or 0) for x in sums)
             results[arm] = arm_result(arm, policy[arm], int(slates), n, c, nn, cc, nc)
-    return {**report(experiment, results), "status": experiment.status}
+    outcomes = store.arm_outcomes(conn, name)
+    return {**report(experiment, results, outcomes), "status": experiment.status}
 
 
 class ExperimentBook:

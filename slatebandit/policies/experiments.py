@@ -24,7 +24,7 @@ import numpy as np
 
 from slatebandit.errors import InvalidInput
 from slatebandit.policies.specs import parse_spec
-from slatebandit.stats import anytime_halfwidth
+from slatebandit.stats import Outcomes, anytime_halfwidth, ratio_se
 
 BUCKETS = 10_000  # shares are multiples of 0.01%
 FREE = 255  # a bucket no arm owns: its users get the default policy
@@ -191,16 +191,22 @@ def arm_result(
     if impressions <= 0:
         return ArmResult(name, policy, slates, 0, int(clicks), math.nan, math.nan)
     ctr = clicks / impressions
-    se = math.nan
-    if slates > 1:
-        residual = max(sum_cc - 2 * ctr * sum_nc + ctr * ctr * sum_nn, 0.0)
-        se = math.sqrt(residual * slates / (slates - 1)) / impressions
+    se = ratio_se(slates, ctr, sum_nn, sum_cc, sum_nc, impressions)
     return ArmResult(name, policy, slates, int(impressions), int(clicks), ctr, se)
 
 
-def report(experiment: Experiment, results: dict[str, ArmResult]) -> dict[str, object]:
+def report(
+    experiment: Experiment,
+    results: dict[str, ArmResult],
+    outcomes: dict[str, Outcomes] | None = None,
+) -> dict[str, object]:
     """Per arm: slates, impressions, clicks, CTR with its 95% interval, and the difference to
     the control arm with two 95% intervals (independent arms: the variances add).
+
+    Here a click is a shown item with a positive reward, whatever its type. ``outcomes`` adds
+    per arm what its slates led to by type (``stats.Outcomes``): CTR (rewards of type click per
+    shown slot), conversion rate (purchases per shown slot) and revenue per slate, each with
+    its 95% interval.
 
     Which to read: ``low``/``high`` (fixed-horizon) once, at a sample size chosen before the
     experiment started; ``anytime_low``/``anytime_high`` when the report is looked at every
@@ -224,6 +230,8 @@ def report(experiment: Experiment, results: dict[str, ArmResult]) -> dict[str, o
         }
         if arm.name != experiment.control:
             entry["vs_control"] = _difference(r, control)
+        if outcomes is not None:
+            entry["outcomes"] = outcomes.get(arm.name, Outcomes()).to_dict()
         arms.append(entry)
     return {"experiment": experiment.name, "control": experiment.control, "arms": arms}
 

@@ -2,8 +2,9 @@
 
 Once a decision is older than the reward wait, each of its shown slots becomes one example:
 the shared features the scorer saw plus the slot, the shown item's features as of the logged
-revision, cost = -reward (the table's aggregate, or the default reward) and probability = the
-logged propensity.
+revision, cost = -reward and probability = the logged propensity. The reward is the
+objective's (``SLATEBANDIT_OBJECTIVE``, ``logging.objective``): the rewards' ``reward``
+(aggregated, or the default reward), or their money ``value`` over the revenue scale.
 
 Held out: with gated promotion, every ``gate_holdout_every``-th decision (by id) is never
 learned, by any version, so the release guard (``replay.gate``) can compare a new version with
@@ -42,9 +43,9 @@ from slatebandit.logging.learning import (
     DueDecision,
     due_decisions,
     revision_snapshots,
-    slot_reward,
     take_lease,
 )
+from slatebandit.logging.objective import reward_rule
 from slatebandit.logging.spool import shipping
 from slatebandit.retrieval import snapshot_features
 
@@ -95,6 +96,7 @@ class Learner:
         with engine.connect() as conn:
             latest = models.latest_version(conn)
             data = None if latest is None else models.model_bytes(conn, latest.version)
+            self.reward = reward_rule(conn, settings)  # what a slot teaches: the objective
         if latest is None:
             self.scorer = VWScorer(settings.vw_args)
             self.parent, self.examples, self.position = None, 0, 0
@@ -120,7 +122,9 @@ class Learner:
         lag = 0.0 if self.engine.dialect.name == "sqlite" else COMMIT_LAG
         until = now - max(self.settings.reward_wait, lag)
         with self.engine.connect() as conn:
-            due = due_decisions(conn, self.position, until, self.settings.learn_batch)
+            due = due_decisions(
+                conn, self.position, until, self.settings.learn_batch, self.reward.column()
+            )
             # Asked after the decisions were read: if a spool shipped some of them, its
             # progress row is already visible, and this batch waits for their rewards.
             if due and shipping(conn):
@@ -152,11 +156,7 @@ class Learner:
             self._compare(shared, payload, snapshots)
         for slot, item_key, propensity in decision.slots:
             features = slot_features(payload, slot, snapshots)
-            reward = slot_reward(
-                decision.rewards.get(item_key, []),
-                self.settings.reward_aggregation,
-                self.settings.default_reward,
-            )
+            reward = self.reward.of(decision.rewards.get(item_key, []))
             self.scorer.learn(slot_example(shared, slot, features, reward, propensity))
         return len(decision.slots)
 

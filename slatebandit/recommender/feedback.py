@@ -71,19 +71,30 @@ def store_event(conn: Connection, r: Parts, event: SpooledEvent, effects: Effect
 
 @dataclass(frozen=True)
 class Logged:
-    """Where feedback went: ``database`` or ``spool``; for a reward, its value and whether it
-    was a duplicate (None when spooled: not known until it ships)."""
+    """Where feedback went: ``database`` or ``spool``; for a reward, the reward it was stored
+    with and whether it was a duplicate (None when spooled: not known until it ships)."""
 
     logged: str
     reward: float | None = None
     duplicate: bool | None = None
 
 
-async def reward(r: Parts, event_id: str, item_id: str, type: str, value: float | None) -> Logged:
+async def reward(
+    r: Parts,
+    event_id: str,
+    item_id: str,
+    type: str,
+    reward: float | None = None,
+    value: float | None = None,
+) -> Logged:
     """Reward ``item_id`` of the slate ``event_id``: committed, or spooled while the database
-    is away (or while its decision may be in a spool); 4xx errors name the field."""
-    value = r.rewards.get(type) if value is None else value
-    if value is None:
+    is away (or while its decision may be in a spool); 4xx errors name the field.
+
+    ``reward`` is what the learner is taught under the clicks objective (default: the reward
+    table's for ``type``); ``value`` what the action was worth in money, if anything (the
+    revenue objective's and the reports' figure)."""
+    given = r.rewards.get(type) if reward is None else reward
+    if given is None:
         raise InvalidInput(
             f"type: no reward given and {type!r} is not in SLATEBANDIT_REWARD_TABLE", field="type"
         )
@@ -100,11 +111,11 @@ async def reward(r: Parts, event_id: str, item_id: str, type: str, value: float 
     key = r.store.catalog.key_of.get(item_id)
     if key is None or (decision is not None and key not in decision.item_keys):
         raise InvalidInput(f"item_id: {item_id!r} was not shown in this decision", field="item_id")
-    record = SpooledReward(event_id, key, type, value, time.time())
+    record = SpooledReward(event_id, key, type, given, time.time(), value)
     if decision is None or decision.decision_id == SPOOLED or outage.degraded:
         # Its decision may be in a spool, or the database is away: checked when shipped.
         await outage.append(record)
-        return Logged("spool", value)
+        return Logged("spool", given)
     shown = decision
 
     def unit(conn: Connection) -> tuple[bool, Effects]:
@@ -119,9 +130,9 @@ async def reward(r: Parts, event_id: str, item_id: str, type: str, value: float 
     except DatabaseUnavailable:
         outage.failed()
         await outage.append(record)
-        return Logged("spool", value)
+        return Logged("spool", given)
     r.apply(effects)
-    return Logged("database", value, duplicate=not stored)
+    return Logged("database", given, duplicate=not stored)
 
 
 async def event(r: Parts, user_id: str, item_id: str, type: str) -> Logged:

@@ -11,9 +11,8 @@ away: there DM is biased, and DR's correction carries the whole context effect.
 It learns the shown slots of the most recent ``TRAIN_DECISIONS`` *learned* decisions up to
 the evaluated window's last id (ids not divisible by ``gate_holdout_every``), in one pass
 (several when they are few), each labelled with its reward as the learner labels it (the
-rewards stored for the slot, aggregated by the settings' rule, or the default reward:
-``slot_reward``); then it predicts for every candidate of every decision of the window, which
-must hold held-out decisions only.
+objective's ``logging.objective.SlotReward``); then it predicts for every candidate of every
+decision of the window, which must hold held-out decisions only.
 
 No cross-fitting, unlike ``RewardModel``: the model never saw a reward of the decisions it
 predicts for, so DR's correction term is never fitted on its own reward; the decisions it did
@@ -42,6 +41,7 @@ from sqlalchemy import Engine, func, select
 from slatebandit.bandit import action_line
 from slatebandit.bandit.features import ACTION_SEPARATOR
 from slatebandit.config import Settings
+from slatebandit.logging.objective import SlotReward, reward_rule
 from slatebandit.logging.schema import decisions
 from slatebandit.replay.log import Chunk, Revisions, Window, extent, read_chunks
 from slatebandit.replay.reward_model import PRIOR
@@ -101,14 +101,14 @@ class ContextRewardModel:
             if through is None:
                 through = extent(conn, window).last_id or window.after
             window = dataclasses.replace(window, through=through)
-        rule = (settings.reward_aggregation, settings.default_reward)
+            rule = reward_rule(conn, settings)  # what the learner taught
         started = time.perf_counter()
         vw = vowpalwabbit.Workspace(ARGS)
         try:
             features = _Features()  # both passes see the same items
-            trained, slot, reward = _learn(vw, engine, window, features, every, decisions, *rule)
+            trained, slot, reward = _learn(vw, engine, window, features, every, decisions, rule)
             learned = time.perf_counter()
-            predicted, keys, values = _predict_window(vw, engine, window, features, *rule)
+            predicted, keys, values = _predict_window(vw, engine, window, features)
         finally:
             vw.finish()
         log.info(
@@ -165,8 +165,7 @@ def _learn(
     features: _Features,
     every: int,
     limit: int,
-    aggregation: str,
-    default_reward: float,
+    rule: SlotReward,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Teach ``vw`` the shown slots of the ``limit`` most recent learned decisions through
     ``window.through``; returns their ids, and the slot and reward of every slot learned."""
@@ -190,11 +189,11 @@ def _learn(
     )
     if first is None:
         return ids[0], slots[0], rewards[0]
-    # Replay's reader: the features the scorer saw and each slot's reward, aggregated and
-    # defaulted as the learner does (``slot_reward``); the held-out decisions among them are
-    # skipped here, since a window selects multiples of ``every``, not the others.
+    # Replay's reader: the features the scorer saw and each slot's reward, made as the
+    # learner makes it (``rule``); the held-out decisions among them are skipped here, since
+    # a window selects multiples of ``every``, not the others.
     span = Window(until=window.until, after=first - 1, through=window.through)
-    chunks = read_chunks(engine, span, aggregation=aggregation, default_reward=default_reward)
+    chunks = read_chunks(engine, span, reward=rule)
     examples: list[str] = []
     for chunk, revisions in chunks:
         keep = chunk.decision_ids % every != 0
@@ -238,12 +237,10 @@ def _predict_window(
     engine: Engine,
     window: Window,
     features: _Features,
-    aggregation: str,
-    default_reward: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, candidate keys, q) of every decision of ``window``, padded to the widest."""
     ids, key_rows, value_rows = [], [], []
-    chunks = read_chunks(engine, window, aggregation=aggregation, default_reward=default_reward)
+    chunks = read_chunks(engine, window)  # for the candidates: their rewards go unused
     for chunk, revisions in chunks:
         for row in range(len(chunk.decision_ids)):
             actions = features.actions(chunk, revisions, row)

@@ -8,6 +8,10 @@ Three streaming passes over the window, chunk by chunk, in bounded memory:
 2. fit the cross-fitted reward model (``RewardModel``) on the evaluated decisions, unless the
    caller brings one (the gate brings ``ContextRewardModel``, fitted on other decisions);
 3. recompute every target's slot probabilities and feed the estimators.
+
+Each slot's reward is the ``metric`` the options ask for (``logging.objective``): by default
+the learner's objective, so the gate judges versions on what they were taught; or clicks,
+conversions or revenue, whatever the objective.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import Engine
 from slatebandit.bandit import Exploration
 from slatebandit.config import Settings
 from slatebandit.errors import InvalidInput
+from slatebandit.logging.objective import METRICS, SlotReward, meaning, reward_rule
 from slatebandit.policies import exploration_of
 from slatebandit.replay.estimators import (
     DEFAULT_ESTIMATORS,
@@ -104,6 +109,7 @@ class ReplayOptions:
     seed: int = 0
     clip: float = 100.0
     train_fraction: float = 0.5
+    metric: str = "reward"  # what a slot's reward is: one of logging.objective.METRICS
 
     @classmethod
     def parse(
@@ -112,6 +118,7 @@ class ReplayOptions:
         estimators: Sequence[str] | None = None,
         since: str | float | None = None,
         until: str | float | None = None,
+        metric: str = "reward",
         **numbers: Any,
     ) -> ReplayOptions:
         """Options from what a caller typed (CLI flags, a JSON body), validated: times may be
@@ -122,6 +129,7 @@ class ReplayOptions:
             estimators=tuple(estimators or DEFAULT_ESTIMATORS),
             since=None if since is None else parse_time(since, "since"),
             until=None if until is None else parse_time(until, "until"),
+            metric=metric,
             **numbers,
         )
         options.validate()
@@ -132,6 +140,10 @@ class ReplayOptions:
             raise InvalidInput("at least one policy is required", field="policy")
         if not self.estimators:
             raise InvalidInput("at least one estimator is required", field="estimators")
+        if self.metric not in METRICS:
+            raise InvalidInput(
+                f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}", field="metric"
+            )
         for name in self.estimators:
             try:
                 make_estimator(name, clip=self.clip)
@@ -156,6 +168,8 @@ class Report:
     window: dict[str, float | int | None] = field(default_factory=dict)
     bootstrap: int = 0
     seed: int = 0
+    metric: str = "reward"  # what was estimated (``logging.objective.METRICS``)...
+    meaning: str = "reward per slot"  # ...in words, with its unit
     # The estimators themselves, by policy, for paired comparisons (``replay.gate``).
     accumulators: dict[str, list[Estimator]] = field(default_factory=dict, repr=False)
 
@@ -171,6 +185,8 @@ class Report:
             "window": dict(self.window),
             "bootstrap": self.bootstrap,
             "seed": self.seed,
+            "metric": self.metric,
+            "meaning": self.meaning,
             "note": NOTE,
         }
 
@@ -223,10 +239,11 @@ def _replay(
     reward_model: ItemRewardModel | None = None,
     processes: int = 1,
 ) -> Report:
-    rule = {"aggregation": settings.reward_aggregation, "default_reward": settings.default_reward}
+    with engine.connect() as conn:
+        rule = reward_rule(conn, settings, options.metric)  # read once: every pass shares it
 
     def chunks(window: Window) -> Iterator[tuple[Chunk, Revisions]]:
-        return read_chunks(engine, window, **rule)  # type: ignore[arg-type]
+        return read_chunks(engine, window, reward=rule)
 
     with engine.connect() as conn:
         whole = extent(conn, window)
@@ -273,7 +290,16 @@ def _replay(
     if shards > 1:
         assert isinstance(model, RewardModel)  # what _shards allows
         tally = evaluate_sharded(
-            engine, settings, options, window, evaluated.decisions, model, shards, progress, targets
+            engine,
+            settings,
+            options,
+            window,
+            evaluated.decisions,
+            model,
+            shards,
+            progress,
+            targets,
+            rule,
         )
     else:
         tally = evaluate(
@@ -305,6 +331,8 @@ def _replay(
         },
         bootstrap=options.bootstrap,
         seed=options.seed,
+        metric=options.metric,
+        meaning=meaning(options.metric, rule),
         accumulators=estimators,
     )
 
@@ -312,7 +340,7 @@ def _replay(
 def _item_means(
     engine: Engine,
     window: Window,
-    rule: dict[str, Any],
+    rule: SlotReward,
     options: ReplayOptions,
     decisions: int,
     progress: Progress,
@@ -321,7 +349,7 @@ def _item_means(
     model = RewardModel()
     if decisions and any(make_estimator(n).uses_model for n in options.estimators):
         done = 0
-        for shown in read_shown(engine, window, **rule):
+        for shown in read_shown(engine, window, reward=rule):
             model.add(shown.decision, shown.slot, shown.item, shown.reward)
             done += shown.decisions
             progress("reward model", done, decisions)

@@ -42,6 +42,7 @@ from sqlalchemy import Connection, Engine
 from slatebandit.config import Settings
 from slatebandit.logging import models
 from slatebandit.logging import releases as store
+from slatebandit.logging.objective import SlotReward, reward_rule
 from slatebandit.policies.canary import ARM, CanaryRule, Judgement
 from slatebandit.policies.learner import COMMIT_LAG
 from slatebandit.replay.gate import Verdict, guard
@@ -67,6 +68,7 @@ class Release:
         self.active = settings.promotion == "gated" and settings.learning_mode == "online"
         # Canaries compare with the champion where it serves shoppers outside experiments.
         self.canaries = settings.policy == "vw"
+        self.reward: SlotReward | None = None  # the objective's, read at the first turn
 
     def turn(self, now: float | None = None) -> None:
         """One step of every release in progress; does nothing unless promotion is gated."""
@@ -425,14 +427,9 @@ class Release:
         self, conn: Connection, after: int, until: float
     ) -> tuple[list[store.SlateReward], int]:
         """New slates outside experiments whose rewards are in, and the last id read."""
-        rows, through = store.slate_rewards(
-            conn,
-            after,
-            until,
-            READ_LIMIT,
-            self.settings.reward_aggregation,
-            self.settings.default_reward,
-        )
+        if self.reward is None:  # once: the revenue scale may be the catalog's median price
+            self.reward = reward_rule(conn, self.settings)
+        rows, through = store.slate_rewards(conn, after, until, READ_LIMIT, self.reward)
         return [r for r in rows if r.experiment is None], through
 
 

@@ -52,7 +52,8 @@ def _summary(report: Report) -> str:
     return (
         f"{report.n_decisions} decisions, {report.n_slots} slots, logged "
         f"{_when(window.get('first_decision_at'))} to {_when(window.get('last_decision_at'))}; "
-        f"value = expected reward per slot; intervals: {interval}, seed {report.seed}"
+        f"metric {report.metric}: value = expected {report.meaning}; intervals: {interval}, "
+        f"seed {report.seed}"
     )
 
 
@@ -86,7 +87,7 @@ def _plot_svg(report: Report) -> str:
     positions = list(range(len(labels)))[::-1]
     axes.errorbar(values, positions, xerr=[lows, highs], fmt="o", capsize=3)
     axes.set_yticks(positions, labels)
-    axes.set_xlabel("estimated reward per slot (95% interval)")
+    axes.set_xlabel(f"estimated {report.meaning} (95% interval)")
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     out = io.StringIO()

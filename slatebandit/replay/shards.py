@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from slatebandit.config import Settings
 from slatebandit.logging import open_engine
+from slatebandit.logging.objective import SlotReward
 from slatebandit.policies import exploration_of
 from slatebandit.replay.log import Window, nth_decision, read_chunks
 from slatebandit.replay.passes import Options, Tally, evaluate, new_tally
@@ -43,9 +44,11 @@ def evaluate_sharded(
     shards: int,
     progress: Progress,
     targets: Sequence[Target],
+    reward: SlotReward,
 ) -> Tally:
-    """The evaluation pass over ``window`` (``decisions`` of them) in ``shards`` slices; this
-    process evaluates the first with ``targets``, the others build their own."""
+    """The evaluation pass over ``window`` (``decisions`` of them) in ``shards`` slices, each
+    slot's reward made by ``reward``; this process evaluates the first with ``targets``, the
+    others build their own."""
     with engine.connect() as conn:
         cuts = [nth_decision(conn, window, decisions * i // shards - 1) for i in range(1, shards)]
     last = window.through if window.through is not None else max(c or 0 for c in cuts)
@@ -64,14 +67,15 @@ def evaluate_sharded(
         initargs=(counter,),
     ) as pool:
         others = [
-            pool.submit(_evaluate_slice, url, settings, options, part, model) for part in slices[1:]
+            pool.submit(_evaluate_slice, url, settings, options, part, model, reward)
+            for part in slices[1:]
         ]
 
         def report(done_here: int) -> None:
             progress("replay", done_here + counter.value, decisions)
 
         with threadpool_limits(limits=1):  # a core per slice: see _share
-            mine = _tally(settings, options, engine, slices[0], model, targets, report)
+            mine = _tally(settings, options, engine, slices[0], model, targets, reward, report)
         pending: set[Future[Tally]] = set(others)
         while pending:  # the others' progress, until each hands its tally back
             _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -92,7 +96,12 @@ def _share(counter: Any) -> None:
 
 
 def _evaluate_slice(
-    url: str, settings: Settings, options: Options, window: Window, model: RewardModel
+    url: str,
+    settings: Settings,
+    options: Options,
+    window: Window,
+    model: RewardModel,
+    reward: SlotReward,
 ) -> Tally:
     """In a spawned process: one slice's tally."""
     engine = open_engine(url)
@@ -106,7 +115,7 @@ def _evaluate_slice(
 
     targets = [parse_target(spec, engine) for spec in options.policies]
     try:
-        tally = _tally(settings, options, engine, window, model, targets, count)
+        tally = _tally(settings, options, engine, window, model, targets, reward, count)
     finally:
         for target in targets:
             target.close()
@@ -125,11 +134,11 @@ def _tally(
     window: Window,
     model: RewardModel,
     targets: Sequence[Target],
+    reward: SlotReward,
     on_chunk: Callable[[int], None],
 ) -> Tally:
     """The pass over ``window`` with estimators of its own."""
-    rule = {"aggregation": settings.reward_aggregation, "default_reward": settings.default_reward}
-    chunks = read_chunks(engine, window, **rule)  # type: ignore[arg-type]
+    chunks = read_chunks(engine, window, reward=reward)
     return evaluate(
         chunks, targets, new_tally(targets, options), model, exploration_of(settings), on_chunk
     )

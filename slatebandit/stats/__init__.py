@@ -1,5 +1,7 @@
-"""Statistics shared by releases, experiments and replay: anytime-valid confidence sequences."""
+"""Statistics shared by releases, experiments, replay and the summary: anytime-valid confidence
+sequences, and what slates led to (CTR, conversion rate, revenue per slate) with intervals."""
 
+from slatebandit.stats.outcomes import Outcomes, Rate, ratio_se
 from slatebandit.stats.sequential import (
     ALPHA,
     Difference,
@@ -14,8 +16,11 @@ __all__ = [
     "ALPHA",
     "Difference",
     "Moments",
+    "Outcomes",
+    "Rate",
     "anytime_halfwidth",
     "best_rho2",
     "difference",
     "margin",
+    "ratio_se",
 ]

@@ -32,9 +32,16 @@ export function table(columns, rows, attrs = {}) {
   return h("div", { class: "scroll" }, h("table", attrs, h("thead", {}, head), h("tbody", {}, body)));
 }
 
-export function card(label, value, attrs = {}) {
+export function card(label, value, attrs = {}, note = null) {
   return h("div", { class: "card", ...attrs }, h("div", { class: "label" }, label),
-    h("div", { class: "value" }, value));
+    h("div", { class: "value" }, value), note === null ? null : h("div", { class: "note" }, note));
+}
+
+// A figure of the API's {value, low, high} as "value [low, high]", each through format.
+export function ranged(figure, format) {
+  if (figure.value === null) return "–";
+  if (figure.low === null) return format(figure.value);
+  return `${format(figure.value)} [${format(figure.low)}, ${format(figure.high)}]`;
 }
 
 export function fmt(x, digits = 3) {

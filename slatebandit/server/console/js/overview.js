@@ -1,9 +1,11 @@
-// Overview: traffic, click-through and latency over time, and the state of the parts.
-// Traffic and CTR come from the log (GET /v1/stats), so they are every worker's; latency comes
-// from the request histograms, differenced between two polls.
+// Overview: traffic, click-through and latency over time, what the slates led to, and the
+// state of the parts. Traffic and CTR come from the log (GET /v1/stats), so they are every
+// worker's; latency comes from the request histograms, differenced between two polls. CTR,
+// conversion rate and revenue per slate with their intervals, overall and by placement, come
+// from GET /v1/metrics/summary over the same window.
 
 import { get } from "./api.js";
-import { bytes, card, fmt, h, percent, replace, table } from "./dom.js";
+import { bytes, card, fmt, h, percent, ranged, replace, table } from "./dom.js";
 import { lineChart } from "./charts.js";
 
 const POLL_MS = 5000;
@@ -35,6 +37,30 @@ function difference(now, before) {
 }
 
 const arm = (b) => (b.arm ? `${b.policy} · ${b.arm}` : b.policy);
+const money = (x) => (x === null || x === undefined ? "–" : x.toFixed(2)); // always two decimals
+const within = (figure, format) => (figure.low === null ? "no interval yet" : `95%: ${format(figure.low)} to ${format(figure.high)}`);
+
+// The summary's figures: three cards for the whole window, then one row per placement.
+export function outcomes(summary) {
+  const all = summary.overall;
+  return h("div", { class: "panel" },
+    h("h3", {}, "What the slates led to"),
+    h("div", { class: "cards" },
+      card("CTR (clicks per item shown)", percent(all.ctr.value), { "data-figure": "summary-ctr" }, within(all.ctr, percent)),
+      card("Conversion rate (purchases per item shown)", percent(all.conversion_rate.value), { "data-figure": "summary-conversion" }, within(all.conversion_rate, percent)),
+      card("Revenue per slate", money(all.revenue_per_slate.value), { "data-figure": "summary-revenue" }, within(all.revenue_per_slate, money)),
+    ),
+    table([
+      ["Placement", (p) => p.placement],
+      ["Share of slates", (p) => percent(p.share, 1)],
+      ["Slates", (p) => fmt(p.slates)],
+      ["CTR [95%]", (p) => ranged(p.ctr, percent)],
+      ["Conversion rate [95%]", (p) => ranged(p.conversion_rate, percent)],
+      ["Revenue per slate [95%]", (p) => ranged(p.revenue_per_slate, money)],
+    ], summary.placements, { id: "placement-table" }),
+    h("p", { class: "muted" }, `${fmt(all.slates)} slates in the last ${summary.minutes} minutes; `
+      + "a click or a purchase is a reward of that type, revenue their money value; intervals take the slate as the unit."));
+}
 
 export function render(main, access) {
   const select = h("select", { id: "window" },
@@ -42,16 +68,30 @@ export function render(main, access) {
   const cards = h("div", { class: "cards", id: "cards" });
   const charts = h("div", { class: "charts" });
   const arms = h("div", { id: "arms" });
+  const summary = h("div", { id: "summary" });
   replace(main, h("div", { class: "toolbar" }, h("h2", {}, "Overview"), h("label", {}, "Window ", select)),
-    cards, arms, charts);
+    cards, summary, arms, charts);
   let previous = null;
   const latencies = []; // [time, p50, p99] per poll interval, this session
 
   let asked = 0; // replies may come back out of order (a window change during a poll)
 
+  // Read beside the traffic and shown apart: either may fail without the other.
+  async function pollSummary(minutes, ticket) {
+    let answer;
+    try {
+      answer = await get(`/v1/metrics/summary?minutes=${minutes}`);
+    } catch (err) {
+      if (ticket === asked) replace(summary, h("p", { class: "error" }, err.message));
+      return;
+    }
+    if (ticket === asked) replace(summary, outcomes(answer));
+  }
+
   async function poll() {
     const [minutes, step] = WINDOWS[select.value];
     const ticket = ++asked;
+    pollSummary(minutes, ticket);
     let stats;
     try {
       stats = await get(`/v1/stats?minutes=${minutes}&step=${step}`);
