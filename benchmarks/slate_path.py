@@ -26,11 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from slatebandit.config import Settings
@@ -222,6 +224,28 @@ def prepare(data_dir: Path, items: int) -> None:
     engine.dispose()
 
 
+@contextlib.contextmanager
+def demo_copy(data_dir: Path | None, items: int, prefix: str) -> Iterator[Path]:
+    """A fresh copy of a data directory holding the demo catalog and its index (made on first
+    use in ``data_dir``, or in a temporary one), so every run starts from the same empty log;
+    both are removed after, but a given ``data_dir``."""
+    temporary = None
+    if data_dir is None:
+        temporary = tempfile.mkdtemp(prefix=prefix)
+        data_dir = Path(temporary)
+    work = data_dir.with_name(data_dir.name + "-run")
+    try:
+        if not (data_dir / "index" / "items.json").exists():
+            prepare(data_dir, items)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(data_dir, work)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.slate_path", description=__doc__)
     parser.add_argument("--items", type=int, default=100_000)
@@ -235,25 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
 
-    temporary = None
-    if args.data_dir is None:
-        temporary = tempfile.mkdtemp(prefix="slatebandit-slate-path-")
-        args.data_dir = Path(temporary)
-    try:
-        if not (args.data_dir / "index" / "items.json").exists():
-            prepare(args.data_dir, args.items)
-        work = args.data_dir.with_name(args.data_dir.name + "-run")
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(args.data_dir, work)  # every run starts from the same empty log
+    with demo_copy(args.data_dir, args.items, "slatebandit-slate-path-") as work:
         settings = Settings.from_env({}, data_dir=str(work))
         timer = StageTimer() if args.stages else None
         result = asyncio.run(
             run(settings, args.seconds, args.concurrency, timer, args.history, args.items)
         )
-        shutil.rmtree(work, ignore_errors=True)
-    finally:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
     stages = result.pop("stages", None)
     print(json.dumps(result))
     if stages:

@@ -128,6 +128,17 @@ class Settings:
     fresh_impressions: int = field(
         default=50, metadata=_doc("items shown fewer times than this count as fresh")
     )
+    rotation_rate: float = field(
+        default=0.1,
+        metadata=_doc(
+            "score an item loses per impression to a shopper who did not act on it, as a "
+            "share of the slate's spread (0: no rotation)"
+        ),
+    )
+    rotation_time: float = field(
+        default=3600.0,
+        metadata=_doc("seconds after which an impression counts half towards rotation"),
+    )
     vw_args: str = field(
         default="--cb_adf --cb_type dm -q ui -q ci -b 20 --power_t 0 -l 0.05",
         metadata=_doc("Vowpal Wabbit arguments of the scoring model"),
@@ -161,6 +172,20 @@ class Settings:
     )
     default_reward: float = field(
         default=0.0, metadata=_doc("reward of a shown slot that got none")
+    )
+    objective: str = field(
+        default="clicks",
+        metadata=_doc(
+            "what the learner maximises: clicks (each reward's `reward`) or revenue (each "
+            "reward's money `value`, divided by REVENUE_SCALE)"
+        ),
+    )
+    revenue_scale: float = field(
+        default=0.0,
+        metadata=_doc(
+            "with OBJECTIVE=revenue, the money a reward of 1 stands for; 0: the median price "
+            "of the available items, read as each learner or replay starts"
+        ),
     )
     exclude_events: str = field(
         default="purchase",
@@ -419,6 +444,8 @@ class Settings:
         need(self.commit_batch >= 1, "commit_batch", "must be at least 1")
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
         need(self.catalog_poll_seconds > 0, "catalog_poll_seconds", "must be > 0")
+        need(0 <= self.rotation_rate < 1, "rotation_rate", "must be >= 0 and < 1")
+        need(0 < self.rotation_time < float("inf"), "rotation_time", "must be > 0")
         need(self.model_poll_seconds > 0, "model_poll_seconds", "must be > 0")
         need(self.popular_refresh_seconds > 0, "popular_refresh_seconds", "must be > 0")
         need(self.learner in ("embedded", "off"), "learner", "must be embedded or off")
@@ -451,6 +478,12 @@ class Settings:
             self.reward_aggregation in ("sum", "earliest"),
             "reward_aggregation",
             "must be sum or earliest",
+        )
+        need(self.objective in ("clicks", "revenue"), "objective", "must be clicks or revenue")
+        need(
+            0 <= self.revenue_scale < float("inf"),
+            "revenue_scale",
+            "must be a number >= 0 (0: the catalog's median price)",
         )
         need(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1")
         need(self.learn_batch >= 1, "learn_batch", "must be at least 1")

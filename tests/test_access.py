@@ -98,6 +98,12 @@ PZ_SERVICE = {
 }
 
 
+def _rule(client: TestClient) -> str:
+    name = f"r{next(_fresh)}"
+    _as_admin(client, "PUT", f"/v1/rules/{name}", {"action": "block", "items": [ITEMS[2].item_id]})
+    return name
+
+
 def _evaluation(client: TestClient) -> str:
     name = f"ev{next(_fresh)}"
     _as_admin(client, "PUT", f"/personalizer/evaluations/{name}", {**WINDOW, "name": name})
@@ -154,6 +160,19 @@ CASES = [
         "admin",
         lambda c: (_two_champions(c), Call("POST", "/v1/models/rollback"))[1],
     ),
+    Case("GET /v1/rules", "catalog", lambda c: Call("GET", "/v1/rules")),
+    Case(
+        "PUT /v1/rules/{name}",
+        "admin",
+        lambda c: Call(
+            "PUT", f"/v1/rules/r{next(_fresh)}", {"action": "block", "items": [ITEMS[1].item_id]}
+        ),
+    ),
+    Case(
+        "DELETE /v1/rules/{name}",
+        "admin",
+        lambda c: Call("DELETE", f"/v1/rules/{_rule(c)}"),
+    ),
     Case("GET /v1/experiments", "analyst", lambda c: Call("GET", "/v1/experiments")),
     Case(
         "PUT /v1/experiments/{name}",
@@ -204,6 +223,7 @@ CASES = [
     Case("GET /openapi.json", None, lambda c: Call("GET", "/openapi.json")),
     Case("GET /metrics", "analyst", lambda c: Call("GET", "/metrics")),
     Case("GET /v1/stats", "analyst", lambda c: Call("GET", "/v1/stats")),
+    Case("GET /v1/metrics/summary", "analyst", lambda c: Call("GET", "/v1/metrics/summary")),
     Case("GET /v1/evaluations", "analyst", lambda c: Call("GET", "/v1/evaluations")),
     # Open: the console's page, and who the presented key is (a 200 for any key, tested in
     # tests/test_console_access.py)

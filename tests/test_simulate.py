@@ -87,7 +87,8 @@ def test_baselines_need_no_server_and_write_csv_and_png(tmp_path) -> None:  # ty
         == 0
     )
     lines = (tmp_path / "simulate-random-seed0.csv").read_text().splitlines()
-    assert lines[0] == "window,slates,impressions,clicks,ctr" and len(lines) == 5
+    assert lines[0] == "window,slates,impressions,clicks,ctr,purchases,revenue"
+    assert len(lines) == 5
     assert (tmp_path / "simulate-random-seed0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -131,3 +132,54 @@ def test_model_check_reads_a_kept_log_and_judges_the_model_by_the_click_model(tm
     assert uniform_top1(logged[1800:], values) < learned["top1"] <= 1.0
     assert learned["top3"] <= 1.0
     assert told["top1"] > learned["top1"]  # knowing the true tastes can only help
+
+
+def test_the_full_storefront_buys_at_prices_visits_every_placement_and_keeps_the_rules(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Purchases post a purchase reward with the price as its value, visits land on every
+    placement, and the merchandiser's rules shape the server's slates."""
+    from sqlalchemy import func, select
+
+    from slatebandit.logging.schema import decisions, rewards
+    from slatebandit.simulate import merchandiser_rules
+
+    settings = make_settings(tmp_path, learner="off", api_keys="admin:a")
+    storefront = Storefront.generate(300, 60, seed=SEED)
+    rules = merchandiser_rules(storefront)
+    campaign = rules["campaign"]["items"][0]
+    with TestClient(create_app(settings)) as client:
+        sim = Simulation(
+            client,
+            storefront,
+            "vw",
+            k=5,
+            seed=SEED,
+            headers={"x-api-key": "a"},
+            purchases=True,
+            placements=True,
+            rules=rules,
+        )
+        sim.upload_catalog()
+        window = sim.run_window(400)
+        home = client.post(
+            "/v1/slates", json={"user_id": "new", "k": 5}, headers={"x-api-key": "a"}
+        ).json()
+    assert home["items"][0]["item_id"] == campaign and home["items"][0]["kind"] == "pinned"
+    assert set(window.placements) == {"home", "item", "cart", "category"}
+    assert sum(t.slates for t in window.placements.values()) == window.slates == 400
+    assert window.purchases > 0 and window.revenue > 0
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        bought = conn.execute(
+            select(func.count(), func.sum(rewards.c.value)).where(rewards.c.type == "purchase")
+        ).one()
+        placements = dict(
+            conn.execute(select(decisions.c.placement, func.count()).group_by("placement")).all()
+        )
+    engine.dispose()
+    assert bought[0] == window.purchases
+    assert bought[1] == pytest.approx(window.revenue)
+    assert {name: t.slates for name, t in window.placements.items()} == {
+        name: count for name, count in placements.items() if name != "home"
+    } | {"home": placements["home"] - 1}  # the last home slate was asked outside the window

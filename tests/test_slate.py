@@ -12,7 +12,10 @@ from slatebandit.bandit import (
     DIVERSE,
     EXPLOIT,
     EXPLORE,
+    PINNED,
+    PROMOTED,
     Exploration,
+    Shaping,
     build_slate,
     epsilon_greedy,
     slot_pmf,
@@ -47,10 +50,21 @@ def test_ties_go_to_retrieval_order() -> None:
     assert int(np.argmax(p)) == 0
 
 
+RULES = {  # every rule type: pinned slot 1, promoted slot 3, boosts and buries, a block
+    "pinned": {1: 4},
+    "promotable": np.array([0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 1, 0], dtype=bool),
+    "shift": np.array([0, 0.5, 0, -0.8, 0, 0, 0.3, 0, 0, 0, 0, -0.2]),
+    "kinds": [EXPLOIT, PINNED, EXPLORE, PROMOTED, DIVERSE, EXPLOIT],
+}
+
+
+@pytest.mark.parametrize("rules", [False, True], ids=["plain", "rules"])
 @pytest.mark.parametrize("kind", ["epsilon", "squarecb", "softmax"])
-def test_logged_propensities_match_sampling_frequencies(kind: str) -> None:
+def test_logged_propensities_match_sampling_frequencies(kind: str, rules: bool) -> None:
     """Invariant 1: for a fixed context, each slot's empirical frequencies, given the earlier
-    slots, match the logged propensities (chi-square, p > 0.001), over 20,000 seeded draws."""
+    slots, match the logged propensities (chi-square, p > 0.001), over 20,000 seeded draws;
+    with merchandising rules too (a pinned slot, a promoted one, shifted scores; a blocked item
+    is simply not a candidate)."""
     n, draws = 12, 20_000
     data = np.random.default_rng(42)
     scores = data.normal(0, 0.05, size=n)
@@ -58,6 +72,10 @@ def test_logged_propensities_match_sampling_frequencies(kind: str) -> None:
     fresh = np.zeros(n, dtype=bool)
     fresh[[9, 10, 11]] = True
     kinds = [EXPLOIT, EXPLORE, DIVERSE, EXPLOIT]
+    pinned, promotable = None, None
+    if rules:
+        kinds, pinned, promotable = RULES["kinds"], RULES["pinned"], RULES["promotable"]
+        scores = Shaping(RULES["shift"]).scores(scores)
     exploration = Exploration(kind, epsilon=0.3, gamma=20.0, temperature=0.05)
     rng = np.random.default_rng(7)
 
@@ -65,10 +83,15 @@ def test_logged_propensities_match_sampling_frequencies(kind: str) -> None:
     picked: dict[tuple[int, tuple[int, ...]], Counter[int]] = defaultdict(Counter)
     logged: dict[tuple[int, tuple[int, ...], int], float] = {}
     for _ in range(draws):
-        slate = build_slate(scores, categories, fresh, kinds, exploration, rng)
+        slate = build_slate(scores, categories, fresh, kinds, exploration, rng, pinned, promotable)
         prefix: tuple[int, ...] = ()
         for j, pick in enumerate(slate):
             assert pick.kind == kinds[j] and 0 < pick.propensity <= 1
+            if pick.kind == PINNED:
+                assert (pick.index, pick.propensity) == (4, 1.0)
+            if pick.kind == PROMOTED:  # while promotable items are left, only they
+                assert promotable is not None and promotable[pick.index]
+            assert not rules or pick.kind == PINNED or pick.index != 4  # pinned: nowhere else
             key = (j, prefix, pick.index)
             # The same item after the same prefix is always logged with the same probability.
             assert logged.setdefault(key, pick.propensity) == pytest.approx(pick.propensity)
@@ -147,12 +170,19 @@ def test_row_pmfs_equal_the_pmfs_serving_uses(kind: str) -> None:
     allowed[:, 0] = True
     fresh = rng.random((rows, n)) < 0.2
     novel = rng.random((rows, n)) < 0.5
-    kinds = rng.choice(np.array(["e", "x", "d"]), size=rows)
-    pools, pmf = slot_pmfs(kinds, allowed, scores, fresh, novel, exploration)
-    names = {"e": EXPLOIT, "x": EXPLORE, "d": DIVERSE}
+    promotable = rng.random((rows, n)) < 0.3
+    kinds = rng.choice(np.array(["e", "x", "d", "m"]), size=rows)
+    pools, pmf = slot_pmfs(kinds, allowed, scores, fresh, novel, exploration, promotable)
+    names = {"e": EXPLOIT, "x": EXPLORE, "d": DIVERSE, "m": PROMOTED}
     for r in range(rows):
         indices, p = slot_pmf(
-            names[kinds[r]], allowed[r], scores[r], fresh[r], novel[r], exploration
+            names[kinds[r]],
+            allowed[r],
+            scores[r],
+            fresh[r],
+            novel[r],
+            exploration,
+            promotable[r],
         )
         assert np.array_equal(np.flatnonzero(pools[r]), indices)
         assert np.allclose(pmf[r, indices], p, rtol=1e-12, atol=0)
@@ -174,3 +204,34 @@ def test_a_draw_past_the_end_lands_on_the_last_possible_entry() -> None:
     rng = np.random.default_rng(5)
     draws = [sample(pmf, rng) for _ in range(2000)]
     assert set(draws) == {0, 1}
+
+
+def test_shifts_are_shares_of_the_spread_and_order_equal_scores() -> None:
+    """A shift of 1 lifts the worst score level with the best, whatever the scale; equal
+    scores (an untrained model) are ordered by their shifts alone; replay's row-wise form
+    gives the same numbers."""
+    from slatebandit.bandit import shifted_rows
+
+    scores = np.array([3.0, 1.0, 2.0])
+    shift = np.array([0.0, 1.0, -0.5], dtype=np.float32)
+    assert np.array_equal(Shaping(shift).scores(scores), [3.0, 3.0, 1.0])
+    assert np.array_equal(Shaping(shift).scores(scores * 100), [300.0, 300.0, 100.0])
+    tied = Shaping(shift).scores(np.zeros(3))
+    assert list(np.argsort(-tied, kind="stable")) == [1, 0, 2]
+    rows = np.array([[3.0, 1.0, 2.0, 9.0], [0.0, 0.0, 0.0, 0.0]])
+    valid = np.array([[True, True, True, False], [True, True, True, False]])
+    padded = np.array([[*shift, 0.0], [*shift, 0.0]], dtype=np.float64)
+    assert np.array_equal(
+        shifted_rows(rows, padded, valid)[0, :3], Shaping(shift).scores(rows[0, :3])
+    )
+    assert np.array_equal(shifted_rows(rows, padded, valid)[1, :3], tied)
+
+
+def test_promoted_slots_spread_over_the_slots_not_pinned() -> None:
+    from slatebandit.bandit import shaped_layout
+
+    kinds = [EXPLOIT] * 10
+    assert [j for j, k in enumerate(shaped_layout(kinds, {}, 2)) if k == PROMOTED] == [2, 7]
+    laid = shaped_layout(kinds, {0: 5, 1: 6}, 1)
+    assert laid[:2] == [PINNED, PINNED] and laid.index(PROMOTED) == 6
+    assert shaped_layout(kinds[:3], {0: 1, 1: 2, 2: 3}, 2) == [PINNED] * 3  # no slot left

@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--k", type=int, default=5)
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--policy", choices=("vw", "random", "popular"), default="vw")
+    simulate.add_argument(
+        "--purchases", action="store_true", help="clicks may end in purchases at the item's price"
+    )
+    simulate.add_argument(
+        "--placements", action="store_true", help="visits land on home, item, cart and category"
+    )
+    simulate.add_argument(
+        "--rules", action="store_true", help="PUT a merchandiser's rules first (admin key)"
+    )
     simulate.add_argument("--api-key", help="sent as X-API-Key")
     simulate.add_argument("--out", type=Path, default=Path("."), help="where the CSV and PNG go")
     simulate.set_defaults(run=_simulate)
@@ -172,21 +181,35 @@ def _serve(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import httpx2 as httpx
 
-    from slatebandit.simulate import Simulation, Storefront, plot, windows_of
+    from slatebandit.simulate import Simulation, Storefront, merchandiser_rules, plot, windows_of
 
     storefront = Storefront.generate(args.items, args.users, seed=args.seed)
+    rules = merchandiser_rules(storefront) if args.rules else {}
     headers = {"x-api-key": args.api_key} if args.api_key else {}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"simulate-{args.policy}-seed{args.seed}"
     with httpx.Client(base_url=args.url, timeout=30) as client:
-        sim = Simulation(client, storefront, args.policy, args.k, args.seed, headers)
+        sim = Simulation(
+            client,
+            storefront,
+            args.policy,
+            args.k,
+            args.seed,
+            headers,
+            purchases=args.purchases,
+            placements=args.placements,
+            rules=rules,
+        )
         if args.policy == "vw":
             sim.upload_catalog()
         with tqdm(total=args.requests, desc=f"simulate {args.policy}", unit="slate") as bar:
             for size in windows_of(args.requests, args.window):
                 window = sim.run_window(size)
                 bar.update(size)
-                bar.write(f"window {window.index}: CTR {window.ctr:.4f} ({window.clicks} clicks)")
+                line = f"window {window.index}: CTR {window.ctr:.4f} ({window.clicks} clicks)"
+                if args.purchases:
+                    line += f", {window.purchases} purchases, {window.revenue_per_slate:.2f}/slate"
+                bar.write(line)
     sim.write_csv(stem.with_suffix(".csv"))
     plot({args.policy: sim.windows}, stem.with_suffix(".png"))
     print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.png')}")

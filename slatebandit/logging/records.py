@@ -2,7 +2,9 @@
 
 A decision payload holds, for replay: the context features the scorer saw, the candidates as
 item revisions (uint32), each candidate's generator flags (one byte), the scores (float16),
-the slot layout and the exploration parameters. 200 candidates take about 1.4 KB.
+the slot layout and the exploration parameters. 200 candidates take about 1.4 KB. A slate
+that merchandising rules or rotation shaped adds each candidate's score shift (4 bytes) and
+rule marks (1 byte), and the id of the rule set in force.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import msgpack
 import numpy as np
 
 PAYLOAD_VERSION = 2
+PINNED_MARK, PROMOTABLE_MARK = 1, 2  # bits of a candidate's rule marks
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,19 @@ class DecisionPayload:
     exploration: dict[str, Any]  # {"kind": ..., "epsilon"|"gamma"|"temperature": ...}
     chosen: np.ndarray  # uint16 candidate index shown in each slot
     feature_spec: int  # how features were built from the revisions (bandit.FEATURE_SPEC_VERSION)
+    # Merchandising rules and rotation (``bandit.Shaping``), kept only when they did something:
+    shift: np.ndarray | None = None  # float32 score shift per candidate, in units of spread
+    rule_marks: np.ndarray | None = None  # uint8 per candidate: 1 pinned, 2 promotable
+    rules: int = 0  # the rule set in force (a ``rule_versions`` id); 0: none
 
     def encode(self) -> bytes:
+        optional: dict[str, Any] = {}
+        if self.shift is not None:
+            optional["sh"] = self.shift.astype("<f4").tobytes()
+        if self.rule_marks is not None:
+            optional["rm"] = self.rule_marks.astype("u1").tobytes()
+        if self.rules:
+            optional["rs"] = self.rules
         return msgpack.packb(
             {
                 "v": PAYLOAD_VERSION,
@@ -41,6 +55,7 @@ class DecisionPayload:
                 "exp": self.exploration,
                 "fs": self.feature_spec,
                 "ch": self.chosen.astype("<u2").tobytes(),
+                **optional,
             },
             use_bin_type=True,
         )
@@ -67,6 +82,9 @@ class DecisionPayload:
             exploration=raw["exp"],
             feature_spec=raw["fs"],
             chosen=np.frombuffer(raw["ch"], dtype="<u2"),
+            shift=np.frombuffer(raw["sh"], dtype="<f4") if "sh" in raw else None,
+            rule_marks=np.frombuffer(raw["rm"], dtype="u1") if "rm" in raw else None,
+            rules=raw.get("rs", 0),
         )
 
 

@@ -414,7 +414,7 @@ rule_versions = Table(
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False),
     Column("version", Integer, nullable=False),
-    Column("body", JSON, nullable=True),
+    Column("body", JSON(none_as_null=True), nullable=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("name", "version", name="uq_rule_versions"),
 )

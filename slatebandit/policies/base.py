@@ -26,14 +26,16 @@ from slatebandit.bandit import (
     LAYOUT_CODES,
     Exploration,
     Pick,
+    Shaping,
     SharedFeatures,
     build_slate,
     layout,
+    shaped_layout,
     slot_pmfs,
 )
 from slatebandit.errors import InvalidInput
 from slatebandit.logging import DecisionPayload
-from slatebandit.logging.records import pack
+from slatebandit.logging.records import PINNED_MARK, PROMOTABLE_MARK, pack
 from slatebandit.retrieval import FRESH, Candidates, ItemStore
 
 if TYPE_CHECKING:
@@ -60,9 +62,11 @@ class Slate:
     kinds: list[str]
     exploration: Exploration
     picks: list[Pick]
+    shaping: Shaping | None = None  # what rules and rotation did to it
 
     def payload(self) -> DecisionPayload:
         """What the decision log keeps so replay can recompute every slot's pmf."""
+        shaping = self.shaping or Shaping()
         return DecisionPayload(
             context=self.shared.to_log(),
             candidate_revs=self.revs.astype(np.uint32),
@@ -73,6 +77,9 @@ class Slate:
             exploration=self.exploration.to_log(),
             chosen=np.asarray([pick.index for pick in self.picks], dtype=np.uint16),
             feature_spec=FEATURE_SPEC_VERSION,
+            shift=shaping.shift,
+            rule_marks=rule_marks(len(self.candidates), shaping),
+            rules=shaping.rules,
         )
 
 
@@ -107,20 +114,35 @@ class Policy:
         bands now (``Catalog.dynamic_codes``), which the decision logs."""
         raise NotImplementedError
 
-    def slate(self, store: ItemStore, query: Query, k: int, rng: np.random.Generator) -> Slate:
+    def slate(
+        self,
+        store: ItemStore,
+        query: Query,
+        k: int,
+        rng: np.random.Generator,
+        shaping: Shaping | None = None,
+    ) -> Slate:
+        """The policy's slate of ``k``, shaped by merchandising rules and rotation if given
+        (its pinned slots must lie within the slate: ``merchandising.RuleBook.shape``)."""
         catalog, candidates = store.catalog, query.candidates
         version = self.model_version  # read before scoring: a swap mid-request cannot mix
         revs = catalog.rev[candidates.keys]
         dynamic = catalog.dynamic_codes(candidates.keys, time.time())
         scores = self.scores(store, query, dynamic)
-        kinds = layout(k, self.explore_slots, self.diverse_slots)
+        kinds = layout(min(k, len(candidates)), self.explore_slots, self.diverse_slots)
+        shaped = scores
+        if shaping is not None:
+            kinds = shaped_layout(kinds, shaping.pinned, shaping.promoted)
+            shaped = shaping.scores(scores)
         picks = build_slate(
-            scores,
+            shaped,
             catalog.category[candidates.keys],
             (candidates.flags & FRESH) != 0,
             kinds,
             self.exploration,
             rng,
+            shaping.pinned if shaping else None,
+            shaping.promotable if shaping else None,
         )
         return Slate(
             self.name,
@@ -133,6 +155,7 @@ class Policy:
             kinds,
             self.exploration,
             picks,
+            shaping,
         )
 
     def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
@@ -148,10 +171,11 @@ class Policy:
         fresh: np.ndarray,
         novel: np.ndarray,
         exploration: Exploration,
+        promotable: np.ndarray | None = None,
     ) -> np.ndarray:
         """Row-wise slot pmfs over logged slots: the slate builder with the decisions' own
         layout letters (``kinds``) and ``exploration``, as serving fills them."""
-        return slot_pmfs(kinds, allowed, scores, fresh, novel, exploration)[1]
+        return slot_pmfs(kinds, allowed, scores, fresh, novel, exploration, promotable)[1]
 
     def config(self) -> dict[str, Any]:
         """What ``dump`` writes besides the spec (subclasses add their own state)."""
@@ -165,6 +189,17 @@ class Policy:
     def dump(self) -> bytes:
         """Everything needed to make the same slates again; read by ``specs.load_policy``."""
         return pack(self.config())
+
+
+def rule_marks(candidates: int, shaping: Shaping) -> np.ndarray | None:
+    """Which candidates the rules pinned and which a promotion matched (None if neither)."""
+    if not shaping.pinned and shaping.promotable is None:
+        return None
+    marks = np.zeros(candidates, dtype=np.uint8)
+    if shaping.promotable is not None:
+        marks = shaping.promotable.astype(np.uint8) * np.uint8(PROMOTABLE_MARK)
+    marks[list(shaping.pinned.values())] |= PINNED_MARK
+    return marks
 
 
 def min_max(scores: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slatebandit.bandit import Exploration
+from slatebandit.bandit import Exploration, slot_pools
 from slatebandit.policies.base import Policy, Query
 from slatebandit.retrieval import ItemStore, popularity_band
 
@@ -50,8 +50,11 @@ class Random(Policy):
     def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
         return np.zeros(chunk.valid.shape)
 
-    def logged_pmfs(self, kinds, allowed, scores, fresh, novel, exploration):  # type: ignore[no-untyped-def]
-        return allowed / allowed.sum(axis=1, keepdims=True)
+    def logged_pmfs(self, kinds, allowed, scores, fresh, novel, exploration, promotable=None):  # type: ignore[no-untyped-def]
+        """Uniform over what each slot may hold: a promoted slot's promotable candidates (as
+        serving builds it under the same rules), every other slot's allowed ones."""
+        pools = slot_pools(np.where(kinds == "m", "m", "e"), allowed, fresh, novel, promotable)
+        return pools / pools.sum(axis=1, keepdims=True)
 
 
 class Content(Policy):

@@ -63,6 +63,18 @@ JOBS: tuple[Job, ...] = (
     ),
     Job("catalog changes", lambda s: s.catalog_poll_seconds, lambda r: r.store.sync(r.engine)),
     Job(
+        "merchandising rules",
+        lambda s: s.catalog_poll_seconds,
+        _thread(lambda r: r.rules.refresh(r.engine, r.store.catalog)),
+        at_start=True,
+    ),
+    Job(
+        "bought-together counts, extended by the carts and purchases recorded since",
+        lambda s: s.catalog_poll_seconds,
+        _thread(lambda r: r.together.refresh(r.engine)),
+        at_start=True,  # a starting worker's cart slates have its recent history at once
+    ),
+    Job(
         "popular items",
         lambda s: s.popular_refresh_seconds,
         _thread(lambda r: r.store.catalog.refresh_popular()),

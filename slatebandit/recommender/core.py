@@ -128,10 +128,15 @@ class Recommender(Parts):
         return await decide(self, query)
 
     async def reward(
-        self, event_id: str, item_id: str, type: str, value: float | None = None
+        self,
+        event_id: str,
+        item_id: str,
+        type: str,
+        reward: float | None = None,
+        value: float | None = None,
     ) -> Logged:
-        """Reward an item of a slate (``recommender.feedback``)."""
-        return await feedback.reward(self, event_id, item_id, type, value)
+        """Reward an item of a slate, with its money ``value`` if any (``recommender.feedback``)."""
+        return await feedback.reward(self, event_id, item_id, type, reward, value)
 
     async def event(self, user_id: str, item_id: str, type: str) -> Logged:
         """Something a shopper did with an item (``recommender.feedback``)."""
@@ -146,6 +151,7 @@ class Recommender(Parts):
         key = self.user_key(user_id)
         erased = await self.writer.submit(lambda conn: erase_user(conn, key))
         self.users.drop(key)
+        self.rotation.forget(key)
         for event_id in [e for e, d in self.decisions.items() if d.user_id == key]:
             del self.decisions[event_id]  # a reward for them must find the redacted decision
         return erased

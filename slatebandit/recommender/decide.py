@@ -20,12 +20,22 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from slatebandit.bandit import SharedFeatures, valued
+from slatebandit.bandit import Shaping, SharedFeatures, valued
 from slatebandit.logging import DecisionRecord, ShownSlot
 from slatebandit.policies import Query, Slate
 from slatebandit.policies.explain import contributions, reasons
+from slatebandit.recommender.pages import Page, deeper, read_page, request_hash
+from slatebandit.recommender.placements import FEATURE, Placement, placement_of
 from slatebandit.recommender.state import Parts
-from slatebandit.retrieval import SOURCES, Candidates, Filters, UserState, context_tokens, generate
+from slatebandit.retrieval import (
+    SOURCES,
+    Candidates,
+    Filters,
+    Quotas,
+    UserState,
+    context_tokens,
+    generate,
+)
 from slatebandit.retrieval.catalog import Catalog
 
 PROFILE_TOP = 5  # top categories and brands of the user's state that reach the scorer
@@ -48,6 +58,13 @@ class SlateQuery:
     # A dry run (the console's slate inspector) is never logged, counts no impression and
     # teaches nothing; it answers every candidate's score beside the slate.
     dry_run: bool = False
+    placement: str = "home"  # where the slate is shown: home, item, cart or category
+    # What the placement is about (``recommender.placements``): an item page's item, a cart's
+    # items (the API's ``items``), a category page's path prefix.
+    item_id: str | None = None
+    cart: Sequence[str] = ()
+    category: str | None = None
+    page_token: str | None = None  # an earlier answer's next_page: the chain's next k items
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class Decision:
     experiment: str | None = None
     arm: str | None = None  # an experiment's arm, or ``canary``
     candidates: list[dict[str, object]] | None = None  # a dry run's, best score first
+    next_page: str | None = None  # the page token of the next k; None: the chain ends here
 
     def to_dict(self) -> dict[str, object]:
         answer: dict[str, object] = {
@@ -70,6 +88,7 @@ class Decision:
             "model_version": self.model_version,
             "logged": self.logged,
             "items": self.items,
+            "next_page": self.next_page,
         }
         if self.experiment is not None:
             answer["experiment"] = self.experiment
@@ -91,17 +110,20 @@ class Shopper:
     exclude: set[int]
     recent: list[int]  # the state's RECENT latest items
     shared: SharedFeatures  # what every candidate is scored with
+    placement: Placement
+    page: Page  # what earlier pages of this chain showed
 
 
 async def decide(r: Parts, query: SlateQuery) -> Decision:
     k = r.slate_size(query.k)
     shopper = await _shopper(r, query)
     candidates = await _candidates(r, shopper, query.filters)
+    candidates, shaping = await _shaped(r, shopper, candidates, query, k)
     policy, experiment, arm = await r.policy_for(shopper.user_id)
     scored = Query(shopper.shared, candidates)
     # A dry run draws from a generator of its own, so that it leaves serving's stream alone.
     rng = np.random.default_rng() if query.dry_run else r.rng
-    slate = policy.slate(r.store, scored, k, rng)
+    slate = policy.slate(r.store, scored, k, rng, shaping)
     # Explained before the commit: once the decision is logged, nothing may fail the answer.
     why = reasons(slate, r.store, [*shopper.session, *shopper.recent])
     detail = None
@@ -111,49 +133,114 @@ async def decide(r: Parts, query: SlateQuery) -> Decision:
         items = _items(r.store.catalog, _shown(slate), why, detail)
         everyone = _scored_candidates(r.store.catalog, slate)
         return Decision(
-            None, slate.policy, slate.model_version, "none", items, experiment, arm, everyone
+            None,
+            slate.policy,
+            slate.model_version,
+            "none",
+            items,
+            experiment,
+            arm,
+            everyone,
+            next_page=_next_page(shopper, slate, k),
         )
     record = _record(shopper, slate, experiment, arm)
     # Committed, or spooled while the database is away; the slate is served either way.
     shown, logged = await r.outage.log_decision(r.writer.submit, record)
     for slot in record.shown:
         r.store.catalog.add_impressions(slot.item_key)
+    shown_keys = [slot.item_key for slot in record.shown]
+    r.rotation.shown(shopper.user_id, shown_keys, shopper.state.acted, record.created_at)
     if shown is not None:  # remembered with its context, for its rewards
         context = tuple(shopper.shared.context.items())
         r.remember_decision(record.event_id, replace(shown, context=context))
     items = _items(r.store.catalog, record.shown, why, detail)
     return Decision(
-        record.event_id, slate.policy, slate.model_version, logged, items, experiment, arm
+        record.event_id,
+        slate.policy,
+        slate.model_version,
+        logged,
+        items,
+        experiment,
+        arm,
+        next_page=_next_page(shopper, slate, k),
     )
 
 
 async def _shopper(r: Parts, query: SlateQuery) -> Shopper:
     catalog = r.store.catalog
     user_id = r.user_key(query.user_id)
+    # Checked before the shopper is read: a bad placement or page token costs nothing.
+    placement = placement_of(
+        catalog, query.placement, query.item_id, query.cart, query.category, query.filters
+    )
+    seeds = placement.seeds
+    chain = request_hash(user_id, placement.name, sorted(seeds), placement.category, query.filters)
+    page = read_page(query.page_token, placement.name, chain)
     state, batch = await r.user(user_id)
     key_of = catalog.key_of
-    session = [key_of[i] for i in query.session_items if i in key_of]
-    exclude = {key_of[i] for i in query.exclude if i in key_of}
+    # What the shopper is looking at (an item page's item, a cart) comes first in the session.
+    requested = [key_of[i] for i in query.session_items if i in key_of]
+    session = list(dict.fromkeys([*seeds, *requested]))
+    exclude = {key_of[i] for i in query.exclude if i in key_of} | {*seeds, *page.shown}
     recent = state.recent_keys(RECENT)
-    categories = [catalog.category_names[catalog.category[key]] for key in recent]
+    looked_at = [*seeds[:RECENT], *recent]
+    categories = [catalog.category_names[catalog.category[key]] for key in looked_at]
     profile = [valued(f"tc={c}", share) for c, share in state.shares("categories", PROFILE_TOP)]
     profile += [valued(f"tb={b}", share) for b, share in state.shares("brands", PROFILE_TOP)]
-    shared = SharedFeatures.build(query.context, categories, profile=[*profile, *batch])
-    return Shopper(user_id, state, session, exclude, recent, shared)
+    context = {**query.context, FEATURE: placement.name}
+    shared = SharedFeatures.build(context, categories, profile=[*profile, *batch])
+    return Shopper(user_id, state, session, exclude, recent, shared, placement, page)
 
 
 async def _candidates(r: Parts, shopper: Shopper, filters: Filters | None) -> Candidates:
+    """The generators' candidates, led by the placement's own; a category page keeps every
+    generator inside its category, and a later page reaches as far past the earlier ones."""
+    placement = shopper.placement
+    filters = placement.filters(filters)
     allowed = await r.allowed(filters) if filters else None
+    depth = len(shopper.page.shown)
     return generate(
         r.store,
         shopper.state,
         shopper.session,
         shopper.exclude,
         r.settings.candidates,
+        quotas=deeper(Quotas(), depth),
         allowed=allowed,
         excluded=shopper.state.excluded(r.exclusions, time.time()),
         context=context_tokens(shopper.shared.context),
+        lead=placement.lead(r.store, r.together, allowed, depth),
     )
+
+
+async def _shaped(
+    r: Parts, shopper: Shopper, candidates: Candidates, query: SlateQuery, k: int
+) -> tuple[Candidates, Shaping | None]:
+    """The candidates and slate shape after the merchandising rules in force at the slate's
+    placement and the shopper's rotation (``slatebandit.merchandising``)."""
+    catalog = r.store.catalog
+    filters = shopper.placement.filters(query.filters)  # a category page's too
+    allowed = await r.allowed(filters) if filters else None
+
+    def usable(keys: np.ndarray) -> np.ndarray:  # called only when a rule brings items
+        state = shopper.state.excluded(r.exclusions, time.time())
+        excluded = {*shopper.exclude, *shopper.session, *state}
+        ok = catalog.available[keys] & np.array([key not in excluded for key in keys.tolist()])
+        return ok & allowed.mask[keys] if allowed is not None else ok
+
+    candidates, shaping = r.rules.shape(catalog, candidates, query.placement, k, usable)
+    rotation = r.rotation.shift(shopper.user_id, candidates.keys, shopper.state.acted, time.time())
+    if rotation is None:
+        return candidates, shaping
+    shaping = shaping or Shaping()
+    shift = rotation if shaping.shift is None else shaping.shift + rotation
+    return candidates, replace(shaping, shift=shift)
+
+
+def _next_page(shopper: Shopper, slate: Slate, k: int) -> str | None:
+    """The token of the page after this slate (``recommender.pages``)."""
+    keys = [int(slate.candidates.keys[pick.index]) for pick in slate.picks]
+    return shopper.page.next_token(keys, k)
 
 
 def _shown(slate: Slate) -> tuple[ShownSlot, ...]:
@@ -199,6 +286,7 @@ def _record(
         shown=shown,
         experiment=experiment,
         arm=arm,
+        placement=shopper.placement.name,
     )
 
 

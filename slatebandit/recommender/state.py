@@ -31,6 +31,7 @@ from slatebandit.logging import (
 )
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.logging.users import read_user, update_user_state
+from slatebandit.merchandising import Rotation, RuleBook
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
 from slatebandit.policies.canary import ARM as CANARY_ARM
@@ -47,6 +48,7 @@ from slatebandit.retrieval import (
     UserStates,
     context_tokens,
 )
+from slatebandit.retrieval.together import Together
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,6 +116,9 @@ class Parts:
         self.users = UserStates()
         self.decisions: OrderedDict[str, ShownDecision] = OrderedDict()
         self.filter_masks = FilterMasks()
+        self.together = Together()  # bought-together lists (extended by a background job)
+        self.rules = RuleBook()  # merchandising rules, compiled (refreshed by a job)
+        self.rotation = Rotation(settings.rotation_rate, settings.rotation_time)
         # Parsed once: the settings hold them as strings, and every request reads them.
         self.canary_serves = settings.promotion == "gated" and settings.policy == "vw"
         self.exclusions = settings.exclusions

@@ -3,8 +3,8 @@
 A chunk holds, per decision, its candidates (item keys, revisions, generator flags, logged
 popularity and age bands, categories), its slot layout and exploration, and its context; and,
 per shown slot in (decision, slot) order, the shown candidate, its logged propensity and its
-reward (aggregated and defaulted as the learner does). Memory stays bounded by the chunk size,
-whatever the size of the log.
+reward (made by a ``logging.objective.SlotReward``: the learner's objective, or a metric such
+as clicks or revenue). Memory stays bounded by the chunk size, whatever the size of the log.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, Engine, Select, func, select
 
-from slatebandit.bandit import Exploration, SharedFeatures, action_features
-from slatebandit.logging.records import DecisionPayload, unpack
+from slatebandit.bandit import Exploration, SharedFeatures, action_features, shifted_rows
+from slatebandit.logging.objective import LOGGED, SlotReward
+from slatebandit.logging.records import PINNED_MARK, PROMOTABLE_MARK, DecisionPayload, unpack
 from slatebandit.logging.schema import decisions, item_revisions, rewards, slots
 from slatebandit.retrieval import FRESH, snapshot_features
 
@@ -139,6 +140,10 @@ class Chunk:
     explorations: list[Exploration | None]  # distinct ones; None: a logger we cannot recompute
     contexts: list[dict[str, Any]]  # as logged: {"c": request context, "u": recent categories}
     specs: np.ndarray  # (D,) the feature spec each decision was scored with
+    shift: np.ndarray  # (D, C) the rules' and rotation's score shifts, in units of spread
+    pinned: np.ndarray  # (D, C) pinned by a rule (never allowed in another slot)
+    promotable: np.ndarray  # (D, C) a promotion's match
+    rules: np.ndarray  # (D,) the rule set in force (0: none)
     row: np.ndarray  # (S,) the slot's decision, as a row of the per-decision arrays
     slot: np.ndarray  # (S,)
     chosen: np.ndarray  # (S,) the shown candidate's column
@@ -149,6 +154,13 @@ class Chunk:
     @property
     def slot_decisions(self) -> np.ndarray:
         return self.decision_ids[self.row]
+
+    def shaped(self, scores: np.ndarray) -> np.ndarray:
+        """A target's (D, C) scores shifted as each decision's rules and rotation shifted the
+        logging policy's (``bandit.Shaping``): replay under the same rules."""
+        if not self.shift.any():
+            return scores
+        return shifted_rows(scores, self.shift, self.valid)
 
     def shared(self, row: int) -> SharedFeatures:
         return SharedFeatures.from_log(self.contexts[row])
@@ -170,18 +182,18 @@ def read_chunks(
     engine: Engine,
     window: Window,
     *,
-    aggregation: str = "sum",
-    default_reward: float = 0.0,
+    reward: SlotReward = LOGGED,
     chunk: int = CHUNK_DECISIONS,
 ) -> Iterator[tuple[Chunk, Revisions]]:
-    """Every decision of ``window`` in id order, ``chunk`` decisions at a time."""
+    """Every decision of ``window`` in id order, ``chunk`` decisions at a time, each slot's
+    reward made by ``reward``."""
     with engine.connect() as conn:
         revisions = Revisions(conn)
         for rows in _pages(conn, window, chunk, with_payload=True):
             ids = np.array([row[0] for row in rows], dtype=np.int64)
             payloads = Payloads.decode([row[1] for row in rows])
             revisions.load_through(int(payloads.revs.max(initial=0)))
-            shown = _shown(conn, ids, aggregation, default_reward)
+            shown = _shown(conn, ids, reward)
             yield _chunk(ids, payloads, shown, revisions), revisions
 
 
@@ -202,15 +214,15 @@ def read_shown(
     engine: Engine,
     window: Window,
     *,
-    aggregation: str = "sum",
-    default_reward: float = 0.0,
+    reward: SlotReward = LOGGED,
     chunk: int = CHUNK_DECISIONS,
 ) -> Iterator[Shown]:
-    """The shown slots and rewards of ``window`` without the payloads (the reward model's pass)."""
+    """The shown slots and rewards (made by ``reward``) of ``window`` without the payloads
+    (the reward model's pass)."""
     with engine.connect() as conn:
         for rows in _pages(conn, window, chunk, with_payload=False):
             ids = np.array([row[0] for row in rows], dtype=np.int64)
-            yield _shown(conn, ids, aggregation, default_reward)
+            yield _shown(conn, ids, reward)
 
 
 def _pages(
@@ -247,7 +259,7 @@ def _fetch(conn: Connection, statement: Select[Any]) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
-def _shown(conn: Connection, ids: np.ndarray, aggregation: str, default_reward: float) -> Shown:
+def _shown(conn: Connection, ids: np.ndarray, rule: SlotReward) -> Shown:
     lo, hi = int(ids[0]), int(ids[-1])
     table = _fetch(
         conn,
@@ -264,11 +276,11 @@ def _shown(conn: Connection, ids: np.ndarray, aggregation: str, default_reward: 
 
     got = _fetch(
         conn,
-        select(rewards.c.decision_id, rewards.c.item_key, rewards.c.reward)
+        select(rewards.c.decision_id, rewards.c.item_key, rule.column())
         .where(rewards.c.decision_id.between(lo, hi))
         .order_by(rewards.c.id),
     )
-    reward = np.full(len(decision), float(default_reward))
+    reward = np.full(len(decision), float(rule.default))
     if got:
         # A slot is (decision, item): one key per slot; find each reward's slot by search.
         # Relative ids keep the key far from overflow whatever the ids (a run spans < 2^31).
@@ -283,7 +295,7 @@ def _shown(conn: Connection, ids: np.ndarray, aggregation: str, default_reward: 
         index = order[at][found]
         values = np.array([r[2] for r in got], dtype=np.float64)[found]
         rewarded = np.unique(index)
-        if aggregation == "sum":
+        if rule.aggregation == "sum":
             total = np.zeros(len(decision))
             np.add.at(total, index, values)
             reward[rewarded] = total[rewarded]
@@ -310,6 +322,9 @@ class Payloads:
     explorations: list[dict[str, Any]]  # (D,) as logged
     contexts: list[dict[str, Any]]
     specs: np.ndarray  # (D,)
+    shift: np.ndarray  # (D, C) float64, 0 where a decision logged none
+    marks: np.ndarray  # (D, C) uint8 rule marks, 0 where a decision logged none
+    rules: np.ndarray  # (D,)
 
     @classmethod
     def decode(cls, blobs: list[bytes]) -> Payloads:
@@ -328,6 +343,9 @@ class Payloads:
             explorations=[p["exp"] for p in raw],
             contexts=[p["ctx"] for p in raw],
             specs=np.array([p["fs"] for p in raw], dtype=np.int64),
+            shift=_optional(raw, "sh", "<f4", valid, np.float64),
+            marks=_optional(raw, "rm", "u1", valid, np.uint8),
+            rules=np.array([p.get("rs", 0) for p in raw], dtype=np.int64),
         )
 
 
@@ -339,6 +357,16 @@ def _padded(
     out: np.ndarray = np.zeros(mask.shape, dtype=to)
     out[mask] = np.frombuffer(b"".join(p[field] for p in raw), dtype=dtype)
     return out
+
+
+def _optional(
+    raw: list[dict[str, Any]], field: str, dtype: str, valid: np.ndarray, to: type
+) -> np.ndarray:
+    """``_padded`` for a field only some payloads have (zero in the rows of the others)."""
+    has = np.array([field in p for p in raw], dtype=bool)
+    if not has.any():
+        return np.zeros(valid.shape, dtype=to)
+    return _padded([p for p in raw if field in p], field, dtype, valid & has[:, None], to)
 
 
 def _padded_letters(layouts: list[str], mask: np.ndarray) -> np.ndarray:
@@ -371,6 +399,10 @@ def _chunk(ids: np.ndarray, payloads: Payloads, shown: Shown, revisions: Revisio
         explorations=explorations,
         contexts=payloads.contexts,
         specs=payloads.specs,
+        shift=payloads.shift,
+        pinned=(payloads.marks & PINNED_MARK) != 0,
+        promotable=(payloads.marks & PROMOTABLE_MARK) != 0,
+        rules=payloads.rules,
         row=shown.row,
         slot=shown.slot,
         chosen=payloads.chosen[shown.row, shown.slot],

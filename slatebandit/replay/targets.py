@@ -10,6 +10,12 @@ with the serving slate builder and the decision's own layout and exploration
 way, with V's scores". Decisions whose logger we cannot recompute (imported logs) use the
 configured exploration instead.
 
+Under merchandising rules, a target is replayed under the rules each decision logged: its
+scores shift as the logging policy's did, a pinned slot is the pinned item with probability 1
+for any target, and a promoted slot chooses among the same promotable candidates. So a
+target's probabilities on a rule-shaped log are exact, and the logging policy replays with
+weight 1.
+
 SPECs:
     random       uniform over the candidates still allowed, in every slot
     popular      the slate builder over the logged popularity bands (ties: retrieval order)
@@ -51,28 +57,39 @@ class SlotState:
     allowed: np.ndarray  # (n, C) not shown in an earlier slot
     novel: np.ndarray  # (n, C) of a category not yet in the slate
     fresh: np.ndarray  # (n, C)
+    promotable: np.ndarray  # (n, C) a promotion's match
     logger_pool: np.ndarray  # (n, C) where the logger's pmf was positive
 
 
 def walk_slots(chunk: Chunk) -> Iterator[SlotState]:
-    """Slot positions 0, 1, ... of every decision in the chunk, replaying the logged picks."""
-    allowed = chunk.valid.copy()
+    """Slot positions 0, 1, ... of every decision in the chunk, replaying the logged picks.
+
+    Pinned candidates are allowed in no other slot, and a pinned slot allows its item alone.
+    """
+    allowed = chunk.valid & ~chunk.pinned
     novel = chunk.valid.copy()
     for position in range(int(chunk.slot.max(initial=-1)) + 1):
         at = np.flatnonzero(chunk.slot == position)
         rows = chunk.row[at]
         kinds = chunk.layout[rows, position]
+        chosen = chunk.chosen[at]
+        here = allowed[rows]
+        pinned = np.flatnonzero(kinds == "p")
+        if len(pinned):
+            here[pinned] = False
+            here[pinned, chosen[pinned]] = True
+        promotable = chunk.promotable[rows]
         state = SlotState(
             at,
             rows,
             kinds,
-            allowed[rows],
+            here,
             novel[rows],
             chunk.fresh[rows],
-            slot_pools(kinds, allowed[rows], chunk.fresh[rows], novel[rows]),
+            promotable,
+            slot_pools(kinds, here, chunk.fresh[rows], novel[rows], promotable),
         )
         yield state
-        chosen = chunk.chosen[at]
         allowed[rows, chosen] = False
         novel[rows] &= chunk.category[rows] != chunk.category[rows, chosen][:, None]
 
@@ -119,7 +136,7 @@ class PolicyTarget(Target):
         p_target = np.zeros(len(chunk.slot))
         expected = np.zeros(len(chunk.slot))
         outside = np.zeros(len(chunk.slot))
-        scores = self.policy.logged_scores(chunk, revisions)
+        scores = chunk.shaped(self.policy.logged_scores(chunk, revisions))
         for state in walk_slots(chunk):
             pmf = self.pmf(chunk, state, scores, fallback)
             p_target[state.at] = pmf[np.arange(len(state.at)), chunk.chosen[state.at]]
@@ -154,6 +171,7 @@ class PolicyTarget(Target):
             state.fresh[rows],
             state.novel[rows],
             exploration,
+            state.promotable[rows],
         )
 
 

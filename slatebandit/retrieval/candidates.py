@@ -15,6 +15,8 @@ did as ``flags``.
 Excluded, unavailable and purchased items never get in, nor items outside the request's
 ``Filters``: with a filter, every generator proposes from the allowed items only
 (``filters.Allowed``), so the slate is as full as the allowed items permit.
+A placement (``recommender.placements``) may put a *lead* of its own before every generator:
+an item page's neighbours, a cart's bought-together items.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from slatebandit.retrieval.filters import MAX_OVERFETCH, Allowed
 from slatebandit.retrieval.store import ItemStore
 from slatebandit.retrieval.user_state import UserState
 
-SOURCES = ("similar", "session", "popular", "fresh", "context")
-SIMILAR, SESSION, POPULAR, FRESH, CONTEXT = (1 << i for i in range(len(SOURCES)))
+# The last source is no generator: ``rule`` marks an item a merchandising rule brought in
+# (``slatebandit.merchandising``), which no generator proposed (its flags are 0).
+SOURCES = ("similar", "session", "popular", "fresh", "context", "rule")
+SIMILAR, SESSION, POPULAR, FRESH, CONTEXT = (1 << i for i in range(5))
 # Items each generator places per merge round. An untrained model ties every score, and a trained
 # one ties items it has never seen that share their content tokens: ties go to retrieval order,
 # so these shares matter. Measured: weighting similar and session 3 to 1 raised the share of a
@@ -81,10 +85,12 @@ def generate(
     allowed: Allowed | None = None,
     excluded: Collection[int] = (),
     context: Sequence[str] = (),
+    lead: np.ndarray | None = None,
 ) -> Candidates:
     """Candidates for one request; ``excluded``: what the user's state keeps out (items acted
     on under the exclusion rules, ``UserState.excluded``); ``context``: the request's context
-    tokens (``context_tokens``)."""
+    tokens (``context_tokens``); ``lead``: a placement's own proposals, which go before every
+    generator's (``led_by``)."""
     catalog = store.catalog
     index = store.index
     session_keys = [key for key in session_keys if store.index.contains(key)]
@@ -121,7 +127,10 @@ def generate(
         quota = quotas.context if allowed is None else quotas.context * MAX_OVERFETCH
         proposals[SOURCES.index("context")] = catalog.context_popular(context, quota)
     usable = catalog.available if allowed is None else allowed.mask
-    return dataclasses.replace(merge(proposals, usable, blocked, limit), session=session)
+    merged = merge(proposals, usable, blocked, limit)
+    if lead is not None and len(lead):
+        merged = led_by(_kept(lead, usable, blocked)[:limit], merged, limit)
+    return dataclasses.replace(merged, session=session)
 
 
 def merge(
@@ -165,6 +174,37 @@ def merge(
     np.bitwise_or.at(flags, inverse, (1 << generator).astype(np.uint8))
     firsts = np.sort(first)[:limit]  # positions, in merged order, of each key's first proposal
     return Candidates(keys=keys[firsts], flags=flags[inverse[firsts]], sources=generator[firsts])
+
+
+def led_by(head: np.ndarray, rest: Candidates, limit: int) -> Candidates:
+    """``head`` (item keys, usable and distinct) first, then what ``rest`` holds besides, at
+    most ``limit`` in all. ``head`` is a placement's lead, credited to the similar generator:
+    it is items like the ones the shopper is looking at. An item in both keeps its place in
+    ``head`` and gains the flags ``rest`` gave it (fresh, say, which makes it explorable)."""
+    again = np.isin(rest.keys, head)
+    flags = np.full(len(head), SIMILAR, dtype=np.uint8)
+    if again.any():
+        order = np.argsort(head)
+        at = order[np.searchsorted(head, rest.keys[again], sorter=order)]
+        np.bitwise_or.at(flags, at, rest.flags[again])
+    kept = ~again
+    similar = np.full(len(head), SOURCES.index("similar"), dtype=np.uint8)
+    return Candidates(
+        keys=np.concatenate([head, rest.keys[kept]])[:limit],
+        flags=np.concatenate([flags, rest.flags[kept]])[:limit],
+        sources=np.concatenate([similar, rest.sources[kept]])[:limit],
+    )
+
+
+def _kept(keys: np.ndarray, available: np.ndarray, blocked: Collection[int]) -> np.ndarray:
+    """``keys`` that are available and not blocked, each once, in their order."""
+    keys = np.asarray(keys, dtype=np.int64)
+    keys = keys[(keys >= 0) & (keys < len(available))]
+    keys = keys[available[keys]]
+    if blocked:
+        keys = keys[~np.isin(keys, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))]
+    _, first = np.unique(keys, return_index=True)
+    return keys[np.sort(first)]
 
 
 def session_vector(

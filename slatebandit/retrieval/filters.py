@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,18 @@ class Filters:
             or self.attributes
             or self.price_min is not None
             or self.price_max is not None
+        )
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Filters:
+        """From the API's ``filters`` shape: ``{category, brand, price_min, price_max,
+        attributes}``, already validated."""
+        return cls(
+            categories=tuple(body.get("category", ())),
+            brands=tuple(body.get("brand", ())),
+            price_min=body.get("price_min"),
+            price_max=body.get("price_max"),
+            attributes=tuple(sorted((k, str(v)) for k, v in body.get("attributes", {}).items())),
         )
 
     def mask(self, catalog: Catalog) -> np.ndarray:

@@ -28,7 +28,7 @@ from slatebandit.errors import (
 )
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
-from slatebandit.server import catalog, console, experiments, metrics, privacy, routes, stats
+from slatebandit.server import catalog, console, experiments, metrics, privacy, routes, rules, stats
 from slatebandit.server.codec import error_response, respond
 from slatebandit.server.evaluations import list_evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -36,6 +36,7 @@ from slatebandit.server.personalizer import personalizer_app
 from slatebandit.server.personalizer_admin import admin_routes
 from slatebandit.server.personalizer_evaluations import evaluation_routes
 from slatebandit.server.services import Access
+from slatebandit.server.summary import metrics_summary
 
 log = logging.getLogger("slatebandit.server")
 
@@ -66,6 +67,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/models", routes.list_models, methods=["GET"]),
         Route("/v1/models/{version:int}/promote", routes.promote_model, methods=["POST"]),
         Route("/v1/models/rollback", routes.rollback_model, methods=["POST"]),
+        Route("/v1/rules", rules.read_all, methods=["GET"]),
+        Route("/v1/rules/{name:str}", rules.put, methods=["PUT"]),
+        Route("/v1/rules/{name:str}", rules.delete, methods=["DELETE"]),
         Route("/v1/experiments", experiments.read_all, methods=["GET"]),
         Route("/v1/experiments/{name:str}", experiments.put, methods=["PUT"]),
         Route("/v1/experiments/{name:str}", experiments.read, methods=["GET"]),
@@ -76,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/evaluations/{evaluation_id:str}", read_evaluation, methods=["GET"]),
         Route("/v1/users/{user_id:str}", privacy.erase, methods=["DELETE"]),
         Route("/v1/stats", stats.stats, methods=["GET"]),
+        Route("/v1/metrics/summary", metrics_summary, methods=["GET"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Mount("/personalizer", app=personalizer),
@@ -96,6 +101,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.stats = {}  # GET /v1/stats: each window's figures, read at most every 10 s
+    app.state.summary = {}  # GET /v1/metrics/summary: the same, for each window's outcomes
     return app
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from slatebandit import __version__
 from slatebandit.items import Item
+from slatebandit.server.rules import RuleRequest
 from slatebandit.server.schemas import (
     EvaluationRequest,
     EventRequest,
@@ -57,6 +58,12 @@ _SLATE = {
         },
         "experiment": {"type": "string", "description": "present when an A/B experiment chose"},
         "arm": {"type": "string"},
+        "next_page": {
+            "type": ["string", "null"],
+            "description": "post the same request with page_token set to this for the next k "
+            "items, none of this chain's earlier ones; null when the chain ends (a short page, "
+            "or 500 items shown)",
+        },
         "items": {
             "type": "array",
             "items": {
@@ -162,9 +169,41 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
+def _rule_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The merchandising rules' routes (``server.rules``)."""
+    return {
+        "/v1/rules": {
+            "get": {
+                "summary": "The rules in force, by name (scope catalog)",
+                "security": security,
+                "responses": _answers(200, "{rules: [{name, version, updated_at, ...body}]}"),
+            }
+        },
+        "/v1/rules/{name}": {
+            "put": {
+                "summary": "Define or replace a rule: pin, boost, bury, promote or block "
+                "(scope admin); every worker applies it within a catalog poll",
+                "security": security,
+                "parameters": [_path("name")],
+                "requestBody": _body(_ref(RuleRequest)),
+                "responses": {
+                    **_answers(201, "created durably: its version 1"),
+                    "200": {"description": "its next version, stored durably"},
+                },
+            },
+            "delete": {
+                "summary": "End a rule; its versions stay for replay (scope admin)",
+                "security": security,
+                "parameters": [_path("name")],
+                "responses": _answers(200, "ended durably"),
+            },
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE, "Experiment": _EXPERIMENT}
-    for model in (SlateRequest, RewardRequest, EventRequest, EvaluationRequest, Item):
+    for model in (SlateRequest, RewardRequest, EventRequest, EvaluationRequest, Item, RuleRequest):
         schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     return {
@@ -208,7 +247,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/rewards": {
                 "post": {
-                    "summary": "A reward for an item of a decision; stored once (scope serve)",
+                    "summary": "A reward for an item of a decision, with the money it was "
+                    "worth (value) if any; stored once (scope serve)",
                     "security": security,
                     "requestBody": _body(_ref(RewardRequest)),
                     "responses": _answers(
@@ -298,6 +338,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _answers(200, "rolled back durably"),
                 }
             },
+            **_rule_paths(security),
             "/v1/experiments": {
                 "get": {
                     "summary": "The A/B experiments (scope analyst)",
@@ -382,6 +423,24 @@ def openapi_document() -> dict[str, Any]:
                         ),
                     ],
                     "responses": _answers(200, "the figures"),
+                }
+            },
+            "/v1/metrics/summary": {
+                "get": {
+                    "summary": "What the window's slates led to (scope analyst): slates, CTR "
+                    "(click rewards per shown slot), conversion rate (purchase rewards per shown "
+                    "slot) and revenue per slate (the rewards' value), each {value, low, high} "
+                    "with its 95% interval; overall, by placement (with its share of the "
+                    "slates) and by policy",
+                    "security": security,
+                    "parameters": [
+                        _query(
+                            "minutes",
+                            {"type": "integer", "minimum": 1, "maximum": 10080},
+                            "the window (default 60)",
+                        ),
+                    ],
+                    "responses": _answers(200, "the summary, read from the log at most every 10 s"),
                 }
             },
             "/healthz": {

@@ -71,7 +71,7 @@ def _flag(request: Request, name: str) -> bool:
 async def post_reward(request: Request) -> Response:
     s = _services(request, "serve")
     body = validate(RewardRequest, await read_body(request, s.settings.max_body_bytes))
-    done = await s.reward(body.event_id, body.item_id, body.type, body.reward)
+    done = await s.reward(body.event_id, body.item_id, body.type, body.reward, body.value)
     if not done.duplicate:
         metrics.reward_accepted(body.type, s.rewards)
     answer = {**body.model_dump(), "reward": done.reward, "duplicate": done.duplicate}

@@ -6,7 +6,7 @@ Every model is also the OpenAPI schema of its route (``slatebandit.server.openap
 from __future__ import annotations
 
 import math
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,9 @@ from pydantic import (
 from starlette.requests import Request
 
 from slatebandit.errors import InvalidInput
+from slatebandit.merchandising import PLACEMENTS
 from slatebandit.recommender import Filters, SlateQuery
+from slatebandit.recommender.pages import MAX_CHARS as MAX_PAGE_TOKEN
 
 Scalar = str | int | float | bool
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
@@ -49,13 +51,7 @@ class SlateFilters(_Strict):
         return self
 
     def to_filters(self) -> Filters:
-        return Filters(
-            categories=tuple(self.category),
-            brands=tuple(self.brand),
-            price_min=self.price_min,
-            price_max=self.price_max,
-            attributes=tuple(sorted((k, str(v)) for k, v in self.attributes.items())),
-        )
+        return Filters.from_body(self.model_dump())
 
 
 class SlateRequest(_Strict):
@@ -75,6 +71,43 @@ class SlateRequest(_Strict):
     filters: SlateFilters | None = Field(
         default=None, description="only items in these categories, brands, price range"
     )
+    placement: str = Field(
+        default="home",
+        json_schema_extra={"enum": list(PLACEMENTS)},
+        description="where the slate is shown: its candidate mix and a context feature",
+    )
+    item_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="placement item: the item page's item (never shown; neighbours first)",
+    )
+    items: list[Annotated[str, ItemId]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="placement cart: the cart's items (never shown; bought together first)",
+    )
+    category: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="placement category: a category path prefix ('men' is men and men/shoes)",
+    )
+    page_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PAGE_TOKEN,
+        pattern="^[A-Za-z0-9_-]+$",
+        description="an earlier answer's next_page, with the same other fields: the next k "
+        "items, none of the chain's earlier ones",
+    )
+
+    @field_validator("placement")
+    @classmethod
+    def _known_placement(cls, placement: str) -> str:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"must be one of {', '.join(PLACEMENTS)}")
+        return placement
 
     @field_validator("context")
     @classmethod
@@ -99,8 +132,13 @@ class SlateRequest(_Strict):
             self.session_items,
             self.exclude,
             filters,
-            explain,
-            dry_run,
+            explain=explain,
+            dry_run=dry_run,
+            placement=self.placement,
+            item_id=self.item_id,
+            cart=self.items,
+            category=self.category,
+            page_token=self.page_token,
         )
 
 
@@ -111,6 +149,13 @@ class RewardRequest(_Strict):
         default=None, ge=-1e6, le=1e6, allow_inf_nan=False, description="default: by type"
     )
     type: str = Field(default="click", min_length=1, max_length=32, pattern="^[a-z_]+$")
+    value: float | None = Field(
+        default=None,
+        ge=0,
+        le=1e15,
+        allow_inf_nan=False,
+        description="what the action was worth in money (a purchase's amount)",
+    )
 
 
 class EventRequest(_Strict):
@@ -136,6 +181,9 @@ class EvaluationRequest(_Strict):
     seed: int = 0
     clip: float = Field(default=100.0, gt=0, allow_inf_nan=False)
     train_fraction: float = Field(default=0.5, gt=0, lt=1)
+    metric: Literal["reward", "clicks", "conversions", "revenue"] = Field(
+        default="reward", description="what a slot earns: the objective's reward, or one figure"
+    )
 
 
 def validate(model: type[M], data: object) -> M:

@@ -1,6 +1,23 @@
 """A storefront with a hidden click model that talks to the HTTP API."""
 
-from slatebandit.simulate.run import POLICIES, Simulation, Window, plot, windows_of
+from slatebandit.simulate.run import (
+    POLICIES,
+    Simulation,
+    Tally,
+    Window,
+    merchandiser_rules,
+    plot,
+    windows_of,
+)
 from slatebandit.simulate.storefront import Storefront
 
-__all__ = ["POLICIES", "Simulation", "Storefront", "Window", "plot", "windows_of"]
+__all__ = [
+    "POLICIES",
+    "Simulation",
+    "Storefront",
+    "Tally",
+    "Window",
+    "merchandiser_rules",
+    "plot",
+    "windows_of",
+]
