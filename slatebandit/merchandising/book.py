@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 from sqlalchemy import Engine
@@ -35,6 +36,7 @@ from slatebandit.retrieval.catalog import Catalog
 log = logging.getLogger(__name__)
 MAX_BROUGHT = 50  # items a placement's rules may bring: pinned ones, then promoted ones
 PROMOTED_CHOICE = 10  # promotable candidates a slate should have to choose among
+HEADROOM = 4096  # entries past the catalog's: items added before the next compile
 RULE_SOURCE = "rule"  # the source of a candidate only a rule brought
 
 
@@ -49,6 +51,10 @@ class Placed:
     pins: tuple[tuple[int, int], ...]  # (slot, key), by slot
     pinned: np.ndarray  # int64 keys of the pins, brought in if retrieval missed them
     promoted: np.ndarray  # int64 keys promotions bring when the candidates hold too few
+
+    @cached_property
+    def pins_set(self) -> frozenset[int]:
+        return frozenset(self.pinned.tolist())
 
 
 class RuleBook:
@@ -129,9 +135,9 @@ class RuleBook:
 
 def _compile(rules: list[Rule], catalog: Catalog) -> Placed:
     n = len(catalog.category)
-    shift = np.zeros(n, dtype=np.float32)
-    blocked = np.zeros(n, dtype=bool)
-    promotable = np.zeros(n, dtype=bool)
+    shift = np.zeros(n + HEADROOM, dtype=np.float32)
+    blocked = np.zeros(n + HEADROOM, dtype=bool)
+    promotable = np.zeros(n + HEADROOM, dtype=bool)
     share = 0.0
     pins: dict[int, int] = {}
     promoted_items: list[int] = []
@@ -142,7 +148,7 @@ def _compile(rules: list[Rule], catalog: Catalog) -> Placed:
                 if key is not None and slot not in pins:
                     pins[slot] = key
             continue
-        matches = _matches(rule, catalog, n)
+        matches = _matches(rule, catalog, n + HEADROOM)
         if rule.action == "block":
             blocked |= matches
         elif rule.action == "promote":
@@ -168,21 +174,24 @@ def _compile(rules: list[Rule], catalog: Catalog) -> Placed:
     )
 
 
-def _matches(rule: Rule, catalog: Catalog, n: int) -> np.ndarray:
-    """Which item keys a rule matches: listed, or passing its filter."""
-    matches = np.zeros(n, dtype=bool)
+def _matches(rule: Rule, catalog: Catalog, size: int) -> np.ndarray:
+    """Which item keys a rule matches: listed, or passing its filter (``size`` entries: the
+    catalog's and the headroom's, which match nothing)."""
+    matches = np.zeros(size, dtype=bool)
     keys = [key for key in map(catalog.live_key, rule.items) if key is not None]
     matches[keys] = True
     if rule.filter is not None:
-        matches |= rule.filter.mask(catalog)
+        found = rule.filter.mask(catalog)
+        matches[: len(found)] |= found
     return matches
 
 
 def _gather(values: np.ndarray, keys: np.ndarray, fill: object) -> np.ndarray:
-    """``values[keys]``, with ``fill`` for keys newer than the compiled arrays."""
-    inside = keys < len(values)
-    if inside.all():
+    """``values[keys]``, with ``fill`` for keys newer than the compiled arrays (``HEADROOM``
+    past the catalog makes that rare: only more new items than it between two compiles)."""
+    if not len(keys) or int(keys.max()) < len(values):
         return values[keys]
+    inside = keys < len(values)
     out = np.full(len(keys), fill, dtype=values.dtype)
     out[inside] = values[keys[inside]]
     return out
@@ -208,13 +217,15 @@ def _bring(
     room = 0
     if placed.promotable is not None:
         room = PROMOTED_CHOICE - int(_gather(placed.promotable, candidates.keys, False).sum())
-    wanted = placed.pinned if room <= 0 else np.concatenate([placed.pinned, placed.promoted])
+    wanted = placed.pinned.tolist() + (placed.promoted.tolist() if room > 0 else [])
+    if not wanted:
+        return candidates
     present = set(candidates.keys.tolist())
-    missing = np.asarray([key for key in wanted.tolist() if key not in present], dtype=np.int64)
+    missing = np.asarray([key for key in wanted if key not in present], dtype=np.int64)
     if placed.blocked is not None and len(missing):
-        missing = missing[~_gather(placed.blocked, missing, False)]
+        missing = missing[~placed.blocked[missing]]  # brought keys are within the arrays
     missing = missing[usable(missing)] if len(missing) else missing
-    pins = int(np.isin(missing, placed.pinned).sum())  # first: ``wanted`` keeps its order
+    pins = sum(1 for key in missing.tolist() if key in placed.pins_set)  # first, as wanted
     missing = missing[: pins + max(room, 0)]
     if not len(missing):
         return candidates

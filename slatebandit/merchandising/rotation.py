@@ -45,8 +45,9 @@ class Rotation:
         if not seen or not self.enabled:
             return None
         shift = np.zeros(len(keys), dtype=np.float32)
-        for i in np.flatnonzero(np.isin(keys, list(seen))).tolist():
-            key = int(keys[i])
+        for i, key in enumerate(keys.tolist()):
+            if key not in seen:
+                continue
             count, at = seen[key]
             if _last_action(acted, key) < at:
                 faded = count * 0.5 ** ((now - at) / self.half_life)
