@@ -127,6 +127,8 @@ def test_each_rule_type_shapes_the_slate_with_exact_propensities(
         kinds = [item["kind"] for item in items]
         assert kinds[1] == "pinned" and items[1]["item_id"] == pinned
         assert items[1]["propensity"] == 1.0 and items[1]["source"] == "rule"
+        assert items[1]["reason"] == "featured by the shop"
+        assert all(items[j]["reason"].startswith("promoted: ") for j in (3, 7))
         assert [j for j, kind in enumerate(kinds) if kind == "promoted"] == [3, 7]
         assert {items[j]["item_id"] for j in (3, 7)} <= promoted
         assert not {item["item_id"] for item in items} & blocked
@@ -298,3 +300,92 @@ def test_a_category_page_shows_no_rule_item_from_outside_its_category(
 
 
 ITEMS_BY_ID = {item.item_id: item for item in ITEMS}
+
+
+def test_rules_placements_and_revenue_over_a_real_server(tmp_path: Path) -> None:
+    """One real uvicorn on a loopback port: a rule of each type, a slate at each placement,
+    purchases with their value, and the summary by placement."""
+    import httpx2 as httpx
+
+    from tests.conftest import live_server
+
+    settings = make_settings(tmp_path, learner="off", objective="revenue")
+    seed_catalog(settings.database_url, ITEMS)
+    pinned = ITEMS[7].item_id
+    rules = {
+        "pin": {"action": "pin", "items": [pinned], "slots": [0], "placements": ["home"]},
+        "promote": {"action": "promote", "filter": {"category": ["home"]}, "share": 0.4},
+        "boost": {"action": "boost", "filter": {"brand": [ITEMS[11].brand]}, "weight": 0.5},
+        "bury": {"action": "bury", "filter": {"category": ["kids"]}, "weight": 0.5},
+        "block": {"action": "block", "filter": {"brand": [ITEMS[9].brand]}},
+    }
+    blocked = set(_ids(ITEMS, brand=ITEMS[9].brand))
+    revenue = 0.0
+    with live_server(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for name, body in rules.items():
+            assert client.put(f"/v1/rules/{name}", json=body).status_code == 201
+        pages = {
+            "home": {},
+            "item": {"item_id": ITEMS[20].item_id},
+            "cart": {"items": [ITEMS[21].item_id, ITEMS[22].item_id]},
+            "category": {"category": "women"},
+        }
+        for user, (placement, fields) in enumerate(pages.items()):
+            body = {"user_id": f"u{user}", "k": 5, "placement": placement, **fields}
+            slate = client.post("/v1/slates", json=body).json()
+            kinds = [item["kind"] for item in slate["items"]]
+            shown = {item["item_id"] for item in slate["items"]}
+            assert (kinds[0] == "pinned") == (placement == "home")
+            assert not shown & blocked and slate["next_page"]
+            if placement == "category":
+                assert all(ITEMS_BY_ID[i].category.startswith("women") for i in shown)
+            else:  # home goods are promoted wherever there are some
+                assert "promoted" in kinds
+            bought = slate["items"][1]["item_id"]
+            reward = {
+                "event_id": slate["event_id"],
+                "item_id": bought,
+                "type": "purchase",
+                "value": ITEMS_BY_ID[bought].price,
+            }
+            assert client.post("/v1/rewards", json=reward).status_code == 202
+            revenue += reward["value"]
+        summary = client.get("/v1/metrics/summary").json()
+    shares = {p["placement"]: p["share"] for p in summary["placements"]}
+    assert shares == {placement: 0.25 for placement in pages}
+    assert summary["overall"]["conversions"] == 4
+    assert summary["overall"]["revenue"] == pytest.approx(revenue)
+
+
+def test_a_decision_records_the_rule_versions_that_shaped_it(tmp_path: Path) -> None:
+    """The payload's rule set reads back, through ``rules_at``, as the versions in force when
+    the slate was made, after the rules changed."""
+    from sqlalchemy import select
+
+    from slatebandit.logging.records import DecisionPayload
+    from slatebandit.logging.rules import rules_at
+    from slatebandit.logging.schema import decisions
+
+    settings = make_settings(tmp_path, learner="off")
+    seed_catalog(settings.database_url, ITEMS)
+    body = {"action": "pin", "items": [ITEMS[7].item_id], "slots": [0]}
+    with TestClient(create_app(settings)) as client:
+        client.put("/v1/rules/pin", json=body)
+        first = _slate(client, "u1")["event_id"]
+        client.put("/v1/rules/pin", json={**body, "items": [ITEMS[8].item_id]})
+        client.put("/v1/rules/block", json={"action": "block", "items": [ITEMS[9].item_id]})
+        second = _slate(client, "u2")["event_id"]
+        client.delete("/v1/rules/pin")
+        client.delete("/v1/rules/block")
+        third = _slate(client, "u3")["event_id"]
+    engine = open_engine(settings.database_url)
+    with engine.connect() as conn:
+        payloads = dict(conn.execute(select(decisions.c.event_id, decisions.c.payload)).all())
+        in_force = {
+            event: [(r.name, r.version) for r in rules_at(conn, DecisionPayload.decode(p).rules)]
+            for event, p in payloads.items()
+        }
+    engine.dispose()
+    assert in_force[first] == [("pin", 1)]
+    assert in_force[second] == [("block", 1), ("pin", 2)]
+    assert DecisionPayload.decode(payloads[third]).rules == 0  # no rule shaped it

@@ -20,7 +20,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from slatebandit.bandit import DIVERSE, EXPLOIT, EXPLORE, SharedFeatures, action_features
+from slatebandit.bandit import (
+    DIVERSE,
+    EXPLOIT,
+    EXPLORE,
+    PINNED,
+    PROMOTED,
+    SharedFeatures,
+    action_features,
+)
 from slatebandit.policies.base import Policy, Query, Slate
 from slatebandit.policies.blend import Blend
 from slatebandit.policies.simple import Content, Popular
@@ -57,7 +65,11 @@ def reasons(slate: Slate, store: ItemStore, seeds: Sequence[int]) -> list[str]:
         top = 0.0 if best is None else scores[best]
         explored = pick.kind == EXPLOIT and scores[pick.index] < top
         shown.add(pick.index)
-        if slate.policy == "random":
+        if pick.kind == PINNED:
+            out.append("featured by the shop")
+        elif pick.kind == PROMOTED:
+            out.append(f"promoted: {_category(store, key)}")
+        elif slate.policy == "random":
             out.append("picked at random (random policy)")
         elif pick.kind == EXPLORE:
             out.append("new arrival, exploring" if fresh else "something new, exploring")
