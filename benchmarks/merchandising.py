@@ -1,6 +1,7 @@
 """The full storefront in the simulator: what rotation and the revenue objective do.
 
     python -m benchmarks.merchandising [--windows 10] [--window 500] [--seeds 2]
+                                       [--settings "rotation on,revenue"] [--tag NAME]
 
 Runs the storefront simulator (``slatebandit.simulate``) with purchases at prices, the four
 placements and a merchandiser's rules (``merchandiser_rules``) against an app in this process
@@ -14,7 +15,7 @@ on the same shoppers, catalog and visits:
 
 Prints, per setting, the CTR, purchases per slate and revenue per slate over the last three
 windows (the mean over ``--seeds`` seeds, and each seed's), and per placement. Writes
-``benchmarks/results/merchandising.json``.
+``benchmarks/results/merchandising[-TAG].json``.
 """
 
 from __future__ import annotations
@@ -112,10 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=10)
     parser.add_argument("--window", type=int, default=500, help="slates per window")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help="which of them (default: all three)"
+    )
+    parser.add_argument("--tag", default="", help="results/merchandising-TAG.json")
     args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.settings.split(",")]
+    if unknown := set(chosen) - set(SETTINGS):
+        parser.error(f"--settings: unknown {sorted(unknown)}; known: {', '.join(SETTINGS)}")
     results: dict[str, Any] = {"windows": args.windows, "window": args.window, "settings": {}}
     with tempfile.TemporaryDirectory(prefix="slatebandit-merchandising-") as work:
-        for name in SETTINGS:
+        for name in chosen:
             runs = [
                 summary(run(name, seed, args.windows, args.window, Path(work)))
                 for seed in range(1, args.seeds + 1)
@@ -127,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             results["settings"][name] = {**mean, "seeds": runs}
             print(name, json.dumps(mean), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "merchandising.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = f"merchandising-{args.tag}.json" if args.tag else "merchandising.json"
+    (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

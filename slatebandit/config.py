@@ -177,7 +177,7 @@ class Settings:
         default="clicks",
         metadata=_doc(
             "what the learner maximises: clicks (each reward's `reward`) or revenue (each "
-            "reward's money `value`, divided by REVENUE_SCALE)"
+            "reward's `reward` plus its money `value` divided by REVENUE_SCALE)"
         ),
     )
     revenue_scale: float = field(

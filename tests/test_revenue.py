@@ -218,15 +218,15 @@ def test_clicks_teach_each_slots_reward_as_before(shop) -> None:  # type: ignore
     assert _taught(settings) == expected
 
 
-def test_revenue_teaches_each_slots_money_over_the_scale(shop) -> None:  # type: ignore[no-untyped-def]
+def test_revenue_teaches_each_slots_reward_plus_its_money_over_the_scale(shop) -> None:  # type: ignore[no-untyped-def]
     settings, _ = shop
     expected = {(i, slot): 0.0 for i in range(SLATES) for slot in range(K)}
     for i in range(SLATES):
         for slot, _, value in _rewards_of(i):
-            expected[(i, slot)] = -(value or 0.0) / SCALE  # a click has no money: 0
+            expected[(i, slot)] = -(1.0 + (value or 0.0) / SCALE)  # a click has no money
     taught = _taught(_with(settings, objective="revenue", revenue_scale=SCALE))
     assert taught == pytest.approx(expected, abs=1e-12)
-    assert taught[(0, 1)] == -0.5 and taught[(0, 0)] == 0.0
+    assert taught[(0, 1)] == -1.5 and taught[(0, 0)] == -1.0
 
 
 def test_the_revenue_scale_is_the_catalogs_median_price_unless_set(shop, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -237,12 +237,12 @@ def test_the_revenue_scale_is_the_catalogs_median_price_unless_set(shop, tmp_pat
     revenue = _with(settings, objective="revenue")
     engine = open_engine(settings.database_url)
     with engine.connect() as conn:
-        assert reward_rule(conn, revenue) == SlotReward("value", "sum", 0.0, median)
+        assert reward_rule(conn, revenue) == SlotReward("reward+value", "sum", 0.0, median)
         assert reward_rule(conn, _with(revenue, revenue_scale=SCALE)).scale == SCALE
         assert reward_rule(conn, settings) == SlotReward("reward", "sum", 0.0, 1.0)
     engine.dispose()
     taught = _taught(revenue)
-    assert taught[(3, 1)] == pytest.approx(-40.0 / median, rel=1e-5)  # VW's text keeps 6 digits
+    assert taught[(3, 1)] == pytest.approx(-1 - 40.0 / median, rel=1e-5)  # VW keeps 6 digits
     empty = make_settings(tmp_path, objective="revenue")  # no item has a price: no scaling
     engine = open_engine(empty.database_url)
     with engine.connect() as conn:
@@ -257,7 +257,7 @@ def test_the_release_reads_each_slates_reward_under_the_objective(shop) -> None:
     with engine.connect() as conn:
         for objective, part in (
             ("clicks", lambda kind, value: 1.0),
-            ("revenue", lambda kind, value: (value or 0.0) / SCALE),
+            ("revenue", lambda kind, value: 1.0 + (value or 0.0) / SCALE),
         ):
             chosen = _with(settings, objective=objective, revenue_scale=SCALE)
             read, _ = slate_rewards(conn, 0, 4e9, 100, reward_rule(conn, chosen))
@@ -297,7 +297,7 @@ def _values(report: dict) -> dict[str, float]:  # type: ignore[type-arg]
         ("conversions", "revenue", PURCHASES / SLOTS, "purchases per slot"),
         ("revenue", "clicks", MONEY / SLOTS, "revenue per slot"),
         ("reward", "clicks", REWARDS / SLOTS, "objective clicks"),
-        ("reward", "revenue", MONEY / SCALE / SLOTS, f"value / {SCALE:g}"),
+        ("reward", "revenue", (REWARDS + MONEY / SCALE) / SLOTS, f"value / {SCALE:g}"),
     ],
 )
 def test_the_logged_policy_replays_to_exactly_the_metric_the_log_holds(
