@@ -17,8 +17,8 @@ What shaping does to a slate's candidates, in order:
 
 from __future__ import annotations
 
-import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,7 +33,6 @@ from slatebandit.merchandising.rules import PLACEMENTS, Rule
 from slatebandit.retrieval import SOURCES, Candidates
 from slatebandit.retrieval.catalog import Catalog
 
-log = logging.getLogger(__name__)
 MAX_BROUGHT = 50  # items a placement's rules may bring: pinned ones, then promoted ones
 PROMOTED_CHOICE = 10  # promotable candidates a slate should have to choose among
 HEADROOM = 4096  # entries past the catalog's: items added before the next compile
@@ -64,6 +63,7 @@ class RuleBook:
         self._placed: dict[str, Placed] = {}
         self._compiled_for: tuple[int, int] = (-1, -1)  # (rule set, catalog version)
         self._next_change = math.inf  # when a rule starts or ends
+        self._refreshing = threading.Lock()  # the job's thread and a PUT's may both refresh
 
     def load(self, stored: Sequence[StoredRule], rule_set: int) -> None:
         self.rules = tuple(Rule.from_body(s.name, s.version, s.body) for s in stored)
@@ -72,13 +72,15 @@ class RuleBook:
     def refresh(self, engine: Engine, catalog: Catalog) -> None:
         """Read the rules if they changed, and compile them if the rules, the catalog or the
         time (a rule starting or ending) call for it."""
-        with engine.connect() as conn:
-            latest = rule_set(conn)
-            if latest != self.rule_set:
-                self.load(rules_at(conn, latest), latest)
-        now = time.time()
-        if self._compiled_for != (self.rule_set, catalog.version) or now >= self._next_change:
-            self.compile(catalog, now)
+        with self._refreshing:
+            with engine.connect() as conn:
+                latest = rule_set(conn)
+                if latest != self.rule_set:
+                    self.load(rules_at(conn, latest), latest)
+            now = time.time()
+            stale = self._compiled_for != (self.rule_set, catalog.version)
+            if stale or now >= self._next_change:
+                self.compile(catalog, now)
 
     def compile(self, catalog: Catalog, now: float) -> None:
         in_force = [rule for rule in self.rules if rule.in_force(now)]
