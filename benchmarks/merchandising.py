@@ -6,7 +6,8 @@
 Runs the storefront simulator (``slatebandit.simulate``) with purchases at prices, the four
 placements and a merchandiser's rules (``merchandiser_rules``) against an app in this process
 (real VW, hnswlib and SQLite), learning between windows and promoting each checkpoint, as
-``tests/test_simulate.py`` does, so a run is deterministic for its seed. Three settings, each
+``tests/test_simulate.py`` does, and extending the bought-together counts between windows
+rather than on a timer, so a run is deterministic for its seed. Three settings, each
 on the same shoppers, catalog and visits:
 
     rotation off   SLATEBANDIT_ROTATION_RATE=0, objective clicks
@@ -53,7 +54,10 @@ def run(name: str, seed: int, windows: int, size: int, work: Path) -> list[Tally
         learner="off",
         reward_wait=0,
         api_keys="admin:a",
-        popular_refresh_seconds=1e9,  # the popular ranking fixed: a run is deterministic
+        # The background jobs' timing must not decide slates: the popular ranking stays fixed,
+        # and the bought-together counts are extended between windows, not every second.
+        popular_refresh_seconds=1e9,
+        catalog_poll_seconds=1e9,
         **SETTINGS[name],
     )
     storefront = Storefront.generate(600, 400, seed=seed)
@@ -72,8 +76,10 @@ def run(name: str, seed: int, windows: int, size: int, work: Path) -> list[Tally
         sim.upload_catalog()
         engine = open_engine(settings.database_url)
         learner = Learner(engine, settings, holder="benchmark")
+        together = client.app_state["recommender"].together  # type: ignore[index]
         for _ in tqdm(range(windows), desc=f"{name}, seed {seed}", unit="window"):
             sim.run_window(size)
+            together.refresh(engine)
             learner.run_due(now=time.time() + 3600)
             version = learner.checkpoint()
             if version is not None:
