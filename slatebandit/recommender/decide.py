@@ -29,6 +29,7 @@ from slatebandit.recommender.placements import FEATURE, Placement, placement_of
 from slatebandit.recommender.state import Parts
 from slatebandit.retrieval import (
     SOURCES,
+    Allowed,
     Candidates,
     Filters,
     Quotas,
@@ -109,6 +110,7 @@ class Shopper:
     session: list[int]  # item keys of the request's session items, newest first
     exclude: set[int]
     recent: list[int]  # the state's RECENT latest items
+    excluded: set[int]  # what the state's exclusion rules keep out (``UserState.excluded``)
     shared: SharedFeatures  # what every candidate is scored with
     placement: Placement
     page: Page  # what earlier pages of this chain showed
@@ -117,8 +119,11 @@ class Shopper:
 async def decide(r: Parts, query: SlateQuery) -> Decision:
     k = r.slate_size(query.k)
     shopper = await _shopper(r, query)
-    candidates = await _candidates(r, shopper, query.filters)
-    candidates, shaping = await _shaped(r, shopper, candidates, query, k)
+    # A category page narrows the request's filters to its prefix, for retrieval and rules.
+    filters = shopper.placement.filters(query.filters)
+    allowed = await r.allowed(filters) if filters else None
+    candidates = _candidates(r, shopper, allowed)
+    candidates, shaping = _shaped(r, shopper, candidates, allowed, k)
     policy, experiment, arm = await r.policy_for(shopper.user_id)
     scored = Query(shopper.shared, candidates)
     # A dry run draws from a generator of its own, so that it leaves serving's stream alone.
@@ -189,15 +194,14 @@ async def _shopper(r: Parts, query: SlateQuery) -> Shopper:
     profile += [valued(f"tb={b}", share) for b, share in state.shares("brands", PROFILE_TOP)]
     context = {**query.context, FEATURE: placement.name}
     shared = SharedFeatures.build(context, categories, profile=[*profile, *batch])
-    return Shopper(user_id, state, session, exclude, recent, shared, placement, page)
+    excluded = state.excluded(r.exclusions, time.time())
+    return Shopper(user_id, state, session, exclude, recent, excluded, shared, placement, page)
 
 
-async def _candidates(r: Parts, shopper: Shopper, filters: Filters | None) -> Candidates:
-    """The generators' candidates, led by the placement's own; a category page keeps every
-    generator inside its category, and a later page reaches as far past the earlier ones."""
-    placement = shopper.placement
-    filters = placement.filters(filters)
-    allowed = await r.allowed(filters) if filters else None
+def _candidates(r: Parts, shopper: Shopper, allowed: Allowed | None) -> Candidates:
+    """The generators' candidates, led by the placement's own, inside ``allowed`` (the
+    request's filters, narrowed to a category page's prefix); a later page reaches as far past
+    the earlier ones."""
     depth = len(shopper.page.shown)
     return generate(
         r.store,
@@ -207,28 +211,26 @@ async def _candidates(r: Parts, shopper: Shopper, filters: Filters | None) -> Ca
         r.settings.candidates,
         quotas=deeper(Quotas(), depth),
         allowed=allowed,
-        excluded=shopper.state.excluded(r.exclusions, time.time()),
+        excluded=shopper.excluded,
         context=context_tokens(shopper.shared.context),
-        lead=placement.lead(r.store, r.together, allowed, depth),
+        lead=shopper.placement.lead(r.store, r.together, allowed, depth),
     )
 
 
-async def _shaped(
-    r: Parts, shopper: Shopper, candidates: Candidates, query: SlateQuery, k: int
+def _shaped(
+    r: Parts, shopper: Shopper, candidates: Candidates, allowed: Allowed | None, k: int
 ) -> tuple[Candidates, Shaping | None]:
     """The candidates and slate shape after the merchandising rules in force at the slate's
     placement and the shopper's rotation (``slatebandit.merchandising``)."""
     catalog = r.store.catalog
-    filters = shopper.placement.filters(query.filters)  # a category page's too
-    allowed = await r.allowed(filters) if filters else None
 
     def usable(keys: np.ndarray) -> np.ndarray:  # called only when a rule brings items
-        state = shopper.state.excluded(r.exclusions, time.time())
-        excluded = {*shopper.exclude, *shopper.session, *state}
+        excluded = {*shopper.exclude, *shopper.session, *shopper.excluded}
         ok = catalog.available[keys] & np.array([key not in excluded for key in keys.tolist()])
         return ok & allowed.mask[keys] if allowed is not None else ok
 
-    candidates, shaping = r.rules.shape(catalog, candidates, query.placement, k, usable)
+    placement = shopper.placement.name
+    candidates, shaping = r.rules.shape(catalog, candidates, placement, k, usable)
     rotation = r.rotation.shift(shopper.user_id, candidates.keys, shopper.state.acted, time.time())
     if rotation is None:
         return candidates, shaping

@@ -129,7 +129,9 @@ def generate(
     usable = catalog.available if allowed is None else allowed.mask
     merged = merge(proposals, usable, blocked, limit)
     if lead is not None and len(lead):
-        merged = led_by(_kept(lead, usable, blocked)[:limit], merged, limit)
+        # The lead alone through the same merge: usable, not blocked, each key once, in order.
+        head = merge([lead], usable, blocked, limit, shares=(1,)).keys
+        merged = led_by(head, merged, limit)
     return dataclasses.replace(merged, session=session)
 
 
@@ -194,17 +196,6 @@ def led_by(head: np.ndarray, rest: Candidates, limit: int) -> Candidates:
         flags=np.concatenate([flags, rest.flags[kept]])[:limit],
         sources=np.concatenate([similar, rest.sources[kept]])[:limit],
     )
-
-
-def _kept(keys: np.ndarray, available: np.ndarray, blocked: Collection[int]) -> np.ndarray:
-    """``keys`` that are available and not blocked, each once, in their order."""
-    keys = np.asarray(keys, dtype=np.int64)
-    keys = keys[(keys >= 0) & (keys < len(available))]
-    keys = keys[available[keys]]
-    if blocked:
-        keys = keys[~np.isin(keys, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))]
-    _, first = np.unique(keys, return_index=True)
-    return keys[np.sort(first)]
 
 
 def session_vector(
