@@ -12,6 +12,7 @@ import argparse
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, select, text
 from starlette.testclient import TestClient
@@ -32,18 +33,29 @@ def _sqlite_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
-def _pg_bytes(url: str) -> int:
+def _pg_parts(url: str) -> dict[str, int]:
+    """Bytes of the decisions and slots tables (every partition), rows and indexes apart."""
     engine = create_engine(url)
+    parts = {}
     with engine.connect() as conn:
-        total = sum(
-            conn.execute(text(f"select pg_total_relation_size('{t}')")).scalar_one()
-            for t in ("decisions", "slots")
-        )
+        for table in ("decisions", "slots"):
+            rows, indexes = conn.execute(
+                text(
+                    "SELECT sum(pg_table_size(relid)), sum(pg_indexes_size(relid)) "
+                    "FROM pg_partition_tree(:t) WHERE isleaf"
+                ),
+                {"t": table},
+            ).one()
+            parts[f"{table} rows"], parts[f"{table} indexes"] = int(rows), int(indexes)
     engine.dispose()
-    return total
+    return parts
 
 
-def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) -> dict[str, float]:
+def _pg_bytes(url: str) -> int:
+    return sum(_pg_parts(url).values())
+
+
+def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) -> dict[str, Any]:
     settings = Settings.from_env({}, data_dir=data_dir, db_url=db_url, seed=1)
     engine = open_engine(settings.database_url)
     load_items(engine, demo_items(n_items), total=n_items)
@@ -59,6 +71,7 @@ def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) 
                     "/v1/events", json={"user_id": f"u{u}", "item_id": item, "type": "view"}
                 )
         before = size()
+        parts_before = _pg_parts(db_url) if db_url else {}
         for i in tqdm(range(n_decisions), desc="decisions"):
             body = client.post(
                 "/v1/slates",
@@ -70,6 +83,7 @@ def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) 
             ).json()
             assert len(body["items"]) == 10
         after = size()
+        parts_after = _pg_parts(db_url) if db_url else {}
     engine = open_engine(settings.database_url)
     with engine.connect() as conn:
         payloads = conn.execute(select(decisions.c.payload)).scalars().all()
@@ -82,6 +96,9 @@ def measure(db_url: str | None, data_dir: Path, n_items: int, n_decisions: int) 
         "bytes_per_decision": (after - before) / n_decisions,
         "mean_candidates": mean_candidates,
         "mean_payload_bytes": sum(map(len, payloads)) / len(payloads),
+        "parts": {
+            name: (parts_after[name] - parts_before[name]) / n_decisions for name in parts_after
+        },
     }
 
 
@@ -102,12 +119,14 @@ def main() -> None:
             _report("PostgreSQL", result)
 
 
-def _report(name: str, result: dict[str, float]) -> None:
+def _report(name: str, result: dict[str, Any]) -> None:
     print(
         f"{name}: {result['bytes_per_decision']:.0f} bytes per decision (tables and indexes) over "
         f"{result['decisions']:.0f} decisions with k=10 and {result['mean_candidates']:.0f} "
         f"candidates on average; msgpack payload {result['mean_payload_bytes']:.0f} bytes"
     )
+    for part, size in result["parts"].items():
+        print(f"  {part}: {size:.0f} bytes per decision")
 
 
 if __name__ == "__main__":

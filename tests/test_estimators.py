@@ -260,8 +260,11 @@ def test_bootstrap_counts_are_the_inverse_poisson_cdf_of_each_hash() -> None:
 
     bootstrap = Bootstrap(300, seed=9)  # more than one block of replicates
     ids = np.array([1, 2, 3, 10**9, 2**40 + 7], dtype=np.int64)
-    stream = _splitmix64(ids.astype(np.uint64) ^ bootstrap._key)[:, None]
+    # A PostgreSQL id counts as its sequence number (logging.partitions): 2**40 + 7 as 7.
+    sequence = ids & (2**40 - 1)
+    stream = _splitmix64(sequence.astype(np.uint64) ^ bootstrap._key)[:, None]
     with np.errstate(over="ignore"):
         bits = _splitmix64(stream * np.uint64(0x100000001B3) + np.arange(300, dtype=np.uint64))
     uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
     assert np.array_equal(bootstrap.weights(ids), np.searchsorted(_CDF, uniform, side="right"))
+    assert np.array_equal(bootstrap.weights(ids)[4], bootstrap.weights(np.array([7]))[0])

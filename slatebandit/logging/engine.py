@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from slatebandit.errors import ConfigError, DatabaseUnavailable
+from slatebandit.logging import partitions
 from slatebandit.logging.schema import SCHEMA_VERSION, metadata, schema_info
 
 # A PostgreSQL connection attempt fails after CONNECT_TIMEOUT seconds, and one whose peer
@@ -21,8 +33,10 @@ USER_TIMEOUT_MS = 15_000
 _SQLITE_AWAY = ("locked", "unable to open", "disk i/o", "readonly", "read-only")
 
 # Steps that bring a database of schema version V to V + 1 in place (new tables are created by
-# ``create_all`` afterwards). Each is plain SQL both SQLite and PostgreSQL accept.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+# ``create_all`` afterwards). Each is plain SQL both SQLite and PostgreSQL accept, or a function
+# of the connection that knows which database it speaks to.
+Step = str | Callable[[Connection], None]
+MIGRATIONS: dict[int, tuple[Step, ...]] = {
     2: (
         "ALTER TABLE decisions ADD COLUMN experiment VARCHAR(64)",
         "ALTER TABLE decisions ADD COLUMN arm VARCHAR(64)",
@@ -45,7 +59,26 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE rewards ADD COLUMN value FLOAT",
         "ALTER TABLE spool_orphans ADD COLUMN value FLOAT",
     ),
+    7: (  # machines is new; PostgreSQL's log tables become daily partitions
+        lambda conn: partitions.partition_existing(conn) if _is_postgres(conn) else None,
+    ),
 }
+
+
+def _is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def _create_tables(conn: Connection) -> None:
+    """Create the tables that are missing: on PostgreSQL the log tables are partitioned
+    (``logging.partitions``), made by their own DDL."""
+    if not _is_postgres(conn):
+        metadata.create_all(conn)
+        return
+    plain = [t for t in metadata.sorted_tables if t.name not in partitions.PARTITIONED]
+    metadata.create_all(conn, tables=plain)
+    if not inspect(conn).has_table("decisions"):
+        partitions.create_tables(conn)
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -106,10 +139,14 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
 
 def _check_schema(engine: Engine) -> None:
     """Create the tables in an empty database; refuse one made by another schema version."""
-    existing = set(inspect(engine).get_table_names())
     with engine.begin() as conn:
+        if _is_postgres(conn):
+            # Servers started together on a new database raced to create its tables (one
+            # failed on a duplicate type): they take turns.
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('slatebandit schema'))"))
+        existing = set(inspect(conn).get_table_names())
         if not existing & set(metadata.tables):
-            metadata.create_all(conn)
+            _create_tables(conn)
             conn.execute(insert(schema_info).values(name="version", value=SCHEMA_VERSION))
             return
         found = None
@@ -120,6 +157,9 @@ def _check_schema(engine: Engine) -> None:
         while found in MIGRATIONS and found < SCHEMA_VERSION:
             tables = set(inspect(conn).get_table_names())
             for statement in MIGRATIONS[found]:
+                if callable(statement):
+                    statement(conn)
+                    continue
                 altered = statement.split()[2] if statement.startswith("ALTER TABLE") else None
                 if altered is None or altered in tables:  # a table still to come is made whole
                     conn.execute(text(statement))
@@ -127,13 +167,14 @@ def _check_schema(engine: Engine) -> None:
             conn.execute(
                 update(schema_info).where(schema_info.c.name == "version").values(value=found)
             )
-    if found != SCHEMA_VERSION:
-        raise ConfigError(
-            f"database {engine.url.render_as_string()} has schema version {found or 'unknown'}, "
-            f"this slatebandit needs {SCHEMA_VERSION}: use a new database or data directory",
-            field="db_url",
-        )
-    metadata.create_all(engine)  # tables added within this version
+        if found != SCHEMA_VERSION:
+            raise ConfigError(
+                f"database {engine.url.render_as_string()} has schema version "
+                f"{found or 'unknown'}, this slatebandit needs {SCHEMA_VERSION}: use a new "
+                "database or data directory",
+                field="db_url",
+            )
+        _create_tables(conn)  # tables added within this version
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

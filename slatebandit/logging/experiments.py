@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, insert, select, update
 
 from slatebandit.logging.outcomes import outcome_sums
+from slatebandit.logging.partitions import made_since
 from slatebandit.logging.schema import decisions, experiments, rewards, schema_info, slots
 from slatebandit.stats import Outcomes
 
@@ -42,9 +43,10 @@ def update_experiment(conn: Connection, name: str, **values: Any) -> None:
     conn.execute(update(experiments).where(experiments.c.name == name).values(**values))
 
 
-def arm_sums(conn: Connection, name: str) -> list[tuple[Any, ...]]:
-    """Per arm of experiment ``name``: slates, and over slates the sums of impressions n,
-    clicks c, n², c² and n·c (a click: a shown item with a positive reward)."""
+def arm_sums(conn: Connection, name: str, since: float = 0.0) -> list[tuple[Any, ...]]:
+    """Per arm of experiment ``name`` (created at ``since``): slates, and over slates the sums
+    of impressions n, clicks c, n², c² and n·c (a click: a shown item with a positive reward).
+    """
     shown = (
         select(func.count())
         .where(slots.c.decision_id == decisions.c.id)
@@ -58,7 +60,9 @@ def arm_sums(conn: Connection, name: str) -> list[tuple[Any, ...]]:
         .label("c")
     )
     per_slate = (
-        select(decisions.c.arm, shown, clicked).where(decisions.c.experiment == name).subquery()
+        select(decisions.c.arm, shown, clicked)
+        .where(decisions.c.experiment == name, made_since(decisions.c.id, since))
+        .subquery()
     )
     n, c = per_slate.c.n, per_slate.c.c
     query = select(
@@ -73,7 +77,13 @@ def arm_sums(conn: Connection, name: str) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in conn.execute(query)]
 
 
-def arm_outcomes(conn: Connection, name: str) -> dict[str, Outcomes]:
-    """Per arm of experiment ``name``: what its slates led to (clicks, purchases, revenue)."""
-    found = outcome_sums(conn, (decisions.c.arm,), decisions.c.experiment == name)
+def arm_outcomes(conn: Connection, name: str, since: float = 0.0) -> dict[str, Outcomes]:
+    """Per arm of experiment ``name`` (created at ``since``): what its slates led to (clicks,
+    purchases, revenue). ``since`` spares PostgreSQL the partitions of the days before."""
+    found = outcome_sums(
+        conn,
+        (decisions.c.arm,),
+        decisions.c.experiment == name,
+        made_since(decisions.c.id, since),
+    )
     return {arm: outcomes for (arm,), outcomes in found.items()}

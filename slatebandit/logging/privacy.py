@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from slatebandit.logging.partitions import day_of, drop_before, first_id, is_partitioned
 from slatebandit.logging.records import DecisionPayload
 from slatebandit.logging.schema import (
     decisions,
@@ -105,24 +106,33 @@ def redact(payload: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Purged:
-    decisions: int
+    decisions: int  # rows deleted (not those of dropped partitions)
     rewards: int
     events: int
+    partitions: tuple[str, ...] = ()  # daily partitions dropped whole (PostgreSQL)
 
 
 def purge_before(conn: Connection, cutoff: float) -> Purged:
     """Delete decisions (but the newest), their slots and rewards, and events made before
-    ``cutoff`` (seconds since the epoch)."""
+    ``cutoff`` (seconds since the epoch).
+
+    On PostgreSQL every daily partition older than ``cutoff`` is dropped whole, and rows are
+    deleted one by one only where no whole day can go: the legacy and default partitions.
+    The day ``cutoff`` falls in stays until all of it is past."""
+    dropped: tuple[str, ...] = ()
+    old = decisions.c.created_at < cutoff
+    old_events = events.c.created_at < cutoff
+    if is_partitioned(conn):
+        dropped = tuple(drop_before(conn, cutoff))
+        whole_days = first_id(day_of(cutoff))
+        old = old & (decisions.c.id < whole_days)
+        old_events = old_events & (events.c.id < whole_days)
     newest = conn.execute(select(func.max(decisions.c.id))).scalar()
-    old = select(decisions.c.id).where(decisions.c.created_at < cutoff)
     if newest is not None:
-        old = old.where(decisions.c.id < newest)
-    ids = old.scalar_subquery()
+        old = old & (decisions.c.id < newest)
+    ids = select(decisions.c.id).where(old).scalar_subquery()
     removed_rewards = conn.execute(delete(rewards).where(rewards.c.decision_id.in_(ids))).rowcount
     conn.execute(delete(slots).where(slots.c.decision_id.in_(ids)))
-    condition = decisions.c.created_at < cutoff
-    if newest is not None:
-        condition = condition & (decisions.c.id < newest)
-    removed = conn.execute(delete(decisions).where(condition)).rowcount
-    removed_events = conn.execute(delete(events).where(events.c.created_at < cutoff)).rowcount
-    return Purged(removed, removed_rewards, removed_events)
+    removed = conn.execute(delete(decisions).where(old)).rowcount
+    removed_events = conn.execute(delete(events).where(old_events)).rowcount
+    return Purged(removed, removed_rewards, removed_events, dropped)

@@ -67,19 +67,22 @@ class Slate:
     def payload(self) -> DecisionPayload:
         """What the decision log keeps so replay can recompute every slot's pmf."""
         shaping = self.shaping or Shaping()
+        chosen = np.asarray([pick.index for pick in self.picks], dtype=np.uint16)
         return DecisionPayload(
             context=self.shared.to_log(),
             candidate_revs=self.revs.astype(np.uint32),
             candidate_flags=self.candidates.flags,
             candidate_dynamic=self.dynamic,
-            scores=self.scores.astype(np.float16),
+            scores=None,  # they follow from the model and the features (logging.records)
             layout="".join(LAYOUT_CODES[kind] for kind in self.kinds[: len(self.picks)]),
             exploration=self.exploration.to_log(),
-            chosen=np.asarray([pick.index for pick in self.picks], dtype=np.uint16),
+            chosen=chosen,
             feature_spec=FEATURE_SPEC_VERSION,
             shift=shaping.shift,
             rule_marks=rule_marks(len(self.candidates), shaping),
             rules=shaping.rules,
+            shown_sources=self.candidates.sources[chosen],
+            shown_scores=self.scores[chosen].astype(np.float32),
         )
 
 

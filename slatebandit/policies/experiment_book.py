@@ -117,11 +117,11 @@ def experiment_report(conn: Connection, name: str) -> dict[str, object]:
     experiment = get_experiment(conn, name)
     policy = {arm.name: arm.policy for arm in experiment.arms}
     results: dict[str, ArmResult] = {}
-    for arm, slates, *sums in store.arm_sums(conn, name):
+    for arm, slates, *sums in store.arm_sums(conn, name, experiment.created_at):
         if arm in policy:  # PostgreSQL sums bigints into Decimals: floats from here on
             n, c, nn, cc, nc = (float(x or 0) for x in sums)
             results[arm] = arm_result(arm, policy[arm], int(slates), n, c, nn, cc, nc)
-    outcomes = store.arm_outcomes(conn, name)
+    outcomes = store.arm_outcomes(conn, name, experiment.created_at)
     return {**report(experiment, results, outcomes), "status": experiment.status}
 
 

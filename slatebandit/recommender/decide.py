@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from slatebandit.bandit import Shaping, SharedFeatures, valued
 from slatebandit.logging import DecisionRecord, ShownSlot
+from slatebandit.logging.partitions import new_event_id
 from slatebandit.policies import Query, Slate
 from slatebandit.policies.explain import contributions, reasons
 from slatebandit.recommender.pages import Page, deeper, read_page, request_hash
@@ -278,9 +278,10 @@ def _record(
     shopper: Shopper, slate: Slate, experiment: str | None, arm: str | None
 ) -> DecisionRecord:
     shown = _shown(slate)
+    now = time.time()
     return DecisionRecord(
-        event_id=uuid.uuid4().hex,
-        created_at=time.time(),
+        event_id=new_event_id(now),
+        created_at=now,
         user_id=shopper.user_id,
         policy=slate.policy,
         model_version=slate.model_version,

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from slatebandit.logging.partitions import sequence_numbers
+
 _MAX_COUNT = 12  # P(Poisson(1) > 12) < 1e-10
 # u < _CDF[c] first at c = the count: the inverse CDF of Poisson(1).
 _CDF = np.cumsum([math.exp(-1.0) / math.factorial(c) for c in range(_MAX_COUNT)])
@@ -126,7 +128,7 @@ class Bootstrap:
             return self._last[1]
         counts = np.empty((self.replicates, len(ids)), dtype=np.uint8)
         with np.errstate(over="ignore"):
-            stream = _splitmix64(ids.astype(np.uint64) ^ self._key)[None, :]
+            stream = _splitmix64(sequence_numbers(ids).astype(np.uint64) ^ self._key)[None, :]
             stream *= np.uint64(0x100000001B3)
             for start in range(0, self.replicates, BLOCK):
                 stop = min(start + BLOCK, self.replicates)

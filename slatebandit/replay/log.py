@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, Select, func, select
 
 from slatebandit.bandit import Exploration, SharedFeatures, action_features, shifted_rows
 from slatebandit.logging.objective import LOGGED, SlotReward
+from slatebandit.logging.partitions import made_since
 from slatebandit.logging.records import PINNED_MARK, PROMOTABLE_MARK, DecisionPayload, unpack
 from slatebandit.logging.schema import decisions, item_revisions, rewards, slots
 from slatebandit.retrieval import FRESH, snapshot_features
@@ -44,6 +45,7 @@ class Window:
         clauses = [decisions.c.id > self.after]
         if np.isfinite(self.since):
             clauses.append(decisions.c.created_at >= self.since)
+            clauses.append(made_since(decisions.c.id, self.since))  # prunes older partitions
         if np.isfinite(self.until):
             clauses.append(decisions.c.created_at < self.until)
         if self.through is not None:
@@ -283,13 +285,15 @@ def _shown(conn: Connection, ids: np.ndarray, rule: SlotReward) -> Shown:
     reward = np.full(len(decision), float(rule.default))
     if got:
         # A slot is (decision, item): one key per slot; find each reward's slot by search.
-        # Relative ids keep the key far from overflow whatever the ids (a run spans < 2^31).
+        # Decisions are numbered by their place in the run, not by id, so the key stays far
+        # from overflow whatever the ids (a run may span days, 2^40 ids apart).
         radix = int(max(item.max(initial=0), max(r[1] for r in got))) + 1
-        slot_keys = (decision - lo) * radix + item
+        slot_keys = np.searchsorted(ids, decision) * radix + item
         order = np.argsort(slot_keys)
-        reward_keys = (np.array([r[0] for r in got], dtype=np.int64) - lo) * radix + np.array(
-            [r[1] for r in got], dtype=np.int64
-        )
+        rewarded_decision = np.array([r[0] for r in got], dtype=np.int64)
+        place = np.searchsorted(ids, rewarded_decision).clip(max=len(ids) - 1)
+        ours = ids[place] == rewarded_decision  # not a decision of the window: no slot here
+        reward_keys = np.where(ours, place * radix + np.array([r[1] for r in got]), -1)
         at = np.searchsorted(slot_keys[order], reward_keys).clip(max=max(len(order) - 1, 0))
         found = slot_keys[order][at] == reward_keys if len(order) else np.zeros(0, dtype=bool)
         index = order[at][found]
@@ -343,7 +347,7 @@ class Payloads:
             explorations=[p["exp"] for p in raw],
             contexts=[p["ctx"] for p in raw],
             specs=np.array([p["fs"] for p in raw], dtype=np.int64),
-            shift=_optional(raw, "sh", "<f4", valid, np.float64),
+            shift=_shifts(raw, valid),
             marks=_optional(raw, "rm", "u1", valid, np.uint8),
             rules=np.array([p.get("rs", 0) for p in raw], dtype=np.int64),
         )
@@ -367,6 +371,16 @@ def _optional(
     if not has.any():
         return np.zeros(valid.shape, dtype=to)
     return _padded([p for p in raw if field in p], field, dtype, valid & has[:, None], to)
+
+
+def _shifts(raw: list[dict[str, Any]], valid: np.ndarray) -> np.ndarray:
+    """Each payload's score shifts, logged dense or as (candidates moved, shifts)."""
+    out = _optional(raw, "sh", "<f4", valid, np.float64)
+    for row, fields in enumerate(raw):
+        if "shi" in fields:
+            moved = np.frombuffer(fields["shi"], dtype="<u2")
+            out[row, moved] = np.frombuffer(fields["shv"], dtype="<f4")
+    return out
 
 
 def _padded_letters(layouts: list[str], mask: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from slatebandit.logging.partitions import sequence_numbers
 from slatebandit.replay.bootstrap import _splitmix64
 
 FOLDS = 2
@@ -27,9 +28,8 @@ PRIOR = 2.0  # pseudo-impressions at the global mean, for items and slots seen r
 
 
 def fold_of(decision_ids: np.ndarray) -> np.ndarray:
-    return (_splitmix64(np.asarray(decision_ids, dtype=np.uint64)) % np.uint64(FOLDS)).astype(
-        np.int64
-    )
+    hashed = _splitmix64(sequence_numbers(decision_ids).astype(np.uint64))
+    return (hashed % np.uint64(FOLDS)).astype(np.int64)
 
 
 class ItemRewardModel(Protocol):
