@@ -2,17 +2,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
+from benchmarks.pg_cluster import Cluster, initdb, private_cluster
 from slatebandit.bandit import FEATURE_SPEC_VERSION, SharedFeatures, VWScorer, slot_example
 from slatebandit.config import Settings
 from slatebandit.items import Item
@@ -163,3 +168,82 @@ def train_version(
         )
     engine.dispose()
     return version
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL server of the test's own (``benchmarks.pg_cluster``): stopping it disturbs
+    no other test."""
+    if initdb() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's initdb is required in CI")
+        pytest.skip("PostgreSQL's server binaries are not installed")
+    with private_cluster() as cluster:
+        yield cluster
+
+
+class ServeProcess:
+    """`slatebandit serve --workers 2` on a free loopback port, in a process group of its own,
+    with ``settings`` as its only SLATEBANDIT_* variables; its stderr goes to a log file
+    beside ``data_dir``."""
+
+    def __init__(self, data_dir: Path, url: str, settings: Mapping[str, str], *extra: str) -> None:
+        from tests.test_e2e import _free_port, _wait_healthy
+
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLATEBANDIT_")}
+        env.update({f"SLATEBANDIT_{k.upper()}": v for k, v in settings.items()})
+        self.log = (data_dir.parent / f"serve-{self.port}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "slatebandit.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                "--data-dir",
+                str(data_dir),
+                "--db",
+                url,
+                *extra,
+            ],  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            start_new_session=True,  # its workers share its process group: one kill takes all
+        )
+        try:
+            _wait_healthy(self.process, self.base)
+        except AssertionError as exc:
+            raise AssertionError(self.tail()) from exc
+
+    def tail(self) -> str:
+        return Path(self.log.name).read_text()[-4000:]
+
+    def health(self) -> dict:  # type: ignore[type-arg]
+        return httpx.get(self.base + "/healthz", timeout=10).json()  # type: ignore[no-any-return]
+
+    def wait_health(self, until: Callable[[dict], bool], times: int = 1) -> None:  # type: ignore[type-arg]
+        """Poll /healthz until ``until`` holds on ``times`` answers in a row (the two workers
+        answer in turn, so several in a row are likely to have heard from both)."""
+        in_a_row = 0
+        for _ in range(1200):
+            in_a_row = in_a_row + 1 if until(self.health()) else 0
+            if in_a_row >= times:
+                return
+            threading.Event().wait(0.1)  # polling a process we do not control
+        raise AssertionError(f"/healthz never matched: {self.health()}\n{self.tail()}")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=120)
+        self.log.close()

@@ -4,7 +4,7 @@ Always import this package by its full name, ``slatebandit.logging``: a top-leve
 would shadow the standard library.
 """
 
-from slatebandit.logging import experiments, models
+from slatebandit.logging import experiments, machines, models
 from slatebandit.logging.decisions import (
     DecisionRecord,
     ShownDecision,
@@ -29,6 +29,7 @@ from slatebandit.logging.writer import GroupCommitWriter
 
 __all__ = [
     "experiments",
+    "machines",
     "DecisionPayload",
     "DecisionRecord",
     "GroupCommitWriter",

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
-SCHEMA_VERSION = 7  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
+SCHEMA_VERSION = 8  # bump on any change to the tables below (with a step in engine.MIGRATIONS)
 # BIGINT on PostgreSQL; SQLite only autoincrements a column declared INTEGER.
 _BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -417,6 +417,23 @@ rule_versions = Table(
     Column("body", JSON(none_as_null=True), nullable=True),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("name", "version", name="uq_rule_versions"),
+)
+
+# The machines that serve from this database and what their spools hold (``logging.machines``):
+# a reward for a decision the database does not know is parked, not refused, while some
+# machine may still ship it. ``spooling_since``: when its oldest unshipped segment was started.
+machines = Table(
+    "machines",
+    metadata,
+    Column("machine_id", String(32), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("spool_dir", String(1024), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("spooling_since", Float, nullable=True),
+    Column("spool_bytes", BigInteger, nullable=False, default=0),
+    Column("recovered_at", Float, nullable=True),
+    Column("stopped_at", Float, nullable=True),
 )
 
 schema_info = Table(

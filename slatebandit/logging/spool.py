@@ -145,6 +145,17 @@ def spool_bytes(directory: Path) -> int:
     return total
 
 
+def spooling_since(directory: Path) -> float | None:
+    """When the oldest segment in ``directory`` was started (epoch seconds, from its name), or
+    None when there is none: every unshipped record is at least that recent."""
+    for path in segments(directory):
+        try:
+            return int(path.name.split("-", 1)[0]) / 1e9
+        except ValueError:  # not a name Segment gives: count it from the start of time
+            return 0.0
+    return None
+
+
 def is_held(path: Path) -> bool:
     """Whether a process still holds ``path`` open for appending (it may grow)."""
     try:

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from slatebandit.config import Settings
+from slatebandit.logging import machines
 from slatebandit.logging.engine import is_unavailable
+from slatebandit.logging.partitions import ensure_partitions
 from slatebandit.logging.privacy import Purged, purge_before
 from slatebandit.policies import follow_champion
 from slatebandit.recommender import shipping
@@ -54,12 +57,24 @@ def _model_poll(settings: Settings) -> float:
     return settings.model_poll_seconds
 
 
+def _shared_database(settings: Settings) -> bool:
+    """Whether other machines may serve from this database (not SQLite's file)."""
+    return machines.shared(make_url(settings.database_url).get_backend_name())
+
+
 JOBS: tuple[Job, ...] = (
     Job(
         "database probe, and the spool shipped once it answers",
         lambda s: s.db_probe_seconds,
         shipping.watch,
         paused=lambda r: False,
+    ),
+    Job(
+        "machine registry: this machine's spool reported, hopeless parked rewards dropped",
+        lambda s: machines.HEARTBEAT_SECONDS,
+        shipping.heartbeat,
+        enabled=_shared_database,
+        at_start=True,  # a restart holding a dead run's spool says so before it serves
     ),
     Job("catalog changes", lambda s: s.catalog_poll_seconds, lambda r: r.store.sync(r.engine)),
     Job(
@@ -94,6 +109,12 @@ JOBS: tuple[Job, ...] = (
         _thread(lambda r: purge_expired(r.engine, r.settings)),
         enabled=lambda s: s.retention_days > 0,
         at_start=True,  # deletes are idempotent
+    ),
+    Job(
+        "log partitions",
+        lambda s: PURGE_SECONDS,
+        _thread(lambda r: prepare_partitions(r.engine)),
+        enabled=lambda s: s.database_url.startswith("postgresql"),
     ),
     Job(
         "collaborative embeddings training",
@@ -156,12 +177,23 @@ def purge_expired(engine: Engine, settings: Settings, now: float | None = None) 
     cutoff = (time.time() if now is None else now) - settings.retention_days * 86400.0
     with engine.begin() as conn:
         purged = purge_before(conn, cutoff)
-    if purged.decisions or purged.events:
+    if purged.decisions or purged.events or purged.partitions:
         log.info(
-            "retention: purged %d decisions, %d rewards, %d events older than %g days",
+            "retention: dropped %d daily partitions, purged %d decisions, %d rewards, %d events "
+            "older than %g days",
+            len(purged.partitions),
             purged.decisions,
             purged.rewards,
             purged.events,
             settings.retention_days,
         )
     return purged
+
+
+def prepare_partitions(engine: Engine) -> list[str]:
+    """Create the coming days' log partitions on PostgreSQL (``logging.partitions``)."""
+    with engine.begin() as conn:
+        made = ensure_partitions(conn, time.time())
+    if made:
+        log.info("log partitions: created %s", ", ".join(made))
+    return made

@@ -117,7 +117,7 @@ class Recommender(Parts):
                 raise
             log.warning("learner stopped without its final checkpoint: database unreachable")
         await self.writer.stop()
-        await self.outage.spool.stop()
+        await self.outage.close()
         await asyncio.to_thread(self.store.save)
         self.engine.dispose()
 

@@ -5,19 +5,21 @@ Each writes its row and folds the shopper's action into their stored state in on
 (``store_reward``, ``store_event``), and says what the serving process keeps in memory must
 learn of it as ``Effects``; the recommender applies those once the transaction has committed.
 Live, a write the database cannot take goes to the spool instead, and ships later through the
-same two functions.
+same two functions. A reward whose decision may still be in another machine's spool is parked
+in the database until that decision ships (``logging.machines``).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
 from slatebandit.errors import DatabaseUnavailable, InvalidInput, NotFound
 from slatebandit.logging import ShownDecision, decision_user, insert_event, insert_reward
+from slatebandit.logging.machines import decision_or_park
+from slatebandit.logging.partitions import new_event_id
 from slatebandit.logging.privacy import REDACTED
 from slatebandit.logging.spool import SpooledEvent, SpooledReward
 from slatebandit.recommender.outage import SPOOLED
@@ -71,8 +73,10 @@ def store_event(conn: Connection, r: Parts, event: SpooledEvent, effects: Effect
 
 @dataclass(frozen=True)
 class Logged:
-    """Where feedback went: ``database`` or ``spool``; for a reward, the reward it was stored
-    with and whether it was a duplicate (None when spooled: not known until it ships)."""
+    """Where feedback went: ``database``, ``spool``, or for a reward ``parked`` (in the
+    database, waiting for its decision to ship from another machine's spool); for a reward,
+    the reward it was stored with and whether it was a duplicate (None when spooled or parked:
+    not known until it ships)."""
 
     logged: str
     reward: float | None = None
@@ -88,7 +92,8 @@ async def reward(
     value: float | None = None,
 ) -> Logged:
     """Reward ``item_id`` of the slate ``event_id``: committed, or spooled while the database
-    is away (or while its decision may be in a spool); 4xx errors name the field.
+    is away (or while its decision may be in this machine's spool), or parked while it may be
+    in another's; 4xx errors name the field.
 
     ``reward`` is what the learner is taught under the clicks objective (default: the reward
     table's for ``type``); ``value`` what the action was worth in money, if anything (the
@@ -104,7 +109,8 @@ async def reward(
     except DatabaseUnavailable:
         outage.failed()
         decision = None
-    if decision is None and not outage.spooling():
+    parking = decision is None and not outage.spooling()
+    if parking and not await _held_elsewhere(r):
         raise NotFound(f"event_id: no decision {event_id}", field="event_id")
     if decision is not None and decision.user_id == REDACTED:
         raise NotFound(f"event_id: decision {event_id} was erased", field="event_id")
@@ -112,6 +118,8 @@ async def reward(
     if key is None or (decision is not None and key not in decision.item_keys):
         raise InvalidInput(f"item_id: {item_id!r} was not shown in this decision", field="item_id")
     record = SpooledReward(event_id, key, type, given, time.time(), value)
+    if parking and not outage.degraded:
+        return await _park(r, record, item_id)
     if decision is None or decision.decision_id == SPOOLED or outage.degraded:
         # Its decision may be in a spool, or the database is away: checked when shipped.
         await outage.append(record)
@@ -135,13 +143,55 @@ async def reward(
     return Logged("database", given, duplicate=not stored)
 
 
+async def _held_elsewhere(r: Parts) -> bool:
+    """Whether another machine's spool may hold a decision the database lacks; True when the
+    database cannot say (this worker is then spooling, and spools the reward)."""
+    if r.outage.machine is None:  # SQLite: this machine is the only one
+        return False
+    try:
+        return bool(await r.outage.in_time(r.point_read(r.outage.held_elsewhere)))
+    except DatabaseUnavailable:
+        r.outage.failed()
+        return True
+
+
+async def _park(r: Parts, record: SpooledReward, item_id: str) -> Logged:
+    """Park ``record`` until its decision ships; or store it, if the decision arrived
+    meanwhile (checked as ever: a 4xx writes nothing)."""
+
+    def unit(conn: Connection) -> tuple[bool | None, Effects]:
+        effects = Effects()
+        decision = decision_or_park(conn, record, time.time())
+        if decision is None:
+            return None, effects
+        if decision.user_id == REDACTED:
+            raise NotFound(f"event_id: decision {record.event_id} was erased", field="event_id")
+        if record.item_key not in decision.item_keys:
+            raise InvalidInput(
+                f"item_id: {item_id!r} was not shown in this decision", field="item_id"
+            )
+        return store_reward(conn, r, decision, record, effects), effects
+
+    try:
+        stored, effects = await r.outage.in_time(r.writer.submit(unit))
+    except DatabaseUnavailable:
+        r.outage.failed()
+        await r.outage.append(record)
+        return Logged("spool", record.reward)
+    if stored is None:
+        return Logged("parked", record.reward)
+    r.apply(effects)
+    return Logged("database", record.reward, duplicate=not stored)
+
+
 async def event(r: Parts, user_id: str, item_id: str, type: str) -> Logged:
     """Record that a shopper acted on an item: committed, or spooled while the database is
     away (folded into their state when shipped: until then their slates do not show it)."""
     key = r.store.catalog.key_of.get(item_id)
     if key is None:
         raise NotFound(f"item_id: no item {item_id!r}", field="item_id")
-    record = SpooledEvent(r.user_key(user_id), key, type, time.time(), uuid.uuid4().hex)
+    now = time.time()
+    record = SpooledEvent(r.user_key(user_id), key, type, now, new_event_id(now))
     if not r.outage.degraded:
 
         def unit(conn: Connection) -> Effects:

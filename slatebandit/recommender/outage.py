@@ -8,20 +8,25 @@ before the 2xx; each answer says where its record went (``logged``: database, sp
 A watcher probes the database every ``SLATEBANDIT_DB_PROBE_SECONDS``. Once it answers, this
 worker closes its segment and ships the spool (``recommender.shipping``: every decision first,
 then the rewards and events, each exactly once).
+
+Past one machine, each reports to the machine registry (``logging.machines``) what its spool
+holds, so that a reward posted to another machine for a decision still in this one's spool is
+parked in the database rather than refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from slatebandit.errors import DatabaseUnavailable
-from slatebandit.logging import DecisionRecord, ShownDecision
+from slatebandit.logging import DecisionRecord, ShownDecision, machines
 from slatebandit.logging.engine import is_unavailable
 from slatebandit.logging.spool import (
     SpooledEvent,
@@ -29,6 +34,7 @@ from slatebandit.logging.spool import (
     SpoolWriter,
     segments,
     spool_bytes,
+    spooling_since,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,9 @@ class Outage:
         self.shipped = 0  # records this worker shipped, for /healthz
         self.dropped = 0  # records not stored: unreadable, of an erased shopper, or rewards
         # whose decision never shipped or does not show their item
+        # This machine in the registry; none on SQLite, which is one machine's database.
+        shared = machines.shared(engine.dialect.name)
+        self.machine = machines.Machine.of(directory, time.time()) if shared else None
 
     @property
     def directory(self) -> Path:
@@ -66,6 +75,44 @@ class Outage:
         """Whether records may be in a spool rather than the database (this worker's or
         another's on this machine): a decision the database does not know may then exist."""
         return self.degraded or bool(segments(self.directory))
+
+    def report(self, *, recovered: bool = False) -> None:
+        """Tell the registry this machine is up and what its spool holds (blocking: call it
+        on a thread); ``recovered``: it has just found the database again."""
+        if self.machine is None:
+            return
+        with self.engine.begin() as conn:
+            machines.report(
+                conn,
+                self.machine,
+                time.time(),
+                spooling_since=spooling_since(self.directory),
+                spool_bytes=spool_bytes(self.directory),
+                recovered=recovered,
+            )
+
+    def held_elsewhere(self, conn: Connection) -> list[str]:
+        """The other machines whose spools may hold a decision the database lacks."""
+        if self.machine is None:
+            return []
+        return machines.holding(conn, time.time(), besides=self.machine.machine_id)
+
+    async def close(self) -> None:
+        """Stop the spool; a machine that leaves nothing unshipped says it stopped, so no
+        reward waits for it (one that cannot say so counts as spooling until it returns)."""
+        await self.spool.stop()
+        if self.machine is None or self.spooling():
+            return
+        machine = self.machine
+
+        def stopped() -> None:
+            with self.engine.begin() as conn:
+                machines.stopped(conn, machine, time.time())
+
+        try:
+            await self.in_time(asyncio.to_thread(stopped))
+        except Exception as exc:  # noqa: BLE001 - a stop must finish; the row then goes silent
+            log.warning("machine registry: stop not recorded (%s)", type(exc).__name__)
 
     async def log_decision(
         self, submit: Callable[[Any], Any], record: DecisionRecord

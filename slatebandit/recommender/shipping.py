@@ -10,7 +10,10 @@ its own and those of workers that died, in three steps:
 A reward is spooled after its decision (its event id exists only once the slate was answered),
 so by step 3 every decision a spooled reward on this machine can name is in the database. A
 reward whose decision is still missing (in another machine's spool) waits in
-``spool_orphans`` and moves into ``rewards`` in the transaction that ships its decision. Each
+``spool_orphans`` and moves into ``rewards`` in the transaction that ships its decision; so
+does a reward posted live to another machine while the registry (``logging.machines``) says
+this one's spool may hold its decision. The learner sees such a reward as on time: it arrives
+with its decision. Each
 shipping transaction stores how far it got (``spool_progress``), so nothing ships twice, and
 records of a shopper erased after they were spooled are dropped (``erased_users``).
 
@@ -21,6 +24,7 @@ process keeps in memory comes back as ``Effects``, applied once committed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -28,16 +32,16 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, select
 
 from slatebandit.logging import DecisionRecord, ShownDecision
-from slatebandit.logging.decisions import shown_decision
+from slatebandit.logging.decisions import decision_ids, shown_decision
+from slatebandit.logging.machines import decision_or_park, expire_orphans, lock_orphans
 from slatebandit.logging.privacy import REDACTED, erasures
-from slatebandit.logging.schema import decisions, spool_orphans
+from slatebandit.logging.schema import spool_orphans
 from slatebandit.logging.spool import (
     DRAFT,
     SpooledEvent,
@@ -58,18 +62,29 @@ log = logging.getLogger(__name__)
 # slate p99 over the 30 s after the database returned was 683 ms at 500, and 174 to 291 ms in
 # three runs at 100 (benchmarks/outage.py, before it timed the shipping seconds apart).
 SHIP_CHUNK = 100
-ORPHAN_DAYS = 7.0  # a reward whose decision never ships is dropped after this long
+ORPHAN_DAYS = 7.0  # a parked reward is dropped after this long at the latest (logging.machines)
 
 
 async def watch(s: Parts) -> None:
     """One probe; when the database answers, close this worker's segment and ship."""
     outage = s.outage
+    was_away = outage.degraded
     if not await outage.probe():
         return
+    if was_away:  # before shipping: other machines now park rewards for what this one holds
+        await asyncio.to_thread(partial(outage.report, recovered=True))
     if outage.spool.holds_segment:
         await outage.spool.close_segment()
     if segments(outage.directory):
         await ship(s)
+        await asyncio.to_thread(outage.report)  # shipped: an unknown event id is a 404 again
+
+
+async def heartbeat(s: Parts) -> None:
+    """Report this machine and its spool to the registry, then drop the parked rewards whose
+    decision no machine can still ship (``logging.machines``)."""
+    await asyncio.to_thread(s.outage.report)
+    s.apply(await s.writer.submit(_expire_orphans))
 
 
 async def ship(s: Parts) -> None:
@@ -150,12 +165,7 @@ def _decisions_unit(s: Parts, path: Path) -> Callable[[Connection], Effects | No
         found = kept
         # A decision whose commit reached the database just as the connection broke was
         # spooled too: its event id says it is already there.
-        there: dict[str, int] = {}
-        if found:
-            query = select(decisions.c.event_id, decisions.c.id).where(
-                decisions.c.event_id.in_([r.event_id for r in found])
-            )
-            there = {event_id: decision_id for event_id, decision_id in conn.execute(query)}
+        there = decision_ids(conn, [r.event_id for r in found])
         fresh = [r for r in found if r.event_id not in there]
         shown = DecisionRecord.write_many(conn, fresh) if fresh else []
         effects.ids = {r.event_id: d.decision_id for r, d in zip(fresh, shown, strict=True)}
@@ -193,11 +203,10 @@ def _others_unit(s: Parts, path: Path, limit: int) -> Callable[[Connection], Eff
 
 
 def _ship_reward(conn: Connection, s: Parts, r: SpooledReward, effects: Effects) -> None:
-    decision = shown_decision(conn, r.event_id)
-    if decision is None:  # its decision may still be in another machine's spool
-        conn.execute(insert(spool_orphans).values(**asdict(r), parked_at=time.time()))
-        return
-    _store_reward(conn, s, decision, r, effects)
+    # Its decision may still be in another machine's spool: then the reward is parked.
+    decision = decision_or_park(conn, r, time.time())
+    if decision is not None:
+        _store_reward(conn, s, decision, r, effects)
 
 
 def _store_reward(
@@ -214,6 +223,7 @@ def _adopt_orphans(conn: Connection, s: Parts, event_ids: list[str], effects: Ef
     """Store the parked rewards of decisions just shipped."""
     if not event_ids:
         return
+    lock_orphans(conn)  # a reward parked from now on sees these decisions instead
     parked = conn.execute(
         select(spool_orphans).where(spool_orphans.c.event_id.in_(event_ids))
     ).all()
@@ -229,13 +239,12 @@ def _adopt_orphans(conn: Connection, s: Parts, event_ids: list[str], effects: Ef
 
 
 def _expire_orphans(conn: Connection) -> Effects:
-    """Drop parked rewards whose decision has not shipped in ORPHAN_DAYS (it never will: an
-    unknown event id, or a slate logged nowhere)."""
-    cutoff = time.time() - ORPHAN_DAYS * 86400
-    expired = conn.execute(delete(spool_orphans).where(spool_orphans.c.parked_at < cutoff))
-    if expired.rowcount:
-        log.warning("%d spooled rewards dropped: no decision shipped for them", expired.rowcount)
-    return Effects(dropped=max(expired.rowcount, 0))
+    """Drop parked rewards whose decision no machine can still ship, and any parked for
+    ORPHAN_DAYS (an unknown event id, or a slate logged nowhere: it never comes)."""
+    dropped = expire_orphans(conn, time.time(), ORPHAN_DAYS * 86400)
+    if dropped:
+        log.warning("%d parked rewards dropped: no decision shipped for them", dropped)
+    return Effects(dropped=dropped)
 
 
 def _ship_event(conn: Connection, s: Parts, e: SpooledEvent, effects: Effects) -> None:

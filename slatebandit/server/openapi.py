@@ -254,7 +254,10 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _answers(
                         202,
                         "stored durably (or already stored: duplicate=true); logged=spool while "
-                        "the database is unreachable: duplicate=null, checked when shipped",
+                        "the database is unreachable: duplicate=null, checked when shipped; "
+                        "logged=parked when the decision is unknown but another machine's spool "
+                        "may hold it (machine registry): stored durably, duplicate=null, joined "
+                        "when that decision ships; an unknown decision otherwise: 404",
                     ),
                 }
             },
