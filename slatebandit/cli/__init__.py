@@ -141,10 +141,11 @@ def _serve(args: argparse.Namespace) -> int:
             _say(f"loading the demo catalog ({args.demo_items:,} items)")
             load_items(engine, demo_items(args.demo_items), total=args.demo_items, desc="demo")
     if not ItemStore.index_is_current(engine, index_path(settings)):
-        _say("building the item index once, for every worker to load")
-        # Build the index once, before the workers start, so that each of them loads the saved
-        # file instead of all building it. A child process does it so that its memory goes
-        # back to the system rather than staying in this supervisor.
+        _say("building the catalog snapshot and item index once, for every worker to map")
+        # Build the snapshot once, before the workers start, so that each of them maps the
+        # same files (shared pages) instead of all building or loading their own. A child
+        # process does it so that its memory goes back to the system rather than staying in
+        # this supervisor.
         builder = multiprocessing.get_context("spawn").Process(
             target=_build_index, args=(settings,), name="slatebandit-index"
         )
@@ -163,7 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(counted)
     base = f"http://{settings.host}:{settings.port}"
     _say(
-        f"starting {settings.workers} worker(s); each loads the index and the model, then "
+        f"starting {settings.workers} worker(s); each maps the snapshot, loads the model, then "
         f"serves {base}/ (the console; {base}/metrics for Prometheus)"
     )
     uvicorn.run(
@@ -263,7 +264,7 @@ def _build_index(settings: Settings) -> None:
     from slatebandit.retrieval.embedding_job import latest_factors
 
     engine = open_engine(settings.database_url)
-    ItemStore.open(engine, index_path(settings), progress=True, factors=latest_factors(engine))
+    ItemStore.build_snapshot(engine, index_path(settings), latest_factors(engine), progress=True)
     engine.dispose()
 
 

@@ -3,17 +3,26 @@
 It mirrors the ``items`` table (the source of truth) and is updated from its change feed. Only
 what serving needs lives here: ids, category and brand codes, prices, availability, the current
 revision, the features the scorer reads, impression counts and a time-decayed popularity.
+
+Opened on the machine's snapshot (``from_snapshot``), the columns that mirror the table are
+memory-mapped from its files and shared by every worker (numeric columns copy-on-write, strings
+and the id lookup as blobs with a per-worker overlay: ``retrieval.columns``); the columns that
+are this worker's own (impressions, popularity, the fresh pool) stay in private memory.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slatebandit.retrieval.columns import IdColumn, KeyLookup, StringColumn
 from slatebandit.retrieval.content import item_tokens, scorer_features
+
+if TYPE_CHECKING:
+    from slatebandit.retrieval.snapshot import Snapshot
 
 POPULARITY_HALF_LIFE = 86_400.0  # seconds; a day-old interaction counts half
 FRESH_POOL_LIMIT = 20_000  # newest rarely-shown items kept as explore candidates
@@ -35,12 +44,12 @@ def age_band(codes: Any) -> Any:
 class Catalog:
     def __init__(self, fresh_impressions: int = 50) -> None:
         self.fresh_impressions = fresh_impressions
-        self.key_of: dict[str, int] = {}
-        self.item_ids: list[str | None] = []
-        self.titles: list[str] = []  # for explanations ("similar to Blue Linen Shirt ...")
+        self.item_ids = IdColumn()
+        self.key_of = KeyLookup(self.item_ids)
+        self.titles = StringColumn()  # for explanations ("similar to Blue Linen Shirt ...")
         # The scorer's item features per key: an id token, then the content tokens, e.g.
         # "k42 c=men c=men/shoes b=acme p=6 a=color=red".
-        self.features: list[str] = []
+        self.features = StringColumn()
         self.category_codes: dict[str, int] = {"": 0}
         self.category_names: list[str] = [""]
         self.category = np.zeros(0, dtype=np.int32)
@@ -67,6 +76,42 @@ class Catalog:
 
     def __len__(self) -> int:
         return int(np.count_nonzero(self.available))
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, fresh_impressions: int = 50) -> Catalog:
+        """The catalog as of ``snapshot.rev``, mapped from its files (apply later changes)."""
+        self = cls(fresh_impressions)
+        self._adopt_base(snapshot)
+        size = snapshot.capacity
+        self.impressions = np.zeros(size, dtype=np.int32)
+        self.popularity = np.zeros(size, dtype=np.float64)
+        # The fresh pool as a feed replayed from the start leaves it: the newest items last.
+        live = np.flatnonzero(self.available)
+        newest = live[np.argsort(self.rev[live], kind="stable")][-FRESH_POOL_LIMIT:]
+        self.fresh = dict.fromkeys(newest.tolist())
+        return self
+
+    def rebase(self, other: Catalog) -> None:
+        """Serve ``other``'s mirror of the table (a newer snapshot, caught up to this catalog's
+        changes), keeping this worker's own columns (impressions, popularity, fresh pool).
+        Call on the event loop: codes and their names must change together for requests."""
+        for name in _MIRRORED:
+            setattr(self, name, getattr(other, name))
+        self._grow_own(len(self.item_ids))
+        self.version += 1
+
+    def _adopt_base(self, snapshot: Snapshot) -> None:
+        size = snapshot.capacity
+        self.item_ids = IdColumn(*snapshot.strings["item_ids"], size=size)
+        self.titles = StringColumn(*snapshot.strings["titles"], size=size)
+        self.features = StringColumn(*snapshot.strings["features"], size=size)
+        self.key_of = KeyLookup(self.item_ids, snapshot.id_hashes, snapshot.id_keys)
+        self.category_names = list(snapshot.category_names)
+        self.category_codes = {name: code for code, name in enumerate(self.category_names)}
+        self.brand_names = list(snapshot.brand_names)
+        self.brand_codes = {name: code for code, name in enumerate(self.brand_names)}
+        for name, column in snapshot.columns.items():
+            setattr(self, name, column)
 
     def apply(self, rows: Iterable[Any]) -> tuple[list[tuple[int, list[str], str]], list[int]]:
         """Apply rows of the ``items`` change feed.
@@ -208,16 +253,43 @@ class Catalog:
         if size <= len(self.item_ids):
             return
         size = max(size, int(len(self.item_ids) * 1.5) + 16)
-        grow = size - len(self.item_ids)
-        self.item_ids.extend([None] * grow)
-        self.features.extend([""] * grow)
-        self.titles.extend([""] * grow)
-        columns = ("category", "brand", "price", "available", "rev", "impressions", "popularity")
-        for name in (*columns, "created"):
-            old = getattr(self, name)
-            new = np.zeros(size, dtype=old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
+        for strings in (self.item_ids, self.features, self.titles):
+            strings.grow(size)
+        for name in ("category", "brand", "price", "available", "rev", "created"):
+            setattr(self, name, _grown(getattr(self, name), size))
+        self._grow_own(size)
+
+    def _grow_own(self, size: int) -> None:
+        self.impressions = _grown(self.impressions, size)
+        self.popularity = _grown(self.popularity, size)
+
+
+# What mirrors the items table (a snapshot replaces them); the rest is the worker's own.
+_MIRRORED = (
+    "item_ids",
+    "key_of",
+    "titles",
+    "features",
+    "category_codes",
+    "category_names",
+    "category",
+    "brand_codes",
+    "brand_names",
+    "brand",
+    "price",
+    "available",
+    "rev",
+    "created",
+)
+
+
+def _grown(column: np.ndarray, size: int) -> np.ndarray:
+    """``column`` with room for ``size`` rows (itself if it has it); new rows are zero."""
+    if len(column) >= size:
+        return column
+    new = np.zeros(size, dtype=column.dtype)
+    new[: len(column)] = column
+    return new
 
 
 def _code(codes: dict[str, int], names: list[str], name: str) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 from slatebandit.retrieval.catalog import Catalog
 from slatebandit.retrieval.content import clean
 from slatebandit.retrieval.index import ItemIndex
+from slatebandit.retrieval.shared_index import SharedIndex
 
 EXACT_LIMIT = 20_000  # allowed items up to which neighbours are searched exactly
 MAX_OVERFETCH = 10  # an HNSW query asks for at most this many times what it needs
@@ -97,7 +98,7 @@ class Allowed:
     keys: np.ndarray | None  # the allowed keys, when few enough for an exact search
     vectors: np.ndarray | None  # their embeddings, row for row
 
-    def neighbours(self, index: ItemIndex, queries: np.ndarray, k: int) -> np.ndarray:
+    def neighbours(self, index: ItemIndex | SharedIndex, queries: np.ndarray, k: int) -> np.ndarray:
         """Up to ``k`` allowed neighbours per query row, best first (-1 pads)."""
         queries = np.atleast_2d(queries).astype(np.float32, copy=False)
         if self.keys is not None and self.vectors is not None:
@@ -148,7 +149,9 @@ class FilterMasks:
                 self._masks.move_to_end(tag)
             return found
 
-    def allowed(self, filters: Filters, catalog: Catalog, index: ItemIndex) -> Allowed:
+    def allowed(
+        self, filters: Filters, catalog: Catalog, index: ItemIndex | SharedIndex
+    ) -> Allowed:
         """Available items that pass ``filters``."""
         tag = (filters, catalog.version)
         found = self.cached(filters, catalog)

@@ -23,7 +23,58 @@ ABSENT, LIVE, DELETED = 0, 1, 2
 SIMILAR_ROWS = 50_000  # neighbour lists ``neighbours_of`` keeps (about 8 MB at k=21)
 
 
-class ItemIndex:
+class NeighbourCache:
+    """``neighbours_of`` over an index's ``query`` and ``live_vectors``, with the rows kept until
+    the index next changes. The index holds ``_lock`` and calls ``_forget_neighbours`` on every
+    add, update or delete."""
+
+    _lock: threading.Lock
+
+    def contains(self, key: int) -> bool:
+        raise NotImplementedError
+
+    def query(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def live_vectors(self, keys: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def neighbours_of(self, keys: Sequence[int], k: int) -> np.ndarray:
+        """Labels of the ``k`` nearest live items to each live item of ``keys`` (the item
+        itself among them), one row per live key, in the order of ``keys``.
+
+        Rows are kept until the index next changes (at most ``SIMILAR_ROWS``): a shopper's
+        recent items seed every one of their slates, so the same rows are asked for again and
+        again, and an HNSW search each time cost 5 of a slate's 6 searches with a history
+        (``benchmarks/slate_path.py --history``). Any add, update or delete forgets them all,
+        so a row is always what ``query`` would answer now."""
+        with self._lock:
+            generation = self._generation
+            live = [key for key in map(int, keys) if self.contains(key)]
+            rows = {key: self._similar[key, k] for key in live if (key, k) in self._similar}
+        missing = [key for key in live if key not in rows]
+        if missing:
+            _, vectors = self.live_vectors(missing)
+            labels, _ = self.query(vectors, k)
+            with self._lock:
+                changed = self._generation != generation
+                if not changed:
+                    if len(self._similar) + len(missing) > SIMILAR_ROWS:
+                        self._similar.clear()
+                    for key, row in zip(missing, labels, strict=True):
+                        self._similar[key, k] = rows[key] = row
+            if changed:  # an add or delete came between: search afresh, keep nothing
+                return self.query(self.live_vectors(live)[1], k)[0]
+        if not live:
+            return np.empty((0, 0), dtype=np.int64)
+        return np.stack([rows[key] for key in live])
+
+    def _forget_neighbours(self) -> None:
+        self._similar: dict[tuple[int, int], np.ndarray] = {}
+        self._generation = getattr(self, "_generation", 0) + 1
+
+
+class ItemIndex(NeighbourCache):
     def __init__(
         self,
         dim: int,
@@ -90,40 +141,6 @@ class ItemIndex:
                     # Many deleted elements can leave fewer than k reachable: ask for fewer.
                     k //= 2
         return empty.astype(np.int64), empty.astype(np.float32)
-
-    def neighbours_of(self, keys: Sequence[int], k: int) -> np.ndarray:
-        """Labels of the ``k`` nearest live items to each live item of ``keys`` (the item
-        itself among them), one row per live key, in the order of ``keys``.
-
-        Rows are kept until the index next changes (at most ``SIMILAR_ROWS``): a shopper's
-        recent items seed every one of their slates, so the same rows are asked for again and
-        again, and an HNSW search each time cost 5 of a slate's 6 searches with a history
-        (``benchmarks/slate_path.py --history``). Any add, update or delete forgets them all,
-        so a row is always what ``query`` would answer now."""
-        with self._lock:
-            generation = self._generation
-            live = [key for key in map(int, keys) if self.contains(key)]
-            rows = {key: self._similar[key, k] for key in live if (key, k) in self._similar}
-        missing = [key for key in live if key not in rows]
-        if missing:
-            _, vectors = self.live_vectors(missing)
-            labels, _ = self.query(vectors, k)
-            with self._lock:
-                changed = self._generation != generation
-                if not changed:
-                    if len(self._similar) + len(missing) > SIMILAR_ROWS:
-                        self._similar.clear()
-                    for key, row in zip(missing, labels, strict=True):
-                        self._similar[key, k] = rows[key] = row
-            if changed:  # an add or delete came between: search afresh, keep nothing
-                return self.query(self.live_vectors(live)[1], k)[0]
-        if not live:
-            return np.empty((0, 0), dtype=np.int64)
-        return np.stack([rows[key] for key in live])
-
-    def _forget_neighbours(self) -> None:
-        self._similar: dict[tuple[int, int], np.ndarray] = {}
-        self._generation = getattr(self, "_generation", 0) + 1
 
     def live_vectors(self, keys: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The live ones among ``keys`` and their vectors, read under one lock, so an item
