@@ -2,9 +2,14 @@
 
 A decision keeps what replay needs to recompute any policy's propensities: the context, the
 candidates as *item revisions* (so the features the scorer saw are exact even after an item
-changes), each candidate's generator flags, and the scores, msgpack-encoded in ``payload``
-(see ``slatebandit.logging.records``). Shown slots are rows of their own so rewards can join
-them. Items are referenced by their integer ``key`` everywhere but in ``items`` itself.
+changes), each candidate's generator flags and bands, and what rules did, msgpack-encoded and
+compressed in ``payload`` (see ``slatebandit.logging.records``). Shown slots are rows of their
+own so rewards can join them. Items are referenced by their integer ``key`` everywhere but in
+``items`` itself.
+
+These tables are SQLite's as written. On PostgreSQL ``decisions``, ``slots``, ``rewards`` and
+``events`` are partitioned by day and made by the DDL in ``logging.partitions``, with the same
+columns (a test compares them) but keys the partitions allow.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ item_revisions = Table(
 
 # Decisions are referenced by an integer id inside the database: the 32-character event id the
 # API speaks is stored once, here, not in every slot and reward row (it keeps a decision with
-# k=10 under the 4 KB budget on PostgreSQL).
+# k=10 under the 2 KB budget on PostgreSQL, where it is not unique by index: partitions).
 decisions = Table(
     "decisions",
     metadata,
