@@ -151,10 +151,12 @@ def serve(data: Path, url: str, slates: int) -> dict[str, Any]:
     }
 
 
-def measure_recall(manifest: Path, n: int, work: Path, queries: int) -> dict[str, Any]:
+def measure_recall(
+    manifest: Path, n: int, work: Path, queries: int, ef: int = 64
+) -> dict[str, Any]:
     data = demo_vectors(n, work)  # row i: demo item i, embedded as the service does
     snap = Snapshot.open(manifest)
-    index = SharedIndex(snap, ef=64)
+    index = SharedIndex(snap, ef=ef)
     hashes = np.fromiter((stable_hash(f"sku-{i:07d}") for i in range(n)), np.uint64, n)
     keys = np.asarray(snap.id_keys)[np.searchsorted(snap.id_hashes, hashes)]
     row_of = np.full(int(keys.max()) + 1, -1, dtype=np.int64)
@@ -173,7 +175,7 @@ def measure_recall(manifest: Path, n: int, work: Path, queries: int) -> dict[str
         "recall_item_queries": round(recall(data, asked[:half], rows[:half], kth[:half]), 4),
         "recall_session_queries": round(recall(data, asked[half:], rows[half:], kth[half:]), 4),
         "query_qps_1_thread": round(qps),
-        "ef": 64,
+        "ef": ef,
     }
 
 
@@ -191,7 +193,27 @@ def main() -> None:
         action="store_true",
         help="also time the old per-worker build (in-memory catalog and hnswlib) in this run",
     )
+    parser.add_argument(
+        "--recall-at",
+        type=int,
+        nargs="+",
+        metavar="EF",
+        help="only measure recall@10 at these search breadths, on the snapshot in --data",
+    )
     args = parser.parse_args()
+    if args.recall_at:
+        cache = Path(tempfile.gettempdir()) / "slatebandit-ann"
+        cache.mkdir(exist_ok=True)
+        manifest = args.data / "index" / "items.json"
+        rows = [
+            measure_recall(manifest, args.items, cache, args.queries, ef) for ef in args.recall_at
+        ]
+        for row in rows:
+            print(row)
+        out = RESULTS / f"catalog_scale-{args.items}-recall.json"
+        out.write_text(json.dumps({"items": args.items, "by_ef": rows}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     data = args.data or Path(tempfile.mkdtemp(prefix="slatebandit-scale-"))
     data.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{data / 'slatebandit.db'}"
