@@ -115,6 +115,7 @@ JOBS: tuple[Job, ...] = (
         lambda s: PURGE_SECONDS,
         _thread(lambda r: prepare_partitions(r.engine)),
         enabled=lambda s: s.database_url.startswith("postgresql"),
+        at_start=True,  # a server back after days away makes the days it missed at once
     ),
     Job(
         "collaborative embeddings training",
