@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 
 from benchmarks.ann import demo_vectors, queries_of, recall, true_kth
-from benchmarks.harness import Server, children_of, latency
+from benchmarks.harness import Server, children_of, latency, smaps
 from slatebandit.logging import load_items, open_engine
 from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.collab import ItemFactors
@@ -46,20 +46,6 @@ from slatebandit.retrieval.snapshot import Snapshot
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"rss_gib_5m": 8.0, "worker_start_s": 15.0, "build_items_per_s": 10_000, "recall": 0.95}
-
-
-def smaps(pid: int) -> dict[str, float]:
-    """RSS and PSS of ``pid`` in MiB (zeros if it is gone)."""
-    out = {"rss": 0.0, "pss": 0.0}
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name in ("Rss", "Pss"):
-            out[name.lower()] = int(value.split()[0]) / 1024
-    return out
 
 
 def load(url: str, n: int) -> float:

@@ -42,6 +42,21 @@ def proc_status(pid: int | str = "self") -> dict[str, float]:
     return out
 
 
+def smaps(pid: int) -> dict[str, float]:
+    """RSS and PSS of ``pid`` in MiB (zeros if it is gone): PSS splits shared pages (a
+    memory-mapped snapshot) between the processes that map them."""
+    out = {"rss": 0.0, "pss": 0.0}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Rss", "Pss"):
+            out[name.lower()] = int(value.split()[0]) / 1024
+    return out
+
+
 def machine_busy() -> float:
     """CPU seconds the whole machine has spent busy (all cores, not idle or iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]

@@ -42,7 +42,7 @@ from slatebandit.logging import (
     ShownSlot,
     open_engine,
 )
-from slatebandit.logging.learning import due_decisions, due_heads
+from slatebandit.logging.learning import due_decisions
 from slatebandit.logging.partitions import (
     DAY,
     day_of,
@@ -215,7 +215,7 @@ def plans(engine: Engine, day: int) -> dict[str, dict[str, list[str]]]:
     scan with a limit opens the others it keeps (one index probe each) and stops early."""
     settings = Settings.from_env({}, db_url=engine.url.render_as_string(hide_password=False))
     queries = {
-        "learner (due_heads)": select(decisions.c.id, decisions.c.created_at)
+        "learner (due_heads' query)": select(decisions.c.id, decisions.c.created_at)
         .where(decisions.c.id > first_id(day) + 1000)
         .order_by(decisions.c.id)
         .limit(1000),
@@ -253,7 +253,6 @@ def plans(engine: Engine, day: int) -> dict[str, dict[str, list[str]]]:
                 "planned": sorted(set(scan.findall("\n".join(lines)))),
                 "gave rows": sorted(set(rows)),
             }
-    _ = due_heads  # the learner's query, as ``due_decisions`` runs it
     return out
 
 

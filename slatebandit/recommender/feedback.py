@@ -112,11 +112,11 @@ async def reward(
     parking = decision is None and not outage.spooling()
     if parking and not await _held_elsewhere(r):
         raise NotFound(f"event_id: no decision {event_id}", field="event_id")
-    if decision is not None and decision.user_id == REDACTED:
-        raise NotFound(f"event_id: decision {event_id} was erased", field="event_id")
     key = r.store.catalog.key_of.get(item_id)
-    if key is None or (decision is not None and key not in decision.item_keys):
+    if key is None:
         raise InvalidInput(f"item_id: {item_id!r} was not shown in this decision", field="item_id")
+    if decision is not None:
+        _check_shown(decision, event_id, key, item_id)
     record = SpooledReward(event_id, key, type, given, time.time(), value)
     if parking and not outage.degraded:
         return await _park(r, record, item_id)
@@ -143,6 +143,14 @@ async def reward(
     return Logged("database", given, duplicate=not stored)
 
 
+def _check_shown(decision: ShownDecision, event_id: str, key: int, item_id: str) -> None:
+    """A 404 if ``decision`` was erased, a 400 if item ``key`` was not one it showed."""
+    if decision.user_id == REDACTED:
+        raise NotFound(f"event_id: decision {event_id} was erased", field="event_id")
+    if key not in decision.item_keys:
+        raise InvalidInput(f"item_id: {item_id!r} was not shown in this decision", field="item_id")
+
+
 async def _held_elsewhere(r: Parts) -> bool:
     """Whether another machine's spool may hold a decision the database lacks; True when the
     database cannot say (this worker is then spooling, and spools the reward)."""
@@ -164,12 +172,7 @@ async def _park(r: Parts, record: SpooledReward, item_id: str) -> Logged:
         decision = decision_or_park(conn, record, time.time())
         if decision is None:
             return None, effects
-        if decision.user_id == REDACTED:
-            raise NotFound(f"event_id: decision {record.event_id} was erased", field="event_id")
-        if record.item_key not in decision.item_keys:
-            raise InvalidInput(
-                f"item_id: {item_id!r} was not shown in this decision", field="item_id"
-            )
+        _check_shown(decision, record.event_id, record.item_key, item_id)
         return store_reward(conn, r, decision, record, effects), effects
 
     try:
