@@ -268,3 +268,47 @@ def test_bootstrap_counts_are_the_inverse_poisson_cdf_of_each_hash() -> None:
     uniform = (bits >> np.uint64(40)).astype(np.float64) * 2.0**-24
     assert np.array_equal(bootstrap.weights(ids), np.searchsorted(_CDF, uniform, side="right"))
     assert np.array_equal(bootstrap.weights(ids)[4], bootstrap.weights(np.array([7]))[0])
+
+
+def test_deferred_bootstrap_sums_equal_the_count_matrix_product() -> None:
+    """Estimators hand their sums to ``add_totals``; the one fused pass at ``flush`` gives the
+    product of the whole count matrix, and a copy (pickle, for another process) loses none."""
+    import pickle
+
+    rng = np.random.default_rng(5)
+    bootstrap = Bootstrap(150, seed=2)  # more than two blocks of replicates
+    first, second = np.arange(10, 410), np.arange(2**40 + 1, 2**40 + 301)
+    values = [rng.random((400, 2)), rng.random((400, 3)), rng.random((300, 2))]
+    into = [np.zeros((150, 2)), np.zeros((150, 3)), np.zeros((150, 2))]
+    bootstrap.add_totals(first, values[0], into[0])
+    bootstrap.add_totals(first, values[1], into[1])
+    assert not into[0].any()  # waiting for the decisions' other sums
+    bootstrap.add_totals(second, values[2], into[2])  # other decisions: the first two are made
+    assert into[0].any() and not into[2].any()
+    copied = pickle.loads(pickle.dumps((bootstrap, into)))  # flushes before copying
+    for (ids, value), out in zip(
+        ((first, values[0]), (first, values[1]), (second, values[2])), into
+    ):
+        expected = bootstrap.weights(ids).T.astype(np.float64) @ value
+        assert np.allclose(out, expected, rtol=1e-12)
+    assert np.array_equal(copied[1][2], into[2])
+    assert np.allclose(Bootstrap(150, seed=2).totals(second, values[2]), into[2], rtol=1e-12)
+
+
+def test_item_means_fitted_in_slices_add_up_to_one_fit() -> None:
+    from slatebandit.replay.reward_model import RewardModel
+
+    rng = np.random.default_rng(6)
+    ids = np.arange(1, 601)
+    slot, item = rng.integers(0, 4, 600), rng.integers(0, 50, 600)
+    slot[:200], item[:200] = slot[:200] % 2, item[:200] % 30  # the left slice knows fewer
+    reward = rng.random(600)
+    whole, left, right = RewardModel(), RewardModel(), RewardModel()
+    whole.add(ids, slot, item, reward)
+    left.add(ids[:200], slot[:200], item[:200], reward[:200])
+    right.add(ids[200:], slot[200:], item[200:], reward[200:])
+    keys = np.stack([np.arange(60), np.arange(60)])
+    merged = left + right
+    assert np.allclose(merged.item_values(ids[:2], keys), whole.item_values(ids[:2], keys))
+    depth = np.full(600, 4)
+    assert np.allclose(merged.continuation(ids, slot, depth), whole.continuation(ids, slot, depth))

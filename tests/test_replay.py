@@ -301,7 +301,7 @@ def test_payloads_decode_column_by_column_as_one_payload_at_a_time() -> None:
     for width, layout in ((5, "eex"), (3, "ed"), (7, "e"), (1, "e")):
         written.append(
             DecisionPayload(
-                context={"c": {"device": "mobile"}, "u": [], "p": []},
+                context={"c": {"device": "mobile", "width": width}, "u": [], "p": []},
                 candidate_revs=rng.integers(1, 2**31, width).astype(np.uint32),
                 candidate_flags=rng.integers(0, 256, width).astype(np.uint8),
                 candidate_dynamic=rng.integers(0, 256, width).astype(np.uint8),
@@ -325,6 +325,10 @@ def test_payloads_decode_column_by_column_as_one_payload_at_a_time() -> None:
         assert np.array_equal(columns.chosen[row, :k], payload.chosen)
         assert columns.explorations[row] == payload.exploration
         assert columns.specs[row] == 4
+        assert columns.contexts[row] == payload.context  # packed on its own, unpacked here
+        assert DecisionPayload.decode(payload.encode()).context == payload.context
+    old = pack({**DecisionPayload.fields(written[0].encode()), "v": 2, "ctx": {"c": {"a": 1}}})
+    assert Payloads.decode([old, written[1].encode()]).contexts[0] == {"c": {"a": 1}}
     with pytest.raises(ValueError, match="payload version 9"):
         Payloads.decode([written[0].encode(), pack({"v": 9})])
 

@@ -95,7 +95,14 @@ class Estimator:
         self.weight_sum = 0.0
         self.weight_squares = 0.0
         self.max_weight = 0.0
-        self.replicates = np.zeros((replicates, 2))  # bootstrap sums of num and den
+        self._replicates = np.zeros((replicates, 2))  # bootstrap sums of num and den
+
+    @property
+    def replicates(self) -> np.ndarray:
+        """Per bootstrap replicate, the count-weighted sums of num and den."""
+        if self.bootstrap is not None:
+            self.bootstrap.flush()  # sums of the last decisions may still be waiting
+        return self._replicates
 
     @property
     def label(self) -> str:
@@ -148,10 +155,10 @@ class Estimator:
         self.weight_sum += float(used.sum())
         self.weight_squares += float((used**2).sum())
         self.max_weight = max(self.max_weight, float(used.max()))
-        if len(self.replicates):
+        if len(self._replicates):
             assert self.bootstrap is not None
-            self.replicates += self.bootstrap.totals(
-                decision[starts], np.column_stack([num_d, den_d])
+            self.bootstrap.add_totals(
+                decision[starts], np.column_stack([num_d, den_d]), self._replicates
             )
 
     def _clip(self, weight: np.ndarray) -> np.ndarray:
@@ -219,7 +226,7 @@ class Estimator:
         merged.weight_sum = self.weight_sum + other.weight_sum
         merged.weight_squares = self.weight_squares + other.weight_squares
         merged.max_weight = max(self.max_weight, other.max_weight)
-        merged.replicates = self.replicates + other.replicates
+        merged._replicates = self.replicates + other.replicates
         return merged
 
 

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from slatebandit.bandit import Exploration
 from slatebandit.config import Settings
 from slatebandit.errors import InvalidInput
-from slatebandit.logging.objective import METRICS, SlotReward, meaning, reward_rule
+from slatebandit.logging.objective import METRICS, meaning, reward_rule
 from slatebandit.policies import exploration_of
 from slatebandit.replay.estimators import (
     DEFAULT_ESTIMATORS,
@@ -45,7 +45,6 @@ from slatebandit.replay.log import (
     extent,
     nth_decision,
     read_chunks,
-    read_shown,
 )
 from slatebandit.replay.passes import evaluate, new_tally
 from slatebandit.replay.reward_model import ItemRewardModel, RewardModel
@@ -281,27 +280,31 @@ def _replay(
     # more commit meanwhile (an ``until`` in the future).
     window = dataclasses.replace(window, through=evaluated.last_id or window.after)
 
-    model = reward_model
-    if model is None:
-        model = _item_means(engine, window, rule, options, evaluated.decisions, progress)
-
     fallback = exploration_of(settings)
-    shards = _shards(processes, targets, model, evaluated.decisions)
+    fits = reward_model is None and any(make_estimator(n).uses_model for n in options.estimators)
+    shards = _shards(processes, targets, reward_model, evaluated.decisions)
     if shards > 1:
-        assert isinstance(model, RewardModel)  # what _shards allows
         tally = evaluate_sharded(
             engine,
             settings,
             options,
             window,
             evaluated.decisions,
-            model,
+            None if fits else RewardModel(),
             shards,
             progress,
             targets,
             rule,
         )
     else:
+        model = reward_model or RewardModel()
+        if fits:
+            model = RewardModel.fit(
+                engine,
+                window,
+                rule,
+                lambda done: progress("reward model", done, evaluated.decisions),
+            )
         tally = evaluate(
             chunks(window),
             targets,
@@ -337,33 +340,14 @@ def _replay(
     )
 
 
-def _item_means(
-    engine: Engine,
-    window: Window,
-    rule: SlotReward,
-    options: ReplayOptions,
-    decisions: int,
-    progress: Progress,
-) -> RewardModel:
-    """The default reward model: item means, cross-fitted on the evaluated decisions."""
-    model = RewardModel()
-    if decisions and any(make_estimator(n).uses_model for n in options.estimators):
-        done = 0
-        for shown in read_shown(engine, window, reward=rule):
-            model.add(shown.decision, shown.slot, shown.item, shown.reward)
-            done += shown.decisions
-            progress("reward model", done, decisions)
-    return model
-
-
 def _shards(
-    processes: int, targets: Sequence[Target], model: ItemRewardModel, decisions: int
+    processes: int, targets: Sequence[Target], given: ItemRewardModel | None, decisions: int
 ) -> int:
-    """How many slices the evaluation pass runs over: ``processes``, unless a target was
-    trained here (its model lives in this process), the reward model is not the item means
-    (a context model holds a VW workspace), or the window is too small to pay for starting a
-    process (about a second)."""
-    if any(t.trains for t in targets) or not isinstance(model, RewardModel):
+    """How many slices the passes run over: ``processes``, unless a target was trained here
+    (its model lives in this process), the caller gave a reward model (the gate's context
+    model holds a VW workspace), or the window is too small to pay for starting a process
+    (about a second)."""
+    if any(t.trains for t in targets) or given is not None:
         return 1
     return max(1, min(processes, decisions // SHARD_DECISIONS))
 

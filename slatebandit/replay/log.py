@@ -10,7 +10,7 @@ as clicks or revenue). Memory stays bounded by the chunk size, whatever the size
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,13 @@ from sqlalchemy import Connection, Engine, Select, func, select
 from slatebandit.bandit import Exploration, SharedFeatures, action_features, shifted_rows
 from slatebandit.logging.objective import LOGGED, SlotReward
 from slatebandit.logging.partitions import made_since
-from slatebandit.logging.records import PINNED_MARK, PROMOTABLE_MARK, DecisionPayload, unpack
+from slatebandit.logging.records import (
+    PINNED_MARK,
+    PROMOTABLE_MARK,
+    DecisionPayload,
+    context_of,
+    unpack,
+)
 from slatebandit.logging.schema import decisions, item_revisions, rewards, slots
 from slatebandit.retrieval import FRESH, snapshot_features
 
@@ -126,6 +132,20 @@ class Revisions:
         return features
 
 
+class Contexts(Sequence[dict[str, Any]]):
+    """A chunk's logged contexts, each unpacked when it is read (``records.context_of``): only
+    the targets that score read them."""
+
+    def __init__(self, logged: list[bytes | dict[str, Any]]) -> None:
+        self._logged = logged
+
+    def __len__(self) -> int:
+        return len(self._logged)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:  # type: ignore[override]
+        return context_of(self._logged[row])
+
+
 @dataclass
 class Chunk:
     """Whole decisions: per-decision arrays are (D,) or (D, C) padded; per-slot arrays are (S,)."""
@@ -140,7 +160,7 @@ class Chunk:
     layout: np.ndarray  # (D, K) layout letters, "" past a decision's last slot
     exploration: np.ndarray  # (D,) index into ``explorations``
     explorations: list[Exploration | None]  # distinct ones; None: a logger we cannot recompute
-    contexts: list[dict[str, Any]]  # as logged: {"c": request context, "u": recent categories}
+    contexts: Contexts  # as logged: {"c": request context, "u": recent categories}
     specs: np.ndarray  # (D,) the feature spec each decision was scored with
     shift: np.ndarray  # (D, C) the rules' and rotation's score shifts, in units of spread
     pinned: np.ndarray  # (D, C) pinned by a rule (never allowed in another slot)
@@ -324,7 +344,7 @@ class Payloads:
     layout: np.ndarray  # (D, K) letters, "" past a decision's slots
     chosen: np.ndarray  # (D, K) int64
     explorations: list[dict[str, Any]]  # (D,) as logged
-    contexts: list[dict[str, Any]]
+    contexts: Contexts
     specs: np.ndarray  # (D,)
     shift: np.ndarray  # (D, C) float64, 0 where a decision logged none
     marks: np.ndarray  # (D, C) uint8 rule marks, 0 where a decision logged none
@@ -345,7 +365,7 @@ class Payloads:
             layout=_padded_letters([p["lay"] for p in raw], filled),
             chosen=_padded(raw, "ch", "<u2", filled, np.int64),
             explorations=[p["exp"] for p in raw],
-            contexts=[p["ctx"] for p in raw],
+            contexts=Contexts([p["ctx"] for p in raw]),
             specs=np.array([p["fs"] for p in raw], dtype=np.int64),
             shift=_shifts(raw, valid),
             marks=_optional(raw, "rm", "u1", valid, np.uint8),

@@ -16,12 +16,16 @@ sees a model trained on its own reward (Chernozhukov et al. 2018).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+from sqlalchemy import Engine
 
+from slatebandit.logging.objective import SlotReward
 from slatebandit.logging.partitions import sequence_numbers
 from slatebandit.replay.bootstrap import _splitmix64
+from slatebandit.replay.log import Window, read_shown
 
 FOLDS = 2
 PRIOR = 2.0  # pseudo-impressions at the global mean, for items and slots seen rarely
@@ -54,6 +58,40 @@ class RewardModel:
         self.slot_sum = np.zeros((FOLDS, 0))
         self.slot_count = np.zeros((FOLDS, 0))
         self._tables: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        engine: Engine,
+        window: Window,
+        reward: SlotReward,
+        on_chunk: Callable[[int], None] = lambda decisions: None,
+    ) -> RewardModel:
+        """Item means over the shown slots of ``window`` (one streaming pass); ``on_chunk``
+        hears the decisions read so far."""
+        model, done = cls(), 0
+        for shown in read_shown(engine, window, reward=reward):
+            model.add(shown.decision, shown.slot, shown.item, shown.reward)
+            done += shown.decisions
+            on_chunk(done)
+        return model
+
+    def __add__(self, other: RewardModel) -> RewardModel:
+        """The model of both passes' slots: fits over slices of a window add up."""
+        merged = RewardModel()
+        for part in (self, other):
+            items, slots = part.item_sum.shape[1], part.slot_sum.shape[1]
+            merged.item_sum, merged.item_count = self._grow(
+                merged.item_sum, merged.item_count, items
+            )
+            merged.slot_sum, merged.slot_count = self._grow(
+                merged.slot_sum, merged.slot_count, slots
+            )
+            merged.item_sum[:, :items] += part.item_sum
+            merged.item_count[:, :items] += part.item_count
+            merged.slot_sum[:, :slots] += part.slot_sum
+            merged.slot_count[:, :slots] += part.slot_count
+        return merged
 
     def add(
         self, decision_ids: np.ndarray, slot: np.ndarray, item: np.ndarray, reward: np.ndarray

@@ -1,20 +1,25 @@
-"""Replay's evaluation pass over slices of the window, in processes of their own.
+"""Replay's two passes over slices of the window, in processes of their own.
 
-The pass is CPU-bound Python and numpy, one chunk after another: one process uses one core.
+Each pass is CPU-bound Python and numpy, one chunk after another: one process uses one core.
 Here the window's decisions are cut into ``shards`` runs of consecutive ids; this process
-evaluates the first while each of the others runs in a spawned process, which reads its own
-slice from the database, rebuilds the targets from their SPECs, and hands back its ``Tally``.
-The tallies add up to the one-process result: the estimators are mergeable accumulators and
-the bootstrap's draw for a decision depends on its id and the seed alone.
+takes the first while each of the others runs in a spawned process, which reads its own slice
+from the database and hands back what it gathered:
+
+1. the item means (``RewardModel``) of its slice's shown slots, when no reward model was
+   given: the fits add up to the fit over the window;
+2. with that model, its slice's ``Tally``, for targets rebuilt from their SPECs. The tallies
+   add up to the one-process result: the estimators are mergeable accumulators and the
+   bootstrap's draw for a decision depends on its id and the seed alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from threadpoolctl import threadpool_limits
@@ -29,6 +34,7 @@ from slatebandit.replay.reward_model import RewardModel
 from slatebandit.replay.targets import Target, parse_target
 
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 POLL_SECONDS = 0.5  # how often the progress of the other processes is read while waiting
 
 _done_elsewhere: Any = None  # in a spawned process: the shared count of decisions it did
@@ -40,15 +46,16 @@ def evaluate_sharded(
     options: Options,
     window: Window,
     decisions: int,
-    model: RewardModel,
+    model: RewardModel | None,
     shards: int,
     progress: Progress,
     targets: Sequence[Target],
     reward: SlotReward,
 ) -> Tally:
     """The evaluation pass over ``window`` (``decisions`` of them) in ``shards`` slices, each
-    slot's reward made by ``reward``; this process evaluates the first with ``targets``, the
-    others build their own."""
+    slot's reward made by ``reward``, with ``model`` or (None) item means fitted over the same
+    slices first; this process evaluates the first with ``targets``, the others build their
+    own."""
     with engine.connect() as conn:
         cuts = [nth_decision(conn, window, decisions * i // shards - 1) for i in range(1, shards)]
     last = window.through if window.through is not None else max(c or 0 for c in cuts)
@@ -66,23 +73,45 @@ def evaluate_sharded(
         initializer=_share,
         initargs=(counter,),
     ) as pool:
-        others = [
-            pool.submit(_evaluate_slice, url, settings, options, part, model, reward)
-            for part in slices[1:]
-        ]
 
-        def report(done_here: int) -> None:
-            progress("replay", done_here + counter.value, decisions)
+        def in_slices(
+            phase: str, mine: Callable[[Callable[[int], None]], T], job: Callable[[Window], T]
+        ) -> T:
+            """``mine`` on the first slice here, ``job`` on each other slice in the pool;
+            every result added up."""
+            counter.value = 0
+            others = [pool.submit(job, part) for part in slices[1:]]
+            done_here = 0
 
-        with threadpool_limits(limits=1):  # a core per slice: see _share
-            mine = _tally(settings, options, engine, slices[0], model, targets, reward, report)
-        pending: set[Future[Tally]] = set(others)
-        while pending:  # the others' progress, until each hands its tally back
-            _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            report(mine.decisions)
-        for other in others:
-            mine = mine + other.result()
-    return mine
+            def report(done: int) -> None:
+                nonlocal done_here
+                done_here = done
+                progress(phase, done + counter.value, decisions)
+
+            with threadpool_limits(limits=1):  # a core per slice: see _share
+                total = mine(report)
+            pending: set[Future[T]] = set(others)
+            while pending:  # the others' progress, until each hands its result back
+                _, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                report(done_here)
+            for other in others:
+                total = total + other.result()  # type: ignore[operator]
+            return total
+
+        if model is None:
+            model = in_slices(
+                "reward model",
+                lambda report: RewardModel.fit(engine, slices[0], reward, report),
+                functools.partial(_fit_slice, url, reward),
+            )
+        fitted = model
+        return in_slices(
+            "replay",
+            lambda report: _tally(
+                settings, options, engine, slices[0], fitted, targets, reward, report
+            ),
+            functools.partial(_evaluate_slice, url, settings, options, fitted, reward),
+        )
 
 
 def _share(counter: Any) -> None:
@@ -95,16 +124,8 @@ def _share(counter: Any) -> None:
     threadpool_limits(limits=1)
 
 
-def _evaluate_slice(
-    url: str,
-    settings: Settings,
-    options: Options,
-    window: Window,
-    model: RewardModel,
-    reward: SlotReward,
-) -> Tally:
-    """In a spawned process: one slice's tally."""
-    engine = open_engine(url)
+def _counter() -> Callable[[int], None]:
+    """In a spawned process: a progress callback adding to the count the caller reads."""
     last = 0
 
     def count(done: int) -> None:
@@ -113,6 +134,29 @@ def _evaluate_slice(
             _done_elsewhere.value += done - last
         last = done
 
+    return count
+
+
+def _fit_slice(url: str, reward: SlotReward, window: Window) -> RewardModel:
+    """In a spawned process: the item means of one slice."""
+    engine = open_engine(url)
+    try:
+        return RewardModel.fit(engine, window, reward, _counter())
+    finally:
+        engine.dispose()
+
+
+def _evaluate_slice(
+    url: str,
+    settings: Settings,
+    options: Options,
+    model: RewardModel,
+    reward: SlotReward,
+    window: Window,
+) -> Tally:
+    """In a spawned process: one slice's tally."""
+    engine = open_engine(url)
+    count = _counter()
     targets = [parse_target(spec, engine) for spec in options.policies]
     try:
         tally = _tally(settings, options, engine, window, model, targets, reward, count)
