@@ -294,7 +294,7 @@ def test_replay_targets_are_the_policies_that_serve() -> None:
 def test_payloads_decode_column_by_column_as_one_payload_at_a_time() -> None:
     from slatebandit.logging import DecisionPayload
     from slatebandit.logging.records import pack
-    from slatebandit.replay.log import Payloads
+    from slatebandit.replay.payloads import Payloads
 
     rng = np.random.default_rng(8)
     written = []
