@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from slatebandit import __version__
 from slatebandit.items import Item
+from slatebandit.server.openapi_schemas import ERROR, EXPERIMENT, REF, SLATE
 from slatebandit.server.rules import RuleRequest
 from slatebandit.server.schemas import (
     EvaluationRequest,
@@ -15,111 +16,6 @@ from slatebandit.server.schemas import (
     RewardRequest,
     SlateRequest,
 )
-
-_REF = "#/components/schemas/{model}"
-_ERROR = {
-    "type": "object",
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "field": {"type": ["string", "null"]},
-            },
-            "required": ["code", "message", "field"],
-        }
-    },
-}
-_SLATE = {
-    "type": "object",
-    "properties": {
-        "event_id": {"type": ["string", "null"], "description": "null for a dry run"},
-        "dry_run": {"type": "boolean", "description": "present (true) for a dry run"},
-        "candidates": {
-            "type": "array",
-            "description": "a dry run's: every candidate scored, best first",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "item_id": {"type": "string"},
-                    "score": {"type": "number"},
-                    "source": {"type": "string"},
-                },
-            },
-        },
-        "policy": {"type": "string"},
-        "model_version": {"type": "integer"},
-        "logged": {
-            "enum": ["database", "spool", "none"],
-            "description": "where the decision went: committed, spooled while the database is "
-            "unreachable (shipped when it returns), or nowhere (the spool failed too; rewards "
-            "for it are dropped)",
-        },
-        "experiment": {"type": "string", "description": "present when an A/B experiment chose"},
-        "arm": {"type": "string"},
-        "next_page": {
-            "type": ["string", "null"],
-            "description": "post the same request with page_token set to this for the next k "
-            "items, none of this chain's earlier ones; null when the chain ends (a short page, "
-            "or 500 items shown)",
-        },
-        "items": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "item_id": {"type": "string"},
-                    "slot": {"type": "integer"},
-                    "propensity": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                    "kind": {"enum": ["exploit", "explore", "diverse"]},
-                    "source": {"enum": ["similar", "session", "popular", "fresh", "context"]},
-                    "score": {"type": "number"},
-                    "reason": {"type": "string"},
-                    "explanation": {
-                        "type": "object",
-                        "description": "with ?explain=true: the top contributing features",
-                        "properties": {
-                            "features": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "properties": {
-                                        "feature": {"type": "string"},
-                                        "contribution": {"type": "number"},
-                                    },
-                                },
-                            }
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-_EXPERIMENT = {
-    "type": "object",
-    "properties": {
-        "arms": {
-            "type": "array",
-            "minItems": 2,
-            "maxItems": 16,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-                    "policy": {"type": "string", "description": "a policy SPEC", "maxLength": 64},
-                    "share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                },
-                "required": ["name", "policy", "share"],
-                "additionalProperties": False,
-            },
-        },
-        "control": {"type": "string", "description": "default: the first arm"},
-    },
-    "required": ["arms"],
-    "additionalProperties": False,
-}
 
 
 def _path(name: str, kind: str = "string") -> dict[str, Any]:
@@ -153,7 +49,7 @@ def _answers(status: int, description: str, schema: dict[str, Any] | None = None
             "application/json": {"schema": schema},
             "application/msgpack": {"schema": schema},
         }
-    error = {"content": {"application/json": {"schema": {"$ref": _REF.format(model="Error")}}}}
+    error = {"content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
     return {
         str(status): ok,
         "400": {"description": "invalid input; nothing was written", **error},
@@ -166,7 +62,7 @@ def _answers(status: int, description: str, schema: dict[str, Any] | None = None
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": _REF.format(model=model.__name__)}
+    return {"$ref": REF.format(model=model.__name__)}
 
 
 def _rule_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
@@ -202,9 +98,9 @@ def _rule_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    schemas: dict[str, Any] = {"Error": _ERROR, "Slate": _SLATE, "Experiment": _EXPERIMENT}
+    schemas: dict[str, Any] = {"Error": ERROR, "Slate": SLATE, "Experiment": EXPERIMENT}
     for model in (SlateRequest, RewardRequest, EventRequest, EvaluationRequest, Item, RuleRequest):
-        schemas[model.__name__] = model.model_json_schema(ref_template=_REF)
+        schemas[model.__name__] = model.model_json_schema(ref_template=REF)
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     return {
         "openapi": "3.1.0",
@@ -241,7 +137,7 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "requestBody": _body(_ref(SlateRequest)),
                     "responses": _answers(
-                        200, "the slate, logged durably", {"$ref": _REF.format(model="Slate")}
+                        200, "the slate, logged durably", {"$ref": REF.format(model="Slate")}
                     ),
                 }
             },
@@ -354,7 +250,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Create an experiment or change its arms and shares (scope admin)",
                     "security": security,
                     "parameters": [_path("name")],
-                    "requestBody": _body({"$ref": _REF.format(model="Experiment")}),
+                    "requestBody": _body({"$ref": REF.format(model="Experiment")}),
                     "responses": {
                         **_answers(201, "created durably"),
                         "200": {"description": "changed durably"},
