@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from starlette.testclient import TestClient
 
+from slatebandit.errors import InvalidInput
 from slatebandit.items import Item
 from slatebandit.logging import machines, open_engine
 from slatebandit.logging.decisions import DecisionRecord, ShownSlot
@@ -145,6 +146,63 @@ def test_a_parked_reward_lasts_while_a_machine_may_still_ship_its_decision(
         assert sorted(holding(conn, NOW + 1000 + 7 * DAY)) == ["a" * 32, "b" * 32]
         expire_orphans(conn, NOW + 1000 + 7 * DAY, 7 * DAY)
         assert holding(conn, NOW + 1000 + 7 * DAY) == []
+
+
+def test_an_operator_forgets_a_dead_machine_and_its_parked_rewards_go(engine: Engine) -> None:
+    """A machine that died for good stays silent, so rewards for unknown decisions wait for
+    its spool for days; ``forget`` ends that. A running machine cannot be forgotten."""
+    _report(engine, "a", NOW)
+    _report(engine, "b", NOW - 60, spooling_since=NOW - 90, spool_bytes=4096)  # died spooling
+    _report(engine, "c", NOW - 3600)
+    with engine.begin() as conn:
+        stopped(conn, _machine("c"), NOW - 3600)
+    _park(engine, "1" * 32, NOW - 30)
+    with engine.begin() as conn:
+        listed = machines.registered(conn, NOW)
+    assert [(m.machine_id[0], m.may_hold) for m in listed] == [
+        ("a", False),
+        ("b", True),
+        ("c", False),
+    ]
+    assert listed[1].spool_bytes == 4096 and listed[2].stopped_at == NOW - 3600
+    with engine.begin() as conn, pytest.raises(InvalidInput, match="it is running"):
+        machines.forget(conn, "a" * 32, NOW + 1)
+    with engine.begin() as conn, pytest.raises(InvalidInput, match="no machine 'zz'"):
+        machines.forget(conn, "zz", NOW + 1)
+    later = NOW + GRACE_SECONDS
+    _report(engine, "a", later)
+    with engine.begin() as conn:
+        assert expire_orphans(conn, later, 7 * DAY) == 0  # the silent B may hold its decision
+        machines.forget(conn, "b" * 32, later)
+        assert holding(conn, later) == []
+        assert expire_orphans(conn, later, 7 * DAY) == 1
+        # A stopped machine may be forgotten at once: it holds nothing.
+        machines.forget(conn, "c" * 32, later)
+        assert [m.machine_id for m in machines.registered(conn, later)] == ["a" * 32]
+    assert _parked(engine) == []
+
+
+@pytest.mark.postgres
+def test_the_machines_command_lists_and_forgets(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slatebandit.cli import main
+
+    engine = open_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(machine_rows.delete())
+        _report(engine, "d", time.time() - 3600, spooling_since=time.time() - 4000, spool_bytes=7)
+    finally:
+        engine.dispose()
+    assert main(["machines", "list", "--db", pg_url]) == 0
+    listed = capsys.readouterr().out
+    assert "d" * 32 in listed and "7 bytes since" in listed and "may hold records" in listed
+    assert main(["machines", "forget", "d" * 32, "--db", pg_url]) == 0
+    assert "forgot machine" in capsys.readouterr().out
+    assert main(["machines", "list", "--db", pg_url]) == 0
+    assert "d" * 32 not in capsys.readouterr().out
+    assert main(["machines", "forget", "d" * 32, "--db", pg_url]) == 2  # no longer known
 
 
 def test_parking_finds_a_decision_that_arrived_and_stores_nothing_then(engine: Engine) -> None:

@@ -1,4 +1,5 @@
-"""The operator's commands: ``models`` (registry, gate) and ``experiments`` (A/B splits)."""
+"""The operator's commands: ``models`` (registry, gate), ``experiments`` (A/B splits) and
+``machines`` (the machines sharing a PostgreSQL database, and their spools)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 from slatebandit.cli.common import add_db_options, settings_from
 from slatebandit.errors import InvalidInput
-from slatebandit.logging import models, open_engine
+from slatebandit.logging import machines, models, open_engine
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,6 +57,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
             )
             action.add_argument("--control", help="the control arm (default: the first)")
         action.set_defaults(run=_experiments, action=name)
+
+    group = sub.add_parser(
+        "machines", help="the machines serving from this database, and their spools"
+    ).add_subparsers(required=True, metavar="ACTION")
+    for name, help_text in (
+        ("list", "every machine: when it last reported, what its spool holds"),
+        ("forget", "remove a machine that will not come back (its spool lost)"),
+    ):
+        action = group.add_parser(name, help=help_text)
+        add_db_options(action)
+        if name == "forget":
+            action.add_argument("machine_id")
+        action.set_defaults(run=_machines, action=name)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -164,5 +178,38 @@ def _experiments(args: argparse.Namespace) -> int:
             print(json.dumps(stop_experiment(conn, args.name).to_dict(), indent=2))
         else:
             print(json.dumps(experiment_report(conn, args.name), indent=2))
+    engine.dispose()
+    return 0
+
+
+def _machines(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    engine = open_engine(settings.database_url)
+    if not machines.shared(engine.dialect.name):
+        engine.dispose()
+        if args.action == "forget":
+            raise InvalidInput("SQLite is one machine's database: it keeps no registry")
+        print("SQLite is one machine's database: it keeps no machine registry")
+        return 0
+    now = time.time()
+    with engine.begin() as conn:
+        if args.action == "forget":
+            machines.forget(conn, args.machine_id, now)
+            print(f"forgot machine {args.machine_id}: no reward waits for its spool any more")
+        else:
+            print("machine                           host              last report  spool")
+            for m in machines.registered(conn, now):
+                if m.stopped_at is not None:
+                    spool = "stopped, empty"
+                elif m.spooling_since is not None:
+                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.spooling_since))
+                    spool = f"{m.spool_bytes:,} bytes since {since}"
+                else:
+                    spool = "empty"
+                if m.may_hold:
+                    spool += " (may hold records: unknown events' rewards are parked)"
+                print(
+                    f"{m.machine_id:32}  {m.hostname[:16]:16}  {now - m.seen_at:>9.1f} s  {spool}"
+                )
     engine.dispose()
     return 0

@@ -25,6 +25,11 @@ the shipper's age limit whatever the registry says.
 The id of a machine is kept in its spool directory (``.machine-id``): the registry says which
 spools exist, and the id goes wherever the spool goes. SQLite is one machine's database: it
 keeps no registry (``shared``).
+
+A machine that died and will not come back (its disk, and so its spool, gone) is silent: it
+may hold records until ``expire_orphans`` forgets it after the shipper's age limit (7 days),
+and meanwhile every reward for an unknown decision is parked instead of refused. An operator
+who knows better says so with ``slatebandit machines forget ID`` (``forget``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pathlib import Path
 from sqlalchemy import Connection, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from slatebandit.errors import InvalidInput
 from slatebandit.logging.decisions import ShownDecision, shown_decision
 from slatebandit.logging.schema import machines, spool_orphans
 from slatebandit.logging.spool import SpooledReward
@@ -149,6 +155,58 @@ def holding(conn: Connection, now: float, *, besides: str | None = None) -> list
         elif row.stopped_at is None and row.seen_at < max(now - SILENT_AFTER, recovered):
             found.append(row.machine_id)
     return found
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A machine as the registry holds it, for operators (``slatebandit machines list``)."""
+
+    machine_id: str
+    hostname: str
+    spool_dir: str
+    started_at: float
+    seen_at: float
+    spooling_since: float | None
+    spool_bytes: int
+    stopped_at: float | None
+    may_hold: bool  # whether its spool may hold records the database has not got (``holding``)
+
+
+def registered(conn: Connection, now: float) -> list[Registered]:
+    """Every machine in the registry, the most recently heard from first."""
+    rows = conn.execute(select(machines).order_by(machines.c.seen_at.desc())).all()
+    may_hold = set(holding(conn, now))
+    return [
+        Registered(
+            row.machine_id,
+            row.hostname,
+            row.spool_dir,
+            row.started_at,
+            row.seen_at,
+            row.spooling_since,
+            row.spool_bytes,
+            row.stopped_at,
+            row.machine_id in may_hold,
+        )
+        for row in rows
+    ]
+
+
+def forget(conn: Connection, machine_id: str, now: float) -> None:
+    """Remove a machine that will not come back, spool and all: parked rewards stop waiting
+    for it (``expire_orphans`` drops them once ``GRACE_SECONDS`` old, as after a spool that
+    emptied). A machine heard from in the last
+    ``SILENT_AFTER`` seconds is running, and would only register again: refused."""
+    row = conn.execute(select(machines).where(machines.c.machine_id == machine_id)).first()
+    if row is None:
+        raise InvalidInput(f"no machine {machine_id!r} in the registry", field="machine_id")
+    if row.stopped_at is None and row.seen_at >= now - SILENT_AFTER:
+        raise InvalidInput(
+            f"machine {machine_id!r} ({row.hostname}) reported {now - row.seen_at:.1f} s ago: "
+            "it is running; stop it first",
+            field="machine_id",
+        )
+    conn.execute(delete(machines).where(machines.c.machine_id == machine_id))
 
 
 def lock_orphans(conn: Connection) -> None:
