@@ -312,15 +312,17 @@ def _shown(conn: Connection, ids: np.ndarray, rule: SlotReward) -> Shown:
 
 
 def _chunk(ids: np.ndarray, payloads: Payloads, shown: Shown, revisions: Revisions) -> Chunk:
-    distinct: dict[tuple[Any, ...], int] = {}
+    distinct: dict[tuple[Any, ...], int] = {}  # (kind, param) -> its place in ``explorations``
     explorations: list[Exploration | None] = []
-    exploration = np.zeros(len(ids), dtype=np.int64)
-    for i, logged in enumerate(payloads.explorations):
+    codes = []
+    for logged in payloads.explorations:
         kind = (logged.get("kind"), logged.get("param"))
-        if kind not in distinct:
-            distinct[kind] = len(explorations)
+        code = distinct.get(kind)
+        if code is None:
+            code = distinct[kind] = len(explorations)
             explorations.append(Exploration.from_log(logged))
-        exploration[i] = distinct[kind]
+        codes.append(code)
+    exploration = np.array(codes, dtype=np.int64)
     revs = payloads.revs
     return Chunk(
         decision_ids=ids,

@@ -50,7 +50,7 @@ class Payloads:
 
     @classmethod
     def decode(cls, blobs: list[bytes]) -> Payloads:
-        raw = [DecisionPayload.fields(blob) for blob in blobs]
+        raw = DecisionPayload.fields_many(blobs)
         counts = np.array([len(p["flg"]) for p in raw], dtype=np.int64)  # one byte each
         valid = np.arange(counts.max(initial=0))[None, :] < counts[:, None]
         depths = np.array([len(p["lay"]) for p in raw], dtype=np.int64)
