@@ -12,7 +12,13 @@ from starlette.testclient import TestClient
 from slatebandit.config import Settings
 from slatebandit.retrieval import UserState
 from slatebandit.retrieval.demo import demo_items
-from slatebandit.retrieval.user_state import ACTED_ITEMS, COUNTERS, RECENT_ITEMS
+from slatebandit.retrieval.user_state import (
+    ACTED_ITEMS,
+    COUNTERS,
+    RECENT_ITEMS,
+    SESSION_HALF_LIFE,
+    session_decay,
+)
 from slatebandit.server import create_app
 from tests.conftest import make_settings, seed_catalog
 
@@ -20,6 +26,22 @@ from tests.conftest import make_settings, seed_catalog
 def _state(client: TestClient, user: str) -> UserState:
     services = client.app_state["recommender"]
     return client.portal.call(services.user, user)[0]  # type: ignore[no-any-return]
+
+
+def test_the_session_fades_by_half_per_half_life_in_steps() -> None:
+    """Steps of a sixteenth of the half-life: events milliseconds apart, or a few seconds,
+    give the same vector, so a seeded run does not depend on the machine's speed."""
+    step = SESSION_HALF_LIFE / 16
+    assert session_decay(0.0) == session_decay(0.004) == session_decay(step * 0.99) == 1.0
+    assert session_decay(step) == pytest.approx(0.5 ** (1 / 16))
+    assert session_decay(SESSION_HALF_LIFE) == 0.5 == session_decay(SESSION_HALF_LIFE + 1.0)
+    assert session_decay(-5.0) == 1.0  # an event stamped before the state's last one
+    first, second = UserState(), UserState()
+    vector = np.ones(4, dtype=np.float32)
+    for state, gap in ((first, 1.0), (second, 1.7)):
+        state.observe(1, "click", vector, 100.0, "c", "b")
+        state.observe(2, "click", 2 * vector, 100.0 + gap, "c", "b")
+    assert np.array_equal(first.session_vector, second.session_vector)
 
 
 def test_state_round_trips_and_stays_bounded() -> None:

@@ -86,7 +86,7 @@ def erased_hash(user_id: str) -> str:
 
 def erasures(conn: Connection, user_ids: Iterable[str]) -> dict[str, float]:
     """When each of ``user_ids`` that has been erased was last erased (one query)."""
-    hashes = {erased_hash(user_id): user_id for user_id in set(user_ids)}
+    hashes = {erased_hash(user_id): user_id for user_id in dict.fromkeys(user_ids)}
     if not hashes:
         return {}
     found = select(erased_users.c.user_hash, erased_users.c.erased_at).where(

@@ -39,7 +39,9 @@ def batch_profiles(
         if kind == "purchase":
             purchases[user] += 1
     out = {}
-    for user in set(affinity) | set(bands) | set(purchases):
+    # Users in the dicts' order (as first seen), not a set's: a set of strings iterates in an
+    # order salted per process (PYTHONHASHSEED), and the job writes its rows in this order.
+    for user in dict.fromkeys([*affinity, *bands, *purchases]):
         top = sorted(affinity[user], key=lambda c: (-affinity[user][c], c))[:TOP_CATEGORIES]
         tokens = [f"bc={c}" for c in top]
         if bands[user]:

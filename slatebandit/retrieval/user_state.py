@@ -19,6 +19,10 @@ import numpy as np
 
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
 SESSION_HALF_LIFE = 1800.0  # seconds: half an hour ago counts half as much
+# The session fades in steps of 1/16 of its half-life (112.5 s), as rotation's impressions do:
+# with a continuous fade, the milliseconds between a shopper's events moved the vector's
+# floats, and with them near-tied neighbours, so a seeded run differed from run to run.
+SESSION_STEPS = 16
 RECENT_ITEMS = 20
 ACTED_ITEMS = 200  # per event type: the items a user acted on, for exclusion rules
 COUNTERS = 30  # categories and brands counted per user (the smallest counts are dropped)
@@ -70,7 +74,7 @@ class UserState:
             if self.session_vector is None or self.session_vector.shape != vector.shape:
                 self.session_vector = (weight * vector).astype(np.float32)
             else:
-                decay = 0.5 ** (max(0.0, at - self.updated_at) / SESSION_HALF_LIFE)
+                decay = session_decay(at - self.updated_at)
                 self.session_vector = (decay * self.session_vector + weight * vector).astype(
                     np.float32
                 )
@@ -158,3 +162,10 @@ class UserStates:
         while len(self._states) > self.capacity:
             self._states.popitem(last=False)
         return state
+
+
+def session_decay(elapsed: float) -> float:
+    """What the session vector keeps after ``elapsed`` seconds: half per
+    ``SESSION_HALF_LIFE``, in steps of 1/``SESSION_STEPS`` of it."""
+    steps = np.floor(max(0.0, elapsed) * SESSION_STEPS / SESSION_HALF_LIFE)
+    return float(0.5 ** (steps / SESSION_STEPS))
