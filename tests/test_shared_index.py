@@ -79,6 +79,29 @@ def test_columns_read_like_the_lists_they_replace() -> None:
     assert lookup.get("sku-new") == 1
 
 
+def test_columns_read_from_a_mapped_file_and_many_at_once(tmp_path: Path) -> None:
+    """A column over memory-mapped arrays (as a snapshot's) reads what it was given, one key or
+    many (``take``, what a slate's 200 candidates use), overlay and missing keys included."""
+    from slatebandit.retrieval.columns import StringColumn
+
+    values = ["id=k0 cat=shoes", "", "id=k2 t=grüße", "id=k3"]
+    blob, spans = pack_strings(values)
+    np.save(tmp_path / "blob.npy", np.frombuffer(blob, np.uint8))
+    np.save(tmp_path / "spans.npy", spans)
+    mapped = StringColumn(
+        np.load(tmp_path / "blob.npy", mmap_mode="r"),
+        np.load(tmp_path / "spans.npy", mmap_mode="r"),
+        size=6,
+    )
+    mapped[3] = "id=k3 changed"
+    mapped[5] = "id=k5 added"
+    expected = ["id=k0 cat=shoes", "", "id=k2 t=grüße", "id=k3 changed", "", "id=k5 added"]
+    assert [mapped[k] for k in range(6)] == expected
+    order = [5, 2, 2, 0, 4, 1, 3]
+    assert mapped.take(order) == [expected[k] for k in order]
+    assert StringColumn().take([]) == []
+
+
 def test_snapshot_round_trip_matches_the_in_memory_store(tmp_path: Path) -> None:
     engine, manifest = _catalog(tmp_path)
     with engine.begin() as conn:  # a deleted item and an out-of-stock one, before the snapshot

@@ -125,7 +125,9 @@ def candidate_features(
 ) -> list[str]:
     """``action_features`` at the current spec of every candidate (item ``keys``, band
     ``codes``), in one pass: what serving scores."""
-    return [features[key] + _BANDS[code] for key, code in zip(keys, codes, strict=True)]
+    take = getattr(features, "take", None)  # a catalog column reads many strings at once
+    static = take(keys) if take is not None else [features[key] for key in keys]
+    return [text + _BANDS[code] for text, code in zip(static, codes, strict=True)]
 
 
 def action_line(features: str) -> str:
