@@ -44,6 +44,18 @@ STAGES = (
     ("  state read (SQL)", "slatebandit.recommender.state", "", "read_user"),
     ("candidates", "slatebandit.recommender.decide", "", "generate"),
     ("  HNSW queries", "slatebandit.retrieval.index", "ItemIndex", "query"),
+    (
+        "  ANN queries (shared snapshot)",
+        "slatebandit.retrieval.shared_index",
+        "SharedIndex",
+        "query",
+    ),
+    (
+        "  vectors of seeds (shared snapshot)",
+        "slatebandit.retrieval.shared_index",
+        "SharedIndex",
+        "live_vectors",
+    ),
     ("  merge", "slatebandit.retrieval.candidates", "", "merge"),
     ("policy: scores and slots", "slatebandit.policies.base", "Policy", "slate"),
     ("  VW scoring (text, parse, predict)", "slatebandit.policies.vw", "VWPolicy", "scores"),

