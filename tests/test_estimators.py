@@ -287,7 +287,7 @@ def test_deferred_bootstrap_sums_equal_the_count_matrix_product() -> None:
     assert into[0].any() and not into[2].any()
     copied = pickle.loads(pickle.dumps((bootstrap, into)))  # flushes before copying
     for (ids, value), out in zip(
-        ((first, values[0]), (first, values[1]), (second, values[2])), into
+        ((first, values[0]), (first, values[1]), (second, values[2])), into, strict=True
     ):
         expected = bootstrap.weights(ids).T.astype(np.float64) @ value
         assert np.allclose(out, expected, rtol=1e-12)

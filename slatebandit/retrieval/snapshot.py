@@ -53,7 +53,10 @@ from slatebandit.retrieval.content import (
 log = logging.getLogger(__name__)
 FORMAT = "snapshot-1"
 CONNECTIVITY = 16  # HNSW M, as the in-memory hnswlib index
-EXPANSION_ADD = 64  # HNSW ef_construction: 2-4x the build speed of 128 for ~0.01 of recall@10
+# HNSW ef_construction. Unlike the search breadth it is no speed/recall dial: a graph built too
+# narrow leaves items that no search reaches, so recall stops rising with ef (64: 0.98 at 1M and
+# 0.93 at 5M whatever the breadth; 128: 0.995 at 1M at ef=64), at 0.6 of the build speed of 64.
+EXPANSION_ADD = 128
 STORAGE = "f16"  # half the memory of f32 at the same recall (benchmarks/ann.py)
 NUMERIC = ("category", "brand", "price", "available", "rev", "created")
 STRINGS = ("item_ids", "titles", "features")
@@ -226,7 +229,9 @@ def build(
             keys, vectors = parts.add(rows, embedder)
             if len(keys):
                 collab, counts = factors.lookup(keys)
-                # usearch releases the GIL and uses every core for the insertions
+                # Every core inserts. Not in a thread beside the next chunk's reading: usearch's
+                # insertions wait for the GIL between vectors, so Python work running meanwhile
+                # slows them several times over (100,000 vectors: 76 s beside a loop, 3-16 alone).
                 ann.add(keys.astype(np.uint64), blend(vectors, collab, counts), threads=0)
             bar.update(len(rows))
         bar.close()
@@ -235,6 +240,7 @@ def build(
     del ann
     meta = parts.write(tmp)
     meta.update(rev=parts.rev, factors_version=factors.version, dim=INDEX_DIM, live=live)
+    meta.update(connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)  # not kept in the file
     (tmp / "meta.json").write_text(json.dumps(meta))
     os.replace(tmp, manifest_path.parent / stem)
     _publish(manifest_path, stem, meta)
