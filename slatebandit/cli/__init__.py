@@ -37,7 +37,6 @@ from slatebandit.config import LOOPBACK_HOSTS, Settings, settings_table
 from slatebandit.errors import ConfigError, InvalidInput, SlatebanditError
 from slatebandit.items import Item
 from slatebandit.logging import count_live_items, load_items, open_engine
-from slatebandit.server.schemas import invalid
 
 LEASE_RENEW_SECONDS = 5.0  # the learner works this long between lease renewals
 
@@ -293,6 +292,8 @@ def _read_items(path: Path, kind: str) -> Iterator[Item]:
             rows = (
                 (i + 1, _json_line(line, i + 1)) for i, line in enumerate(handle) if line.strip()
             )
+        from slatebandit.server.schemas import invalid  # the HTTP layer: only when loading
+
         for line, raw in rows:
             try:
                 yield Item.model_validate(raw)

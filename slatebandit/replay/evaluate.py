@@ -244,23 +244,21 @@ def _replay(
     def chunks(window: Window) -> Iterator[tuple[Chunk, Revisions]]:
         return read_chunks(engine, window, reward=rule)
 
-    with engine.connect() as conn:
-        whole = extent(conn, window)
-        train_through = None
-        if any(t.trains for t in targets) and whole.decisions < 2:
-            raise InvalidInput(
-                'vw:"ARGS" policies need at least 2 decisions in the window: one to train on, '
-                "one to evaluate",
-                field="policy",
-            )
-        if any(t.trains for t in targets):
+    warnings: list[str] = []
+    if any(t.trains for t in targets):
+        with engine.connect() as conn:
+            whole = extent(conn, window)
+            if whole.decisions < 2:
+                raise InvalidInput(
+                    'vw:"ARGS" policies need at least 2 decisions in the window: one to train '
+                    "on, one to evaluate",
+                    field="policy",
+                )
             first_evaluated = nth_decision(
                 conn, window, int(whole.decisions * options.train_fraction)
             )
             assert first_evaluated is not None
-            train_through = first_evaluated - 1
-    warnings: list[str] = []
-    if train_through is not None:
+        train_through = first_evaluated - 1
         trained = dataclasses.replace(window, through=train_through)
         done = 0
         for chunk, revisions in chunks(trained):
@@ -274,6 +272,8 @@ def _replay(
             f"vw:ARGS policies trained on the first {options.train_fraction:.0%} of the window; "
             "every policy is evaluated on the decisions after it"
         )
+    else:
+        train_through = None
     with engine.connect() as conn:
         evaluated = extent(conn, window)
     # Pin the window to the decisions counted now: every pass reads exactly these, even if

@@ -56,23 +56,26 @@ def evaluate_sharded(
     slot's reward made by ``reward``, with ``model`` or (None) item means fitted over the same
     slices first; this process evaluates the first with ``targets``, the others build their
     own."""
-    with engine.connect() as conn:
-        cuts = [nth_decision(conn, window, decisions * i // shards - 1) for i in range(1, shards)]
-    last = window.through if window.through is not None else max(c or 0 for c in cuts)
-    bounds = [window.after, *(int(cut) for cut in cuts if cut is not None), last]
-    slices = [
-        dataclasses.replace(window, after=lo, through=hi)
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
     url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited locks
     counter = context.Value("q", 0)
     with ProcessPoolExecutor(
-        max_workers=len(slices) - 1,
+        max_workers=shards - 1,
         mp_context=context,
         initializer=_share,
         initargs=(counter,),
     ) as pool:
+        pool.submit(_ready)  # the processes start (half a second) while the slices are cut
+        with engine.connect() as conn:
+            cuts = [
+                nth_decision(conn, window, decisions * i // shards - 1) for i in range(1, shards)
+            ]
+        last = window.through if window.through is not None else max(c or 0 for c in cuts)
+        bounds = [window.after, *(int(cut) for cut in cuts if cut is not None), last]
+        slices = [
+            dataclasses.replace(window, after=lo, through=hi)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
 
         def in_slices(
             phase: str, mine: Callable[[Callable[[int], None]], T], job: Callable[[Window], T]
@@ -112,6 +115,10 @@ def evaluate_sharded(
             ),
             functools.partial(_evaluate_slice, url, settings, options, fitted, reward),
         )
+
+
+def _ready() -> None:
+    """Nothing: asking for it starts a process of the pool, which imports this module."""
 
 
 def _share(counter: Any) -> None:
