@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import proc_mib
+
 RESULTS = Path(__file__).parent / "results" / "ann.json"
 M, EF_CONSTRUCTION = 16, 200
 # (name, library, storage, construction breadth)
@@ -138,12 +140,9 @@ def build(name: str, library: str, storage: str, ef_c: int, data: np.ndarray, pa
 
 def memory() -> dict[str, float]:
     """RSS and PSS of this process in MiB, from smaps_rollup."""
-    out = {}
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("Rss", "Pss", "Pss_File", "Pss_Anon"):
-            out[name.lower() + "_mib"] = round(int(value.split()[0]) / 1024, 1)
-    return out
+    fields = ("Rss", "Pss", "Pss_File", "Pss_Anon")
+    found = proc_mib("/proc/self/smaps_rollup", fields)
+    return {name.lower() + "_mib": round(mib, 1) for name, mib in found.items()}
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -26,35 +26,34 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def proc_status(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS and VmHWM of a process, in MiB (0 if it is gone)."""
-    out = {"rss_mib": 0.0, "hwm_mib": 0.0}
+def proc_mib(path: str, fields: tuple[str, ...]) -> dict[str, float]:
+    """The named kB fields of a /proc file, in MiB (absent if the process is gone)."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(path).read_text()
     except OSError:
-        return out
+        return {}
+    found = {}
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            out["rss_mib" if name == "VmRSS" else "hwm_mib"] = round(
-                int(value.split()[0]) / 1024, 1
-            )
-    return out
+        if name in fields:
+            found[name] = int(value.split()[0]) / 1024
+    return found
+
+
+def proc_status(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS and VmHWM of a process, in MiB (0 if it is gone)."""
+    found = proc_mib(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
+    return {
+        "rss_mib": round(found.get("VmRSS", 0.0), 1),
+        "hwm_mib": round(found.get("VmHWM", 0.0), 1),
+    }
 
 
 def smaps(pid: int) -> dict[str, float]:
     """RSS and PSS of ``pid`` in MiB (zeros if it is gone): PSS splits shared pages (a
     memory-mapped snapshot) between the processes that map them."""
-    out = {"rss": 0.0, "pss": 0.0}
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name in ("Rss", "Pss"):
-            out[name.lower()] = int(value.split()[0]) / 1024
-    return out
+    found = proc_mib(f"/proc/{pid}/smaps_rollup", ("Rss", "Pss"))
+    return {"rss": found.get("Rss", 0.0), "pss": found.get("Pss", 0.0)}
 
 
 def machine_busy() -> float:
