@@ -1,7 +1,7 @@
 """Shoppers' state at scale: the slate path's read of one shopper's state at 1M and 10M rows.
 
     python -m benchmarks.user_state_scale [--rows 10000000 | --sizes 1000000,10000000]
-        [--reads 20000] [--alternatives] [--keep] [--reuse]
+        [--reads 20000] [--alternatives] [--keep] [--reuse] [--prewarm]
         [--server postgresql+psycopg://postgres@127.0.0.1:5432] [--database NAME]
 
 Makes a PostgreSQL database of its own (``--database``; dropped at the end unless ``--keep``,
@@ -15,13 +15,15 @@ At each size it times, for shoppers drawn uniformly from all rows, with one read
 at once, three layers of what a slate waits for:
 
     statement  ``read_user`` on a connection the reader holds (BEGIN and the one SELECT)
-    checkout   ``Parts._run(read_user)``: a pooled connection (its pre-ping), the read, and the
-               ROLLBACK that returns the connection
-    slate      ``Parts.user``: the worker-thread hop and the timeout around the checkout, then
-               the decode through the worker's cache of decoded states (nearly all misses)
+    checkout   ``Parts._run(read_user, point=True)``: a connection from the point reads' pool
+               (no ping), the read outside a transaction
+    slate      ``Parts.user``: on the event loop through ``UserReader`` (psycopg's async pool)
+               within the database timeout, then the decode through the worker's cache of
+               decoded states (nearly all misses)
 
-and the same for shoppers never seen. With ``--alternatives`` it also times changes one could
-make to the read (``alternatives``), at the last size, taking turns with the product's read.
+and the same for shoppers never seen. With ``--alternatives`` it also times what the read was
+and changes one could make to it (``alternatives``), at the last size, taking turns with the
+product's read. ``--prewarm`` first reads both tables into the page cache (``pg_prewarm``).
 Each run is appended to ``benchmarks/results/user_state_scale.json``.
 """
 
@@ -44,12 +46,14 @@ from typing import Any
 import msgpack
 import numpy as np
 import psycopg
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, Select, bindparam, create_engine, literal_column, select, text
 from tqdm import tqdm
 
 from benchmarks.harness import cpu_seconds, latency, machine_busy, say
-from slatebandit.logging.engine import open_engine
-from slatebandit.logging.users import READ_USER, read_user
+from slatebandit.logging.engine import open_engine, point_reader
+from slatebandit.logging.schema import user_profiles, user_states
+from slatebandit.logging.user_reads import UserReader
+from slatebandit.logging.users import READ_USER, UserRead, read_user, user_read
 from slatebandit.recommender.outage import Outage
 from slatebandit.recommender.state import Parts
 from slatebandit.retrieval import UserState, UserStates
@@ -205,6 +209,26 @@ def sizes(engine: Engine, rows: int) -> dict[str, Any]:
     return out
 
 
+def prewarm(engine: Engine) -> dict[str, Any]:
+    """Read both tables and their keys' indexes into the page cache (``pg_prewarm``'s 'read'
+    mode), as a server that has been answering for a while holds them: without it a fresh
+    machine's first reads come from disk."""
+    began = time.perf_counter()
+    with engine.connect() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
+        blocks = sum(
+            conn.execute(text("SELECT pg_prewarm(:r, 'read')"), {"r": relation}).scalar_one()
+            for relation in (
+                "user_states",
+                "user_states_pkey",
+                "user_profiles",
+                "user_profiles_pkey",
+            )
+        )
+        conn.commit()
+    return {"blocks": blocks, "seconds": round(time.perf_counter() - began, 1)}
+
+
 def _disk_sectors_read() -> int:
     return sum(int(p.read_text().split()[2]) for p in Path("/sys/block").glob("*/stat"))
 
@@ -341,21 +365,23 @@ def statement(engine: Engine, read: Callable[[Any, str], object] = read_user) ->
 
 
 def checkout(parts: Parts, read: Callable[..., object] = read_user) -> Callable[..., Any]:
-    """``Parts._run``: a connection from the pool for each read, as a slate's read takes one."""
+    """``Parts._run(point=True)``: a connection from the point reads' pool for each read, as a
+    slate's read takes one."""
 
     def run(mine: list[str]) -> list[float]:
         out, clock = [], time.perf_counter
         for user in mine:
             began = clock()
-            parts._run(partial(read, user_id=user))
+            parts._run(partial(read, user_id=user), point=True)
             out.append(clock() - began)
         return out
 
     return partial(in_threads, run)
 
 
-def slate(parts: Parts) -> Callable[..., Any]:
-    """``Parts.user``, awaited by one task per reader on one event loop, as requests are."""
+def slate(parts: Parts, on_loop: bool = True) -> Callable[..., Any]:
+    """``Parts.user``, awaited by one task per reader on one event loop, as requests are; with
+    ``on_loop`` False, by SQLAlchemy through a worker thread."""
 
     async def run(mine: list[str]) -> list[float]:
         out, clock = [], time.perf_counter
@@ -367,17 +393,24 @@ def slate(parts: Parts) -> Callable[..., Any]:
 
     async def together(ids: list[list[str]]) -> list[float]:
         parts.users = UserStates()  # each run starts with no decoded state cached
-        found = await asyncio.gather(*(run(mine) for mine in ids))
+        # A pool of the loop's connections per run: each run has an event loop of its own.
+        parts.user_reader = UserReader(parts.engine) if on_loop else None
+        try:
+            found = await asyncio.gather(*(run(mine) for mine in ids))
+        finally:
+            if parts.user_reader is not None:
+                await parts.user_reader.close()
         return [s for out in found for s in out]
 
     return lambda ids: asyncio.run(together(ids))
 
 
-def reading_parts(engine: Engine, spool: Path) -> Parts:
+def reading_parts(engine: Engine, spool: Path, point_engine: Engine | None = None) -> Parts:
     """A ``Parts`` holding only what ``Parts.user`` and ``Parts._run`` use: building the VW
     policy, the item index and the background jobs would measure nothing more here."""
     parts = Parts.__new__(Parts)
     parts.engine = engine
+    parts.point_engine = point_reader(engine) if point_engine is None else point_engine
     parts.outage = Outage(engine, spool, max_bytes=2**20, timeout=5.0)
     parts.users = UserStates()
     return parts
@@ -413,19 +446,45 @@ def product(engine: Engine, spool: Path) -> dict[str, Callable[..., Any]]:
     return {"statement": statement(engine), "checkout": checkout(parts), "slate": slate(parts)}
 
 
-def alternatives(engine: Engine, bare: Engine, spool: Path) -> dict[str, Callable[..., Any]]:
-    """Changes to the product's read, each measured as the product is: ``engine`` read outside
-    a transaction (no BEGIN and ROLLBACK: one statement sees one snapshot anyway), and ``bare``,
-    an engine that also skips the pool's pre-ping."""
-    auto = reading_parts(engine.execution_options(isolation_level="AUTOCOMMIT"), spool)
-    unpinged = reading_parts(bare, spool)
+def alternatives(engine: Engine, spool: Path) -> dict[str, Callable[..., Any]]:
+    """What the product's read was, and what it might be, each measured as the product is:
+    ``through a thread`` is ``Parts.user`` reading by SQLAlchemy on a worker thread (the
+    product's read on PostgreSQL until the loop's own reader), from the point reads' pool or
+    (``pre-ping``) from the writers' pool, which pings every connection it hands out;
+    ``one lookup`` reads both tables' columns in one join (``read_user_joined``); the last is
+    the floor, psycopg on the loop with one connection and no pool, no timeout, no cache."""
+    pinged = reading_parts(
+        engine, spool, point_engine=engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
+    product = reading_parts(engine, spool)
     return {
-        "checkout, autocommit": checkout(auto),
-        "slate, autocommit": slate(auto),
-        "checkout, autocommit, no pre-ping": checkout(unpinged),
-        "slate, autocommit, no pre-ping": slate(unpinged),
+        "slate, through a thread": slate(product, on_loop=False),
+        "slate, through a thread, pre-ping": slate(pinged, on_loop=False),
+        "checkout, pre-ping": checkout(pinged),
+        "checkout, one lookup": checkout(product, read=read_user_joined),
         "async psycopg on the loop": on_loop(engine),
     }
+
+
+def _read_user_joined() -> Select[Any]:
+    user = bindparam("user_id", type_=user_states.c.user_id.type)
+    one = select(literal_column("1").label("one")).subquery()
+    joined = one.outerjoin(user_states, user_states.c.user_id == user).outerjoin(
+        user_profiles, user_profiles.c.user_id == user
+    )
+    return select(user_states.c.version, user_states.c.state, user_profiles.c.features).select_from(
+        joined
+    )
+
+
+READ_USER_JOINED = _read_user_joined()
+
+
+def read_user_joined(conn: Any, user_id: str) -> UserRead:
+    """``read_user`` by one statement joining both tables to a one-row relation by key: each
+    table's index descended once, where ``READ_USER``'s subquery per column descends
+    ``user_states``' twice."""
+    return user_read(conn.execute(READ_USER_JOINED, {"user_id": user_id}).one())
 
 
 def at_size(
@@ -505,6 +564,9 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="continue with the rows a kept database holds"
     )
+    parser.add_argument(
+        "--prewarm", action="store_true", help="read the tables into the page cache first"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--alternatives", action="store_true", help="also time changes to the read (last size)"
@@ -525,7 +587,8 @@ def main() -> None:
         "command": "python -m benchmarks.user_state_scale "
         + (f"--sizes {args.sizes}" if args.sizes else f"--rows {args.rows}")
         + " --alternatives" * args.alternatives
-        + " --reuse" * args.reuse,
+        + " --reuse" * args.reuse
+        + " --prewarm" * args.prewarm,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "sizes": {},
@@ -545,21 +608,19 @@ def main() -> None:
                 load = fill(engine, loaded, rows) if rows > loaded else None
                 loaded = rows
                 found = {"load": load, "sizes": sizes(engine, rows)}
+                if args.prewarm:
+                    found["prewarm"] = prewarm(engine)
                 say(f"{rows:,} rows loaded: {found}")
                 found["reads"] = at_size(engine, layers, rows, args.reads, rng)
                 results["sizes"][str(rows)] = found
             if args.alternatives:
-                bare = create_engine(engine.url, pool_size=8, isolation_level="AUTOCOMMIT")
-                try:
-                    others = {
-                        "checkout": layers["checkout"],
-                        "slate": layers["slate"],
-                        **alternatives(engine, bare, Path(spool)),
-                    }
-                    found = interleaved(engine, others, loaded, args.reads, rng)
-                    results["alternatives"] = {"rows": loaded, "reads": found}
-                finally:
-                    bare.dispose()
+                others = {
+                    "checkout": layers["checkout"],
+                    "slate": layers["slate"],
+                    **alternatives(engine, Path(spool)),
+                }
+                found = interleaved(engine, others, loaded, args.reads, rng)
+                results["alternatives"] = {"rows": loaded, "reads": found}
     finally:
         engine.dispose()
         if not args.keep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -17,7 +18,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -30,6 +31,17 @@ from slatebandit.logging.schema import SCHEMA_VERSION, metadata, schema_info
 # keepalive probes (when idle), so no thread waits on a vanished server for minutes.
 CONNECT_TIMEOUT = 3
 USER_TIMEOUT_MS = 15_000
+# A host that drops packets must fail a connection in seconds, not minutes: that is what lets
+# serving fall back to the spool (``recommender.outage``) during an outage.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": USER_TIMEOUT_MS,
+}
+T = TypeVar("T")
 _SQLITE_AWAY = ("locked", "unable to open", "disk i/o", "readonly", "read-only")
 
 # Steps that bring a database of schema version V to V + 1 in place (new tables are created by
@@ -116,25 +128,39 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        # A host that drops packets must fail a connection in seconds, not minutes: that is
-        # what lets serving fall back to the spool (``recommender.outage``) during an outage.
-        engine = create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_size=8,
-            max_overflow=8,
-            connect_args={
-                "connect_timeout": CONNECT_TIMEOUT,
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 3,
-                "keepalives_count": 3,
-                "tcp_user_timeout": USER_TIMEOUT_MS,
-            },
-        )
+        engine = _postgres(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
     if create:
         _check_schema(engine)
     return engine
+
+
+def point_reader(engine: Engine) -> Engine:
+    """An engine for reads of a row or two by key, run outside a transaction (one statement
+    sees one snapshot anyway): on PostgreSQL, BEGIN and ROLLBACK were two of a shopper's state
+    read's four round trips. Its pool skips the pre-ping, the third: a caller retries once
+    when a connection turns out dead (``read_retrying``). Dispose of it with ``engine``."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return _postgres(engine.url, isolation_level="AUTOCOMMIT", pool_size=4, max_overflow=8)
+
+
+def read_retrying(engine: Engine, query: Callable[[Connection], T]) -> T:
+    """``query`` on a connection from ``engine``'s pool, tried again once if that connection
+    had died while it waited in the pool (a database restart, an idle timeout). SQLAlchemy
+    then drops it and every connection older than it, so the second try reconnects; if the
+    database is away, that one fails too and its error is raised."""
+    try:
+        with engine.connect() as conn:
+            return query(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    with engine.connect() as conn:
+        return query(conn)
+
+
+def _postgres(url: str | URL, **options: Any) -> Engine:
+    return create_engine(url, connect_args=POSTGRES_CONNECT_ARGS, **options)
 
 
 def _check_schema(engine: Engine) -> None:

@@ -119,6 +119,9 @@ class Recommender(Parts):
         await self.writer.stop()
         await self.outage.close()
         await asyncio.to_thread(self.store.save)
+        if self.user_reader is not None:
+            await self.user_reader.close()
+        self.point_engine.dispose()
         self.engine.dispose()
 
     # The verbs the server calls ------------------------------------------------------------

@@ -29,7 +29,8 @@ from slatebandit.logging import (
     impression_counts,
     shown_decision,
 )
-from slatebandit.logging.engine import is_unavailable
+from slatebandit.logging.engine import is_unavailable, point_reader, read_retrying
+from slatebandit.logging.user_reads import UserReader
 from slatebandit.logging.users import read_user, update_user_state
 from slatebandit.merchandising import Rotation, RuleBook
 from slatebandit.personalizer.loops import Loops
@@ -94,9 +95,13 @@ class Parts:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        # Point reads run outside a transaction: one statement sees one snapshot anyway, and
-        # on PostgreSQL BEGIN and ROLLBACK were two of a state read's four round trips.
-        self._point_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.point_engine = point_reader(engine)
+        # On PostgreSQL the slate's read of its shopper runs on the event loop, not a thread.
+        self.user_reader = (
+            UserReader(engine, timeout=settings.db_timeout_seconds)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self.store = store
         self.policy = policy  # the champion follower: ``vw`` wherever it serves
         self.policies = policies
@@ -152,6 +157,8 @@ class Parts:
             try:
                 found, profile = await self.outage.in_time(
                     self.point_read(partial(read_user, user_id=user_id))
+                    if self.user_reader is None
+                    else self.user_reader.read(user_id)
                 )
                 return self._decoded(user_id, found), profile
             except DatabaseUnavailable:
@@ -233,8 +240,8 @@ class Parts:
         here, on the event loop: in WAL mode a reader never waits for the writer, and the hop
         to a thread and back cost several times the read itself (a slate's state read took
         330 µs through a thread, 21 µs of it SQL). Elsewhere it is ``read``, outside a
-        transaction: at 10M shoppers on PostgreSQL a state read took p50 0.75 ms and p99 4.6 ms
-        so, against 1.04 and 5.8 in one (``benchmarks/user_state_scale.py``)."""
+        transaction and from a pool without the ping (``engine.point_reader``). A shopper's
+        state on PostgreSQL is read on the loop instead (``user_reader``)."""
         if self.engine.dialect.name != "sqlite":
             return await self.read(query, point=True)
         try:
@@ -245,7 +252,9 @@ class Parts:
             raise
 
     def _run(self, query: Callable[[Connection], T], point: bool = False) -> T:
-        with (self._point_engine if point else self.engine).connect() as conn:
+        if point:
+            return read_retrying(self.point_engine, query)
+        with self.engine.connect() as conn:
             return query(conn)
 
     def observation(

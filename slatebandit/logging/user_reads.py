@@ -1,0 +1,83 @@
+"""A shopper's state read on the event loop itself (PostgreSQL): every slate makes one.
+
+Through SQLAlchemy the read is a blocking call, so it hops to a worker thread and back; on a
+busy worker that hop, and each round trip, is one more wait for a time slice. Here it is
+psycopg's async connection, from a small pool of this worker's own (``psycopg_pool``), outside
+any transaction (one statement sees one snapshot anyway), the statement prepared by the server
+after its first uses. The pool hands connections out unchecked, without the ping SQLAlchemy's
+sends first: a read that finds its connection dead (the database restarted) is tried once more.
+
+At 10M shoppers (``benchmarks/user_state_scale.py``; figures in ``benchmarks/README.md``) this
+read's p99 is about half the thread-hop read's.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Engine
+
+from slatebandit.errors import DatabaseUnavailable
+from slatebandit.logging.engine import CONNECT_TIMEOUT, POSTGRES_CONNECT_ARGS
+from slatebandit.logging.users import READ_USER, UserRead, user_read
+
+# Reads in flight at once per worker; more wait for a connection (a read takes a fraction of
+# a millisecond, so a few connections serve a worker's slates).
+POOL_SIZE = 4
+
+
+class UserReader:
+    """``read_user`` for one worker's event loop. Open on first use; ``close`` at shutdown."""
+
+    def __init__(
+        self, engine: Engine, *, size: int = POOL_SIZE, timeout: float = CONNECT_TIMEOUT
+    ) -> None:
+        self._sql = str(READ_USER.compile(dialect=engine.dialect))
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=size,
+            kwargs={"autocommit": True, **POSTGRES_CONNECT_ARGS},
+            open=False,
+            timeout=timeout,  # to wait for a connection; then it is PoolTimeout, unreachable
+            name="user-reads",
+        )
+        self._opened = False
+
+    async def read(self, user_id: str) -> UserRead:
+        """The user's state and batch features (as ``read_user``). Raises DatabaseUnavailable
+        if the database cannot be reached; a slow one is the caller's timeout to bound."""
+        if not self._opened:  # opening needs the running loop, so not in __init__
+            self._opened = True
+            await self._pool.open(wait=False)
+        try:
+            return await self._once(user_id)
+        except psycopg.OperationalError as exc:
+            if not _unreachable(exc):
+                raise
+        try:  # a connection that had died in the pool is gone now: once more, on another
+            return await self._once(user_id)
+        except psycopg.OperationalError as exc:
+            if not _unreachable(exc):
+                raise
+            raise DatabaseUnavailable(
+                f"database: unreachable ({type(exc).__name__})", field="database"
+            ) from exc
+
+    async def _once(self, user_id: str) -> UserRead:
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(self._sql, {"user_id": user_id})).fetchone()
+        assert row is not None  # READ_USER always answers one row
+        return user_read(row)
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+
+
+def _unreachable(exc: psycopg.OperationalError) -> bool:
+    # As ``engine.is_unavailable``: no SQLSTATE (the connection failed or was cut), class 08,
+    # or a server shutting down; not a statement the server refused.
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
