@@ -42,9 +42,11 @@ CONFIGS = [
     ("hnswlib", "hnswlib", "f32", EF_CONSTRUCTION),
     ("usearch-f32", "usearch", "f32", 128),
     ("usearch-f16", "usearch", "f16", 128),
+    ("usearch-bf16", "usearch", "bf16", 128),
     ("usearch-i8", "usearch", "i8", 128),
     ("hnswlib-efc100", "hnswlib", "f32", 100),
     ("usearch-f16-efc64", "usearch", "f16", 64),
+    ("usearch-bf16-efc64", "usearch", "bf16", 64),
 ]
 
 
