@@ -4,8 +4,9 @@ Through SQLAlchemy the read is a blocking call, so it hops to a worker thread an
 busy worker that hop, and each round trip, is one more wait for a time slice. Here it is
 psycopg's async connection, from a small pool of this worker's own (``psycopg_pool``), outside
 any transaction (one statement sees one snapshot anyway), the statement prepared by the server
-after its first uses. The pool hands connections out unchecked, without the ping SQLAlchemy's
-sends first: a read that finds its connection dead (the database restarted) is tried once more.
+after its first uses. The pool hands connections out unchecked, without the ping that
+SQLAlchemy's pool sends first: a read that finds its connection dead (the database restarted)
+is tried once more.
 
 At 10M shoppers (``benchmarks/user_state_scale.py``; figures in ``benchmarks/README.md``) this
 read's p99 is about half the thread-hop read's.
