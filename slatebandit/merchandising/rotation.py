@@ -22,10 +22,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from slatebandit.retrieval.user_state import stepped_fade
+
 Acted = Mapping[str, Mapping[int, float]]  # action type -> item key -> its last time
 USERS = 10_000  # shoppers whose impressions a worker remembers (about 5 KB each at most)
 ITEMS = 40  # items remembered per shopper, the most recently shown
-STEPS = 16  # an impression fades in steps of 1/16 of the half-life (225 s at the default)
 
 
 class Rotation:
@@ -76,10 +77,8 @@ class Rotation:
 
     def _fading(self, elapsed: float) -> float:
         """What an impression ``elapsed`` seconds old still counts: half per half-life, in
-        steps of 1/``STEPS`` of it. The steps keep slates independent of the milliseconds
-        between requests: two impressions a moment apart shift alike, so a seeded run (a test,
-        the simulator) makes the same slates however fast the machine answers."""
-        return 0.5 ** (np.floor(elapsed * STEPS / self.half_life) / STEPS)
+        steps (225 s at the default), so that a seeded run makes the same slates."""
+        return stepped_fade(elapsed, self.half_life)
 
     def forget(self, user_id: str) -> None:
         """An erased shopper's impressions go with them."""

@@ -19,10 +19,10 @@ import numpy as np
 
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
 SESSION_HALF_LIFE = 1800.0  # seconds: half an hour ago counts half as much
-# The session fades in steps of 1/16 of its half-life (112.5 s), as rotation's impressions do:
-# with a continuous fade, the milliseconds between a shopper's events moved the vector's
+# What fades over time fades in steps of 1/16 of its half-life (``stepped_fade``): with a
+# continuous fade, the milliseconds between a shopper's events moved the session vector's
 # floats, and with them near-tied neighbours, so a seeded run differed from run to run.
-SESSION_STEPS = 16
+FADE_STEPS = 16
 RECENT_ITEMS = 20
 ACTED_ITEMS = 200  # per event type: the items a user acted on, for exclusion rules
 COUNTERS = 30  # categories and brands counted per user (the smallest counts are dropped)
@@ -165,7 +165,13 @@ class UserStates:
 
 
 def session_decay(elapsed: float) -> float:
-    """What the session vector keeps after ``elapsed`` seconds: half per
-    ``SESSION_HALF_LIFE``, in steps of 1/``SESSION_STEPS`` of it."""
-    steps = np.floor(max(0.0, elapsed) * SESSION_STEPS / SESSION_HALF_LIFE)
-    return float(0.5 ** (steps / SESSION_STEPS))
+    """What the session vector keeps after ``elapsed`` seconds."""
+    return stepped_fade(elapsed, SESSION_HALF_LIFE)
+
+
+def stepped_fade(elapsed: float, half_life: float) -> float:
+    """What is left after ``elapsed`` seconds (none: all of it) of something halving every
+    ``half_life``, in steps of 1/``FADE_STEPS`` of it: two moments a few milliseconds apart
+    fade alike, so a seeded run gives the same slates however fast the machine answers."""
+    steps = np.floor(max(0.0, elapsed) * FADE_STEPS / half_life)
+    return float(0.5 ** (steps / FADE_STEPS))
