@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +78,7 @@ def run(name: str, seed: int, windows: int, size: int, work: Path) -> list[Tally
         together = client.app_state["recommender"].together  # type: ignore[index]
         for _ in tqdm(range(windows), desc=f"{name}, seed {seed}", unit="window"):
             sim.run_window(size)
-            together.refresh(engine)
-            learner.run_due(now=time.time() + 3600)
-            version = learner.checkpoint()
-            if version is not None:
-                client.post(f"/v1/models/{version}/promote", headers=ADMIN)
+            sim.learn(learner, together)
         engine.dispose()
     return list(sim.windows)
 

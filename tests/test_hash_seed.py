@@ -90,10 +90,7 @@ def scenario() -> list[str]:
             together = client.app_state["recommender"].together  # type: ignore[index]
             for _ in range(2):
                 sim.run_window(120)
-                together.refresh(engine)  # between windows, not on a timer
-                learner.run_due(now=time.time() + 3600)
-                version = learner.checkpoint()
-                client.post(f"/v1/models/{version}/promote", headers=admin)
+                sim.learn(learner, together)  # between windows, not on a timer
             model = learner.scorer.to_bytes()
             out.append(f"model {hashlib.sha256(model).hexdigest()}")
             out.append(f"ctr {[w.ctr for w in sim.windows]}")

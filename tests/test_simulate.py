@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from starlette.testclient import TestClient
 
@@ -38,10 +36,7 @@ def _curve(tmp_path, policy: str) -> list[float]:  # type: ignore[no-untyped-def
         for _ in range(8):
             sim.run_window(300)
             if policy == "vw":
-                learner.run_due(now=time.time() + 3600)
-                version = learner.checkpoint()
-                assert version is not None
-                client.post(f"/v1/models/{version}/promote", headers=admin)
+                assert sim.learn(learner) is not None
         engine.dispose()
     return [w.ctr for w in sim.windows]
 

@@ -19,6 +19,7 @@ Options make the storefront a fuller one:
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,19 @@ class Simulation:
             self._visit(window)
         self.windows.append(window)
         return window
+
+    def learn(self, learner: Any, together: Any = None) -> int | None:
+        """Between windows, with the server in this process (a TestClient) and its background
+        jobs held still: ``together`` (the recommender's bought-together counts) is extended,
+        ``learner`` learns every decision as if their reward windows had passed, checkpoints,
+        and the checkpoint is promoted. Returns its version (None: nothing new to learn)."""
+        if together is not None:
+            together.refresh(learner.engine)
+        learner.run_due(now=time.time() + 3600)
+        version: int | None = learner.checkpoint()
+        if version is not None:
+            self.client.post(f"/v1/models/{version}/promote", headers=self.headers)
+        return version
 
     def _visit(self, window: Window) -> None:
         user = int(self.rng.integers(len(self.storefront.tastes)))
