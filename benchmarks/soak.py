@@ -144,7 +144,11 @@ class Connections:
             writer.close()
             self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
             raise
-        self.idle.put_nowait((reader, writer))
+        if b"connection: close" in header.lower():  # the server ends it: open the next one
+            writer.close()
+            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+        else:
+            self.idle.put_nowait((reader, writer))
         return status, json.loads(payload)
 
     async def close(self) -> None:

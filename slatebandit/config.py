@@ -298,6 +298,13 @@ class Settings:
         default=False,
         metadata=_doc("log a line per request (uvicorn's access log; 2% of a slate's CPU)"),
     )
+    keepalive_requests: int = field(
+        default=100,
+        metadata=_doc(
+            "requests a keep-alive connection serves before its answer says `Connection: "
+            "close`, so clients reconnect to the idler worker; 0 keeps connections open"
+        ),
+    )
     personalizer_loops: str = field(
         default="default",
         metadata=_doc(
@@ -421,6 +428,7 @@ class Settings:
 
         need(1 <= self.port <= 65535, "port", "must be a port number")
         need(self.workers >= 1, "workers", "must be at least 1")
+        need(self.keepalive_requests >= 0, "keepalive_requests", "must be >= 0 (0: never close)")
         need(self.candidates >= 1, "candidates", "must be at least 1")
         need(self.hnsw_ef >= 1, "hnsw_ef", "must be at least 1")
         need(self.taste_half_life >= 0, "taste_half_life", "must be >= 0 (0: never fade)")

@@ -30,6 +30,7 @@ from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
 from slatebandit.server import catalog, console, experiments, metrics, privacy, routes, rules, stats
 from slatebandit.server.codec import error_response, respond
+from slatebandit.server.connections import RecycleConnections
 from slatebandit.server.evaluations import list_evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
 from slatebandit.server.personalizer import personalizer_app
@@ -92,7 +93,10 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(
         routes=served,
-        middleware=[Middleware(metrics.Timing, routes=served)],
+        middleware=[
+            Middleware(RecycleConnections, every=settings.keepalive_requests),
+            Middleware(metrics.Timing, routes=served),
+        ],
         exception_handlers={
             SlatebanditError: _known_error,
             HTTPException: _http_error,
