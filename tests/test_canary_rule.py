@@ -93,6 +93,7 @@ def test_at_the_budget_an_undecided_canary_is_promoted_unless_confidently_worse(
     assert RULE.judge(_moments(RULE.budget - 1, 0.048), champion).verdict is None
     judged = RULE.judge(harmful, champion)
     assert judged.verdict == "reject" and "budget" in judged.reason
+    assert judged.figures()["fixed_high"] == pytest.approx(d.fixed_high(Z_ONE_SIDED))
     slightly = _moments(RULE.budget, 0.055)  # neither test sure: promoted
     assert difference(slightly, champion, RULE.alpha, RULE.horizon).fixed_high(Z_ONE_SIDED) > 0
     assert RULE.judge(slightly, champion).verdict == "promote"

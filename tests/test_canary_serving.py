@@ -114,8 +114,14 @@ def test_a_bad_version_never_serves_everyone_and_a_good_one_is_promoted(tmp_path
             assert bad not in refused["champions"]  # it never served everyone
             assert refused["verdict"]["outcome"] == "reject"
             assert refused["listed"]["champion"] == good
+            # Confidently worse, by either of the rule's tests: the sequence (worse by more
+            # than the margin) at any look, or the one fixed-horizon test at the budget. Which
+            # one decides depends on when the release process looks, and on which shoppers
+            # reach the canary before every worker has read it: timing, not behaviour.
             figures = refused["verdict"]["details"]
-            assert figures["high"] < figures["threshold"]  # confidently worse
+            by_sequence = figures["high"] < figures["threshold"]
+            at_budget = figures["treatment_units"] >= 300 and figures["fixed_high"] < 0
+            assert by_sequence or at_budget, figures
 
             better = train_version(settings, flip=False)
             passed = _until_verdict(sim, client, better, visits=4000)

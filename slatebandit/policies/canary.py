@@ -73,8 +73,15 @@ class Judgement:
     threshold: float
 
     def figures(self) -> dict[str, object]:
+        """The interval, the threshold, and the budget's one-sided fixed-horizon upper bound
+        (``fixed_high``), so a verdict says which of the rule's tests decided it."""
         threshold = self.threshold if math.isfinite(self.threshold) else None
-        return {**self.interval.to_dict(), "threshold": threshold}
+        fixed_high = self.interval.fixed_high(Z_ONE_SIDED)
+        return {
+            **self.interval.to_dict(),
+            "threshold": threshold,
+            "fixed_high": fixed_high if math.isfinite(fixed_high) else None,
+        }
 
 
 @dataclass(frozen=True)
