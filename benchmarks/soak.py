@@ -11,7 +11,13 @@ first item one time in ten. Every minute it reports:
 
 - the client's p50 and p99 latency, and the requests and errors in that minute;
 - the CPU seconds of the server's three busiest processes in that minute (``cpu_s``: the two
-  workers and the learner), which show how evenly the workers share the load;
+  workers and the learner), which show how evenly the workers share the load; of the whole
+  server (``server_cpu_s``) and of the load generator (``load_cpu_s``); and the share of the
+  machine's cores that were busy (``box_busy``);
+- the mean milliseconds, from the server's /metrics, of a slate inside the server (``slate``)
+  and of each part of a durable answer's wait for its group commit: queued behind the batch
+  being written (``queued``), its batch waiting for the write lock (``lock``), writing and
+  committing (``write``); and the mean units per commit (``units``);
 - the RSS of the server's processes (the supervisor and its workers, summed);
 - the decisions logged and the database's size on disk;
 - learner lag (the newest due decision against the newest checkpoint's), and the versions,
@@ -42,7 +48,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select
 
 from benchmarks.learning_curve import serving_process
@@ -104,6 +112,50 @@ def busiest(before: dict[int, float], after: dict[int, float], n: int = 3) -> li
     the two workers and the learner, whose split shows how evenly the workers share the load."""
     spent = sorted((after[pid] - before.get(pid, 0.0) for pid in after), reverse=True)
     return [round(s, 1) for s in spent[:n]]
+
+
+def box_ticks() -> tuple[int, int]:
+    """The machine's busy and total CPU ticks so far, over every core, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def time_sums(base: str) -> dict[str, tuple[float, float]]:
+    """From the server's /metrics: (sum, count) of each group-commit part's seconds, of the
+    slates' server-side time, and of the units per commit; differences between two readings
+    give a minute's means."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    sums: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if family.name == "slatebandit_commit_seconds":
+                name = sample.labels["part"]
+            elif family.name == "slatebandit_commit_units":
+                name = "units"
+            elif family.name == "slatebandit_request_duration_seconds":
+                if sample.labels.get("route") != "/v1/slates":
+                    continue
+                name = "slate"
+            else:
+                continue
+            if sample.name.endswith("_sum"):
+                sums.setdefault(name, [0.0, 0.0])[0] += sample.value
+            elif sample.name.endswith("_count"):
+                sums.setdefault(name, [0.0, 0.0])[1] += sample.value
+    return {name: (total, n) for name, (total, n) in sums.items()}
+
+
+def minute_means(
+    now: dict[str, tuple[float, float]], was: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """The means over a minute of ``time_sums``: milliseconds, and units for ``units``."""
+    out = {}
+    for name, (total, n) in now.items():
+        total_was, n_was = was.get(name, (0.0, 0.0))
+        mean = (total - total_was) / max(n - n_was, 1)
+        out[name] = round(mean if name == "units" else mean * 1000, 2)
+    return out
 
 
 def db_bytes(data_dir: Path) -> int:
@@ -295,7 +347,8 @@ async def soak(
     load = Load(pool, seed=2)
     pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
-    cpu = cpu_seconds(server_pid)
+    cpu, box, own = cpu_seconds(server_pid), box_ticks(), time.process_time()
+    sums = await asyncio.to_thread(time_sums, base)
     for minute in range(1, minutes + 1):
         end = started + 60 * minute
         sent = 0
@@ -311,10 +364,18 @@ async def soak(
         # would hold back the load's own requests and inflate the latencies it measures.
         logged, learning = await asyncio.to_thread(log_state, engine, time.time() - reward_wait)
         cpu, was = cpu_seconds(server_pid), cpu
+        (busy, total), (was_busy, was_total) = box_ticks(), box
+        box = busy, total
+        spent, own = time.process_time() - own, time.process_time()
+        sums, sums_was = await asyncio.to_thread(time_sums, base), sums
         row = {
             "minute": minute,
             **load.minute(),
             "cpu_s": busiest(was, cpu),
+            "server_cpu_s": round(sum(cpu[p] - was.get(p, 0.0) for p in cpu), 1),
+            "load_cpu_s": round(spent, 1),
+            "box_busy": round((busy - was_busy) / max(total - was_total, 1), 3),
+            "mean_ms": minute_means(sums, sums_was),
             "rss_mb": tree_rss(server_pid) / 2**20,
             "decisions": logged,
             "db_mb": db_bytes(data_dir) / 2**20,

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Connection, insert, select
 
 from slatebandit.items import Item
@@ -49,6 +50,39 @@ def test_concurrent_units_share_commits_and_failures_stay_local(tmp_path: Path) 
     with engine.connect() as conn:
         assert len(conn.execute(select(events)).all()) == 200
     engine.dispose()
+
+
+def test_commits_are_timed_on_metrics(tmp_path: Path) -> None:
+    """Each unit's wait for its batch, and each batch's lock wait, write and size."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    with engine.begin() as conn:
+        upsert_items(conn, [Item(item_id="x")])
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        part: sample("slatebandit_commit_seconds_count", part=part)
+        for part in ("queued", "lock", "write")
+    }
+    units_before = sample("slatebandit_commit_units_sum")
+
+    async def run() -> GroupCommitWriter:
+        writer = GroupCommitWriter(engine, max_batch=16)
+        await writer.start()
+        await asyncio.gather(*(writer.submit(_event(i)) for i in range(40)))
+        await writer.stop()
+        return writer
+
+    writer = asyncio.run(run())
+    engine.dispose()
+    assert sample("slatebandit_commit_seconds_count", part="queued") - before["queued"] == 40
+    for part in ("lock", "write"):  # once a batch
+        assert sample("slatebandit_commit_seconds_count", part=part) - before[part] == (
+            writer.commits
+        )
+    assert sample("slatebandit_commit_units_sum") - units_before == 40
+    assert writer.commits >= 3  # at most 16 a batch
 
 
 def test_submit_requires_a_running_writer(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy import Connection, Engine
 
 from slatebandit.errors import DatabaseUnavailable
@@ -29,6 +31,21 @@ from slatebandit.logging.engine import is_unavailable
 log = logging.getLogger(__name__)
 Unit = Callable[[Connection], Any]
 _STOP = object()
+
+# What a durable answer waits for, on /metrics: a unit queues behind the batch being written,
+# then its own batch waits for the other workers' commits (SQLite's write lock) and writes.
+COMMIT_SECONDS = Histogram(
+    "slatebandit_commit_seconds",
+    "Group commits: seconds a unit queued for its batch (queued), a batch waited for the "
+    "write lock (lock), and wrote and committed (write)",
+    ["part"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+COMMIT_UNITS = Histogram(
+    "slatebandit_commit_units",
+    "Units (a slate, reward or event each) written by one group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 
 
 class Batcher:
@@ -44,6 +61,7 @@ class Batcher:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"slatebandit-{name}")
         self._task: asyncio.Task[None] | None = None
+        self.queued: Any = None  # a histogram of the seconds each unit waits for its batch
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
@@ -61,7 +79,7 @@ class Batcher:
         if self._task is None:
             raise RuntimeError(f"the {self._name} is not running")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((unit, future))
+        self._queue.put_nowait((unit, future, time.perf_counter()))
         return await future
 
     async def _run(self) -> None:
@@ -78,10 +96,14 @@ class Batcher:
                     batch.append(self._queue.get_nowait())
             if not batch:
                 continue
+            if self.queued is not None:
+                started = time.perf_counter()
+                for _, _, submitted in batch:
+                    self.queued.observe(started - submitted)
             outcomes = await loop.run_in_executor(
-                self._executor, self._commit, [unit for unit, _ in batch]
+                self._executor, self._commit, [unit for unit, _, _ in batch]
             )
-            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            for (_, future, _), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.cancelled():
                     continue
                 if ok:
@@ -99,12 +121,19 @@ class GroupCommitWriter(Batcher):
         self.engine = engine
         self.commits = 0  # transactions committed, for tests
         self.units = 0  # units committed
+        self.queued = COMMIT_SECONDS.labels("queued")
         self._lock_path = _sqlite_lock_path(engine)
 
     def _commit(self, units: list[Unit]) -> list[tuple[bool, Any]]:
         try:
-            with _exclusive(self._lock_path), self.engine.begin() as connection:
-                results = _write(connection, units)
+            waited = time.perf_counter()
+            with _exclusive(self._lock_path):
+                locked = time.perf_counter()
+                with self.engine.begin() as connection:
+                    results = _write(connection, units)
+            COMMIT_SECONDS.labels("lock").observe(locked - waited)
+            COMMIT_SECONDS.labels("write").observe(time.perf_counter() - locked)
+            COMMIT_UNITS.observe(len(units))
         except Exception as exc:  # noqa: BLE001 - handed to the caller that owns the unit
             if is_unavailable(exc):  # retrying each unit alone would only fail again
                 log.debug("group commit of %d units: database unavailable (%s)", len(units), exc)
