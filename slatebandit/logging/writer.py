@@ -83,6 +83,10 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
+        # Each batch starts here, on the loop, so a busy loop holds back the next one: that
+        # wait is what fills the batches. A writer thread that went on by itself measured
+        # worse under the soak: 1.5 units a commit against 3, 20% more server CPU, p50 38 to
+        # 49 ms against 25 to 40, and a lower capacity (467 against 537 slates/s).
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
