@@ -408,6 +408,28 @@ def test_a_page_token_works_on_another_worker(settings: Settings) -> None:
     assert len(second["items"]) == 10 and not set(_ids(first)) & set(_ids(second))
 
 
+def test_an_item_added_through_one_worker_is_known_to_the_next_request_on_another(
+    tmp_path: Path, small_catalog: list[Item]
+) -> None:
+    """A client whose PUT was answered may send its next request to the other worker (a
+    connection closed and opened again): that worker syncs its catalog rather than answer
+    404, though its own poll is an hour away."""
+    settings = make_settings(tmp_path, learner="off", catalog_poll_seconds=3600)
+    seed_catalog(settings.database_url, small_catalog)
+    new = {"item_id": "just-added", "category": "kids/toys/plush", "title": "a new plush"}
+    with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+        assert one.put("/v1/items", json=[new]).status_code == 200
+        view = {"user_id": "w", "item_id": "just-added", "type": "view"}
+        assert two.post("/v1/events", json=view).status_code == 202
+        page = {"user_id": "w", "k": 5, "placement": "item", "item_id": "just-added"}
+        assert two.post("/v1/slates", json=page).status_code == 200
+        unknown = {**view, "item_id": "never-added"}
+        assert two.post("/v1/events", json=unknown).status_code == 404  # still, when it is not
+        missing = {**page, "item_id": "never-added"}
+        answer = two.post("/v1/slates", json=missing)
+        assert answer.status_code == 400 and answer.json()["error"]["field"] == "item_id"
+
+
 def test_a_chain_ends_at_its_limit_and_tokens_stay_bounded() -> None:
     request = b"12345678"
     almost = Page("home", request, tuple(range(MAX_SHOWN - 10)))

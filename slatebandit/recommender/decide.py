@@ -172,6 +172,7 @@ async def decide(r: Parts, query: SlateQuery) -> Decision:
 
 
 async def _shopper(r: Parts, query: SlateQuery) -> Shopper:
+    await r.know_items([query.item_id, *query.cart])  # an item page for a product just added
     catalog = r.store.catalog
     user_id = r.user_key(query.user_id)
     # Checked before the shopper is read: a bad placement or page token costs nothing.

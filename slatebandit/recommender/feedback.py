@@ -190,6 +190,7 @@ async def _park(r: Parts, record: SpooledReward, item_id: str) -> Logged:
 async def event(r: Parts, user_id: str, item_id: str, type: str) -> Logged:
     """Record that a shopper acted on an item: committed, or spooled while the database is
     away (folded into their state when shipped: until then their slates do not show it)."""
+    await r.know_items([item_id])
     key = r.store.catalog.key_of.get(item_id)
     if key is None:
         raise NotFound(f"item_id: no item {item_id!r}", field="item_id")

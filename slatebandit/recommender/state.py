@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -205,6 +205,21 @@ class Parts:
         return hmac.new(self._user_id_key, user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
     # What this worker remembers -------------------------------------------------------------
+
+    async def know_items(self, item_ids: Iterable[str | None]) -> None:
+        """Sync the catalog now if this worker does not know one of ``item_ids``. An item
+        another worker added is otherwise unknown here until the next catalog poll
+        (``SLATEBANDIT_CATALOG_POLL_SECONDS``), while the client, its PUT answered, may send
+        its next request here. If the database does not answer, the catalog stays as it is
+        and the caller answers for an unknown item as before."""
+        key_of = self.store.catalog.key_of
+        if self.outage.degraded or all(i is None or i in key_of for i in item_ids):
+            return
+        try:
+            await self.store.sync(self.engine)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
 
     def remember_decision(self, event_id: str, decision: ShownDecision) -> None:
         self.decisions[event_id] = decision
