@@ -423,6 +423,10 @@ def test_an_item_added_through_one_worker_is_known_to_the_next_request_on_anothe
         assert two.post("/v1/events", json=view).status_code == 202
         page = {"user_id": "w", "k": 5, "placement": "item", "item_id": "just-added"}
         assert two.post("/v1/slates", json=page).status_code == 200
+        cart = {"user_id": "w", "k": 5, "placement": "cart", "items": ["another-new"]}
+        assert one.put("/v1/items", json=[{**new, "item_id": "another-new"}]).status_code == 200
+        shown = two.post("/v1/slates", json=cart)
+        assert shown.status_code == 200
         unknown = {**view, "item_id": "never-added"}
         assert two.post("/v1/events", json=unknown).status_code == 404  # still, when it is not
         missing = {**page, "item_id": "never-added"}

@@ -112,6 +112,7 @@ async def reward(
     parking = decision is None and not outage.spooling()
     if parking and not await _held_elsewhere(r):
         raise NotFound(f"event_id: no decision {event_id}", field="event_id")
+    await r.know_items([item_id])  # shown by a worker that knew it sooner than this one
     key = r.store.catalog.key_of.get(item_id)
     if key is None:
         raise InvalidInput(f"item_id: {item_id!r} was not shown in this decision", field="item_id")
