@@ -177,7 +177,11 @@ class Connections:
 
     async def open(self) -> None:
         for _ in range(self.size):
-            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            await self._add()
+
+    async def _add(self) -> None:
+        """One more connection in the pool: at the start, and in place of one that ended."""
+        self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode()
@@ -194,11 +198,11 @@ class Connections:
             payload = await reader.readexactly(length)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             writer.close()
-            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            await self._add()
             raise
         if b"connection: close" in header.lower():  # the server ends it: open the next one
             writer.close()
-            self.idle.put_nowait(await asyncio.open_connection(self.host, self.port))
+            await self._add()
         else:
             self.idle.put_nowait((reader, writer))
         return status, json.loads(payload)
