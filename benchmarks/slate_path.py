@@ -41,7 +41,13 @@ from slatebandit.config import Settings
 STAGES = (
     ("decide, in all", "slatebandit.recommender.core", "Recommender", "decide"),
     ("shopper: state read and features", "slatebandit.recommender.decide", "", "_shopper"),
-    ("  state read (SQL)", "slatebandit.recommender.state", "", "read_user"),
+    ("  state read (SQL, through the engine)", "slatebandit.recommender.state", "", "read_user"),
+    (
+        "  state read (SQLite, on the loop)",
+        "slatebandit.logging.user_reads",
+        "SqliteUserReader",
+        "read",
+    ),
     ("candidates", "slatebandit.recommender.decide", "", "generate"),
     ("  HNSW queries", "slatebandit.retrieval.index", "ItemIndex", "query"),
     (
@@ -92,8 +98,8 @@ class StageTimer:
 
         for label, module, owner_name, name in STAGES:
             owner: object = importlib.import_module(module)
-            if owner_name:
-                owner = getattr(owner, owner_name)
+            if owner_name:  # absent in a revision without it: that stage reports nothing
+                owner = getattr(owner, owner_name, None)
             if hasattr(owner, name):
                 self.wrap(owner, name, label)
 

@@ -1,10 +1,13 @@
 """Point reads on PostgreSQL: the slate's read of its shopper on the event loop (``UserReader``)
 and SQLAlchemy's point reads without a pre-ping (``read_retrying``), each surviving a
-connection the server closed while it idled, and each the same rows as ``read_user``."""
+connection the server closed while it idled, and each the same rows as ``read_user``. On
+SQLite, the shopper's read on the loop (``SqliteUserReader``): the same rows, the newest
+commit, and an unreadable file said to be unavailable."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -12,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from slatebandit.errors import DatabaseUnavailable
 from slatebandit.logging.engine import open_engine, point_reader, read_retrying
-from slatebandit.logging.user_reads import UserReader
+from slatebandit.logging.user_reads import SqliteUserReader, UserReader
 from slatebandit.logging.users import read_user, save_user_profiles, update_user_state
 
 APP = "slatebandit-point-reads-test"
@@ -117,3 +120,42 @@ def test_point_reads_retry_once_on_a_closed_connection(pg_url: str) -> None:
         read_retrying(points, lambda conn: conn.execute(text("SELECT * FROM nonexistent")))
     for each in (points, engine, admin):
         each.dispose()
+
+
+def test_sqlite_user_reader_reads_what_read_user_reads(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    _shoppers(engine)
+    assert SqliteUserReader.serves(engine)
+    reader = SqliteUserReader(engine)
+    with engine.connect() as conn:
+        expected = [read_user(conn, user) for user in ("ann", "bob", "nobody")]
+
+    async def reads() -> tuple[list[object], object]:
+        first = [await reader.read(user) for user in ("ann", "bob", "nobody")]
+        with engine.begin() as conn:  # after the reader's last read: its next one sees it
+            update_user_state(conn, "bob", lambda old: b"bob, again")
+        again = await reader.read("bob")
+        await reader.close()
+        return first, again
+
+    first, again = asyncio.run(reads())
+    assert first == expected
+    assert expected[0][1] == ["segment=a", "tenure=3"] and expected[2] == (None, [])
+    with engine.connect() as conn:
+        assert again == read_user(conn, "bob")
+    assert again[0][1] == b"bob, again"  # type: ignore[index]
+    engine.dispose()
+
+
+def test_sqlite_user_reader_says_unavailable_when_the_file_cannot_be_opened(
+    tmp_path: Path,
+) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    _shoppers(engine)
+    moved = create_engine(f"sqlite:///{tmp_path / 'gone' / 'log.db'}")  # no such directory
+    reader = SqliteUserReader(moved)
+
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(reader.read("ann"))
+    assert not SqliteUserReader.serves(create_engine("sqlite://"))  # memory: per connection
+    engine.dispose()

@@ -110,9 +110,15 @@ def is_unavailable(exc: BaseException) -> bool:
         return False
     state = getattr(exc.orig, "sqlstate", None)
     if isinstance(exc.orig, sqlite3.Error):
-        message = str(exc.orig).lower()
-        return any(words in message for words in _SQLITE_AWAY)
+        return sqlite_away(exc.orig)
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def sqlite_away(exc: sqlite3.Error) -> bool:
+    """Whether sqlite3's ``exc`` says the database stays locked or cannot be opened or read
+    (``is_unavailable`` for errors raised by the driver itself)."""
+    message = str(exc).lower()
+    return any(words in message for words in _SQLITE_AWAY)
 
 
 def open_engine(url: str, *, create: bool = True) -> Engine:

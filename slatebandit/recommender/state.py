@@ -30,7 +30,7 @@ from slatebandit.logging import (
     shown_decision,
 )
 from slatebandit.logging.engine import is_unavailable, point_reader, read_retrying
-from slatebandit.logging.user_reads import UserReader
+from slatebandit.logging.user_reads import SqliteUserReader, UserReader
 from slatebandit.logging.users import read_user, update_user_state
 from slatebandit.merchandising import Rotation, RuleBook
 from slatebandit.personalizer.loops import Loops
@@ -96,12 +96,13 @@ class Parts:
         self.settings = settings
         self.engine = engine
         self.point_engine = point_reader(engine)
-        # On PostgreSQL the slate's read of its shopper runs on the event loop, not a thread.
-        self.user_reader = (
-            UserReader(engine, timeout=settings.db_timeout_seconds)
-            if engine.dialect.name == "postgresql"
-            else None
-        )
+        # The slate's read of its shopper runs on the event loop, through a connection of its
+        # own (``logging.user_reads``); a memory database is read through the engine.
+        self.user_reader: UserReader | SqliteUserReader | None = None
+        if engine.dialect.name == "postgresql":
+            self.user_reader = UserReader(engine, timeout=settings.db_timeout_seconds)
+        elif SqliteUserReader.serves(engine):
+            self.user_reader = SqliteUserReader(engine)
         self.store = store
         self.policy = policy  # the champion follower: ``vw`` wherever it serves
         self.policies = policies
@@ -256,7 +257,7 @@ class Parts:
         to a thread and back cost several times the read itself (a slate's state read took
         330 µs through a thread, 21 µs of it SQL). Elsewhere it is ``read``, outside a
         transaction and from a pool without the ping (``engine.point_reader``). A shopper's
-        state on PostgreSQL is read on the loop instead (``user_reader``)."""
+        state is read by ``user_reader`` instead, where there is one."""
         if self.engine.dialect.name != "sqlite":
             return await self.read(query, point=True)
         try:
