@@ -133,3 +133,26 @@ def test_neighbours_of_answers_as_query_does_and_forgets_on_every_change(tmp_pat
     loaded = ItemIndex.load(tmp_path / "items.json")
     np.testing.assert_array_equal(loaded.neighbours_of(seeds, 21), after_delete)
     assert index.neighbours_of([7], 21).shape == (0, 0)
+
+
+def test_nearest_answers_as_query_does_and_forgets_on_every_change() -> None:
+    rng = np.random.default_rng(3)
+    data = _unit(rng, 500, 16)
+    index = ItemIndex(16)
+    index.upsert(np.arange(500), data)
+    session = _unit(rng, 1, 16)[0]
+
+    first = index.nearest(session, 100)
+    np.testing.assert_array_equal(first, index.query(session, 100)[0][0])
+    assert index.nearest(session.copy(), 100) is first  # kept, by the vector's bytes
+    assert len(index.nearest(session, 10)) == 10  # another k: asked afresh
+
+    index.upsert(np.array([600]), session[None, :])  # an item exactly where the shopper is
+    after_add = index.nearest(session, 100)
+    assert after_add[0] == 600
+    np.testing.assert_array_equal(after_add, index.query(session, 100)[0][0])
+
+    index.delete(np.array([600, int(first[0])]))
+    after_delete = index.nearest(session, 100)
+    assert 600 not in after_delete and first[0] not in after_delete
+    np.testing.assert_array_equal(after_delete, index.query(session, 100)[0][0])

@@ -115,7 +115,11 @@ def generate(
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = session_vector(store, user, session_keys)
     if session is not None:
-        proposals[SOURCES.index("session")] = neighbours(session, quotas.session)[0]
+        proposals[SOURCES.index("session")] = (
+            index.nearest(session, quotas.session)  # kept between slates
+            if allowed is None
+            else neighbours(session, quotas.session)[0]
+        )
     if allowed is None:
         proposals[SOURCES.index("popular")] = catalog.popular[: quotas.popular]
         fresh = catalog.fresh_keys(quotas.fresh)
