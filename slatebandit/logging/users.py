@@ -42,27 +42,52 @@ def update_user_state(
 ) -> tuple[int, bytes]:
     """Apply ``change`` (old state bytes, None for a new user -> new bytes) under a row lock;
     returns the new (version, bytes)."""
-    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    now = time.time()
+    # A new row's versions start from the clock, not 0: a user erased and seen again gets
+    # versions no worker has cached a state under.
     conn.execute(
-        dialect.insert(user_states)
-        # A new row's versions start from the clock, not 0: a user erased and seen again gets
-        # versions no worker has cached a state under.
-        .values(user_id=user_id, version=time.time_ns() // 1000, state=b"", updated_at=time.time())
-        .on_conflict_do_nothing(index_elements=["user_id"])
+        _CREATE_USER[conn.dialect.name],
+        {"b_user": user_id, "b_version": time.time_ns() // 1000, "b_now": now},
     )
-    row = conn.execute(
-        select(user_states.c.version, user_states.c.state)
-        .where(user_states.c.user_id == user_id)
-        .with_for_update()
-    ).one()
+    row = conn.execute(_LOCK_USER, {"b_user": user_id}).one()
     state = change(bytes(row.state) or None)
     version = int(row.version) + 1
     conn.execute(
-        update(user_states)
-        .where(user_states.c.user_id == user_id)
-        .values(version=version, state=state, updated_at=time.time())
+        _WRITE_USER, {"b_user": user_id, "b_version": version, "b_state": state, "b_now": now}
     )
     return version, state
+
+
+# Built once, as ``READ_USER``: the three statements built per call cost an event's update
+# 350 to 410 us on SQLite, most of it SQLAlchemy building and keying them.
+_NEW_USER = {
+    "user_id": bindparam("b_user"),
+    "version": bindparam("b_version"),
+    "state": b"",
+    "updated_at": bindparam("b_now"),
+}
+_CREATE_USER = {  # by dialect: each says ON CONFLICT in its own insert
+    "sqlite": sqlite.insert(user_states)
+    .values(_NEW_USER)
+    .on_conflict_do_nothing(index_elements=["user_id"]),
+    "postgresql": postgresql.insert(user_states)
+    .values(_NEW_USER)
+    .on_conflict_do_nothing(index_elements=["user_id"]),
+}
+_LOCK_USER = (
+    select(user_states.c.version, user_states.c.state)
+    .where(user_states.c.user_id == bindparam("b_user"))
+    .with_for_update()
+)
+_WRITE_USER = (
+    update(user_states)
+    .where(user_states.c.user_id == bindparam("b_user"))
+    .values(
+        version=bindparam("b_version"),
+        state=bindparam("b_state"),
+        updated_at=bindparam("b_now"),
+    )
+)
 
 
 def _read_user() -> Select[Any]:
