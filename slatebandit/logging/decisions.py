@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from slatebandit.logging.engine import DIALECT_INSERT
 from slatebandit.logging.partitions import event_time, is_partitioned, made_since
 from slatebandit.logging.records import payload_fields
 from slatebandit.logging.schema import decisions, events, rewards, slots
@@ -45,16 +45,16 @@ INSERT_SLOTS = insert(slots)
 # A reward once per (decision, item, type), by dialect; RETURNING, because rowcount is not
 # reliable for DO NOTHING across drivers.
 _STORE_REWARD = {
-    "sqlite": sqlite.insert(rewards)
+    name: insert_into(rewards)
     .on_conflict_do_nothing(index_elements=["decision_id", "item_key", "type"])
-    .returning(rewards.c.id),
-    "postgresql": postgresql.insert(rewards)
-    .on_conflict_do_nothing(index_elements=["decision_id", "item_key", "type"])
-    .returning(rewards.c.id),
+    .returning(rewards.c.id)
+    for name, insert_into in DIALECT_INSERT.items()
 }
 _INSERT_EVENT = insert(events)
 _STORE_EVENT = (
-    sqlite.insert(events).on_conflict_do_nothing(index_elements=["ref"]).returning(events.c.id)
+    DIALECT_INSERT["sqlite"](events)
+    .on_conflict_do_nothing(index_elements=["ref"])
+    .returning(events.c.id)
 )
 
 

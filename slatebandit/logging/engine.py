@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     create_engine,
     event,
     insert,
@@ -18,6 +19,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -43,6 +46,12 @@ POSTGRES_CONNECT_ARGS: dict[str, Any] = {
 }
 T = TypeVar("T")
 _SQLITE_AWAY = ("locked", "unable to open", "disk i/o", "readonly", "read-only")
+SQLITE_BUSY_SECONDS = 30  # SQLite's busy handler waits this long for a lock before failing
+# Each dialect's own insert, for statements that say ON CONFLICT (built once, by dialect name).
+DIALECT_INSERT: dict[str, Callable[[Table], sqlite_dialect.Insert | postgresql_dialect.Insert]] = {
+    "sqlite": sqlite_dialect.insert,
+    "postgresql": postgresql_dialect.insert,
+}
 
 # Steps that bring a database of schema version V to V + 1 in place (new tables are created by
 # ``create_all`` afterwards). Each is plain SQL both SQLite and PostgreSQL accept, or a function
@@ -121,6 +130,14 @@ def sqlite_away(exc: sqlite3.Error) -> bool:
     return any(words in message for words in _SQLITE_AWAY)
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """The path of ``engine``'s SQLite file; None for another database or a memory one."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return database
+
+
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for ``url`` with the schema in place.
 
@@ -131,7 +148,9 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS}
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = _postgres(url, pool_pre_ping=True, pool_size=8, max_overflow=8)

@@ -26,7 +26,13 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 
 from slatebandit.errors import DatabaseUnavailable
-from slatebandit.logging.engine import CONNECT_TIMEOUT, POSTGRES_CONNECT_ARGS, sqlite_away
+from slatebandit.logging.engine import (
+    CONNECT_TIMEOUT,
+    POSTGRES_CONNECT_ARGS,
+    SQLITE_BUSY_SECONDS,
+    sqlite_away,
+    sqlite_file,
+)
 from slatebandit.logging.users import READ_USER, UserRead, user_read
 
 # Reads in flight at once per worker; more wait for a connection (a read takes a fraction of
@@ -88,26 +94,24 @@ class SqliteUserReader:
     """``read_user`` on a SQLite file, for one worker's event loop: the same interface as
     ``UserReader``. The connection opens on first use; ``close`` at shutdown."""
 
-    def __init__(self, engine: Engine, *, timeout: float = 30.0) -> None:
+    def __init__(self, engine: Engine) -> None:
         compiled = READ_USER.compile(dialect=engine.dialect)
         self._sql = str(compiled)
         self._binds = len(compiled.positiontup or ())  # the user id, once per subquery
-        self._path = engine.url.database
-        self._timeout = timeout  # as the engine's: SQLite's busy handler, rarely met in WAL
+        self._path = sqlite_file(engine) or ""
         self._conn: sqlite3.Connection | None = None
 
     @staticmethod
     def serves(engine: Engine) -> bool:
         """Whether ``engine`` is a SQLite file (a memory database is one per connection)."""
-        database = engine.url.database
-        return engine.dialect.name == "sqlite" and bool(database) and database != ":memory:"
+        return sqlite_file(engine) is not None
 
     async def read(self, user_id: str) -> UserRead:
         """The user's state and batch features (as ``read_user``). Raises DatabaseUnavailable
         if the database cannot be opened or read."""
         try:
             if self._conn is None:
-                self._conn = _read_only(self._path or "", self._timeout)
+                self._conn = _read_only(self._path)
             # fetchall, not fetchone: the statement runs to its end, so the connection holds
             # no snapshot between slates (one left open would stall the WAL's checkpoints).
             (row,) = self._conn.execute(self._sql, (user_id,) * self._binds).fetchall()
@@ -126,8 +130,11 @@ class SqliteUserReader:
             self._conn = None
 
 
-def _read_only(path: str, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+def _read_only(path: str) -> sqlite3.Connection:
+    # The engine's busy timeout too: in WAL mode a reader rarely meets SQLite's busy handler.
+    conn = sqlite3.connect(
+        path, timeout=SQLITE_BUSY_SECONDS, isolation_level=None, check_same_thread=False
+    )
     conn.execute("PRAGMA query_only=ON")
     return conn
 

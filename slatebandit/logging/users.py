@@ -24,9 +24,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
+from slatebandit.logging.engine import DIALECT_INSERT
 from slatebandit.logging.schema import user_profiles, user_states
 
 
@@ -66,13 +66,11 @@ _NEW_USER = {
     "state": b"",
     "updated_at": bindparam("b_now"),
 }
-_CREATE_USER = {  # by dialect: each says ON CONFLICT in its own insert
-    "sqlite": sqlite.insert(user_states)
+_CREATE_USER = {
+    name: insert_into(user_states)
     .values(_NEW_USER)
-    .on_conflict_do_nothing(index_elements=["user_id"]),
-    "postgresql": postgresql.insert(user_states)
-    .values(_NEW_USER)
-    .on_conflict_do_nothing(index_elements=["user_id"]),
+    .on_conflict_do_nothing(index_elements=["user_id"])
+    for name, insert_into in DIALECT_INSERT.items()
 }
 _LOCK_USER = (
     select(user_states.c.version, user_states.c.state)

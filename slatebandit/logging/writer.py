@@ -26,7 +26,7 @@ from prometheus_client import Histogram
 from sqlalchemy import Connection, Engine
 
 from slatebandit.errors import DatabaseUnavailable
-from slatebandit.logging.engine import is_unavailable
+from slatebandit.logging.engine import is_unavailable, sqlite_file
 
 log = logging.getLogger(__name__)
 Unit = Callable[[Connection], Any]
@@ -160,10 +160,8 @@ def _unavailable(exc: Exception) -> DatabaseUnavailable:
 
 
 def _sqlite_lock_path(engine: Engine) -> Path | None:
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        return None
-    return Path(database + ".writelock")
+    database = sqlite_file(engine)
+    return None if database is None else Path(database + ".writelock")
 
 
 @contextlib.contextmanager
