@@ -101,24 +101,19 @@ def generate(
 
     proposals: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(SOURCES)
 
-    def neighbours(queries: np.ndarray, k: int) -> np.ndarray:
-        if allowed is None:
-            return index.query(queries, k)[0]
-        return allowed.neighbours(index, queries, k)
-
     if recent:
         k = quotas.similar_per_item + 1  # +1: the seed itself
         if allowed is None:
             labels = index.neighbours_of(recent, k)  # kept between slates
         else:
-            labels = neighbours(index.live_vectors(recent)[1], k)
+            labels = allowed.neighbours(index, index.live_vectors(recent)[1], k)
         proposals[SOURCES.index("similar")] = labels.T.ravel()  # every seed's best first
     session = session_vector(store, user, session_keys)
     if session is not None:
         proposals[SOURCES.index("session")] = (
             index.nearest(session, quotas.session)  # kept between slates
             if allowed is None
-            else neighbours(session, quotas.session)[0]
+            else allowed.neighbours(index, session, quotas.session)[0]
         )
     if allowed is None:
         proposals[SOURCES.index("popular")] = catalog.popular[: quotas.popular]
