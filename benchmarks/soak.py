@@ -17,7 +17,9 @@ first item one time in ten. Every minute it reports:
 - the mean milliseconds, from the server's /metrics, of a slate inside the server (``slate``)
   and of each part of a durable answer's wait for its group commit: queued behind the batch
   being written (``queued``), its batch waiting for the write lock (``lock``), writing and
-  committing (``write``); and the mean units per commit (``units``);
+  committing (``write``); the mean units per commit (``units``); and the workers' mean
+  garbage-collection pause by generation (``gc0`` to ``gc2``), with how many they ran
+  (``collections``);
 - the RSS of the server's processes (the supervisor and its workers, summed);
 - the decisions logged and the database's size on disk;
 - learner lag (the newest due decision against the newest checkpoint's), and the versions,
@@ -133,6 +135,8 @@ def time_sums(base: str) -> dict[str, tuple[float, float]]:
                 name = sample.labels["part"]
             elif family.name == "slatebandit_commit_units":
                 name = "units"
+            elif family.name == "slatebandit_gc_pause_seconds":
+                name = f"gc{sample.labels['generation']}"
             elif family.name == "slatebandit_request_duration_seconds":
                 if sample.labels.get("route") != "/v1/slates":
                     continue
@@ -156,6 +160,17 @@ def minute_means(
         mean = (total - total_was) / max(n - n_was, 1)
         out[name] = round(mean if name == "units" else mean * 1000, 2)
     return out
+
+
+def minute_counts(
+    now: dict[str, tuple[float, float]], was: dict[str, tuple[float, float]]
+) -> dict[str, int]:
+    """How many of each garbage collection (``gc0`` to ``gc2``) the workers ran in a minute."""
+    return {
+        name: int(n - was.get(name, (0.0, 0.0))[1])
+        for name, (_, n) in now.items()
+        if name.startswith("gc")
+    }
 
 
 def db_bytes(data_dir: Path) -> int:
@@ -380,6 +395,7 @@ async def soak(
             "load_cpu_s": round(spent, 1),
             "box_busy": round((busy - was_busy) / max(total - was_total, 1), 3),
             "mean_ms": minute_means(sums, sums_was),
+            "collections": minute_counts(sums, sums_was),
             "rss_mb": tree_rss(server_pid) / 2**20,
             "decisions": logged,
             "db_mb": db_bytes(data_dir) / 2**20,

@@ -8,6 +8,7 @@ checks the request's key first.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from slatebandit.logging.engine import is_unavailable
 from slatebandit.recommender import Recommender
 from slatebandit.server import catalog, console, experiments, metrics, privacy, routes, rules, stats
 from slatebandit.server.codec import error_response, respond
+from slatebandit.server.collector import tend_collector
 from slatebandit.server.connections import RecycleConnections
 from slatebandit.server.evaluations import list_evaluations, post_evaluation, read_evaluation
 from slatebandit.server.openapi import openapi_document
@@ -47,9 +49,11 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         recommender = await Recommender.open(settings)
         await recommender.start()
+        collector = asyncio.create_task(tend_collector())
         try:
             yield {"recommender": recommender, "access": Access.of(settings)}
         finally:
+            collector.cancel()
             await recommender.close()
 
     async def openapi(request: Request) -> Response:

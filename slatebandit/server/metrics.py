@@ -30,6 +30,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -68,6 +69,17 @@ DURATION = Histogram(
 )
 RESPONSES = Counter(
     "slatebandit_responses", "Answers by route and HTTP status class", ["route", "status"]
+)
+GC_PAUSES = Histogram(
+    "slatebandit_gc_pause_seconds",
+    "The worker's garbage-collection pauses, by generation (server/collector.py)",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+GC_FROZEN = Gauge(
+    "slatebandit_gc_frozen_objects",
+    "Objects the live workers' collectors no longer walk (server/collector.py)",
+    multiprocess_mode="livesum",
 )
 
 

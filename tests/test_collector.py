@@ -1,0 +1,94 @@
+"""The worker's garbage collector (``server/collector.py``): pauses timed by generation, what
+outlives a full collection frozen, and no deadlock when a collection starts inside
+``prometheus_client``'s locks."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from slatebandit.server.collector import Collector
+from slatebandit.server.metrics import GC_FROZEN, GC_PAUSES
+
+
+def full_collections() -> float:
+    return sum(
+        sample.value
+        for metric in GC_PAUSES.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_count") and sample.labels["generation"] == "2"
+    )
+
+
+@pytest.fixture
+def collections_asked_only() -> Iterator[None]:
+    """Only the collections a test asks for, none the allocator starts; nothing left frozen."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+@pytest.mark.usefixtures("collections_asked_only")
+def test_pauses_are_noted_then_observed_by_generation_until_exit() -> None:
+    before = full_collections()
+    with Collector(freeze_survivors=False) as collector:
+        gc.collect()
+        gc.collect(0)
+        gc.collect()
+        assert [generation for generation, _ in collector.pending] == [2, 0, 2]
+        assert full_collections() == before  # noted only: observed from the loop
+        collector.flush()
+        assert full_collections() == before + 2 and not collector.pending
+        gc.collect()
+    assert full_collections() == before + 3  # flushed on the way out
+    gc.collect()  # after it: not timed
+    assert full_collections() == before + 3
+
+
+@pytest.mark.usefixtures("collections_asked_only")
+def test_what_outlives_a_full_collection_is_frozen_and_still_freed_by_reference() -> None:
+    gc.unfreeze()
+    kept = [[n] for n in range(1000)]  # a cache's entries: containers the collector tracks
+    with Collector() as collector:
+        gc.collect(1)
+        assert gc.get_freeze_count() == 0  # a younger generation's survivors stay walked
+        gc.collect()
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(kept)
+        assert not any(entry is kept[0] for entry in gc.get_objects())  # no longer walked
+        collector.flush()
+        assert frozen - 100 <= _gauge() <= frozen  # what the flush found frozen
+    del kept  # a cache dropping its entries: reference counting frees them, frozen or not
+    assert gc.get_freeze_count() <= frozen - 1000
+
+
+@pytest.mark.usefixtures("collections_asked_only")
+def test_a_collection_while_the_histogram_is_locked_does_not_deadlock() -> None:
+    """The callback must not take prometheus_client's locks: a collection can start while the
+    same thread holds one (a worker hung so, creating a labelled child in the shared files)."""
+    children = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
+    locks = [child._sum._lock for child in children]  # type: ignore[attr-defined]
+    collected = threading.Event()
+
+    def collect_holding_the_locks() -> None:
+        with Collector(freeze_survivors=False), ExitStack() as held:
+            for lock in locks:
+                held.enter_context(lock)
+            gc.collect()  # the callbacks run here, with every lock held by this thread
+            collected.set()
+
+    thread = threading.Thread(target=collect_holding_the_locks, daemon=True)
+    thread.start()
+    assert collected.wait(60), "the collection's callback waited for a lock its thread holds"
+    thread.join()
+
+
+def _gauge() -> float:
+    return sum(sample.value for metric in GC_FROZEN.collect() for sample in metric.samples)
