@@ -16,6 +16,7 @@ Actions are read from the shopper's stored state, shared by every worker.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -87,4 +88,9 @@ class Rotation:
 
 
 def _last_action(acted: Acted, key: int) -> float:
-    return max((times.get(key, -np.inf) for times in acted.values()), default=-np.inf)
+    last = -math.inf  # a loop, not max() over a generator: it runs for every remembered item
+    for times in acted.values():
+        at = times.get(key, last)
+        if at > last:
+            last = at
+    return last
