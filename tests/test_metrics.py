@@ -157,9 +157,14 @@ def test_counters_are_summed_across_two_workers(tmp_path: Path) -> None:
             assert slates == n
             assert value(samples, "slatebandit_catalog_items") == 500  # read once, not summed
             assert value(samples, "slatebandit_database_up") == 1
+        live = list((data_dir / "metrics").glob("gauge_livesum_*.db"))
+        assert len(live) >= 2, live  # each worker's frozen-object count, summed while it lives
     finally:
         server.terminate()
         server.wait(timeout=60)
+    # A worker that exits takes its live gauges with it; its counters stay.
+    assert not list((data_dir / "metrics").glob("gauge_livesum_*.db"))
+    assert len(list((data_dir / "metrics").glob("counter_*.db"))) >= 2
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> Starlette:
             yield {"recommender": recommender, "access": Access.of(settings)}
         finally:
             collector.cancel()
+            metrics.worker_exiting()
             await recommender.close()
 
     async def openapi(request: Request) -> Response:

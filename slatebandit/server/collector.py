@@ -14,9 +14,10 @@ So the survivors of each full collection are frozen the moment it ends (``gc.fre
 its "stop" callback, when the young generations are empty): later full collections walk only
 what was kept since. A frozen object is still freed by reference counting when a cache drops
 it, which is how every cache here lets go (their entries hold no reference cycles). What a
-freeze cannot free is a reference cycle among frozen objects that dies later; ``gc.unfreeze``
-in a maintenance window gives those back to the collector (``slatebandit_gc_frozen_objects``
-shows how many objects are frozen).
+freeze cannot free is a reference cycle among frozen objects that dies later: the frozen
+count (``slatebandit_gc_frozen_objects``, summed over the live workers) would then keep
+growing with a steady load, and a restart of the worker would give the memory back. In a soak
+it held steady (README, Measured).
 
 The callbacks only note each pause: they run wherever an allocation starts a collection, which
 may be inside ``prometheus_client`` holding its non-reentrant lock on the shared files (timing

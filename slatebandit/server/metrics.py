@@ -7,8 +7,10 @@ Two kinds of figure, kept apart so that neither is counted twice:
   fresh directory before its workers start, so ``prometheus_client`` keeps these counters in
   memory-mapped files there, one per worker, and whichever worker answers a scrape sums them
   all (its ``MultiProcessCollector``). A worker that exits leaves its file, so counters never
-  go backwards when a worker restarts. Without that variable (tests, an embedding app) they
-  live in this process's default registry.
+  go backwards when a worker restarts. One gauge is kept so too, summed over the live workers
+  (their objects frozen from the garbage collector): a worker takes it along as it exits.
+  Without that variable (tests, an embedding app) they live in this process's default
+  registry.
 - **Read at scrape time, once, by the worker that answers** (model versions, learner lag,
   learned examples, release verdicts, the database, the spool, the catalog). They are the
   database's or the machine's figures, the same whichever worker reads them, so summing them
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import time
 from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
     values,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -81,6 +85,13 @@ GC_FROZEN = Gauge(
     "Objects the live workers' collectors no longer walk (server/collector.py)",
     multiprocess_mode="livesum",
 )
+
+
+def worker_exiting() -> None:
+    """Take this worker's live gauges (``slatebandit_gc_frozen_objects``) out of the shared
+    files as it exits; its counters stay, so that sums never go backwards."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def slate_served(decision: Decision) -> None:
