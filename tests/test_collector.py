@@ -8,6 +8,7 @@ import gc
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,19 @@ def test_a_collection_while_the_histogram_is_locked_does_not_deadlock() -> None:
 
 def _gauge() -> float:
     return sum(sample.value for metric in GC_FROZEN.collect() for sample in metric.samples)
+
+
+def test_a_worker_times_its_collections_while_it_serves_and_stops_after(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from slatebandit.server import create_app
+    from tests.conftest import make_settings
+
+    def collectors() -> list[object]:
+        return [c for c in gc.callbacks if isinstance(getattr(c, "__self__", None), Collector)]
+
+    assert not collectors()
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert len(collectors()) == 1
+    assert not collectors()

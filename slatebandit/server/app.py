@@ -54,6 +54,8 @@ def create_app(settings: Settings) -> Starlette:
             yield {"recommender": recommender, "access": Access.of(settings)}
         finally:
             collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector  # its callback leaves gc.callbacks before the loop closes
             metrics.worker_exiting()
             await recommender.close()
 
