@@ -20,7 +20,9 @@ first item one time in ten. Every minute it reports:
   committing (``write``); the mean units per commit (``units``); and the workers' mean
   garbage-collection pause by generation (``gc0`` to ``gc2``), with how many they ran
   (``collections``);
-- the RSS of the server's processes (the supervisor and its workers, summed);
+- the RSS of the server's processes (the supervisor, its workers, the learner's process and a
+  small helper of multiprocessing's), summed (``rss_mb``) and each, largest first
+  (``rss_mb_each``): the growth target is on the sum, and the learner's share grows on its own;
 - the decisions logged and the database's size on disk;
 - learner lag (the newest due decision against the newest checkpoint's), and the versions,
   canaries and release verdicts so far.
@@ -81,17 +83,17 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and its descendants, from /proc."""
-    total = 0
+def tree_rss(root: int) -> dict[int, int]:
+    """pid -> resident bytes, for ``root`` and its descendants, from /proc."""
+    out = {}
     for pid in tree_pids(root):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+                    out[pid] = int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total
+    return out
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -387,6 +389,7 @@ async def soak(
         box = busy, total
         spent, own = time.process_time() - own, time.process_time()
         sums, sums_was = await asyncio.to_thread(time_sums, base), sums
+        resident = tree_rss(server_pid)
         row = {
             "minute": minute,
             **load.minute(),
@@ -396,7 +399,8 @@ async def soak(
             "box_busy": round((busy - was_busy) / max(total - was_total, 1), 3),
             "mean_ms": minute_means(sums, sums_was),
             "collections": minute_counts(sums, sums_was),
-            "rss_mb": tree_rss(server_pid) / 2**20,
+            "rss_mb": sum(resident.values()) / 2**20,
+            "rss_mb_each": sorted((round(b / 2**20) for b in resident.values()), reverse=True),
             "decisions": logged,
             "db_mb": db_bytes(data_dir) / 2**20,
             **learning,
