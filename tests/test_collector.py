@@ -4,6 +4,8 @@ outlives a full collection frozen, and no deadlock when a collection starts insi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import threading
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from slatebandit.server.collector import Collector
+from slatebandit.server.collector import Collector, tend_collector
 from slatebandit.server.metrics import GC_FROZEN, GC_PAUSES
 
 
@@ -109,3 +111,25 @@ def test_a_worker_times_its_collections_while_it_serves_and_stops_after(tmp_path
         assert client.get("/healthz").status_code == 200
         assert len(collectors()) == 1
     assert not collectors()
+
+
+def test_the_frozen_objects_are_counted_on_the_first_flush_then_every_count_every(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counting walks every frozen object (a pause of its own), so the tending task counts
+    only every ``count_every`` flushes, while it flushes the pauses each time."""
+    done: list[str] = []
+    monkeypatch.setattr(Collector, "flush", lambda self: done.append("flush"))
+    monkeypatch.setattr(Collector, "count_frozen", lambda self: done.append("count"))
+
+    async def tend_for_seven_flushes() -> None:
+        task = asyncio.create_task(tend_collector(every=0, count_every=3))
+        while len(done) < 10:
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(tend_for_seven_flushes())
+    f, c = "flush", "count"
+    assert done[:10] == [f, c, f, f, f, c, f, f, f, c]
