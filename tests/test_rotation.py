@@ -53,3 +53,20 @@ def test_rate_zero_turns_it_off_and_forget_erases_a_shopper() -> None:
     on.shown("u", [10], {}, 0.0)
     on.forget("u")
     assert on.shift("u", KEYS, {}, 1.0) is None
+
+
+def test_it_remembers_the_items_last_shown_and_the_shoppers_last_served(monkeypatch) -> None:
+    from slatebandit.merchandising import rotation as module
+
+    monkeypatch.setattr(module, "USERS", 2)
+    rotation = Rotation(rate=0.1, half_life=HOUR)
+    rotation.shown("u", list(range(module.ITEMS)), {}, 0.0)
+    rotation.shown("u", [0, 1000, 1001], {}, 1.0)  # 0 again, and two new: 1 and 2 drop out
+    keys = np.array([0, 1, 2, 3, 1000, 1001])
+    shift = rotation.shift("u", keys, {}, 2.0)
+    assert shift is not None
+    assert shift.tolist() == pytest.approx([-(1 - 0.9**2), 0.0, 0.0, -0.1, -0.1, -0.1])
+    rotation.shown("v", [5], {}, 3.0)
+    rotation.shown("w", [5], {}, 4.0)  # a third shopper: the least recently served goes
+    assert rotation.shift("u", keys, {}, 5.0) is None
+    assert rotation.shift("v", np.array([5]), {}, 5.0) is not None
