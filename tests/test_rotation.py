@@ -70,3 +70,12 @@ def test_it_remembers_the_items_last_shown_and_the_shoppers_last_served(monkeypa
     rotation.shown("w", [5], {}, 4.0)  # a third shopper: the least recently served goes
     assert rotation.shift("u", keys, {}, 5.0) is None
     assert rotation.shift("v", np.array([5]), {}, 5.0) is not None
+
+
+def test_an_empty_slate_counts_nothing() -> None:
+    rotation = Rotation(rate=0.1, half_life=HOUR)
+    rotation.shown("u", [], {}, 0.0)  # every candidate filtered out: nothing was shown
+    assert rotation.shift("u", KEYS, {}, 1.0) is None
+    rotation.shown("u", [10], {}, 2.0)
+    rotation.shown("u", [], {}, 3.0)
+    assert rotation.shift("u", KEYS, {}, 4.0)[0] == pytest.approx(-0.1)
