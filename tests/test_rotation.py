@@ -55,7 +55,9 @@ def test_rate_zero_turns_it_off_and_forget_erases_a_shopper() -> None:
     assert on.shift("u", KEYS, {}, 1.0) is None
 
 
-def test_it_remembers_the_items_last_shown_and_the_shoppers_last_served(monkeypatch) -> None:
+def test_it_remembers_the_items_last_shown_and_the_shoppers_last_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from slatebandit.merchandising import rotation as module
 
     monkeypatch.setattr(module, "USERS", 2)

@@ -156,7 +156,7 @@ def _start_child(url: str, settings: Settings, holder: str, parent: int) -> None
 def _child_turn(budget: float) -> int:
     """One turn, then the free pages it left inside glibc's heaps go back to the system: a
     turn loads models (a guard's two, its reward model) and drops them, and without a trim
-    the soak saw this process hold 10 to 20 MB more after each minute (0.1 to 10 ms a trim)."""
+    the soak saw this process hold 6 to 20 MB more after each minute (0.1 to 10 ms a trim)."""
     assert _loop is not None
     taken = _loop.turn(budget)[1]
     trim_freed_memory()
