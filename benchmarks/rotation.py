@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import package_root
 from slatebandit.merchandising import rotation as this_checkout
 
 ITEMS, CANDIDATES, SHOWN = 20_000, 200, 10
@@ -35,7 +36,7 @@ START = 1_700_000_000.0  # a fixed clock: the fade is in steps, so a seeded run 
 def older(revision: str, into: Path) -> ModuleType:
     """``merchandising/rotation.py`` as of ``revision``, loaded as a module of its own."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:slatebandit/merchandising/rotation.py"],
+        ["git", "-C", package_root(), "show", f"{revision}:slatebandit/merchandising/rotation.py"],
         check=True,
         capture_output=True,
         text=True,
