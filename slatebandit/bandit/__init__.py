@@ -8,7 +8,9 @@ from slatebandit.bandit.features import (
     action_line,
     candidate_features,
     dynamic_tokens,
+    static_features,
     valued,
+    with_bands,
 )
 from slatebandit.bandit.learning import slot_example
 from slatebandit.bandit.model import VWScorer, return_freed_memory, trim_freed_memory
@@ -45,6 +47,8 @@ __all__ = [
     "VWScorer",
     "action_features",
     "candidate_features",
+    "static_features",
+    "with_bands",
     "action_line",
     "build_slate",
     "dynamic_tokens",

@@ -62,12 +62,16 @@ class SharedFeatures:
 
     def line(self, slot: int | None = None) -> str:
         """``shared |u ... |c ...``: every value becomes an indicator token (numbers binned)."""
-        user = " ".join(
-            [*("rc=" + clean(c) for c in self.user if c), *(_valued(t) for t in self.profile)]
-        )
-        context = " ".join(f"{clean(name)}={_token(value)}" for name, value in self.context.items())
-        line = f"shared |u {user} |c {context}"
+        user, context = self.namespaces()
+        line = f"shared |u {' '.join(user)} |c {' '.join(context)}"
         return line if slot is None else f"{line} |p s{slot}"
+
+    def namespaces(self) -> tuple[list[str], list[str]]:
+        """The tokens of namespaces u and c, as ``line`` writes them (``name`` or
+        ``name:value``)."""
+        user = [*("rc=" + clean(c) for c in self.user if c), *(_valued(t) for t in self.profile)]
+        context = [f"{clean(name)}={_token(value)}" for name, value in self.context.items()]
+        return user, context
 
     def to_log(self) -> dict[str, object]:
         return {"c": self.context, "u": list(self.user), "p": list(self.profile)}
@@ -101,6 +105,7 @@ ACTION_SEPARATOR = "\n|i "  # joins the shared line and item features into one e
 # The bands of every packed byte, formatted once: a slate formats about 200 of them.
 _DYNAMIC = tuple(f"pop={popularity_band(code)} age={age_band(code)}" for code in range(256))
 _BANDS = tuple(f" |d {tokens}" for tokens in _DYNAMIC)  # as the current spec appends them
+BAND_TOKENS = tuple(tuple(tokens.split()) for tokens in _DYNAMIC)  # namespace d of each byte
 
 
 def dynamic_tokens(code: int) -> str:
@@ -120,14 +125,24 @@ def action_features(static: str, code: int, spec: int = FEATURE_SPEC_VERSION) ->
     return f"{static} {_DYNAMIC[code]}"
 
 
+def static_features(features: Sequence[str], keys: Sequence[int]) -> list[str]:
+    """The static features (``Catalog.features``) of the items ``keys``."""
+    take = getattr(features, "take", None)  # a catalog column reads many strings at once
+    return take(keys) if take is not None else [features[key] for key in keys]
+
+
+def with_bands(static: Sequence[str], codes: Sequence[int]) -> list[str]:
+    """``action_features`` at the current spec of candidates with these static features and
+    band ``codes``."""
+    return [text + _BANDS[code] for text, code in zip(static, codes, strict=True)]
+
+
 def candidate_features(
     features: Sequence[str], keys: Sequence[int], codes: Sequence[int]
 ) -> list[str]:
     """``action_features`` at the current spec of every candidate (item ``keys``, band
-    ``codes``), in one pass: what serving scores."""
-    take = getattr(features, "take", None)  # a catalog column reads many strings at once
-    static = take(keys) if take is not None else [features[key] for key in keys]
-    return [text + _BANDS[code] for text, code in zip(static, codes, strict=True)]
+    ``codes``), in one pass: what VW's text scores."""
+    return with_bands(static_features(features, keys), codes)
 
 
 def action_line(features: str) -> str:

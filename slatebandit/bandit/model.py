@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import os
 import tempfile
 import threading
@@ -20,8 +21,11 @@ import numpy as np
 import pylibvw  # VW's C++ binding, installed by the vowpalwabbit wheel
 import vowpalwabbit
 
-from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures
+from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures, with_bands
+from slatebandit.bandit.linear import LinearScorer
 from slatebandit.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class VWScorer:
@@ -42,6 +46,7 @@ class VWScorer:
         except Exception as exc:  # VW raises plain RuntimeErrors for bad arguments
             raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
+        self._linear = _linear(self._vw, model_bytes)  # None: VW's text path scores
 
     def arguments(self) -> list[str]:
         """The options VW runs with, as it reports them (a loaded model's own included)."""
@@ -58,6 +63,22 @@ class VWScorer:
         if len(actions) == 0:
             return np.zeros(0, dtype=np.float64)
         return self.score_text(ACTION_SEPARATOR.join([shared.line(), *actions]))
+
+    def score_items(
+        self, shared: SharedFeatures, statics: Sequence[str], codes: np.ndarray
+    ) -> np.ndarray:
+        """Expected reward of candidates given by their static features (``Catalog.features``)
+        and packed band bytes ``codes``: the same as ``score`` of their ``action_features``,
+        computed from VW's weights with numpy when the model allows (``bandit/linear.py``)."""
+        linear = self._linear
+        if linear is not None:
+            return linear.score(shared, statics, codes)
+        return self.score(shared, with_bands(statics, codes.tolist()))
+
+    @property
+    def fast(self) -> bool:
+        """Whether ``score_items`` skips VW's text (``bandit/linear.py``)."""
+        return self._linear is not None
 
     def score_lines(self, shared: str, actions: Sequence[str]) -> np.ndarray:
         """Expected reward of each action line (``|ns ...``) under the ``shared |...`` line."""
@@ -85,10 +106,19 @@ class VWScorer:
     def learn(self, example: list[str]) -> None:
         """One multi-line example, e.g. from ``slatebandit.bandit.slot_example``."""
         with self._lock:
+            self._linear = None  # its weights are a copy; from now on VW scores
             self._vw.learn(example)
 
     def finish(self) -> None:
         self._vw.finish()
+
+
+def _linear(workspace: object, model_bytes: bytes | None) -> LinearScorer | None:
+    try:
+        return LinearScorer.build(workspace, model_bytes)
+    except Exception:  # a model this module misreads scores through VW's text, as before
+        log.warning("scoring through VW's text: its weights could not be read", exc_info=True)
+        return None
 
 
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
