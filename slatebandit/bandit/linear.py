@@ -20,8 +20,8 @@ VW's own text path.
 
 from __future__ import annotations
 
+import array
 import json
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,7 +75,7 @@ class TokenHashes:
     outlives its version for the table's sake.
     """
 
-    TOKENS = 100_000  # shared tokens (contexts, categories, brands); cleared when full
+    TOKENS = 300_000  # per namespace: contexts, categories, brands, item ids; cleared when full
     ITEMS = 200_000  # items' static features, about 200 bytes each; cleared when full
 
     def __init__(self, seed: int, mode: str, bits: int) -> None:
@@ -83,25 +83,24 @@ class TokenHashes:
             f"--quiet --sgd -b {bits} --hash_seed {seed} --hash {mode}"
         )
         self._spaces = {ns: pylibvw.vw.hash_space(self._workspace, ns) for ns in NAMESPACES}
-        self._tokens: dict[tuple[str, str], int] = {}
+        self._tokens: dict[str, dict[str, int]] = {ns: {} for ns in NAMESPACES}
         self._items: dict[str, bytes] = {}
-        self._lock = threading.Lock()  # VW's hash is a C++ call on one workspace
         self.bands = np.array(
             [[self.hash(BANDS, name) for name in tokens] for tokens in BAND_TOKENS],
             dtype=np.uint32,
         )  # (256, 2): the popularity and age band of each packed byte
 
     def hash(self, namespace: str, name: str) -> int:
-        with self._lock:
-            return int(pylibvw.vw.hash_feature(self._workspace, name, self._spaces[namespace]))
+        # A read of the workspace's hashing options, under the GIL like every pybind11 call.
+        return int(pylibvw.vw.hash_feature(self._workspace, name, self._spaces[namespace]))
 
     def token(self, namespace: str, name: str) -> int:
-        key = (namespace, name)
-        found = self._tokens.get(key)
+        tokens = self._tokens[namespace]
+        found = tokens.get(name)
         if found is None:
-            if len(self._tokens) >= self.TOKENS:
-                self._tokens.clear()
-            found = self._tokens[key] = self.hash(namespace, name)
+            if len(tokens) >= self.TOKENS:
+                tokens.clear()
+            found = tokens[name] = self.hash(namespace, name)
         return found
 
     def items(self, statics: Sequence[str]) -> list[bytes]:
@@ -115,8 +114,8 @@ class TokenHashes:
                 cache.clear()
             for text in statics:
                 if text not in cache:
-                    hashes = [self.hash(STATIC, name) for name in text.split()]
-                    cache[text] = np.array(hashes, dtype=np.uint32).tobytes()
+                    hashes = [self.token(STATIC, name) for name in text.split()]
+                    cache[text] = array.array("I", hashes).tobytes()
             return list(map(cache.__getitem__, statics))
 
     _tables: dict[tuple[int, str, int], TokenHashes] = {}
