@@ -10,7 +10,8 @@ import pylibvw
 import pytest
 
 from slatebandit.bandit import SharedFeatures, VWScorer, slot_example, valued, with_bands
-from slatebandit.bandit.linear import LinearScorer, read_weights
+from slatebandit.bandit.linear import LinearScorer, TokenHashes, _options
+from slatebandit.bandit.weights import read_weights
 from slatebandit.config import Settings
 from slatebandit.retrieval.content import item_tokens, scorer_features
 
@@ -75,6 +76,8 @@ def assert_scores_agree(scorer: VWScorer, seed: int = 1) -> None:
         "--cb_adf --cb_type ips -q ui -q ci -b 18",
         "--cb_adf --cb_type mtr -q ui -b 18 --noconstant",
         "--cb_adf --cb_type dm -q ci -b 20 --hash_seed 7 --hash all",
+        "--cb_adf --cb_type dm -q ui -b 18 --sgd",  # one float a weight in the saved model
+        "--cb_adf --cb_type dm -q ui -q ci -b 18 --adaptive -l 0.05 --power_t 0",  # two
     ],
 )
 def test_a_saved_model_scores_as_vw_predicts(args: str) -> None:
@@ -120,10 +123,59 @@ def test_a_fresh_model_scores_zero_and_learning_hands_scoring_back_to_vw() -> No
         "--cb_adf -q id -b 18",
         "--cb_adf -q ui --ignore d -b 18",
         "--cb_adf -q ui -b 26",
+        "--cb_adf -q ui -q ci -b 18 --l2 0.001",  # VW scales each predict
+        "--cb_adf -q ui -q ci -b 18 --l1 0.00001",  # VW truncates small weights
     ],
 )
 def test_arguments_it_does_not_follow_keep_vws_own_path(args: str) -> None:
     scorer = VWScorer(args, model_bytes=trained(args, slates=300).to_bytes())
     assert not scorer.fast
-    assert LinearScorer.build(scorer._vw, None) is None
+    assert LinearScorer.build(scorer._vw, None, args) is None
     assert_scores_agree(scorer)
+
+
+@pytest.mark.parametrize(
+    ("words", "interactions"),
+    [
+        ("--cb_adf --cb_type dm --quadratic ui --quadratic ci --bit_precision 20", "ui ci"),
+        ("--cb_adf --cb_type mtr --csoaa_ldf multiline --csoaa_rank --l1 0.1", None),
+        ("--cb_adf --cb_type dr --quadratic ui", None),  # a cost type it was not shown to follow
+        ("--cb_adf --csoaa_ldf mc", None),
+        ("--cb_adf --ignore d", None),
+        ("--cb_adf --interactions ui --quiet --no_stdin", "ui"),
+        ("--cb_adf --quadratic ::", "::"),  # parsed; LinearScorer.build refuses the wildcard
+    ],
+)
+def test_options_are_followed_or_refused(words: str, interactions: str | None) -> None:
+    options = _options(words.split())
+    assert (options and options["interactions"]) == interactions
+
+
+def test_a_model_whose_numpy_scores_disagree_with_vw_is_served_by_vw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = trained(DEFAULT, slates=300).to_bytes()
+    right = LinearScorer.score
+    monkeypatch.setattr(LinearScorer, "score", lambda *a: right(*a) + 1e-3)
+    assert not VWScorer(DEFAULT, model_bytes=data).fast  # the load's check on a made-up slate
+
+
+def test_full_caches_are_cleared_and_refilled_without_changing_a_score(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(TokenHashes, "ITEMS", 150)  # each slate's 200 items overflow it
+    monkeypatch.setattr(TokenHashes, "TOKENS", 40)
+    monkeypatch.setattr(TokenHashes, "_tables", {})
+    scorer = VWScorer(DEFAULT, model_bytes=trained(DEFAULT, slates=500).to_bytes())
+    assert scorer.fast
+    assert_scores_agree(scorer)
+    table = scorer._linear.hashes  # type: ignore[union-attr]
+    assert len(table._items) <= 200 and all(len(t) <= 40 for t in table._tokens.values())
+
+
+def test_no_candidates_and_mismatched_codes() -> None:
+    scorer = VWScorer(DEFAULT)
+    shared = shopper(np.random.default_rng(0))
+    assert scorer.score_items(shared, [], np.zeros(0, np.uint8)).shape == (0,)
+    with pytest.raises(ValueError, match="2 candidates but 1 band codes"):
+        scorer.score_items(shared, ITEMS[:2], np.zeros(1, np.uint8))

@@ -128,6 +128,8 @@ def test_features_follow_the_spec_each_decision_was_scored_with() -> None:
         ("tc=men/shoes:0.6", "tc=men/shoes:0.6"),  # a share: VW's feature value
         ("tc=a:b:0.25", "tc=a_b:0.25"),  # a colon inside the name is cleaned away
         ("bc=x:y", "bc=x_y"),  # no number after the colon: a plain token
+        ("bc=x:nan", "bc=x_nan"),  # nor a finite one
+        ("bc=x:inf", "bc=x_inf"),
         ("np=2", "np=2"),
         ("tc=Men Shoes", "tc=men_shoes"),
     ],

@@ -20,6 +20,7 @@ first: a shopper who clicked shoes eight times and shirts once is mostly a shoe 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,9 +88,11 @@ def _valued(token: str) -> str:
     name, colon, value = token.rpartition(":")
     if colon and name:
         try:
-            return f"{clean(name)}:{float(value):g}"
+            number = float(value)
         except ValueError:
-            pass  # a colon inside a name (batch features): clean it away
+            number = math.nan  # a colon inside a name (batch features): clean it away
+        if math.isfinite(number):
+            return f"{clean(name)}:{number:g}"
     return clean(token)
 
 

@@ -21,7 +21,6 @@ VW's own text path.
 from __future__ import annotations
 
 import array
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,14 +29,14 @@ import pylibvw
 import vowpalwabbit
 
 from slatebandit.bandit.features import BAND_TOKENS, SharedFeatures
+from slatebandit.bandit.weights import read_weights
 
 FNV_PRIME = 16777619  # VW's multiplier of the first index of a quadratic feature
 CONSTANT_HASH = 11650396  # VW's constant feature (``constant.h``)
 SHARED, STATIC, BANDS = "uc", "i", "d"  # where each namespace of features.py lives
 NAMESPACES = SHARED + STATIC + BANDS
 
-# VW's options that change only how it learns or talks, not what a predict computes, and the
-# options whose effect on a predict LinearScorer follows (hashing, interactions, the constant).
+# VW's options that change how it learns or talks, and nothing a predict computes.
 _LEARNING_ONLY = {
     "--cb_adf",
     "--csoaa_ldf",
@@ -46,23 +45,28 @@ _LEARNING_ONLY = {
     "--power_t",
     "--initial_t",
     "--decay_learning_rate",
-    "--l1",
-    "--l2",
     "--random_seed",
     "--adaptive",
     "--normalized",
     "--invariant",
     "--sgd",
+    "--no_stdin",
+    "--initial_regressor",
+    "--quiet",
+}
+# Options that change a predict in ways LinearScorer follows.
+_FOLLOWED = {
     "--bit_precision",
     "--hash_seed",
     "--hash",
     "--noconstant",
     "--quadratic",
     "--interactions",
-    "--no_stdin",
-    "--initial_regressor",
-    "--quiet",
 }
+# Options that change a predict in ways it does not (VW shrinks the weights or scales each
+# predict by state kept in the model), and which a loaded model does not report: looked for
+# in the arguments the model was trained with.
+_REFUSED = {"--l1", "--l2"}
 _COST_TYPES = {"dm", "ips", "mtr"}  # each predicts with the same linear regressor
 
 
@@ -75,8 +79,11 @@ class TokenHashes:
     outlives its version for the table's sake.
     """
 
-    TOKENS = 300_000  # per namespace: contexts, categories, brands, item ids; cleared when full
-    ITEMS = 200_000  # items' static features, about 200 bytes each; cleared when full
+    # Both are cleared when full: at most about 5 MB of tokens in each of the four namespaces
+    # (item ids among them) and 40 MB of items. With more than ITEMS items in play, the items
+    # met after a clear cost about 8 us each to hash again.
+    TOKENS = 50_000
+    ITEMS = 200_000
 
     def __init__(self, seed: int, mode: str, bits: int) -> None:
         self._workspace = vowpalwabbit.Workspace(
@@ -112,11 +119,14 @@ class TokenHashes:
         except KeyError:
             if len(cache) + len(statics) > self.ITEMS:
                 cache.clear()
+            found = []
             for text in statics:
-                if text not in cache:
+                packed = cache.get(text)
+                if packed is None:
                     hashes = [self.token(STATIC, name) for name in text.split()]
-                    cache[text] = array.array("I", hashes).tobytes()
-            return list(map(cache.__getitem__, statics))
+                    packed = cache[text] = array.array("I", hashes).tobytes()
+                found.append(packed)
+            return found
 
     _tables: dict[tuple[int, str, int], TokenHashes] = {}
 
@@ -148,11 +158,14 @@ class LinearScorer:
         self.band_costs = weights[hashes.bands & np.uint32(self.mask)].sum(axis=1, dtype=np.float64)
 
     @classmethod
-    def build(cls, workspace: Any, model_bytes: bytes | None) -> LinearScorer | None:
-        """The linear scorer of a VW workspace (loaded from ``model_bytes``, or fresh), or
-        None if its arguments ask for something this module does not reproduce."""
+    def build(
+        cls, workspace: Any, model_bytes: bytes | None, trained_with: str = ""
+    ) -> LinearScorer | None:
+        """The linear scorer of a VW workspace (loaded from ``model_bytes``, or fresh, and
+        trained with the arguments ``trained_with``), or None if its arguments ask for
+        something this module does not reproduce."""
         options = _options(str(workspace.get_arguments()).split())
-        if options is None:
+        if options is None or _REFUSED & set(trained_with.split()):
             return None
         interactions = options.get("interactions", "").split()
         if any(
@@ -175,23 +188,34 @@ class LinearScorer:
         """Expected reward (VW's cost, negated) of each candidate: its static features
         ``statics`` (``Catalog.features``) and its packed band byte ``codes``."""
         n = len(statics)
+        if len(codes) != n:
+            raise ValueError(f"{n} candidates but {len(codes)} band codes")
         if n == 0:
             return np.zeros(0, dtype=np.float64)
-        w, mask, hashes = self.weights, self.mask, self.hashes
-        parts = hashes.items(statics)
+        w, mask = self.weights, self.mask
+        parts = self.hashes.items(statics)
         items = np.frombuffer(b"".join(parts), dtype=np.uint32) & np.uint32(mask)
         owner = np.repeat(np.arange(n), np.fromiter(map(len, parts), np.int64, n) >> 2)
 
-        per_feature = w[items].astype(np.float64)
-        total = self.constant
+        # The shared features: linear terms (the same for every candidate), and the crossed
+        # namespaces' features against every item feature, in one (shared x item) table.
+        shared_index, shared_value, crossed = [], [], []
         for namespace, tokens in zip(SHARED, shared.namespaces(), strict=True):
-            if not tokens:
-                continue
-            index, value = self._shared(namespace, tokens)
-            total += float(value @ w[index & mask])
-            if namespace in self.crossed:
+            if tokens:
+                index, value = self._shared(namespace, tokens)
+                shared_index.append(index)
+                shared_value.append(value)
+                crossed.append(namespace in self.crossed)
+        per_feature = w.take(items).astype(np.float64)
+        total = self.constant
+        if shared_index:
+            index, value = np.concatenate(shared_index), np.concatenate(shared_value)
+            total += float(value @ w.take(index & mask))
+            rows = np.repeat(crossed, [len(i) for i in shared_index])
+            if rows.any():
+                index, value = index[rows], value[rows].astype(np.float32)
                 first = ((index * np.uint64(FNV_PRIME)) & np.uint64(mask)).astype(np.uint32)
-                per_feature += value @ w[first[:, None] ^ items[None, :]]
+                per_feature += value @ w.take(first[:, None] ^ items[None, :])
         costs: np.ndarray = np.bincount(owner, per_feature, n)
         costs += self.band_costs[codes]
         costs += total
@@ -224,7 +248,7 @@ def _options(words: list[str]) -> dict[str, str] | None:
             value = words[i + 1]
             i += 1
         i += 1
-        if name not in _LEARNING_ONLY and name != "--cb_type":
+        if name not in _LEARNING_ONLY and name not in _FOLLOWED and name != "--cb_type":
             return None
         if name == "--cb_type" and value not in _COST_TYPES:
             return None
@@ -236,59 +260,3 @@ def _options(words: list[str]) -> dict[str, str] | None:
             options[name] = value
     options["interactions"] = " ".join(pairs)
     return options
-
-
-def read_weights(workspace: Any, model_bytes: bytes | None) -> np.ndarray | None:
-    """Every weight of ``workspace`` as float32, by index; None if they cannot be read.
-
-    VW has no bulk read of its weights: ``json_weights`` takes 0.2 s at 80,000 weights, and
-    ``get_weight`` one at a time 0.5 s for a million, both holding the GIL. A saved model ends
-    with its non-zero weights in index order, each a uint32 index and 1 to ``get_stride``
-    floats (the weight, then with its learning state the adaptive and normalising sums). So
-    the records are read back from the end of the model's bytes for as long as their indexes
-    decrease; then checked against VW's own ``get_weight``; any disagreement answers None, and
-    the scorer keeps VW's own predict. Takes about 10 ms at 65,000 weights.
-    """
-    size = pylibvw.vw.num_weights(workspace)
-    if model_bytes is None:  # a fresh workspace: whatever it holds is in its JSON, and small
-        weights = np.zeros(size, dtype=np.float32)
-        for entry in json.loads(pylibvw.vw.json_weights(workspace))["weights"]:
-            weights[entry["index"]] = entry["value"]
-        return weights
-    for floats in range(pylibvw.vw.get_stride(workspace), 0, -1):
-        found = _tail_records(workspace, model_bytes, size, 1 + floats)
-        if found is not None:
-            return found
-    return None
-
-
-def _tail_records(workspace: Any, data: bytes, size: int, words: int) -> np.ndarray | None:
-    """The weights, if the model ends with records of ``words`` 32-bit words each."""
-    count = len(data) // (4 * words)
-    records = np.frombuffer(data, np.uint32, count * words, len(data) - 4 * count * words)
-    records = records.reshape(count, words)
-    index, values = records[:, 0], records[:, 1].copy().view(np.float32)
-    if count == 0 or index[-1] >= size:
-        return None
-    out_of_order = np.flatnonzero((index[:-1] >= index[1:]) | (index[:-1] >= size))
-    start = int(out_of_order[-1]) + 1 if len(out_of_order) else 0
-    index, values = index[start:], values[start:]
-
-    def vw_weights(at: np.ndarray) -> np.ndarray:
-        get = pylibvw.vw.get_weight
-        return np.array([get(workspace, int(i), 0) for i in at], dtype=np.float32)
-
-    # Where the records meet the header, the header's last bytes may read as records too:
-    # keep only those of the first 64 that VW agrees with (one it agrees with is harmless).
-    head = min(64, len(index))
-    kept = np.concatenate(
-        [np.flatnonzero(vw_weights(index[:head]) == values[:head]), np.arange(head, len(index))]
-    )
-    weights = np.zeros(size, dtype=np.float32)
-    weights[index[kept]] = values[kept]
-    # Then a seeded sample: of the records, and of all indexes (VW's zeros between them).
-    rng = np.random.default_rng(len(data))
-    probes = np.concatenate(
-        [rng.choice(index, min(256, len(index)), replace=False), rng.integers(0, size, 256)]
-    )
-    return weights if np.array_equal(vw_weights(probes), weights[probes]) else None

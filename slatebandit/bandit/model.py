@@ -28,6 +28,12 @@ from slatebandit.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# A made-up slate each model scores both ways before numpy serves for it: every namespace, a
+# valued token, crossed pairs and the constant (whose weight every trained model has).
+_CHECK_SHARED = SharedFeatures({"device": "check", "hour": 1}, ("check",), ("tc=check:0.5",))
+_CHECK_ITEMS = ("k0 c=check b=check p=1", "k1 c=check/a a=size=m", "k2")
+
+
 class VWScorer:
     def __init__(self, args: str, *, version: int = 0, model_bytes: bytes | None = None) -> None:
         words = args.split()
@@ -46,7 +52,24 @@ class VWScorer:
         except Exception as exc:  # VW raises plain RuntimeErrors for bad arguments
             raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
-        self._linear = _linear(self._vw, model_bytes)  # None: VW's text path scores
+        self._linear = self._numpy_scorer(model_bytes)  # None: VW's text path scores
+
+    def _numpy_scorer(self, model_bytes: bytes | None) -> LinearScorer | None:
+        """The numpy scorer of this model (``bandit/linear.py``), if it reproduces VW's
+        predict: built, then checked against VW on a made-up slate."""
+        try:
+            linear = LinearScorer.build(self._vw, model_bytes, self.args)
+            if linear is None:
+                return None
+            codes = np.arange(len(_CHECK_ITEMS), dtype=np.uint8)
+            ours = linear.score(_CHECK_SHARED, _CHECK_ITEMS, codes)
+            theirs = self.score(_CHECK_SHARED, with_bands(_CHECK_ITEMS, codes.tolist()))
+            if np.allclose(ours, theirs, rtol=1e-5, atol=1e-6):
+                return linear
+            log.warning("scoring through VW's text: numpy scored %s where VW %s", ours, theirs)
+        except Exception:  # a model this module misreads scores through VW's text, as before
+            log.warning("scoring through VW's text: its weights could not be read", exc_info=True)
+        return None
 
     def arguments(self) -> list[str]:
         """The options VW runs with, as it reports them (a loaded model's own included)."""
@@ -111,14 +134,6 @@ class VWScorer:
 
     def finish(self) -> None:
         self._vw.finish()
-
-
-def _linear(workspace: object, model_bytes: bytes | None) -> LinearScorer | None:
-    try:
-        return LinearScorer.build(workspace, model_bytes)
-    except Exception:  # a model this module misreads scores through VW's text, as before
-        log.warning("scoring through VW's text: its weights could not be read", exc_info=True)
-        return None
 
 
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
