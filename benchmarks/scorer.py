@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slatebandit.bandit import SharedFeatures, VWScorer, slot_example, valued, with_bands
-from slatebandit.bandit.linear import TokenHashes, read_weights
+from slatebandit.bandit.hashes import TokenHashes
+from slatebandit.bandit.weights import read_weights
 from slatebandit.config import Settings
 from slatebandit.retrieval.content import item_tokens, scorer_features
 from slatebandit.retrieval.demo import DEPARTMENTS, demo_items
@@ -43,8 +44,9 @@ def catalog(n: int) -> list[str]:
 
 def shopper(rng: np.random.Generator) -> SharedFeatures:
     recent = [CATEGORIES[c] for c in rng.integers(0, len(CATEGORIES), 3)]
+    tops = rng.integers(0, len(CATEGORIES), 3)
     profile = [
-        *(valued(f"tc={CATEGORIES[c]}", float(rng.random())) for c in rng.integers(0, len(CATEGORIES), 3)),
+        *(valued(f"tc={CATEGORIES[c]}", float(rng.random())) for c in tops),
         *(valued(f"tb=brand{b}", float(rng.random())) for b in rng.integers(0, 300, 3)),
     ]
     context = {"device": str(rng.choice(["ios", "web"])), "page": "home", "placement": "home"}
@@ -62,11 +64,19 @@ def train(args: str, items: list[str], examples: int, seed: int = 0) -> VWScorer
     return scorer
 
 
-def timed(score: Any, slates: list[tuple[SharedFeatures, list[str], np.ndarray]]) -> float:
-    """µs per slate of ``score(shared, statics, codes)`` over ``slates``."""
+@dataclass(eq=False)
+class Shelf:
+    """The two columns of a catalog the scorer reads (``bandit.hashes.Items``)."""
+
+    features: list[str]
+    rev: np.ndarray
+
+
+def timed(score: Any, slates: list[tuple[SharedFeatures, np.ndarray, np.ndarray]]) -> float:
+    """µs per slate of ``score(shared, keys, codes)`` over ``slates``."""
     start = time.perf_counter()
-    for shared, statics, codes in slates:
-        score(shared, statics, codes)
+    for shared, keys, codes in slates:
+        score(shared, keys, codes)
     return 1e6 * (time.perf_counter() - start) / len(slates)
 
 
@@ -98,25 +108,27 @@ def main() -> None:
     for _ in range(args.slates):
         keys = rng.choice(len(items), args.candidates, replace=False)
         codes = rng.integers(0, 256, args.candidates).astype(np.uint8)
-        slates.append((shopper(rng), [items[k] for k in keys], codes))
+        slates.append((shopper(rng), keys, codes))
+    shelf = Shelf(items, np.ones(len(items), dtype=np.int64))
 
-    def text(shared: SharedFeatures, statics: list[str], codes: np.ndarray) -> np.ndarray:
+    def text(shared: SharedFeatures, keys: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        statics = [items[k] for k in keys]  # as the catalog's column reads them
         return scorer.score(shared, with_bands(statics, codes.tolist()))
 
-    TokenHashes._tables.clear()  # its first pass hashes every item it meets for the first time
+    def numpy(shared: SharedFeatures, keys: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        return scorer.score_items(shared, shelf, keys, codes)
+
+    TokenHashes._shared.clear()  # its first pass hashes every item it meets for the first time
     scorer = VWScorer(vw_args, model_bytes=data)
-    cold = timed(scorer.score_items, slates)
+    cold = timed(numpy, slates)
     rounds: dict[str, list[float]] = {"VW's text": [], "numpy, warm": []}
     for _ in range(args.rounds):
         rounds["VW's text"].append(timed(text, slates))
-        rounds["numpy, warm"].append(timed(scorer.score_items, slates))
-    table = scorer._linear.hashes  # type: ignore[union-attr]
-    held = sys.getsizeof(table._items) + sum(
-        sys.getsizeof(text) + sys.getsizeof(packed) for text, packed in table._items.items()
-    )
-    gap = max(
-        float(np.abs(scorer.score_items(*slate) - text(*slate)).max()) for slate in slates[:200]
-    )
+        rounds["numpy, warm"].append(timed(numpy, slates))
+    table = scorer._linear.hashes.table(shelf)  # type: ignore[union-attr]
+    hashed = int(table.hashed.sum())
+    held = sum(a.nbytes for a in (table.pool, table.rev, table.start, table.count, table.hashed))
+    gap = max(float(np.abs(numpy(*slate) - text(*slate)).max()) for slate in slates[:200])
     result = {
         "items": args.items,
         "slates": args.slates,
@@ -127,8 +139,8 @@ def main() -> None:
         "version_load_ms": [round(1e3 * t, 1) for t in loads],
         "weights_read_ms": [round(1e3 * t, 1) for t in reads],
         "model_bytes": len(data),
-        "items_cached": len(table._items),
-        "item_cache_bytes_each": round(held / max(len(table._items), 1)),
+        "items_hashed": hashed,
+        "item_table_bytes_each": round(held / max(hashed, 1)),
     }
     print(f"{args.slates:,} slates of {args.candidates} candidates from {args.items:,} items")
     print("| scorer | µs per slate, by round |\n|---|---|")
@@ -136,8 +148,8 @@ def main() -> None:
         print(f"| {name} | {', '.join(f'{t:,.0f}' for t in times)} |")
     print(f"| numpy, first pass (hashing each item met for the first time) | {cold:,.0f} |")
     print(f"largest difference between the two: {gap:.2e}")
-    each = result["item_cache_bytes_each"]
-    print(f"items' hashes cached: {len(table._items):,}, {each} bytes each")
+    each = result["item_table_bytes_each"]
+    print(f"items hashed: {hashed:,}; the item table holds {each} bytes for each")
     print(f"a version's load (VW's, then the weights read): {result['version_load_ms']} ms;")
     print(f"the weights read alone: {result['weights_read_ms']} ms ({len(data) / 2**20:.1f} MB)")
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,13 +4,15 @@ predict, from the same model, for every argument it takes on; VW's own path for 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pylibvw
 import pytest
 
 from slatebandit.bandit import SharedFeatures, VWScorer, slot_example, valued, with_bands
-from slatebandit.bandit.linear import LinearScorer, TokenHashes, _options
+from slatebandit.bandit.hashes import TokenHashes
+from slatebandit.bandit.linear import LinearScorer, _options
 from slatebandit.bandit.weights import read_weights
 from slatebandit.config import Settings
 from slatebandit.retrieval.content import item_tokens, scorer_features
@@ -55,16 +57,29 @@ def trained(args: str, slates: int = 1_500, seed: int = 0) -> VWScorer:
     return scorer
 
 
-def candidates(rng: np.random.Generator, n: int = 200) -> tuple[list[str], np.ndarray]:
-    keys = rng.choice(len(ITEMS), n, replace=False)
-    return [ITEMS[k] for k in keys], rng.integers(0, 256, n).astype(np.uint8)
+@dataclass(eq=False)
+class Shelf:
+    """The two columns of a catalog the scorer reads (``bandit.hashes.Items``)."""
+
+    features: list[str]
+    rev: np.ndarray
 
 
-def assert_scores_agree(scorer: VWScorer, seed: int = 1) -> None:
+def shelf() -> Shelf:
+    return Shelf(list(ITEMS), np.ones(len(ITEMS), dtype=np.int64))
+
+
+def candidates(rng: np.random.Generator, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    return rng.choice(len(ITEMS), n, replace=False), rng.integers(0, 256, n).astype(np.uint8)
+
+
+def assert_scores_agree(scorer: VWScorer, items: Shelf | None = None, seed: int = 1) -> None:
     rng = np.random.default_rng(seed)
+    items = items or shelf()
     for _ in range(20):
-        shared, (statics, codes) = shopper(rng), candidates(rng)
-        fast = scorer.score_items(shared, statics, codes)
+        shared, (keys, codes) = shopper(rng), candidates(rng)
+        fast = scorer.score_items(shared, items, keys, codes)
+        statics = [items.features[k] for k in keys]
         vw = scorer.score(shared, with_bands(statics, codes.tolist()))  # VW's text
         np.testing.assert_allclose(fast, vw, rtol=1e-5, atol=1e-6)
 
@@ -108,8 +123,8 @@ def test_a_fresh_model_scores_zero_and_learning_hands_scoring_back_to_vw() -> No
     scorer = VWScorer(DEFAULT)
     assert scorer.fast
     rng = np.random.default_rng(4)
-    statics, codes = candidates(rng, 50)
-    assert scorer.score_items(shopper(rng), statics, codes).tolist() == [0.0] * 50
+    keys, codes = candidates(rng, 50)
+    assert scorer.score_items(shopper(rng), shelf(), keys, codes).tolist() == [0.0] * 50
     learning = trained(DEFAULT, slates=200)  # its copy of the weights would be stale
     assert not learning.fast
     assert_scores_agree(learning)
@@ -155,27 +170,42 @@ def test_a_model_whose_numpy_scores_disagree_with_vw_is_served_by_vw(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = trained(DEFAULT, slates=300).to_bytes()
-    right = LinearScorer.score
-    monkeypatch.setattr(LinearScorer, "score", lambda *a: right(*a) + 1e-3)
+    right = LinearScorer._score
+    monkeypatch.setattr(LinearScorer, "_score", lambda *a: right(*a) + 1e-3)
     assert not VWScorer(DEFAULT, model_bytes=data).fast  # the load's check on a made-up slate
 
 
-def test_full_caches_are_cleared_and_refilled_without_changing_a_score(
+def test_an_item_is_hashed_again_when_its_revision_changes() -> None:
+    scorer = VWScorer(DEFAULT, model_bytes=trained(DEFAULT, slates=500).to_bytes())
+    items = shelf()
+    assert_scores_agree(scorer, items)
+    rng = np.random.default_rng(9)
+    for key in rng.choice(len(ITEMS), 500, replace=False):  # new content, a new revision
+        items.features[key] = scorer_features(key, item_tokens("cat3/new", "b", 1.0, {}))
+        items.rev[key] += 1
+    assert_scores_agree(scorer, items)
+
+
+def test_the_item_table_packs_its_pool_and_keeps_every_hash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(TokenHashes, "ITEMS", 150)  # each slate's 200 items overflow it
-    monkeypatch.setattr(TokenHashes, "TOKENS", 40)
-    monkeypatch.setattr(TokenHashes, "_tables", {})
+    monkeypatch.setattr(TokenHashes, "TOKENS", 40)  # the token caches cleared again and again
+    monkeypatch.setattr(TokenHashes, "_shared", {})
     scorer = VWScorer(DEFAULT, model_bytes=trained(DEFAULT, slates=500).to_bytes())
-    assert scorer.fast
-    assert_scores_agree(scorer)
-    table = scorer._linear.hashes  # type: ignore[union-attr]
-    assert len(table._items) <= 200 and all(len(t) <= 40 for t in table._tokens.values())
+    items = shelf()
+    for round_ in range(6):  # every item revised each round: the old hashes are garbage
+        items.rev += 1
+        assert_scores_agree(scorer, items, seed=round_)
+    table = scorer._linear.hashes.table(items)  # type: ignore[union-attr]
+    live = int(table.count[table.hashed].sum())
+    assert table.used >= live and len(table.pool) <= max(4096, 3 * live)
+    assert all(len(tokens) <= 40 for tokens in scorer._linear.hashes._tokens.values())  # type: ignore[union-attr]
 
 
 def test_no_candidates_and_mismatched_codes() -> None:
     scorer = VWScorer(DEFAULT)
     shared = shopper(np.random.default_rng(0))
-    assert scorer.score_items(shared, [], np.zeros(0, np.uint8)).shape == (0,)
+    none = np.zeros(0, dtype=np.int64)
+    assert scorer.score_items(shared, shelf(), none, np.zeros(0, np.uint8)).shape == (0,)
     with pytest.raises(ValueError, match="2 candidates but 1 band codes"):
-        scorer.score_items(shared, ITEMS[:2], np.zeros(1, np.uint8))
+        scorer.score_items(shared, shelf(), np.arange(2), np.zeros(1, np.uint8))

@@ -3,8 +3,8 @@
 A slate's scoring through VW writes about 200 lines of text, which VW then parses and hashes
 token by token before its dot products. Every one of those tokens but the shopper's is the
 same from slate to slate: an item's features change only with its catalog revision. So we
-hash each token once, with VW's own hash (``hash_feature``, cached), and score with VW's
-weights, read from the saved model once per version:
+hash each item once per revision with VW's own hash (``bandit/hashes.py``), and score with
+VW's weights, read from the saved model once per version (``bandit/weights.py``):
 
     score_j = -(w . x_j),  x_j = the shared features, candidate j's own (namespaces i and d),
                                the constant, and each pair (a, f) of an interaction "ui"
@@ -14,27 +14,24 @@ which is the index VW gives a quadratic feature (``interactions_predict.h``: the
 namespace's index times the FNV prime, xor the second's), within the weight mask. A test holds
 these scores equal to VW's predict, to float precision, for the default arguments and the
 other cost types; ``LinearScorer.build`` answers None for any argument it does not reproduce
-(cubic or wildcard interactions, ignored namespaces, over 24 bits), and the scorer then keeps
-VW's own text path.
+(cubic or wildcard interactions, ignored namespaces, ``--l1``, ``--l2``, over 24 bits), and
+the scorer then keeps VW's own text path.
 """
 
 from __future__ import annotations
 
-import array
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pylibvw
-import vowpalwabbit
 
-from slatebandit.bandit.features import BAND_TOKENS, SharedFeatures
+from slatebandit.bandit.features import SharedFeatures
+from slatebandit.bandit.hashes import SHARED, STATIC, Items, TokenHashes
 from slatebandit.bandit.weights import read_weights
 
 FNV_PRIME = 16777619  # VW's multiplier of the first index of a quadratic feature
 CONSTANT_HASH = 11650396  # VW's constant feature (``constant.h``)
-SHARED, STATIC, BANDS = "uc", "i", "d"  # where each namespace of features.py lives
-NAMESPACES = SHARED + STATIC + BANDS
 
 # VW's options that change how it learns or talks, and nothing a predict computes.
 _LEARNING_ONLY = {
@@ -68,75 +65,6 @@ _FOLLOWED = {
 # in the arguments the model was trained with.
 _REFUSED = {"--l1", "--l2"}
 _COST_TYPES = {"dm", "ips", "mtr"}  # each predicts with the same linear regressor
-
-
-class TokenHashes:
-    """VW's hash of each shared token and of each item's static features, remembered.
-
-    A hash depends on the token, its namespace and VW's hashing options (seed, mode, and the
-    bits it is masked to), not on the weights, so one table serves every model version of a
-    process (``for_options``). It hashes with a small workspace of its own, so that no model
-    outlives its version for the table's sake.
-    """
-
-    # Both are cleared when full: at most about 5 MB of tokens in each of the four namespaces
-    # (item ids among them) and 40 MB of items. With more than ITEMS items in play, the items
-    # met after a clear cost about 8 us each to hash again.
-    TOKENS = 50_000
-    ITEMS = 200_000
-
-    def __init__(self, seed: int, mode: str, bits: int) -> None:
-        self._workspace = vowpalwabbit.Workspace(
-            f"--quiet --sgd -b {bits} --hash_seed {seed} --hash {mode}"
-        )
-        self._spaces = {ns: pylibvw.vw.hash_space(self._workspace, ns) for ns in NAMESPACES}
-        self._tokens: dict[str, dict[str, int]] = {ns: {} for ns in NAMESPACES}
-        self._items: dict[str, bytes] = {}
-        self.bands = np.array(
-            [[self.hash(BANDS, name) for name in tokens] for tokens in BAND_TOKENS],
-            dtype=np.uint32,
-        )  # (256, 2): the popularity and age band of each packed byte
-
-    def hash(self, namespace: str, name: str) -> int:
-        # A read of the workspace's hashing options, under the GIL like every pybind11 call.
-        return int(pylibvw.vw.hash_feature(self._workspace, name, self._spaces[namespace]))
-
-    def token(self, namespace: str, name: str) -> int:
-        tokens = self._tokens[namespace]
-        found = tokens.get(name)
-        if found is None:
-            if len(tokens) >= self.TOKENS:
-                tokens.clear()
-            found = tokens[name] = self.hash(namespace, name)
-        return found
-
-    def items(self, statics: Sequence[str]) -> list[bytes]:
-        """The hashes of each item's static features (``Catalog.features``, all indicators
-        of namespace i), as packed uint32 bytes."""
-        cache = self._items
-        try:
-            return list(map(cache.__getitem__, statics))
-        except KeyError:
-            if len(cache) + len(statics) > self.ITEMS:
-                cache.clear()
-            found = []
-            for text in statics:
-                packed = cache.get(text)
-                if packed is None:
-                    hashes = [self.token(STATIC, name) for name in text.split()]
-                    packed = cache[text] = array.array("I", hashes).tobytes()
-                found.append(packed)
-            return found
-
-    _tables: dict[tuple[int, str, int], TokenHashes] = {}
-
-    @classmethod
-    def for_options(cls, seed: int, mode: str, bits: int) -> TokenHashes:
-        key = (seed, mode, bits)
-        table = cls._tables.get(key)
-        if table is None:
-            table = cls._tables[key] = cls(seed, mode, bits)
-        return table
 
 
 class LinearScorer:
@@ -183,19 +111,33 @@ class LinearScorer:
         return cls(weights, hashes, interactions, constant="--noconstant" not in options)
 
     def score(
+        self, shared: SharedFeatures, catalog: Items, keys: np.ndarray, codes: np.ndarray
+    ) -> np.ndarray:
+        """Expected reward (VW's cost, negated) of each candidate: item ``keys`` of
+        ``catalog``, with packed band bytes ``codes``."""
+        if len(codes) != len(keys):
+            raise ValueError(f"{len(keys)} candidates but {len(codes)} band codes")
+        items, counts = self.hashes.table(catalog).lookup(catalog, keys)
+        return self._score(shared, items, counts, codes)
+
+    def score_statics(
         self, shared: SharedFeatures, statics: Sequence[str], codes: np.ndarray
     ) -> np.ndarray:
-        """Expected reward (VW's cost, negated) of each candidate: its static features
-        ``statics`` (``Catalog.features``) and its packed band byte ``codes``."""
-        n = len(statics)
-        if len(codes) != n:
-            raise ValueError(f"{n} candidates but {len(codes)} band codes")
+        """``score`` of candidates given by their static features (``Catalog.features``)."""
+        if len(codes) != len(statics):
+            raise ValueError(f"{len(statics)} candidates but {len(codes)} band codes")
+        items, counts = self.hashes.statics(statics)
+        return self._score(shared, items, counts, codes)
+
+    def _score(
+        self, shared: SharedFeatures, items: np.ndarray, counts: np.ndarray, codes: np.ndarray
+    ) -> np.ndarray:
+        n = len(counts)
         if n == 0:
             return np.zeros(0, dtype=np.float64)
         w, mask = self.weights, self.mask
-        parts = self.hashes.items(statics)
-        items = np.frombuffer(b"".join(parts), dtype=np.uint32) & np.uint32(mask)
-        owner = np.repeat(np.arange(n), np.fromiter(map(len, parts), np.int64, n) >> 2)
+        items = items & np.uint32(mask)
+        owner = np.repeat(np.arange(n), counts)
 
         # The shared features: linear terms (the same for every candidate), and the crossed
         # namespaces' features against every item feature, in one (shared x item) table.

@@ -21,7 +21,13 @@ import numpy as np
 import pylibvw  # VW's C++ binding, installed by the vowpalwabbit wheel
 import vowpalwabbit
 
-from slatebandit.bandit.features import ACTION_SEPARATOR, SharedFeatures, with_bands
+from slatebandit.bandit.features import (
+    ACTION_SEPARATOR,
+    SharedFeatures,
+    static_features,
+    with_bands,
+)
+from slatebandit.bandit.hashes import Items
 from slatebandit.bandit.linear import LinearScorer
 from slatebandit.errors import ConfigError
 
@@ -62,7 +68,7 @@ class VWScorer:
             if linear is None:
                 return None
             codes = np.arange(len(_CHECK_ITEMS), dtype=np.uint8)
-            ours = linear.score(_CHECK_SHARED, _CHECK_ITEMS, codes)
+            ours = linear.score_statics(_CHECK_SHARED, _CHECK_ITEMS, codes)
             theirs = self.score(_CHECK_SHARED, with_bands(_CHECK_ITEMS, codes.tolist()))
             if np.allclose(ours, theirs, rtol=1e-5, atol=1e-6):
                 return linear
@@ -88,14 +94,16 @@ class VWScorer:
         return self.score_text(ACTION_SEPARATOR.join([shared.line(), *actions]))
 
     def score_items(
-        self, shared: SharedFeatures, statics: Sequence[str], codes: np.ndarray
+        self, shared: SharedFeatures, catalog: Items, keys: np.ndarray, codes: np.ndarray
     ) -> np.ndarray:
-        """Expected reward of candidates given by their static features (``Catalog.features``)
-        and packed band bytes ``codes``: the same as ``score`` of their ``action_features``,
-        computed from VW's weights with numpy when the model allows (``bandit/linear.py``)."""
+        """Expected reward of candidates ``keys`` of ``catalog`` (its ``features``, and
+        ``rev`` for when they change) with packed band bytes ``codes``: the same as ``score``
+        of their ``action_features``, computed from VW's weights with numpy when the model
+        allows (``bandit/linear.py``)."""
         linear = self._linear
         if linear is not None:
-            return linear.score(shared, statics, codes)
+            return linear.score(shared, catalog, keys, codes)
+        statics = static_features(catalog.features, keys.tolist())
         return self.score(shared, with_bands(statics, codes.tolist()))
 
     @property

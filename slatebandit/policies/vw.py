@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slatebandit.bandit import VWScorer, static_features
+from slatebandit.bandit import VWScorer
 from slatebandit.policies.base import Policy, Query
 from slatebandit.retrieval import ItemStore
 
@@ -31,8 +31,7 @@ class VWPolicy(Policy):
         return self.scorer.version
 
     def scores(self, store: ItemStore, query: Query, dynamic: np.ndarray) -> np.ndarray:
-        statics = static_features(store.catalog.features, query.candidates.keys.tolist())
-        return self.scorer.score_items(query.shared, statics, dynamic)
+        return self.scorer.score_items(query.shared, store.catalog, query.candidates.keys, dynamic)
 
     def logged_scores(self, chunk: Chunk, revisions: Revisions) -> np.ndarray:
         """Each logged decision's candidates scored with the features its scorer saw."""
