@@ -58,7 +58,19 @@ class VWScorer:
         except Exception as exc:  # VW raises plain RuntimeErrors for bad arguments
             raise ConfigError(f"VW rejected arguments {args!r}: {exc}", field="vw_args") from exc
         self._lock = threading.Lock()  # a VW workspace is not safe to share across threads
-        self._linear = self._numpy_scorer(model_bytes)  # None: VW's text path scores
+        # The numpy scorer (bandit/linear.py) is built by ``prepare``, or on first use; None
+        # once prepared means VW's text path scores.
+        self._linear: LinearScorer | None = None
+        self._model_bytes, self._prepared = model_bytes, False
+
+    def prepare(self) -> VWScorer:
+        """Build the numpy scorer now (10 to 30 ms): serving's loaders call this on their
+        thread, so that no request waits for it. Scorers that only replay or learn never
+        need it. Returns the scorer."""
+        if not self._prepared:
+            self._linear = self._numpy_scorer(self._model_bytes)
+            self._model_bytes, self._prepared = None, True
+        return self
 
     def _numpy_scorer(self, model_bytes: bytes | None) -> LinearScorer | None:
         """The numpy scorer of this model (``bandit/linear.py``), if it reproduces VW's
@@ -100,7 +112,7 @@ class VWScorer:
         ``rev`` for when they change) with packed band bytes ``codes``: the same as ``score``
         of their ``action_features``, computed from VW's weights with numpy when the model
         allows (``bandit/linear.py``)."""
-        linear = self._linear
+        linear = self.prepare()._linear
         if linear is not None:
             return linear.score(shared, catalog, keys, codes)
         statics = static_features(catalog.features, keys.tolist())
@@ -109,7 +121,7 @@ class VWScorer:
     @property
     def fast(self) -> bool:
         """Whether ``score_items`` skips VW's text (``bandit/linear.py``)."""
-        return self._linear is not None
+        return self.prepare()._linear is not None
 
     def score_lines(self, shared: str, actions: Sequence[str]) -> np.ndarray:
         """Expected reward of each action line (``|ns ...``) under the ``shared |...`` line."""
@@ -137,7 +149,8 @@ class VWScorer:
     def learn(self, example: list[str]) -> None:
         """One multi-line example, e.g. from ``slatebandit.bandit.slot_example``."""
         with self._lock:
-            self._linear = None  # its weights are a copy; from now on VW scores
+            # The numpy scorer's weights would be a stale copy: from now on VW scores.
+            self._linear, self._model_bytes, self._prepared = None, None, True
             self._vw.learn(example)
 
     def finish(self) -> None:

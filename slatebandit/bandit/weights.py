@@ -11,7 +11,6 @@ VW's own predict. About 5 ms at 65,000 weights (``benchmarks/scorer.py``).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -22,11 +21,8 @@ def read_weights(workspace: Any, model_bytes: bytes | None) -> np.ndarray | None
     """Every weight of ``workspace`` (loaded from ``model_bytes``, or fresh) as float32, by
     index; None if they cannot be read (see the module)."""
     size = pylibvw.vw.num_weights(workspace)
-    if model_bytes is None:  # a fresh workspace: whatever it holds is in its JSON, and small
-        weights = np.zeros(size, dtype=np.float32)
-        for entry in json.loads(pylibvw.vw.json_weights(workspace))["weights"]:
-            weights[entry["index"]] = entry["value"]
-        return weights
+    if model_bytes is None:  # a fresh workspace: VW starts every weight at 0 (the options
+        return np.zeros(size, dtype=np.float32)  # that would not are refused before this)
     for floats in range(pylibvw.vw.get_stride(workspace), 0, -1):
         found = _tail_records(workspace, model_bytes, size, 1 + floats)
         if found is not None:

@@ -47,7 +47,8 @@ def load_version(
     info = get_version(conn, version)
     if info is None:
         raise NotFound(f"{label or field}: no model version {version}", field=field)
-    return VWScorer(info.vw_args, version=version, model_bytes=model_bytes(conn, version))
+    scorer = VWScorer(info.vw_args, version=version, model_bytes=model_bytes(conn, version))
+    return scorer.prepare()  # here, on the loading thread, not on a request's
 
 
 async def follow_champion(engine: Engine, policy: VWPolicy, loaded: Held | None = None) -> bool:

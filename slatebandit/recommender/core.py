@@ -59,7 +59,7 @@ class Recommender(Parts):
             factors=factors,
         )
         policy = VWPolicy(
-            VWScorer(settings.vw_args),
+            VWScorer(settings.vw_args).prepare(),
             exploration_of(settings),
             settings.explore_slots,
             settings.diverse_slots,
