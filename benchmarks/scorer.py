@@ -96,7 +96,7 @@ def main() -> None:
     loads, reads = [], []
     for _ in range(3):
         start = time.perf_counter()
-        scorer = VWScorer(vw_args, model_bytes=data)  # VW's load, then the weights read
+        scorer = VWScorer(vw_args, model_bytes=data).prepare()  # as serving loads a version
         loads.append(time.perf_counter() - start)
         start = time.perf_counter()
         read_weights(scorer._vw, data)
@@ -119,7 +119,7 @@ def main() -> None:
         return scorer.score_items(shared, shelf, keys, codes)
 
     TokenHashes._shared.clear()  # its first pass hashes every item it meets for the first time
-    scorer = VWScorer(vw_args, model_bytes=data)
+    scorer = VWScorer(vw_args, model_bytes=data).prepare()
     cold = timed(numpy, slates)
     rounds: dict[str, list[float]] = {"VW's text": [], "numpy, warm": []}
     for _ in range(args.rounds):
