@@ -68,8 +68,10 @@ class VWScorer:
         thread, so that no request waits for it. Scorers that only replay or learn never
         need it. Returns the scorer."""
         if not self._prepared:
-            self._linear = self._numpy_scorer(self._model_bytes)
-            self._model_bytes, self._prepared = None, True
+            linear = self._numpy_scorer(self._model_bytes)
+            with self._lock:  # unless ``learn`` came first: its weights moved on meanwhile
+                if not self._prepared:
+                    self._linear, self._model_bytes, self._prepared = linear, None, True
         return self
 
     def _numpy_scorer(self, model_bytes: bytes | None) -> LinearScorer | None:
