@@ -98,7 +98,7 @@ class ItemTable:
     time it is a candidate, and again when its revision changes; its old hashes stay in the
     pool until the pool is full, when the live ones are packed into a new pool half as large
     again as what they need. So memory is at most about 1.5x the hashes of the items that have
-    been candidates (about 9 a item, 4 bytes each), plus 16 bytes a key. Not thread-safe: a
+    been candidates (about 9 an item, 4 bytes each), plus 21 bytes a key. Not thread-safe: a
     worker scores on its event loop.
     """
 

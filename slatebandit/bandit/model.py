@@ -24,7 +24,7 @@ import vowpalwabbit
 from slatebandit.bandit.features import (
     ACTION_SEPARATOR,
     SharedFeatures,
-    static_features,
+    candidate_features,
     with_bands,
 )
 from slatebandit.bandit.hashes import Items
@@ -117,8 +117,9 @@ class VWScorer:
         linear = self.prepare()._linear
         if linear is not None:
             return linear.score(shared, catalog, keys, codes)
-        statics = static_features(catalog.features, keys.tolist())
-        return self.score(shared, with_bands(statics, codes.tolist()))
+        return self.score(
+            shared, candidate_features(catalog.features, keys.tolist(), codes.tolist())
+        )
 
     @property
     def fast(self) -> bool:
