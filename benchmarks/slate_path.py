@@ -1,14 +1,19 @@
 """The slate path without HTTP: ``Recommender.decide`` in one process, as fast as it goes.
 
     python -m benchmarks.slate_path [--items 100000] [--seconds 20] [--concurrency 16]
-                                    [--history N] [--data-dir DIR] [--stages]
+                                    [--rate R] [--history N] [--data-dir DIR] [--stages]
 
 Opens a recommender on a data directory holding the demo catalog (made on first use in
 ``--data-dir``, or in a temporary one), then runs ``--concurrency`` tasks that each ask for
 slates in a loop, with the requests of ``benchmarks/wrk_slates.lua`` (k=10, 500 rotating
 users, half with a session item), for ``--seconds``. It prints slates per second of this one
 process, and so the CPU per slate on one core: the figure the HTTP server's throughput is
-built from, without uvicorn, Starlette or the load generator.
+built from, without uvicorn, Starlette or the load generator. It also prints the p50 and p99
+of one ``decide``, from the call to its durable answer, and the mean milliseconds of each
+part of the wait for the group commit (``commit_mean_ms``: queued behind the batch being
+written, waiting for the write lock, writing; and the mean units a commit). With ``--rate``
+the slates arrive open-loop instead (Poisson, each its own task), as in a storefront at a
+given load, where those waits are what the tail is made of.
 
 With ``--history N`` each of the 500 users first views N random products (as the soak's
 shoppers do, ``benchmarks/soak.py --history``): their slates then seed the similar-items
@@ -34,6 +39,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 from slatebandit.config import Settings
 
@@ -151,6 +158,30 @@ class StageTimer:
         ]
 
 
+def commit_waits(since: dict[str, float] | None = None) -> dict[str, float]:
+    """The group commit's histograms (``logging/writer.py``) read from this process: with
+    ``since`` (an earlier reading), the mean milliseconds of each part since then, and the
+    mean units a commit; without it, the running sums and counts to pass later."""
+    from slatebandit.logging.writer import COMMIT_SECONDS, COMMIT_UNITS
+
+    now: dict[str, float] = {}
+    for histogram, prefix in ((COMMIT_SECONDS, ""), (COMMIT_UNITS, "units")):
+        for metric in histogram.collect():
+            for sample in metric.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    key = prefix or sample.labels["part"]
+                    now[f"{key}{sample.name[sample.name.rindex('_') :]}"] = sample.value
+    if since is None:
+        return now
+    means = {}
+    for key in ("queued", "lock", "write", "units"):
+        count = now.get(f"{key}_count", 0.0) - since.get(f"{key}_count", 0.0)
+        total = now.get(f"{key}_sum", 0.0) - since.get(f"{key}_sum", 0.0)
+        scale = 1.0 if key == "units" else 1000.0
+        means[key] = scale * total / count if count else 0.0
+    return means
+
+
 def workload(n: int, seed: int = 7) -> list[dict[str, object]]:
     """Requests as ``benchmarks/wrk_slates.lua`` makes them."""
     rng = random.Random(seed)
@@ -183,6 +214,7 @@ async def run(
     timer: StageTimer | None = None,
     history: int = 0,
     items: int = 100_000,
+    rate: float = 0.0,
 ) -> dict[str, object]:
     from slatebandit.recommender import Recommender, SlateQuery
 
@@ -191,14 +223,35 @@ async def run(
     queries = [SlateQuery(**body) for body in workload(5_000)]  # type: ignore[arg-type]
     done = 0
     stop = 0.0  # set once the history and the warm-up are done
+    latencies: list[float] = []  # seconds of each decide, its group commit included
 
     async def client(offset: int) -> None:
         nonlocal done
         i = offset
-        while time.perf_counter() < stop:
+        while (asked := time.perf_counter()) < stop:
             await recommender.decide(queries[i % len(queries)])
+            latencies.append(time.perf_counter() - asked)
             i += concurrency
             done += 1
+
+    async def one(i: int) -> None:
+        nonlocal done
+        asked = time.perf_counter()
+        await recommender.decide(queries[i % len(queries)])
+        latencies.append(time.perf_counter() - asked)
+        done += 1
+
+    async def open_loop() -> None:
+        # Poisson arrivals at ``rate``, each slate its own task, as an open-loop client sends.
+        gaps = np.random.default_rng(11).exponential(1 / rate, size=int(rate * seconds * 2) + 10)
+        tasks, due = [], time.perf_counter()
+        for i, gap in enumerate(gaps):
+            due += gap
+            if due >= stop:
+                break
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
 
     try:
         await give_history(recommender, history, items)
@@ -206,10 +259,15 @@ async def run(
             await recommender.decide(query)
         if timer is not None:
             timer.wrap_stages()
+        commits = commit_waits()
         start, cpu = time.perf_counter(), time.process_time()
         stop = start + seconds
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
+        if rate:
+            await open_loop()
+        else:
+            await asyncio.gather(*(client(i) for i in range(concurrency)))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        commits = commit_waits(since=commits)
     finally:
         if timer is not None:
             timer.restore()
@@ -219,6 +277,9 @@ async def run(
         "seconds": round(wall, 2),
         "slates_per_s": round(done / wall, 1),
         "cpu_ms_per_slate": round(1000 * cpu / done, 3),
+        "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 2),
+        "commit_mean_ms": {part: round(ms, 3) for part, ms in commits.items()},
     }
     if timer is not None:
         result["stages"] = timer.table(done)
@@ -272,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--history", type=int, default=0, help="product views each user makes first (default 0)"
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="send slates at this rate (Poisson arrivals) instead of --concurrency in a loop",
+    )
     parser.add_argument("--data-dir", type=Path, help="kept between runs (default: temporary)")
     parser.add_argument("--stages", action="store_true", help="time each stage of the pipeline")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -281,7 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env({}, data_dir=str(work))
         timer = StageTimer() if args.stages else None
         result = asyncio.run(
-            run(settings, args.seconds, args.concurrency, timer, args.history, args.items)
+            run(
+                settings,
+                args.seconds,
+                args.concurrency,
+                timer,
+                args.history,
+                args.items,
+                args.rate,
+            )
         )
     stages = result.pop("stages", None)
     print(json.dumps(result))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from slatebandit.items import Item
 from slatebandit.logging import GroupCommitWriter, open_engine, upsert_items
@@ -134,3 +135,108 @@ def test_decision_records_are_written_together_and_each_gets_its_own_id(tmp_path
     with engine.connect() as conn:
         assert len(conn.execute(select(slots)).all()) == 120
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of either kind with 50 items (keys 1 to 50)."""
+    url = (
+        f"sqlite:///{tmp_path / 'd.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        upsert_items(conn, [Item(item_id=f"i{i}") for i in range(50)])
+    engine.dispose()
+    return url
+
+
+def test_each_decision_gets_the_id_of_its_own_row_and_its_slots(database: str) -> None:
+    """Batches larger than one statement of either table (SQLite writes many rows a
+    statement and numbers the decisions from ``lastrowid``), after the newest decision was
+    deleted: each id returned is the row of that record, and its slots are stored as shown."""
+    from slatebandit.logging import DecisionRecord, ShownSlot
+    from slatebandit.logging.decisions import PARAMETERS_A_STATEMENT
+    from slatebandit.logging.schema import decisions, slots
+
+    rng = np.random.default_rng(5)
+
+    def record(i: int) -> DecisionRecord:
+        keys = rng.choice(np.arange(1, 51), size=int(rng.integers(1, 9)), replace=False)
+        shown = tuple(
+            ShownSlot(j, int(key), float(rng.uniform(0.01, 1)), "explore", "ann", float(j) / 3)
+            for j, key in enumerate(keys)
+        )
+        return DecisionRecord(
+            f"{i:032x}",
+            float(i),
+            f"u{i % 7}",
+            "vw",
+            i % 3,
+            bytes([i % 256]),
+            shown,
+            arm="a" if i % 2 else None,
+        )
+
+    engine = open_engine(database)
+    first = [record(i) for i in range(3)]
+    with engine.begin() as conn:
+        newest = max(s.decision_id for s in DecisionRecord.write_many(conn, first))
+        conn.execute(slots.delete().where(slots.c.decision_id == newest))
+        conn.execute(decisions.delete().where(decisions.c.id == newest))
+    assert PARAMETERS_A_STATEMENT // 9 < 300 and PARAMETERS_A_STATEMENT // 7 < 300 * 4
+    batch = [record(i) for i in range(3, 303)]
+    with engine.begin() as conn:
+        shown = DecisionRecord.write_many(conn, batch)
+    assert len({s.decision_id for s in shown}) == len(batch)
+    described = engine.dialect.name == "sqlite"  # PostgreSQL keeps these in the payload only
+    with engine.connect() as conn:
+        for written, record_ in zip(shown, batch, strict=True):
+            row = conn.execute(select(decisions).where(decisions.c.id == written.decision_id)).one()
+            assert (row.event_id, row.user_id, row.model_version, row.payload, row.arm) == (
+                record_.event_id,
+                record_.user_id,
+                record_.model_version,
+                record_.payload,
+                record_.arm,
+            )
+            assert written.item_keys == tuple(s.item_key for s in record_.shown)
+            stored = conn.execute(
+                select(slots)
+                .where(slots.c.decision_id == written.decision_id)
+                .order_by(slots.c.slot)
+            ).all()
+            assert [(s.slot, s.item_key, s.propensity) for s in stored] == [
+                (s.slot, s.item_key, s.propensity) for s in record_.shown
+            ]
+            expected = [
+                (s.kind, s.source, s.score) if described else (None, None, None)
+                for s in record_.shown
+            ]
+            assert [(s.kind, s.source, s.score) for s in stored] == expected
+        assert conn.execute(select(func.count()).select_from(decisions)).scalar() == 302
+    engine.dispose()
+
+
+def test_the_write_lock_is_held_for_the_commit_and_its_file_kept_open(tmp_path: Path) -> None:
+    import fcntl
+
+    from slatebandit.logging.writer import WriteLock
+
+    path = tmp_path / "db.writelock"
+    lock = WriteLock(path)
+    assert not path.exists()  # opened at the first commit, not before
+    with path.open("a") as other:  # another process's lock on the same file
+        for _ in range(2):
+            with lock:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after
+            fcntl.flock(other, fcntl.LOCK_UN)
+        handle = lock._handle
+        assert handle is not None and not handle.closed  # one file for every commit
+        lock.close()
+        assert handle.closed
+    with WriteLock(None):  # not SQLite: nothing to lock
+        pass

@@ -13,14 +13,13 @@ means durable" affordable: one fsync serves the whole batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prometheus_client import Histogram
 from sqlalchemy import Connection, Engine
@@ -126,12 +125,16 @@ class GroupCommitWriter(Batcher):
         self.commits = 0  # transactions committed, for tests
         self.units = 0  # units committed
         self.queued = COMMIT_SECONDS.labels("queued")
-        self._lock_path = _sqlite_lock_path(engine)
+        self._lock = WriteLock(_sqlite_lock_path(engine))
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._lock.close()
 
     def _commit(self, units: list[Unit]) -> list[tuple[bool, Any]]:
         try:
             waited = time.perf_counter()
-            with _exclusive(self._lock_path):
+            with self._lock:
                 locked = time.perf_counter()
                 with self.engine.begin() as connection:
                     results = _write(connection, units)
@@ -164,23 +167,37 @@ def _sqlite_lock_path(engine: Engine) -> Path | None:
     return None if database is None else Path(database + ".writelock")
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path | None) -> Iterator[None]:
+class WriteLock:
     """Queue SQLite writers of several processes on a file lock.
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, which with two workers put
     400 ms into the p99 at 8 concurrent requests; a waiter on flock wakes as soon as it is
     released. Other writers (``items load``) still meet SQLite's busy timeout, as before.
+
+    The file is opened at the first commit and stays open until ``close``: each system call
+    lets go of the GIL, and under load the writer's thread then waits for the event loop to
+    hand it back. ``path`` None (not SQLite) locks nothing.
     """
-    if path is None:
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> None:
+        if self._path is None:
+            return
+        if self._handle is None:
+            self._handle = self._path.open("a")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def _write(connection: Connection, units: list[Unit]) -> list[Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 
 from slatebandit.bandit import VWScorer, return_freed_memory, trim_freed_memory
 from slatebandit.config import Settings
@@ -37,6 +38,13 @@ from slatebandit.retrieval import ItemStore
 from slatebandit.retrieval.embedding_job import latest_factors
 
 log = logging.getLogger(__name__)
+
+# How long the event loop may keep the GIL from a thread that wants it back (Python's default
+# is 5 ms). The group commit's thread lets go of it at each system call and SQLite statement
+# of a commit, and then waits that long for it each time the loop is busy: a one-slate commit
+# took 22 ms against a busy loop, 3 ms at 0.5 ms, 0.4 ms against an idle one
+# (`benchmarks/README.md`, "The group commit's thread and the GIL").
+GIL_SWITCH_SECONDS = 0.0005
 
 
 class Recommender(Parts):
@@ -97,6 +105,7 @@ class Recommender(Parts):
         # collection walks them all (a 120 ms pause at 1M items, measured by benchmarks/serve.py).
         gc.collect()
         gc.freeze()
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self._tasks = await start_jobs(self, JOBS)
         log.info(
             "serving %d items from %s", len(self.store.index), self.engine.url.render_as_string()
