@@ -240,3 +240,25 @@ def test_the_write_lock_is_held_for_the_commit_and_its_file_kept_open(tmp_path: 
         assert handle.closed
     with WriteLock(None):  # not SQLite: nothing to lock
         pass
+
+
+def test_a_serving_worker_takes_the_gil_back_sooner(tmp_path: Path) -> None:
+    """The writer's thread waits up to the switch interval each time it takes the GIL back
+    from a busy loop: a serving worker shortens it from Python's 5 ms."""
+    import sys
+
+    from starlette.testclient import TestClient
+
+    from slatebandit.recommender.core import GIL_SWITCH_SECONDS
+    from slatebandit.server import create_app
+    from tests.conftest import make_settings
+
+    default = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        with TestClient(create_app(make_settings(tmp_path))) as client:
+            assert client.get("/healthz").status_code == 200
+            assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_SECONDS)
+        assert GIL_SWITCH_SECONDS < 0.005
+    finally:
+        sys.setswitchinterval(default)

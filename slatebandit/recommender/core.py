@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # How long the event loop may keep the GIL from a thread that wants it back (Python's default
 # is 5 ms). The group commit's thread lets go of it at each system call and SQLite statement
 # of a commit, and then waits that long for it each time the loop is busy: a one-slate commit
-# took 22 ms against a busy loop, 3 ms at 0.5 ms, 0.4 ms against an idle one
-# (`benchmarks/README.md`, "The group commit's thread and the GIL").
+# took 21 ms against a busy loop, 2.6 ms at 0.5 ms, 0.4 ms against an idle one
+# (`python -m benchmarks.group_commit`; `benchmarks/README.md`).
 GIL_SWITCH_SECONDS = 0.0005
 
 
