@@ -151,14 +151,14 @@ def _insert(conn: Connection, records: Sequence[DecisionRecord]) -> list[int]:
     return ids
 
 
-# SQLite: the driver's own cursor, on the transaction the writer holds. Through SQLAlchemy a
-# batch's statements cost about 0.2 ms of interpreter time, and its ``executemany`` stepped
-# once a row. Each step lets go of the GIL, which the group commit's thread then waits to take
-# back from a busy event loop (up to the 5 ms switch interval each time): a batch of 16
-# slates took 0.9 s so, against a busy loop (`benchmarks/README.md`). Here a batch is a few
-# statements of many rows each, whatever its size.
-# SQLite's limit before 3.32. It keeps the statements' text small, and so their cache below.
-PARAMETERS_A_STATEMENT = 999
+# SQLite: the driver's own cursor, on the caller's transaction. Through SQLAlchemy a batch's
+# statements cost the writer 0.15 to 0.7 ms more of CPU (1 to 16 slates), and its
+# ``executemany`` stepped once a slot. Each step lets go of the GIL, which the group commit's
+# thread then waits to take back from a busy event loop (up to the switch interval each
+# time): against a busy loop, a commit of 16 slates took 0.97 s that way
+# (`python -m benchmarks.group_commit`). Here a batch is a few statements of many rows each,
+# whatever its size.
+PARAMETERS_A_STATEMENT = 999  # SQLite's limit before 3.32; it keeps the statements' text small
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,6 +187,8 @@ def _sqlite_insert_rows(
 
 
 def _insert_on_sqlite(conn: Connection, records: Sequence[DecisionRecord]) -> list[int]:
+    if not conn.in_transaction():  # SQLAlchemy would not commit what its cursor did not write
+        raise RuntimeError("decisions are written inside a transaction (engine.begin())")
     cursor = conn.connection.cursor()
     try:
         ids = _sqlite_insert_rows(
