@@ -1,6 +1,6 @@
 """The group commit's thread against a busy event loop: what one commit of decisions costs.
 
-    python -m benchmarks.group_commit [--commits 200] [--json FILE]
+    python -m benchmarks.group_commit [--commits 200] [--db URL] [--json FILE]
 
 A serving worker commits on a thread of its own (``logging/writer.py``) while its event loop
 runs Python on the main thread. Every SQLite statement and system call of a commit lets go
@@ -13,7 +13,8 @@ slate's) to a SQLite database in a temporary directory, through ``GroupCommitWri
 on this thread, first with the main thread idle, then with another thread running Python
 in a loop (the busy event loop) at switch intervals of 5, 1 and 0.5 ms. It prints the
 writer's CPU (its own thread's) and the p50 and mean wall time of a commit. To compare
-revisions, run it from a worktree of each.
+revisions, run it from a worktree of each. With ``--db`` (a PostgreSQL URL) it writes there
+instead, in a schema of its own that it drops after.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
 
 from slatebandit.items import Item
 from slatebandit.logging import (
@@ -65,9 +69,29 @@ class Busy:
         self._thread.join()
 
 
+@contextlib.contextmanager
+def database(url: str | None, directory: str) -> Iterator[str]:
+    """A SQLite file in ``directory``, or a fresh schema on the PostgreSQL server of ``url``."""
+    if url is None:
+        yield f"sqlite:///{directory}/log.db"
+        return
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    schema = f"group_commit_{os.getpid()}"
+    with admin.connect() as conn:
+        conn.execute(text(f"create schema {schema}"))
+    try:
+        separator = "&" if "?" in url else "?"
+        yield f"{url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"drop schema {schema} cascade"))
+        admin.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.group_commit", description=__doc__)
     parser.add_argument("--commits", type=int, default=200, help="commits timed per row")
+    parser.add_argument("--db", help="a PostgreSQL URL to write to instead of SQLite")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
 
@@ -88,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     default_interval = sys.getswitchinterval()
-    with tempfile.TemporaryDirectory(prefix="slatebandit-group-commit-") as directory:
-        engine = open_engine(f"sqlite:///{directory}/log.db")
+    with (
+        tempfile.TemporaryDirectory(prefix="slatebandit-group-commit-") as directory,
+        database(args.db, directory) as url,
+    ):
+        engine = open_engine(url)
         with engine.begin() as conn:
             upsert_items(conn, [Item(item_id=f"i{i}") for i in range(ITEMS)])
         writer = GroupCommitWriter(engine)
