@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import random
 import shutil
@@ -225,21 +226,18 @@ async def run(
     stop = 0.0  # set once the history and the warm-up are done
     latencies: list[float] = []  # seconds of each decide, its group commit included
 
-    async def client(offset: int) -> None:
-        nonlocal done
-        i = offset
-        while (asked := time.perf_counter()) < stop:
-            await recommender.decide(queries[i % len(queries)])
-            latencies.append(time.perf_counter() - asked)
-            i += concurrency
-            done += 1
-
     async def one(i: int) -> None:
         nonlocal done
         asked = time.perf_counter()
         await recommender.decide(queries[i % len(queries)])
         latencies.append(time.perf_counter() - asked)
         done += 1
+
+    async def client(offset: int) -> None:
+        for i in itertools.count(offset, concurrency):
+            if time.perf_counter() >= stop:
+                return
+            await one(i)
 
     async def open_loop() -> None:
         # Poisson arrivals at ``rate``, each slate its own task, as an open-loop client sends.

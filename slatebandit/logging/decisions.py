@@ -29,6 +29,21 @@ class ShownSlot:
     source: str
     score: float
 
+    def row(self, decision_id: int, described: bool = True) -> tuple[object, ...]:
+        """The slot's columns, in ``SLOT_COLUMNS``' order; without its kind, source and score
+        unless ``described``."""
+        if described:
+            return (
+                decision_id,
+                self.slot,
+                self.item_key,
+                self.propensity,
+                self.kind,
+                self.source,
+                self.score,
+            )
+        return (decision_id, self.slot, self.item_key, self.propensity, None, None, None)
+
 
 @dataclass(frozen=True)
 class ShownDecision:
@@ -134,15 +149,7 @@ def _insert(conn: Connection, records: Sequence[DecisionRecord]) -> list[int]:
     # takes 52 bytes instead of 76 (``logging.partitions``).
     described = not is_partitioned(conn)
     rows = [
-        {
-            "decision_id": decision_id,
-            "slot": slot.slot,
-            "item_key": slot.item_key,
-            "propensity": slot.propensity,
-            "kind": slot.kind if described else None,
-            "source": slot.source if described else None,
-            "score": slot.score if described else None,
-        }
+        dict(zip(SLOT_COLUMNS, slot.row(decision_id, described), strict=True))
         for decision_id, record in zip(ids, records, strict=True)
         for slot in record.shown
     ]
@@ -201,15 +208,7 @@ def _insert_on_sqlite(conn: Connection, records: Sequence[DecisionRecord]) -> li
             value
             for decision_id, record in zip(ids, records, strict=True)
             for slot in record.shown
-            for value in (
-                decision_id,
-                slot.slot,
-                slot.item_key,
-                slot.propensity,
-                slot.kind,
-                slot.source,
-                slot.score,
-            )
+            for value in slot.row(decision_id)
         ]
         _sqlite_insert_rows(cursor, "slots", SLOT_COLUMNS, values)
     finally:
