@@ -27,6 +27,10 @@ first item one time in ten. Every minute it reports:
   loads a model (a canary's, a new champion's) is 25 to 30 MB higher for a second or two,
   and one reading a minute caught that in both workers at once at the end of one run
   (+13.7% against +5% a minute before);
+- the workers' caches, MB in all (``cache_mb``) and by cache (``cache_mb_each``), from
+  ``slatebandit_worker_cache_bytes``: every cache is bounded, but some fill for tens of
+  minutes, so the report also gives the RSS growth from minute 3 without them
+  (``rss_growth_outside_caches``), which a leak would show and a filling cache would not;
 - the decisions logged and the database's size on disk;
 - learner lag (the newest due decision against the newest checkpoint's), and the versions,
   canaries and release verdicts so far.
@@ -130,11 +134,14 @@ def box_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def time_sums(base: str) -> dict[str, tuple[float, float]]:
+def read_metrics(base: str) -> str:
+    return httpx.get(base + "/metrics", timeout=30).text
+
+
+def time_sums(text: str) -> dict[str, tuple[float, float]]:
     """From the server's /metrics: (sum, count) of each group-commit part's seconds, of the
     slates' server-side time, and of the units per commit; differences between two readings
     give a minute's means."""
-    text = httpx.get(base + "/metrics", timeout=30).text
     sums: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -155,6 +162,17 @@ def time_sums(base: str) -> dict[str, tuple[float, float]]:
             elif sample.name.endswith("_count"):
                 sums.setdefault(name, [0.0, 0.0])[1] += sample.value
     return {name: (total, n) for name, (total, n) in sums.items()}
+
+
+def cache_mb(text: str) -> dict[str, float]:
+    """From the server's /metrics: the workers' caches, MB each, summed over the workers
+    (``slatebandit_worker_cache_bytes``, counted every 30 s)."""
+    return {
+        sample.labels["cache"]: round(sample.value / 2**20, 1)
+        for family in text_string_to_metric_families(text)
+        if family.name == "slatebandit_worker_cache_bytes"
+        for sample in family.samples
+    }
 
 
 def minute_means(
@@ -374,7 +392,7 @@ async def soak(
     pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
     cpu, box, own = cpu_seconds(server_pid), box_ticks(), time.process_time()
-    sums = await asyncio.to_thread(time_sums, base)
+    sums = time_sums(await asyncio.to_thread(read_metrics, base))
     for minute in range(1, minutes + 1):
         end = started + 60 * minute
         sent = 0
@@ -398,7 +416,9 @@ async def soak(
         (busy, total), (was_busy, was_total) = box_ticks(), box
         box = busy, total
         spent, own = time.process_time() - own, time.process_time()
-        sums, sums_was = await asyncio.to_thread(time_sums, base), sums
+        metrics = await asyncio.to_thread(read_metrics, base)
+        sums, sums_was = time_sums(metrics), sums
+        caches = cache_mb(metrics)
         resident = tree_rss(server_pid)
         readings.append(sum(resident.values()))
         row = {
@@ -414,6 +434,8 @@ async def soak(
             "rss_mb_max": max(readings) / 2**20,
             "rss_mb_end": sum(resident.values()) / 2**20,  # the one reading older soaks took
             "rss_mb_each": sorted((round(b / 2**20) for b in resident.values()), reverse=True),
+            "cache_mb": round(sum(caches.values()), 1),
+            "cache_mb_each": caches,
             "decisions": logged,
             "db_mb": db_bytes(data_dir) / 2**20,
             **learning,
@@ -424,6 +446,11 @@ async def soak(
     await pool.close()
     engine.dispose()
     return report
+
+
+def _outside_caches(minute: dict[str, Any]) -> float:
+    """A minute's RSS (the median reading) without the workers' caches."""
+    return float(minute["rss_mb"] - minute["cache_mb"])
 
 
 def main() -> None:
@@ -499,6 +526,7 @@ def main() -> None:
         "errors": sum(r["errors"] for r in report),
         "rss_growth_after_warmup": (last["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"],
         "rss_growth_end_readings": (last["rss_mb_end"] - warm["rss_mb_end"]) / warm["rss_mb_end"],
+        "rss_growth_outside_caches": _outside_caches(last) / _outside_caches(warm) - 1.0,
         "worst_p99_ms": max(r["p99_ms"] for r in report),
         "last_p50_over_first": report[-1]["p50_ms"] / report[0]["p50_ms"],
         "largest_learner_lag_seconds": max(r["learner_lag_seconds"] for r in report),

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from slatebandit.memory import Held, held
 from slatebandit.retrieval.user_state import stepped_fade
 
 Acted = Mapping[str, Mapping[int, float]]  # action type -> item key -> its last time
@@ -88,6 +89,9 @@ class Rotation:
         """What an impression ``elapsed`` seconds old still counts: half per half-life, in
         steps (225 s at the default), so that a seeded run makes the same slates."""
         return stepped_fade(elapsed, self.half_life)
+
+    def memory(self) -> Held:
+        return held(self._seen)
 
     def forget(self, user_id: str) -> None:
         """An erased shopper's impressions go with them."""

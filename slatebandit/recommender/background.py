@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
+from prometheus_client import Gauge
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
@@ -32,6 +33,21 @@ from slatebandit.retrieval.embedding_job import follow_factors, train_if_leased
 log = logging.getLogger(__name__)
 LEARN_SECONDS = 1.0  # the embedded learner's lease is renewed and a turn started this often
 PURGE_SECONDS = 3600.0  # how often the retention purge runs
+CACHE_SECONDS = 30.0  # how often the caches' sizes are counted for /metrics
+
+# Set by each worker, summed over the live ones (``server/metrics.py`` says how).
+CACHE_ENTRIES = Gauge(
+    "slatebandit_worker_cache_entries",
+    "Entries the live workers' caches hold, by cache (all bounded; slatebandit/memory.py)",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
+CACHE_BYTES = Gauge(
+    "slatebandit_worker_cache_bytes",
+    "Approximate bytes the live workers' caches hold, by cache (slatebandit/memory.py)",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
 
 
 def _thread(job: Callable[[Parts], object]) -> Callable[[Parts], Awaitable[object]]:
@@ -51,6 +67,14 @@ class Job:
     paused: Callable[[Parts], bool] = _database_away
     enabled: Callable[[Settings], bool] = lambda settings: True
     at_start: bool = False  # also once before the first interval
+
+
+async def count_caches(r: Parts) -> None:
+    """Set the cache gauges from this worker's caches (a millisecond or so, on the loop, so
+    that no request changes a cache under the count)."""
+    for name, (entries, size) in r.memory().items():
+        CACHE_ENTRIES.labels(name).set(entries)
+        CACHE_BYTES.labels(name).set(size)
 
 
 def _model_poll(settings: Settings) -> float:
@@ -77,6 +101,13 @@ JOBS: tuple[Job, ...] = (
         at_start=True,  # a restart holding a dead run's spool says so before it serves
     ),
     Job("catalog changes", lambda s: s.catalog_poll_seconds, lambda r: r.store.sync(r.engine)),
+    Job(
+        "cache sizes, for /metrics",
+        lambda s: CACHE_SECONDS,
+        count_caches,
+        paused=lambda r: False,
+        at_start=True,
+    ),
     Job(
         "merchandising rules",
         lambda s: s.catalog_poll_seconds,

@@ -32,6 +32,7 @@ from slatebandit.logging import (
 from slatebandit.logging.engine import is_unavailable, point_reader, read_retrying
 from slatebandit.logging.user_reads import SqliteUserReader, UserReader
 from slatebandit.logging.users import read_user, update_user_state
+from slatebandit.memory import Held, held
 from slatebandit.merchandising import Rotation, RuleBook
 from slatebandit.personalizer.loops import Loops
 from slatebandit.policies import Policy, PolicySet, VWPolicy
@@ -226,6 +227,21 @@ class Parts:
         self.decisions[event_id] = decision
         while len(self.decisions) > RECENT_DECISIONS:
             self.decisions.popitem(last=False)
+
+    def memory(self) -> dict[str, Held]:
+        """What each of this worker's caches holds (``slatebandit.memory``); every one is
+        bounded, its limit beside it."""
+        catalog = self.store.catalog
+        strings = [c.memory() for c in (catalog.item_ids, catalog.titles, catalog.features)]
+        return {
+            "shoppers": self.users.memory(),
+            "decisions": held(self.decisions),
+            "neighbours": self.store.index.memory(),
+            "strings": Held(sum(s.entries for s in strings), sum(s.bytes for s in strings)),
+            "rotation": self.rotation.memory(),
+            "bought_together": self.together.memory(),
+            "filter_masks": self.filter_masks.memory(),
+        }
 
     async def shown_decision(self, event_id: str) -> ShownDecision | None:
         """The decision behind ``event_id``; read from the database if another process made it

@@ -17,6 +17,8 @@ from typing import Generic, TypeVar, overload
 
 import numpy as np
 
+from slatebandit.memory import Held, held
+
 _NO_SPANS = np.zeros((0, 2), dtype=np.int64)
 CACHED_STRINGS = 50_000  # per column and worker: about 10 MB of scorer features
 T = TypeVar("T")  # str, or str | None for ids
@@ -104,6 +106,10 @@ class _Strings(Generic[T]):
                 cache[key] = value
                 out.append(value)
         return out
+
+    def memory(self) -> Held:
+        """The strings ``take`` keeps decoded."""
+        return held(self._cache)
 
     def _base_value(self, key: int) -> T:
         if key >= self._base:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from slatebandit.memory import Held, held
 from slatebandit.retrieval.catalog import Catalog
 from slatebandit.retrieval.content import clean
 from slatebandit.retrieval.index import ItemIndex
@@ -140,6 +141,10 @@ class FilterMasks:
         self.size = size
         self._masks: OrderedDict[tuple[Filters, int], Allowed] = OrderedDict()
         self._lock = threading.Lock()
+
+    def memory(self) -> Held:
+        with self._lock:
+            return held(self._masks)
 
     def cached(self, filters: Filters, catalog: Catalog) -> Allowed | None:
         tag = (filters, catalog.version)

@@ -19,6 +19,8 @@ from typing import Any
 import hnswlib
 import numpy as np
 
+from slatebandit.memory import Held, held
+
 ABSENT, LIVE, DELETED = 0, 1, 2
 SIMILAR_ROWS = 50_000  # neighbour lists ``neighbours_of`` keeps (about 8 MB at k=21)
 NEAREST_ROWS = 10_000  # answers ``nearest`` keeps (about 10 MB at k=100 and 64 dimensions)
@@ -89,6 +91,12 @@ class NeighbourCache:
                     self._nearest.clear()
                 self._nearest[key] = row
         return row
+
+    def memory(self) -> Held:
+        """What ``neighbours_of`` and ``nearest`` keep."""
+        with self._lock:
+            similar, nearest = held(self._similar), held(self._nearest)
+        return Held(similar.entries + nearest.entries, similar.bytes + nearest.bytes)
 
     def _forget_neighbours(self) -> None:
         self._similar: dict[tuple[int, int], np.ndarray] = {}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 
 from slatebandit.logging.baskets import FEEDS, Action, actions_after, newest_id
+from slatebandit.memory import Held, held
 
 WINDOW = 86_400.0  # seconds: carted or bought this close together counts as bought together
 TOP = 20  # partners kept per item
@@ -82,6 +83,11 @@ class Together:
 
     def __len__(self) -> int:
         return len(self._lists)
+
+    def memory(self) -> Held:
+        """The published lists, and the counts and baskets behind them."""
+        parts = [held(self._lists), held(self._counts), held(self._baskets)]
+        return Held(sum(p.entries for p in parts), sum(p.bytes for p in parts))
 
     def of(self, keys: Sequence[int], n: int) -> list[int]:
         """Up to ``n`` items bought together with any of ``keys`` (not ``keys`` themselves),

@@ -18,6 +18,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from slatebandit.memory import Held, held
+
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0}
 SESSION_HALF_LIFE = 1800.0  # seconds: half an hour ago counts half as much
 # What fades over time fades in steps of 1/16 of its half-life (``stepped_fade``): with a
@@ -156,6 +158,9 @@ class UserStates:
 
     def drop(self, user_id: str) -> None:
         self._states.pop(user_id, None)
+
+    def memory(self) -> Held:
+        return held(self._states)
 
     def put(self, user_id: str, version: int, state: UserState) -> UserState:
         self._states[user_id] = (version, state)

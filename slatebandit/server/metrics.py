@@ -7,8 +7,9 @@ Two kinds of figure, kept apart so that neither is counted twice:
   fresh directory before its workers start, so ``prometheus_client`` keeps these counters in
   memory-mapped files there, one per worker, and whichever worker answers a scrape sums them
   all (its ``MultiProcessCollector``). A worker that exits leaves its file, so counters never
-  go backwards when a worker restarts. One gauge is kept so too, summed over the live workers
-  (their objects frozen from the garbage collector): a worker takes it along as it exits.
+  go backwards when a worker restarts. Three gauges are kept so too, summed over the live
+  workers (their objects frozen from the garbage collector, and their caches' entries and
+  bytes, ``recommender/background.py``): a worker takes them along as it exits.
   Without that variable (tests, an embedding app) they live in this process's default
   registry.
 - **Read at scrape time, once, by the worker that answers** (model versions, learner lag,
@@ -88,8 +89,8 @@ GC_FROZEN = Gauge(
 
 
 def worker_exiting() -> None:
-    """Take this worker's live gauges (``slatebandit_gc_frozen_objects``) out of the shared
-    files as it exits; its counters stay, so that sums never go backwards."""
+    """Take this worker's live gauges (frozen objects, caches) out of the shared files as it
+    exits; its counters stay, so that sums never go backwards."""
     if MULTIPROCESS:
         multiprocess.mark_process_dead(os.getpid())
 

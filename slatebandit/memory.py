@@ -1,0 +1,71 @@
+"""What a serving worker's caches hold: entries and approximate bytes, cache by cache.
+
+Every cache a worker keeps between requests is bounded (each limit stands beside its cache),
+so its memory rises while they fill and then stays. They fill at the pace of the traffic
+that feeds them (a neighbour list per item a shopper looks at, a session search per shopper
+action), some over tens of minutes, which a soak's RSS alone cannot tell from a leak.
+``/metrics`` shows them (``slatebandit_worker_cache_bytes``) and ``benchmarks/soak.py``
+reports them by minute beside the RSS.
+
+Bytes are estimated from a sample of entries, walked through their containers, times the
+entry count: a few microseconds, where walking 50,000 entries would stall the event loop. An
+object shared between entries (an interned string, a small int) is counted once per entry
+that holds it, so the figure leans high.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+SAMPLE = 32  # entries walked for an estimate
+
+
+class Held(NamedTuple):
+    """A cache's entries and its approximate bytes."""
+
+    entries: int
+    bytes: int
+
+
+def held(entries: Mapping[Any, Any], sample: int = SAMPLE) -> Held:
+    """``entries``' count and approximate bytes: the mapping itself, and the mean size of its
+    first ``sample`` keys and values times their count."""
+    for _ in range(3):  # a cache a thread of the worker changes as this walks it
+        try:
+            walked = list(itertools.islice(entries.items(), sample))
+            break
+        except RuntimeError:  # "changed size during iteration": walk again
+            continue
+    else:
+        walked = []
+    count = len(entries)
+    mean = sum(deep_bytes(pair) for pair in walked) / len(walked) if walked else 0.0
+    return Held(count, sys.getsizeof(entries) + round(mean * count))
+
+
+def deep_bytes(obj: object, seen: set[int] | None = None) -> int:
+    """``obj``'s size with what it holds: containers, dataclasses and numpy arrays. An array
+    that views another counts the bytes it views: a search's answer for several items is one
+    array, and each item's row, kept apart, views its share of it."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        if obj.base is not None:
+            return sys.getsizeof(obj) + obj.nbytes
+        return sys.getsizeof(obj)  # an array that owns its data counts it
+    size = sys.getsizeof(obj)
+    if isinstance(obj, Mapping):
+        size += sum(deep_bytes(k, seen) + deep_bytes(v, seen) for k, v in obj.items())
+    elif isinstance(obj, list | tuple | set | frozenset):
+        size += sum(deep_bytes(item, seen) for item in obj)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        size += sum(deep_bytes(getattr(obj, f.name), seen) for f in dataclasses.fields(obj))
+    return size
