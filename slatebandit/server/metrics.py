@@ -81,6 +81,10 @@ GC_PAUSES = Histogram(
     ["generation"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+# Each generation's series exists from the start, at zero, rather than from the worker's first
+# timed collection of it: a dashboard (and a scrape right after start) sees all three.
+for _generation in range(3):
+    GC_PAUSES.labels(str(_generation))
 GC_FROZEN = Gauge(
     "slatebandit_gc_frozen_objects",
     "Objects the live workers' collectors no longer walk (server/collector.py)",
