@@ -10,13 +10,16 @@ import pytest
 from starlette.testclient import TestClient
 
 from slatebandit.config import Settings
+from slatebandit.memory import deep_bytes
 from slatebandit.retrieval import UserState
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.retrieval.user_state import (
     ACTED_ITEMS,
     COUNTERS,
+    DECODED_PER_STORED,
     RECENT_ITEMS,
     SESSION_HALF_LIFE,
+    UserStates,
     session_decay,
 )
 from slatebandit.server import create_app
@@ -59,6 +62,31 @@ def test_state_round_trips_and_stays_bounded() -> None:
     assert again.categories == state.categories and again.brands == state.brands
     assert np.array_equal(again.session_vector, state.session_vector)
     assert again.updated_at == state.updated_at == 1299.0
+
+
+def test_cached_states_stay_within_their_count_and_their_bytes() -> None:
+    full = UserState()  # a shopper with the most history a state keeps
+    for kind in ("view", "click", "add_to_cart", "purchase"):
+        for i in range(ACTED_ITEMS):
+            full.observe(i, kind, np.ones(64, dtype=np.float32), 1000.0 + i, f"c{i % 40}", "b")
+    stored = full.to_bytes()
+    decoded = UserState.from_bytes(stored)
+    assert deep_bytes(decoded) <= DECODED_PER_STORED * len(stored)  # the estimate leans high
+    budget = 10 * DECODED_PER_STORED * len(stored)
+    states = UserStates(capacity=1_000, budget=budget)
+    for i in range(25):
+        states.put(f"u{i}", 1, UserState.from_bytes(stored), len(stored))
+        assert states.size <= budget
+    assert states.get("u24", 1) is not None and states.get("u14", 1) is None  # oldest out
+    assert states.size == 10 * DECODED_PER_STORED * len(stored)
+    states.put("u24", 2, UserState(), 10)  # a newer version replaces the entry and its size
+    assert states.size == 9 * DECODED_PER_STORED * len(stored) + 10 * DECODED_PER_STORED
+    states.drop("u24")
+    assert states.get("u24", 2) is None and states.size == 9 * DECODED_PER_STORED * len(stored)
+    small = UserStates(capacity=3)
+    for i in range(5):
+        small.put(f"u{i}", 1, UserState(), 100)
+    assert small.memory().entries == 3 and small.size == 3 * 100 * DECODED_PER_STORED
 
 
 def test_tastes_fade_by_their_half_life_and_never_without_one() -> None:

@@ -173,7 +173,7 @@ class Parts:
             return UserState()
         version, data = found
         return self.users.get(user_id, version) or self.users.put(
-            user_id, version, UserState.from_bytes(data)
+            user_id, version, UserState.from_bytes(data), len(data)
         )
 
     async def policy_for(self, user_id: str) -> tuple[Policy, str | None, str | None]:
@@ -309,7 +309,7 @@ class Parts:
 
     def remember_state(self, user_id: str, stored: tuple[int, bytes]) -> None:
         """Cache the state an observation stored (its version and bytes)."""
-        self.users.put(user_id, stored[0], UserState.from_bytes(stored[1]))
+        self.users.put(user_id, stored[0], UserState.from_bytes(stored[1]), len(stored[1]))
 
     def apply(self, effects: Effects) -> None:
         """Bring this worker's memory in step with feedback just committed (live or shipped)."""

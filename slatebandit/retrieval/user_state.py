@@ -136,12 +136,26 @@ class UserState:
         )
 
 
-class UserStates:
-    """A bounded LRU of decoded states, each with the row version it was decoded from."""
+# A decoded state takes 5 to 8 times its stored bytes (dicts of boxed ints and floats where
+# msgpack has packed numbers): 2.2 KB for 3 views, 87 KB for a shopper with ACTED_ITEMS of
+# each event type (``slatebandit.memory.deep_bytes``). Counted at 8, so the estimate leans high.
+DECODED_PER_STORED = 8
+STATES_BYTES = 256 * 2**20  # what a worker's decoded states may take, about
 
-    def __init__(self, capacity: int = 100_000) -> None:
+
+class UserStates:
+    """A bounded LRU of decoded states, each with the row version it was decoded from.
+
+    Bounded by count and by bytes (each state's stored size times ``DECODED_PER_STORED``): by
+    count alone, 100,000 shoppers with long histories would take 8.7 GB a worker. What leaves
+    is decoded again from the row a slate reads anyway (tens of microseconds)."""
+
+    def __init__(self, capacity: int = 100_000, budget: int = STATES_BYTES) -> None:
         self.capacity = capacity
+        self.budget = budget
         self._states: OrderedDict[str, tuple[int, UserState]] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # user -> the estimated bytes of their decoded state
+        self.size = 0  # their sum
 
     def get(self, user_id: str, version: int) -> UserState | None:
         found = self._states.get(user_id)
@@ -158,15 +172,21 @@ class UserStates:
 
     def drop(self, user_id: str) -> None:
         self._states.pop(user_id, None)
+        self.size -= self._sizes.pop(user_id, 0)
 
     def memory(self) -> Held:
         return held(self._states)
 
-    def put(self, user_id: str, version: int, state: UserState) -> UserState:
+    def put(self, user_id: str, version: int, state: UserState, stored: int) -> UserState:
+        """Keep ``state`` (decoded from ``stored`` bytes), dropping the least recently used
+        past the count or the byte budget."""
+        self.drop(user_id)
         self._states[user_id] = (version, state)
-        self._states.move_to_end(user_id)
-        while len(self._states) > self.capacity:
-            self._states.popitem(last=False)
+        self._sizes[user_id] = stored * DECODED_PER_STORED
+        self.size += stored * DECODED_PER_STORED
+        while len(self._states) > self.capacity or (self.size > self.budget and self._states):
+            oldest, _ = self._states.popitem(last=False)
+            self.size -= self._sizes.pop(oldest)
         return state
 
 
