@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client import REGISTRY
 
 from slatebandit.config import Settings
-from slatebandit.memory import Held, deep_bytes, held
+from slatebandit.memory import SAMPLE, Held, deep_bytes, held
 from slatebandit.recommender import Recommender, SlateQuery
 from slatebandit.recommender.background import count_caches
 
@@ -47,7 +47,7 @@ def test_held_is_the_sampled_mean_times_the_count() -> None:
     assert held(same) == Held(1_000, sys.getsizeof(same) + 1_000 * one)
     assert held({}) == Held(0, sys.getsizeof({}))
     # The first entries stand for the rest: an estimate, exact when entries are alike.
-    mixed = OrderedDict((i, np.zeros(10 if i < 32 else 1_000)) for i in range(64))
+    mixed = OrderedDict((i, np.zeros(10 if i < SAMPLE else 1_000)) for i in range(64))
     assert held(mixed).bytes < deep_bytes(mixed)
 
 
@@ -61,7 +61,7 @@ def test_a_worker_counts_each_cache_and_the_gauges_show_them(settings: Settings)
                 if i < 4:  # a shopper with a stored state has it cached
                     item = str(decision.items[0]["item_id"])
                     await recommender.event(f"u{i}", item, "view")
-            await count_caches(recommender)
+            count_caches(recommender)
             return recommender.memory()
         finally:
             await recommender.close()
