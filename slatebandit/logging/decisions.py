@@ -8,7 +8,7 @@ their integer id; the API's ``event_id`` and ``item_id`` are translated at the e
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +57,6 @@ class ShownDecision:
 
 # Built once: a statement built per call is keyed for SQLAlchemy's cache anew each time (an
 # event's insert took 150 to 250 us on SQLite that way).
-INSERT_DECISIONS = insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True)
-INSERT_SLOTS = insert(slots)
 # A reward once per (decision, item, type), by dialect; RETURNING, because rowcount is not
 # reliable for DO NOTHING across drivers.
 _STORE_REWARD = {
@@ -102,7 +100,7 @@ class DecisionRecord:
         if conn.dialect.name == "sqlite":
             ids = _insert_on_sqlite(conn, records)
         else:
-            ids = _insert(conn, records)
+            ids = _insert_on_postgresql(conn, records)
         return [
             ShownDecision(decision_id, tuple(s.item_key for s in record.shown), record.user_id)
             for decision_id, record in zip(ids, records, strict=True)
@@ -137,41 +135,38 @@ DECISION_COLUMNS = (
 SLOT_COLUMNS = ("decision_id", "slot", "item_key", "propensity", "kind", "source", "score")
 
 
-def _insert(conn: Connection, records: Sequence[DecisionRecord]) -> list[int]:
-    """The decisions, then all their slots, in two SQLAlchemy statements; their ids."""
-    ids = list(
-        conn.execute(
-            INSERT_DECISIONS, [dict(zip(DECISION_COLUMNS, r.row(), strict=True)) for r in records]
-        ).scalars()
-    )
-    # On PostgreSQL a slot's kind, source and score are left NULL: the payload has them
-    # (its layout, ``shown_sources`` and ``shown_scores``), and a slot row without them
-    # takes 52 bytes instead of 76 (``logging.partitions``).
-    described = not is_partitioned(conn)
-    rows = [
-        dict(zip(SLOT_COLUMNS, slot.row(decision_id, described), strict=True))
-        for decision_id, record in zip(ids, records, strict=True)
-        for slot in record.shown
-    ]
-    if rows:
-        conn.execute(INSERT_SLOTS, rows)
-    return ids
-
-
-# SQLite: the driver's own cursor, on the caller's transaction. Through SQLAlchemy a batch's
-# statements cost the writer 0.15 to 0.7 ms more of CPU (1 to 16 slates), and its
-# ``executemany`` stepped once a slot. Each step lets go of the GIL, which the group commit's
-# thread then waits to take back from a busy event loop (up to the switch interval each
-# time): against a busy loop, a commit of 16 slates took 0.97 s that way
-# (`python -m benchmarks.group_commit`). Here a batch is a few statements of many rows each,
-# whatever its size.
-PARAMETERS_A_STATEMENT = 999  # SQLite's limit before 3.32; it keeps the statements' text small
+# SQLite and PostgreSQL: the driver's own cursor, on the caller's transaction. Through
+# SQLAlchemy a batch's statements cost the writer 0.15 to 0.7 ms more of CPU (1 to 16
+# slates), and its ``executemany`` stepped once a slot on SQLite (psycopg sent a slot's row
+# at a time too). Each step lets go of the GIL, which the group commit's thread then waits to
+# take back from a busy event loop (up to the switch interval each time): against a busy
+# loop, a commit of 16 slates took 0.97 s that way on SQLite (`python -m
+# benchmarks.group_commit`). Here a batch is a few statements of many rows each, whatever
+# its size.
+PARAMETERS_A_STATEMENT = {
+    "sqlite": 999,  # SQLite's limit before 3.32; it keeps the statements' text small
+    "postgresql": 4_095,  # of PostgreSQL's 65,535: a few statements for the largest batches
+}
+_MARK = {"sqlite": "?", "postgresql": "%s"}  # the drivers' placeholders
 
 
 @functools.lru_cache(maxsize=256)
-def _sqlite_insert(table: str, columns: tuple[str, ...], rows: int) -> str:
-    one = f"({', '.join('?' for _ in columns)})"
+def _insert_text(dialect: str, table: str, columns: tuple[str, ...], rows: int) -> str:
+    one = f"({', '.join(_MARK[dialect] for _ in columns)})"
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+
+
+def _statements(
+    dialect: str, table: str, columns: tuple[str, ...], values: Sequence[object]
+) -> Iterator[tuple[str, Sequence[object], int]]:
+    """The statements that insert the rows whose values are ``values`` (flat, row after row):
+    each one's text, its values and its number of rows."""
+    width = len(columns)
+    per_statement = (PARAMETERS_A_STATEMENT[dialect] // width) * width
+    for start in range(0, len(values), per_statement):
+        chunk = values[start : start + per_statement]
+        rows = len(chunk) // width
+        yield _insert_text(dialect, table, columns, rows), chunk, rows
 
 
 def _sqlite_insert_rows(
@@ -182,13 +177,9 @@ def _sqlite_insert_rows(
     A row's rowid is one more than the table's largest when no rowid is given, so the rows of
     one statement are numbered in turn, ending at the cursor's ``lastrowid`` (SQLite numbers
     at random only once the largest possible rowid is taken, which nothing here writes)."""
-    width = len(columns)
-    per_statement = (PARAMETERS_A_STATEMENT // width) * width
     rowids: list[int] = []
-    for start in range(0, len(values), per_statement):
-        chunk = values[start : start + per_statement]
-        rows = len(chunk) // width
-        cursor.execute(_sqlite_insert(table, columns, rows), chunk)
+    for text, chunk, rows in _statements("sqlite", table, columns, values):
+        cursor.execute(text, chunk)
         rowids.extend(range(cursor.lastrowid - rows + 1, cursor.lastrowid + 1))
     return rowids
 
@@ -211,6 +202,34 @@ def _insert_on_sqlite(conn: Connection, records: Sequence[DecisionRecord]) -> li
             for value in slot.row(decision_id)
         ]
         _sqlite_insert_rows(cursor, "slots", SLOT_COLUMNS, values)
+    finally:
+        cursor.close()
+    return ids
+
+
+def _insert_on_postgresql(conn: Connection, records: Sequence[DecisionRecord]) -> list[int]:
+    """As on SQLite; each decision's id comes back beside its event id, which is unique, so
+    the ids do not depend on the order PostgreSQL returns rows in."""
+    cursor = conn.connection.cursor()
+    try:
+        values = [value for record in records for value in record.row()]
+        id_of: dict[str, int] = {}
+        for text, chunk, _ in _statements("postgresql", "decisions", DECISION_COLUMNS, values):
+            cursor.execute(text + " RETURNING id, event_id", chunk)
+            id_of.update((event_id, decision_id) for decision_id, event_id in cursor.fetchall())
+        ids = [id_of[record.event_id] for record in records]
+        # In the partitioned log a slot's kind, source and score are left NULL: the payload
+        # has them (its layout, ``shown_sources`` and ``shown_scores``), and a slot row
+        # without them takes 52 bytes instead of 76 (``logging.partitions``).
+        described = not is_partitioned(conn)
+        values = [
+            value
+            for decision_id, record in zip(ids, records, strict=True)
+            for slot in record.shown
+            for value in slot.row(decision_id, described)
+        ]
+        for text, chunk, _ in _statements("postgresql", "slots", SLOT_COLUMNS, values):
+            cursor.execute(text, chunk)
     finally:
         cursor.close()
     return ids
