@@ -105,12 +105,13 @@ def _by_source(
 
 
 def _nearest_seeds(slate: Slate, store: ItemStore, seeds: Sequence[int]) -> dict[int, int]:
-    """For each pick the similar generator proposed: the seed item nearest to it."""
+    """For each exploit pick the similar generator proposed (the only picks whose reason
+    names a seed): the seed item nearest to it."""
     similar = SOURCES.index("similar")
     picks = [
         int(slate.candidates.keys[p.index])
         for p in slate.picks
-        if slate.candidates.sources[p.index] == similar
+        if p.kind == EXPLOIT and slate.candidates.sources[p.index] == similar
     ]
     if not picks or not seeds:
         return {}
