@@ -67,6 +67,13 @@ _REFUSED = {"--l1", "--l2"}
 _COST_TYPES = {"dm", "ips", "mtr"}  # each predicts with the same linear regressor
 
 
+# Crossed shopper tokens from which each distinct item token is crossed once (one sort of
+# the slate's item features) rather than once per candidate: a shopper with a history crosses
+# 16 to 19 and saves about 100 us a slate that way; with only the request's context (4) the
+# sort cost 20 us more than it saved (``benchmarks/slate_path.py --stages``).
+CROSS_DISTINCT_FROM = 6
+
+
 class LinearScorer:
     """Expected rewards of the candidates of one slate, without VW's text: see the module."""
 
@@ -157,11 +164,14 @@ class LinearScorer:
             if rows.any():
                 index, value = index[rows], value[rows].astype(np.float32)
                 first = ((index * np.uint64(FNV_PRIME)) & np.uint64(mask)).astype(np.uint32)
-                # Candidates share most of their tokens (a slate's 1,450 item features held
-                # 385 distinct hashes, measured): each distinct one is crossed once, a quarter
-                # of the random reads of the weights (55 us less a slate, cold).
-                distinct, inverse = np.unique(items, return_inverse=True)
-                per_feature += (value @ w.take(first[:, None] ^ distinct[None, :]))[inverse]
+                if len(first) < CROSS_DISTINCT_FROM:
+                    per_feature += value @ w.take(first[:, None] ^ items[None, :])
+                else:
+                    # Candidates share most of their tokens (a slate's 1,450 item features
+                    # held 385 distinct hashes, measured): each distinct one is crossed once,
+                    # a quarter of the random reads of the weights, for one sort.
+                    distinct, inverse = np.unique(items, return_inverse=True)
+                    per_feature += (value @ w.take(first[:, None] ^ distinct[None, :]))[inverse]
         costs: np.ndarray = np.bincount(owner, per_feature, n)
         costs += self.band_costs[codes]
         costs += total
