@@ -266,15 +266,13 @@ def test_a_serving_worker_takes_the_gil_back_sooner(tmp_path: Path) -> None:
         sys.setswitchinterval(default)
 
 
-def test_decisions_outside_a_transaction_are_refused_on_sqlite(tmp_path: Path) -> None:
+def test_decisions_outside_a_transaction_are_refused(database: str) -> None:
     """SQLAlchemy commits only a transaction it began: rows its driver's cursor wrote without
     one would be rolled back when the connection closes, so that is refused instead."""
     from slatebandit.logging import DecisionRecord, ShownSlot
     from slatebandit.logging.schema import decisions
 
-    engine = open_engine(f"sqlite:///{tmp_path / 'w.db'}")
-    with engine.begin() as conn:
-        upsert_items(conn, [Item(item_id="x")])
+    engine = open_engine(database)
     shown = (ShownSlot(0, 1, 1.0, "exploit", "popular", 0.0),)
     record = DecisionRecord("0" * 32, 0.0, "u", "vw", 0, b"p", shown)
     with engine.connect() as conn, pytest.raises(RuntimeError, match="inside a transaction"):

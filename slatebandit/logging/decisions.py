@@ -97,6 +97,8 @@ class DecisionRecord:
         """
         if not records:
             return []
+        if not conn.in_transaction():  # SQLAlchemy would not commit what its cursor wrote
+            raise RuntimeError("decisions are written inside a transaction (engine.begin())")
         if conn.dialect.name == "sqlite":
             ids = _insert_on_sqlite(conn, records)
         else:
@@ -185,8 +187,6 @@ def _sqlite_insert_rows(
 
 
 def _insert_on_sqlite(conn: Connection, records: Sequence[DecisionRecord]) -> list[int]:
-    if not conn.in_transaction():  # SQLAlchemy would not commit what its cursor did not write
-        raise RuntimeError("decisions are written inside a transaction (engine.begin())")
     cursor = conn.connection.cursor()
     try:
         ids = _sqlite_insert_rows(
