@@ -43,7 +43,10 @@ class Load:
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def logged(self, where: str) -> int:
-        return sum(1 for logged in self.slates.values() if logged == where)
+        # Under the condition's lock (an RLock: ``wait``'s predicates hold it already), as the
+        # client threads add slates: counting while one adds raised "dictionary changed size".
+        with self.changed:
+            return sum(1 for logged in self.slates.values() if logged == where)
 
     def wait(self, until: Callable[[], bool]) -> None:
         with self.changed:
