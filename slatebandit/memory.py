@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,6 +32,12 @@ class Held(NamedTuple):
 
     entries: int
     bytes: int
+
+    @staticmethod
+    def total(parts: Iterable[Held]) -> Held:
+        """Several caches' holdings as one."""
+        parts = list(parts)
+        return Held(sum(p.entries for p in parts), sum(p.bytes for p in parts))
 
 
 def held(entries: Mapping[Any, Any], sample: int = SAMPLE) -> Held:

@@ -232,12 +232,12 @@ class Parts:
         """What each of this worker's caches holds (``slatebandit.memory``); every one is
         bounded, its limit beside it."""
         catalog = self.store.catalog
-        strings = [c.memory() for c in (catalog.item_ids, catalog.titles, catalog.features)]
+        columns = (catalog.item_ids, catalog.titles, catalog.features)
         return {
             "shoppers": self.users.memory(),
             "decisions": held(self.decisions),
             "neighbours": self.store.index.memory(),
-            "strings": Held(sum(s.entries for s in strings), sum(s.bytes for s in strings)),
+            "strings": Held.total(column.memory() for column in columns),
             "rotation": self.rotation.memory(),
             "bought_together": self.together.memory(),
             "filter_masks": self.filter_masks.memory(),

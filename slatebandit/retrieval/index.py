@@ -95,8 +95,7 @@ class NeighbourCache:
     def memory(self) -> Held:
         """What ``neighbours_of`` and ``nearest`` keep."""
         with self._lock:
-            similar, nearest = held(self._similar), held(self._nearest)
-        return Held(similar.entries + nearest.entries, similar.bytes + nearest.bytes)
+            return Held.total([held(self._similar), held(self._nearest)])
 
     def _forget_neighbours(self) -> None:
         self._similar: dict[tuple[int, int], np.ndarray] = {}

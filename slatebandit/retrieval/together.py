@@ -86,8 +86,7 @@ class Together:
 
     def memory(self) -> Held:
         """The published lists, and the counts and baskets behind them."""
-        parts = [held(self._lists), held(self._counts), held(self._baskets)]
-        return Held(sum(p.entries for p in parts), sum(p.bytes for p in parts))
+        return Held.total([held(self._lists), held(self._counts), held(self._baskets)])
 
     def of(self, keys: Sequence[int], n: int) -> list[int]:
         """Up to ``n`` items bought together with any of ``keys`` (not ``keys`` themselves),

@@ -153,9 +153,9 @@ class UserStates:
     def __init__(self, capacity: int = 100_000, budget: int = STATES_BYTES) -> None:
         self.capacity = capacity
         self.budget = budget
-        self._states: OrderedDict[str, tuple[int, UserState]] = OrderedDict()
-        self._sizes: dict[str, int] = {}  # user -> the estimated bytes of their decoded state
-        self.size = 0  # their sum
+        # user -> (row version, decoded state, its estimated bytes)
+        self._states: OrderedDict[str, tuple[int, UserState, int]] = OrderedDict()
+        self.size = 0  # the states' estimated bytes
 
     def get(self, user_id: str, version: int) -> UserState | None:
         found = self._states.get(user_id)
@@ -171,8 +171,9 @@ class UserStates:
         return None if found is None else found[1]
 
     def drop(self, user_id: str) -> None:
-        self._states.pop(user_id, None)
-        self.size -= self._sizes.pop(user_id, 0)
+        found = self._states.pop(user_id, None)
+        if found is not None:
+            self.size -= found[2]
 
     def memory(self) -> Held:
         return held(self._states)
@@ -181,12 +182,11 @@ class UserStates:
         """Keep ``state`` (decoded from ``stored`` bytes), dropping the least recently used
         past the count or the byte budget."""
         self.drop(user_id)
-        self._states[user_id] = (version, state)
-        self._sizes[user_id] = stored * DECODED_PER_STORED
+        self._states[user_id] = (version, state, stored * DECODED_PER_STORED)
         self.size += stored * DECODED_PER_STORED
         while len(self._states) > self.capacity or (self.size > self.budget and self._states):
-            oldest, _ = self._states.popitem(last=False)
-            self.size -= self._sizes.pop(oldest)
+            _, (_, _, size) = self._states.popitem(last=False)
+            self.size -= size
         return state
 
 
