@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -126,6 +127,26 @@ def live_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One whole HTTP response from a raw socket: its head (lowercased) and its body, read
+    until Content-Length bytes came (head and body may arrive in separate segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the connection after {data!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    head = head.lower()
+    length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the connection mid-body: {body!r}")
+        body += chunk
+    return head, body
 
 
 def train_version(

@@ -14,7 +14,7 @@ from slatebandit.errors import ConfigError
 from slatebandit.retrieval.demo import demo_items
 from slatebandit.server import connections
 from slatebandit.server.connections import RecycleConnections
-from tests.conftest import live_server, make_settings, seed_catalog
+from tests.conftest import live_server, make_settings, read_response, seed_catalog
 
 
 async def _app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -72,14 +72,8 @@ def test_a_negative_count_is_refused_naming_the_variable() -> None:
 def _request(sock: socket.socket, path: str) -> bytes:
     """One GET on a keep-alive socket; returns the response's head (the body is read too)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head.lower()
+    head, _ = read_response(sock)
+    return head
 
 
 def test_a_real_server_closes_the_connection_after_its_requests(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from slatebandit.logging import open_engine
 from slatebandit.logging.schema import decisions, events, rewards
 from slatebandit.retrieval.demo import demo_items
-from tests.conftest import live_server, make_settings, seed_catalog
+from tests.conftest import live_server, make_settings, read_response, seed_catalog
 
 
 def test_hostile_bodies_get_4xx_and_write_nothing(client, settings) -> None:  # type: ignore[no-untyped-def]
@@ -118,9 +118,9 @@ def test_a_slow_client_times_out_without_holding_up_others(tmp_path: Path) -> No
             )  # ... and never the rest
             served = httpx.post(base + "/v1/slates", json={"user_id": "fast"}, timeout=10)
             assert served.status_code == 200  # others are served meanwhile
-            answer = slow.recv(65536)  # the server answers once the body's time is up
-        assert answer.startswith(b"HTTP/1.1 408")
-        assert b'"field":"body"' in answer
+            head, body = read_response(slow)  # the server answers once the body's time is up
+        assert head.startswith(b"http/1.1 408")
+        assert json.loads(body)["error"]["field"] == "body"
     engine = open_engine(settings.database_url)
     with engine.connect() as conn:
         assert len(conn.execute(select(decisions)).all()) == 1  # the fast one only
