@@ -97,7 +97,7 @@ def _best(scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 
 def epsilon_greedy_rows(scores: np.ndarray, epsilon: float, allowed: np.ndarray) -> np.ndarray:
     n = allowed.sum(axis=1, keepdims=True)
-    pmf = np.where(allowed, epsilon / np.maximum(n, 1), 0.0)
+    pmf = allowed * (epsilon / np.maximum(n, 1))  # as np.where(allowed, ..., 0.0), faster
     pmf[np.arange(len(scores)), _best(scores, allowed)] += 1.0 - epsilon
     return pmf
 

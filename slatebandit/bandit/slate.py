@@ -137,12 +137,14 @@ def slot_pools(
     in the slate; ``promotable``: a promotion's match (boolean masks, one row per slot). A
     pinned slot's row allows its item alone, so every pmf gives it 1.
     """
-    kinds = kinds[:, None]
-    narrowed = allowed & np.where(kinds == "x", fresh, np.where(kinds == "d", novel, True))
-    if promotable is not None:
-        narrowed &= np.where(kinds == "m", promotable, True)
-    empty = ~narrowed.any(axis=1)
-    narrowed[empty] = allowed[empty]
+    narrowed = allowed.copy()
+    for kind, pool in ((EXPLORE, fresh), (DIVERSE, novel), (PROMOTED, promotable)):
+        rows = np.flatnonzero(kinds == LAYOUT_CODES[kind])
+        if pool is not None and len(rows):  # only these rows narrow: the others keep allowed
+            here = allowed[rows] & pool[rows]
+            empty = ~here.any(axis=1)
+            here[empty] = allowed[rows[empty]]
+            narrowed[rows] = here
     return narrowed
 
 

@@ -49,10 +49,14 @@ class SlotProbabilities:
 
 @dataclass(frozen=True)
 class SlotState:
-    """Logged slots at one position, with what the slate builder knew when it filled them."""
+    """Logged slots at one position, with what the slate builder knew when it filled them.
+
+    Its (n, C) masks may be views of the walk's own, valid until the next position is drawn.
+    """
 
     at: np.ndarray  # indices into the chunk's per-slot arrays
     rows: np.ndarray  # their decisions
+    take: slice | np.ndarray  # selects their decisions' rows: every row (a slice) or ``rows``
     kinds: np.ndarray  # layout letters
     allowed: np.ndarray  # (n, C) not shown in an earlier slot
     novel: np.ndarray  # (n, C) of a category not yet in the slate
@@ -65,33 +69,38 @@ def walk_slots(chunk: Chunk) -> Iterator[SlotState]:
     """Slot positions 0, 1, ... of every decision in the chunk, replaying the logged picks.
 
     Pinned candidates are allowed in no other slot, and a pinned slot allows its item alone.
+    Where every decision has a slot at the position (the usual case), the decisions' rows are
+    taken as views instead of copies.
     """
     allowed = chunk.valid & ~chunk.pinned
     novel = chunk.valid.copy()
     for position in range(int(chunk.slot.max(initial=-1)) + 1):
         at = np.flatnonzero(chunk.slot == position)
-        rows = chunk.row[at]
+        rows = chunk.row[at]  # ascending: slots come in (decision, slot) order
+        take = slice(None) if len(rows) == len(allowed) else rows
         kinds = chunk.layout[rows, position]
         chosen = chunk.chosen[at]
-        here = allowed[rows]
+        here = allowed[take]
         pinned = np.flatnonzero(kinds == "p")
         if len(pinned):
+            here = here.copy()
             here[pinned] = False
             here[pinned, chosen[pinned]] = True
-        promotable = chunk.promotable[rows]
+        promotable, fresh, novel_here = chunk.promotable[take], chunk.fresh[take], novel[take]
         state = SlotState(
             at,
             rows,
+            take,
             kinds,
             here,
-            novel[rows],
-            chunk.fresh[rows],
+            novel_here,
+            fresh,
             promotable,
-            slot_pools(kinds, here, chunk.fresh[rows], novel[rows], promotable),
+            slot_pools(kinds, here, fresh, novel_here, promotable),
         )
         yield state
         allowed[rows, chosen] = False
-        novel[rows] &= chunk.category[rows] != chunk.category[rows, chosen][:, None]
+        novel[take] &= chunk.category[take] != chunk.category[rows, chosen][:, None]
 
 
 class Target:
@@ -140,8 +149,8 @@ class PolicyTarget(Target):
         for state in walk_slots(chunk):
             pmf = self.pmf(chunk, state, scores, fallback)
             p_target[state.at] = pmf[np.arange(len(state.at)), chunk.chosen[state.at]]
-            expected[state.at] = (pmf * item_value[state.rows]).sum(axis=1)
-            outside[state.at] = np.where(state.logger_pool, 0.0, pmf).sum(axis=1)
+            expected[state.at] = (pmf * item_value[state.take]).sum(axis=1)
+            outside[state.at] = (pmf * ~state.logger_pool).sum(axis=1)  # np.where's sums
         return SlotProbabilities(np.minimum(p_target, 1.0), expected, outside)
 
     def pmf(
@@ -167,7 +176,7 @@ class PolicyTarget(Target):
         return self.policy.logged_pmfs(
             state.kinds[rows],
             state.allowed[rows],
-            scores[state.rows[rows]],
+            scores[state.take][rows],
             state.fresh[rows],
             state.novel[rows],
             exploration,
