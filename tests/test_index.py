@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from slatebandit.retrieval import ContentEmbedder, ItemIndex, item_tokens, title_words
+from slatebandit.retrieval import index as index_module
 from slatebandit.retrieval.demo import demo_items
 
 
@@ -156,3 +158,26 @@ def test_nearest_answers_as_query_does_and_forgets_on_every_change() -> None:
     after_delete = index.nearest(session, 100)
     assert 600 not in after_delete and first[0] not in after_delete
     np.testing.assert_array_equal(after_delete, index.query(session, 100)[0][0])
+
+
+def test_a_full_neighbour_cache_drops_its_oldest_rows_and_keeps_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(index_module, "SIMILAR_ROWS", 4)
+    monkeypatch.setattr(index_module, "NEAREST_ROWS", 2)
+    rng = np.random.default_rng(4)
+    index = ItemIndex(16)  # its caches take their limits when made
+    index.upsert(np.arange(300), _unit(rng, 300, 16))
+
+    first = index.neighbours_of([1, 2, 3], 21)
+    kept = {key: index._similar[key, 21] for key in (1, 2, 3)}
+    later = index.neighbours_of([4, 5], 21)  # two more past four: the oldest one goes
+    assert list(index._similar) == [(2, 21), (3, 21), (4, 21), (5, 21)]
+    assert index._similar[2, 21] is kept[2] and index._similar[3, 21] is kept[3]
+    np.testing.assert_array_equal(index.neighbours_of([1, 5], 21), [first[0], later[1]])
+
+    sessions = _unit(rng, 3, 16)
+    answers = [index.nearest(vector, 50) for vector in sessions]
+    assert len(index._nearest) == 2
+    assert index.nearest(sessions[2], 50) is answers[2]  # the newest stays
+    np.testing.assert_array_equal(index.nearest(sessions[0], 50), answers[0])  # asked again

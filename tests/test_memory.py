@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client import REGISTRY
 
 from slatebandit.config import Settings
-from slatebandit.memory import SAMPLE, Held, deep_bytes, held
+from slatebandit.memory import SAMPLE, FirstInFirstOut, Held, deep_bytes, held
 from slatebandit.recommender import Recommender, SlateQuery
 from slatebandit.recommender.background import count_caches
 
@@ -86,3 +86,15 @@ def test_a_worker_counts_each_cache_and_the_gauges_show_them(settings: Settings)
         assert gauge == entries, name
         measured = REGISTRY.get_sample_value("slatebandit_worker_cache_bytes", {"cache": name})
         assert measured == size, name
+
+
+def test_first_in_first_out_keeps_its_limit_and_drops_the_oldest() -> None:
+    cache: FirstInFirstOut[str, int] = FirstInFirstOut(3)
+    for n, key in enumerate("abcd"):
+        assert cache.keep(key, n) == n
+    assert list(cache.items()) == [("b", 1), ("c", 2), ("d", 3)]
+    cache.keep("c", 20)  # a key it holds is replaced in place: nothing else goes
+    assert list(cache.items()) == [("b", 1), ("c", 20), ("d", 3)]
+    cache.keep("e", 4)
+    assert list(cache) == ["c", "d", "e"] and len(cache) == cache.limit
+    assert held(cache).entries == 3

@@ -105,6 +105,21 @@ def test_columns_read_from_a_mapped_file_and_many_at_once(tmp_path: Path) -> Non
     assert StringColumn().take([]) == []
 
 
+def test_a_column_keeps_its_latest_strings_once_its_cache_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slatebandit.retrieval import columns
+    from slatebandit.retrieval.columns import StringColumn
+
+    monkeypatch.setattr(columns, "CACHED_STRINGS", 3)
+    values = [f"id=k{n}" for n in range(6)]
+    column = StringColumn(*pack_strings(values))
+    assert column.take([0, 1, 2, 3, 4]) == values[:5]
+    assert list(column._cache) == [2, 3, 4]  # the oldest two went, one at a time
+    assert column.take([5, 0]) == [values[5], values[0]]
+    assert list(column._cache) == [4, 5, 0]
+
+
 def test_snapshot_round_trip_matches_the_in_memory_store(tmp_path: Path) -> None:
     engine, manifest = _catalog(tmp_path)
     with engine.begin() as conn:  # a deleted item and an out-of-stock one, before the snapshot

@@ -19,7 +19,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from slatebandit.memory import Held, held
+from slatebandit.memory import FirstInFirstOut, Held, held
 
 ABSENT, LIVE, DELETED = 0, 1, 2
 SIMILAR_ROWS = 50_000  # neighbour lists ``neighbours_of`` keeps (about 8 MB at k=21)
@@ -46,7 +46,7 @@ class NeighbourCache:
         """Labels of the ``k`` nearest live items to each live item of ``keys`` (the item
         itself among them), one row per live key, in the order of ``keys``.
 
-        Rows are kept until the index next changes (at most ``SIMILAR_ROWS``): a shopper's
+        Rows are kept until the index next changes (the latest ``SIMILAR_ROWS``): a shopper's
         recent items seed every one of their slates, so the same rows are asked for again and
         again, and an HNSW search each time cost 5 of a slate's 6 searches with a history
         (``benchmarks/slate_path.py --history``). Any add, update or delete forgets them all,
@@ -62,10 +62,8 @@ class NeighbourCache:
             with self._lock:
                 changed = self._generation != generation
                 if not changed:
-                    if len(self._similar) + len(missing) > SIMILAR_ROWS:
-                        self._similar.clear()
                     for key, row in zip(missing, labels, strict=True):
-                        self._similar[key, k] = rows[key] = row
+                        rows[key] = self._similar.keep((key, k), row)
             if changed:  # an add or delete came between: search afresh, keep nothing
                 return self.query(self.live_vectors(live)[1], k)[0]
         if not live:
@@ -87,9 +85,7 @@ class NeighbourCache:
         row = self.query(vector, k)[0][0]
         with self._lock:
             if self._generation == generation:  # else an add or delete came between
-                if len(self._nearest) >= NEAREST_ROWS:
-                    self._nearest.clear()
-                self._nearest[key] = row
+                self._nearest.keep(key, row)
         return row
 
     def memory(self) -> Held:
@@ -98,8 +94,10 @@ class NeighbourCache:
             return Held.total([held(self._similar), held(self._nearest)])
 
     def _forget_neighbours(self) -> None:
-        self._similar: dict[tuple[int, int], np.ndarray] = {}
-        self._nearest: dict[tuple[bytes, int], np.ndarray] = {}
+        self._similar: FirstInFirstOut[tuple[int, int], np.ndarray]
+        self._similar = FirstInFirstOut(SIMILAR_ROWS)
+        self._nearest: FirstInFirstOut[tuple[bytes, int], np.ndarray]
+        self._nearest = FirstInFirstOut(NEAREST_ROWS)
         self._generation = getattr(self, "_generation", 0) + 1
 
 
