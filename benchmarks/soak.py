@@ -9,7 +9,11 @@ profile tokens crossed with each), which hides what learning costs. Then a close
 answers; then an open-loop load sends half that rate, each slate followed by a click on its
 first item one time in ten. Every minute it reports:
 
-- the client's p50 and p99 latency, and the requests and errors in that minute;
+- the client's p50 and p99 latency, and the requests and errors in that minute; beside
+  them, from the server's request-duration histogram, the bound under which 99% of the
+  minute's slates were answered inside the server (``server_p99_ms_at_most``) and the
+  share answered within 50 ms (``server_within_50ms``): what the client waits beyond
+  that is spent before a worker reads the request, or in the load generator;
 - the CPU seconds of the server's three busiest processes in that minute (``cpu_s``: the two
   workers and the learner), which show how evenly the workers share the load; of the whole
   server (``server_cpu_s``) and of the load generator (``load_cpu_s``); and the share of the
@@ -162,6 +166,40 @@ def time_sums(text: str) -> dict[str, tuple[float, float]]:
             elif sample.name.endswith("_count"):
                 sums.setdefault(name, [0.0, 0.0])[1] += sample.value
     return {name: (total, n) for name, (total, n) in sums.items()}
+
+
+def slate_buckets(text: str) -> dict[float, float]:
+    """From the server's /metrics: how many slates the workers answered within each bound of
+    the request-duration histogram (cumulative, by the bound in seconds, summed over the
+    workers). Differences between two readings give a minute's (``server_tail``)."""
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "slatebandit_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("route") == "/v1/slates":
+                bound = float(sample.labels["le"])
+                out[bound] = out.get(bound, 0.0) + sample.value
+    return out
+
+
+def server_tail(now: dict[float, float], was: dict[float, float]) -> dict[str, float | None]:
+    """A minute's slates inside the server: the histogram bound under which 99% of them were
+    answered (``server_p99_ms_at_most``; its buckets are 1, 2.5, 5, 10, 25, 50, 100, 250 ms
+    ...) and the share answered within 50 ms (``server_within_50ms``). Beside the client's
+    p99, it tells time in the server from time before a request reaches it (a worker's busy
+    event loop has not read it yet) or in the load generator."""
+    bounds = sorted(now)
+    counts = [now[b] - was.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return {"server_p99_ms_at_most": None, "server_within_50ms": None}
+    p99 = next(b for b, n in zip(bounds, counts, strict=True) if n >= 0.99 * total)
+    within = next((n for b, n in zip(bounds, counts, strict=True) if b >= 0.05), total)
+    return {
+        "server_p99_ms_at_most": p99 * 1000 if p99 != float("inf") else None,
+        "server_within_50ms": round(within / total, 4),
+    }
 
 
 def cache_mb(text: str) -> dict[str, float]:
@@ -392,7 +430,8 @@ async def soak(
     pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
     cpu, box, own = cpu_seconds(server_pid), box_ticks(), time.process_time()
-    sums = time_sums(await asyncio.to_thread(read_metrics, base))
+    metrics = await asyncio.to_thread(read_metrics, base)
+    sums, buckets = time_sums(metrics), slate_buckets(metrics)
     for minute in range(1, minutes + 1):
         end = started + 60 * minute
         sent = 0
@@ -418,12 +457,14 @@ async def soak(
         spent, own = time.process_time() - own, time.process_time()
         metrics = await asyncio.to_thread(read_metrics, base)
         sums, sums_was = time_sums(metrics), sums
+        buckets, buckets_was = slate_buckets(metrics), buckets
         caches = cache_mb(metrics)
         resident = tree_rss(server_pid)
         readings.append(sum(resident.values()))
         row = {
             "minute": minute,
             **load.minute(),
+            **server_tail(buckets, buckets_was),
             "cpu_s": busiest(was, cpu),
             "server_cpu_s": round(sum(cpu[p] - was.get(p, 0.0) for p in cpu), 1),
             "load_cpu_s": round(spent, 1),
