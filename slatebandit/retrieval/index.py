@@ -22,7 +22,7 @@ import numpy as np
 from slatebandit.memory import FirstInFirstOut, Held, held
 
 ABSENT, LIVE, DELETED = 0, 1, 2
-SIMILAR_ROWS = 50_000  # neighbour lists ``neighbours_of`` keeps (about 8 MB at k=21)
+SIMILAR_ROWS = 50_000  # neighbour lists ``neighbours_of`` keeps (about 23 MB at k=21, with keys)
 NEAREST_ROWS = 10_000  # answers ``nearest`` keeps (about 10 MB at k=100 and 64 dimensions)
 
 
