@@ -185,7 +185,7 @@ def slate_buckets(text: str) -> dict[float, float]:
 
 def server_tail(now: dict[float, float], was: dict[float, float]) -> dict[str, float | None]:
     """A minute's slates inside the server: the histogram bound under which 99% of them were
-    answered (``server_p99_ms_at_most``; its buckets are 1, 2.5, 5, 10, 25, 50, 100, 250 ms
+    answered (``server_p99_ms_at_most``; its buckets are ... 10, 25, 35, 50, 75, 100, 250 ms
     ...) and the share answered within 50 ms (``server_within_50ms``). Beside the client's
     p99, it tells time in the server from time before a request reaches it (a worker's busy
     event loop has not read it yet) or in the load generator."""

@@ -13,7 +13,7 @@ def _metrics(slates_ms: list[float], other_ms: list[float]) -> str:
         "slatebandit_request_duration_seconds",
         "as the server's",
         ["route"],
-        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),  # as its
+        buckets=(0.005, 0.01, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0),  # as its
         registry=registry,
     )
     for ms in slates_ms:
