@@ -22,6 +22,7 @@ import pylibvw
 import vowpalwabbit
 
 from slatebandit.bandit.features import BAND_TOKENS, static_features
+from slatebandit.memory import FirstInFirstOut
 
 SHARED, STATIC, BANDS = "uc", "i", "d"  # where each namespace of features.py lives
 NAMESPACES = SHARED + STATIC + BANDS
@@ -38,14 +39,16 @@ class Items(Protocol):
 class TokenHashes:
     """VW's hash of each token, by namespace, remembered; and the item tables built on them."""
 
-    TOKENS = 50_000  # per namespace (item ids among them, about 5 MB); cleared when full
+    TOKENS = 50_000  # per namespace (item ids among them, about 5 MB); the oldest go first
 
     def __init__(self, seed: int, mode: str, bits: int) -> None:
         self._workspace = vowpalwabbit.Workspace(
             f"--quiet --sgd -b {bits} --hash_seed {seed} --hash {mode}"
         )
         self._spaces = {ns: pylibvw.vw.hash_space(self._workspace, ns) for ns in NAMESPACES}
-        self._tokens: dict[str, dict[str, int]] = {ns: {} for ns in NAMESPACES}
+        self._tokens: dict[str, FirstInFirstOut[str, int]] = {
+            ns: FirstInFirstOut(self.TOKENS) for ns in NAMESPACES
+        }
         self._catalogs: weakref.WeakKeyDictionary[Items, ItemTable] = weakref.WeakKeyDictionary()
         self.bands = np.array(
             [[self.hash(BANDS, name) for name in tokens] for tokens in BAND_TOKENS],
@@ -60,9 +63,7 @@ class TokenHashes:
         tokens = self._tokens[namespace]
         found = tokens.get(name)
         if found is None:
-            if len(tokens) >= self.TOKENS:
-                tokens.clear()
-            found = tokens[name] = self.hash(namespace, name)
+            found = tokens.keep(name, self.hash(namespace, name))
         return found
 
     def statics(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
